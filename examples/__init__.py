@@ -1,0 +1,1 @@
+"""Example tools and a demo agent for guard. Run them from the repository root with ``python -m``."""
