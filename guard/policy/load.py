@@ -1,0 +1,416 @@
+"""Read policy files, check them, and compile them once into a PolicySet.
+
+Every problem is a ConfigError naming the file, the dotted key (`rules[2].match.args[0].path`)
+and, when the key is in the file, its line.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import Any, NoReturn
+from urllib.parse import urlparse
+
+import yaml
+from pydantic import ValidationError
+
+from guard.errors import ConfigError
+from guard.policy.conditions import Condition, ConditionError, compile_condition
+from guard.policy.evaluate import ChainMatch, Globs, HistoryMatch, PolicySet, Rule, TaskMatch
+from guard.policy.model import (
+    ActionModel,
+    ActionSpec,
+    AgentEntry,
+    CredentialSpec,
+    MatchModel,
+    PolicyFileModel,
+    RateSpec,
+    RuleModel,
+    ToolModel,
+    ToolSpec,
+)
+
+__all__ = [
+    "LineMap",
+    "Loc",
+    "check_policies",
+    "format_key",
+    "load_policies",
+    "read_yaml",
+    "validation_error",
+]
+
+Loc = tuple[str | int, ...]
+_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+_TEMPLATE = re.compile(r"^/(?:[^{}]|\{[A-Za-z_][A-Za-z0-9_]*\})*$")
+_STATIC_HEADER = "X-Api-Key"
+
+
+# --------------------------------------------------------------------------- YAML with lines
+
+
+class LineMap:
+    """The 1-based line of every key and list item of a YAML document, by its loc."""
+
+    def __init__(self) -> None:
+        self.lines: dict[Loc, int] = {(): 1}
+
+    def line(self, loc: Iterable[str | int]) -> int | None:
+        """The line of `loc`, or of its nearest ancestor written in the file."""
+        parts = tuple(loc)
+        while parts and parts not in self.lines:
+            parts = parts[:-1]
+        return self.lines.get(parts)
+
+
+def format_key(loc: Iterable[str | int]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif _NAME.match(part):
+            out += f".{part}" if out else part
+        else:
+            out += f'["{part}"]'
+    return out
+
+
+def _walk(node: yaml.Node, loc: Loc, lines: LineMap, file: str) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            key = key_node.value if isinstance(key_node, yaml.ScalarNode) else str(key_node.value)
+            child = (*loc, key)
+            if child in lines.lines:
+                raise ConfigError(file, format_key(child), "duplicate key", key_node.start_mark.line + 1)
+            lines.lines[child] = key_node.start_mark.line + 1
+            _walk(value_node, child, lines, file)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            lines.lines[(*loc, i)] = item.start_mark.line + 1
+            _walk(item, (*loc, i), lines, file)
+
+
+def read_yaml(path: Path) -> tuple[Any, LineMap]:
+    """Parse one YAML file; a syntax error or duplicate key is a ConfigError with its line."""
+    file = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except OSError as exc:
+        raise ConfigError(file, "", f"cannot read: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(file, "", "not UTF-8 text") from None
+    except yaml.MarkedYAMLError as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(file, "", f"YAML syntax error: {exc.problem}", line) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(file, "", f"YAML error: {exc}") from None
+    lines = LineMap()
+    if node is not None:
+        _walk(node, (), lines, file)
+    return data, lines
+
+
+# --------------------------------------------------------------------------- one file
+
+
+@dataclass(frozen=True)
+class _Source:
+    file: str
+    doc: PolicyFileModel
+    lines: LineMap
+
+    def fail(self, loc: Loc, reason: str) -> NoReturn:
+        raise ConfigError(self.file, format_key(loc), reason, self.lines.line(loc))
+
+
+_PYDANTIC_REASONS = {"extra_forbidden": "unknown key", "missing": "required key missing"}
+
+
+def validation_error(file: str, lines: LineMap, exc: ValidationError, prefix: Loc = ()) -> ConfigError:
+    """The first pydantic error as a ConfigError with key and line (`prefix`: where the value sits)."""
+    err = exc.errors(include_url=False)[0]
+    loc: Loc = (*prefix, *err["loc"])
+    reason = _PYDANTIC_REASONS.get(err["type"], err["msg"].removeprefix("Value error, "))
+    return ConfigError(file, format_key(loc), reason, lines.line(loc))
+
+
+def _read_source(path: Path) -> _Source:
+    data, lines = read_yaml(path)
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "a policy file must be a mapping of tools, agents and rules", 1)
+    try:
+        doc = PolicyFileModel.model_validate(data)
+    except ValidationError as exc:
+        raise validation_error(str(path), lines, exc) from None
+    return _Source(str(path), doc, lines)
+
+
+def _policy_files(path: Path) -> list[Path]:
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.yaml") if p.is_file())
+    raise ConfigError(str(path), "", "no such policy file or folder")
+
+
+# --------------------------------------------------------------------------- tools
+
+
+def _credential(src: _Source, loc: Loc, tool: ToolModel) -> CredentialSpec:
+    cred = tool.credential
+    if cred.mode == "static" and not cred.secret_env:
+        src.fail((*loc, "credential", "secret_env"), "a static credential needs secret_env")
+    default = _STATIC_HEADER if cred.mode == "static" else "Authorization"
+    return CredentialSpec(cred.mode, cred.header or default, cred.secret_env, cred.ttl_s)
+
+
+def _action(src: _Source, loc: Loc, name: str, model: ActionModel) -> ActionSpec:
+    if not _NAME.match(name):
+        src.fail(loc, "action names use letters, digits, '_' and '-'")
+    method = model.method.upper()
+    if method not in _METHODS:
+        src.fail((*loc, "method"), f"unknown HTTP method {model.method!r}")
+    if not _TEMPLATE.match(model.path):
+        src.fail((*loc, "path"), f"bad path template {model.path!r}: must start with '/', vars as {{name}}")
+    variables = re.findall(r"\{([^}]*)\}", model.path)
+    if len(variables) != len(set(variables)):
+        src.fail((*loc, "path"), f"path template {model.path!r} repeats a variable")
+    return ActionSpec(name, method, model.path)
+
+
+def _tool(src: _Source, name: str, tool: ToolModel) -> ToolSpec:
+    loc: Loc = ("tools", name)
+    if not _NAME.match(name):
+        src.fail(loc, "tool names use letters, digits, '_' and '-'")
+    url = urlparse(tool.upstream)
+    if url.scheme not in ("http", "https") or not url.netloc:
+        src.fail((*loc, "upstream"), f"upstream must be an http(s) URL, got {tool.upstream!r}")
+    if tool.kind == "http" and not tool.actions:
+        src.fail((*loc, "actions"), "an http tool needs at least one action")
+    if tool.kind == "mcp" and tool.actions is not None:
+        src.fail((*loc, "actions"), "an mcp tool takes its actions from tools/call; remove actions")
+    if tool.kind == "http" and tool.deny_methods is not None:
+        src.fail((*loc, "deny_methods"), "deny_methods applies to mcp tools only")
+    actions = tuple(_action(src, (*loc, "actions", a), a, model) for a, model in (tool.actions or {}).items())
+    return ToolSpec(
+        name=name,
+        kind=tool.kind,
+        upstream=tool.upstream,
+        credential=_credential(src, loc, tool),
+        actions=actions,
+        deny_methods=tuple(tool.deny_methods or ()),
+        timeout_s=tool.timeout_s,
+    )
+
+
+def _tools(sources: list[_Source]) -> dict[str, ToolSpec]:
+    tools: dict[str, ToolSpec] = {}
+    where: dict[str, str] = {}
+    for src in sources:
+        for name, model in src.doc.tools.items():
+            if name in tools:
+                src.fail(("tools", name), f"tool {name!r} is already declared in {where[name]}")
+            tools[name] = _tool(src, name, model)
+            where[name] = src.file
+    return tools
+
+
+# --------------------------------------------------------------------------- agents
+
+
+def _agents(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[AgentEntry, ...]:
+    entries: list[AgentEntry] = []
+    seen: dict[str, str] = {}
+    for src in sources:
+        for pattern, model in src.doc.agents.items():
+            loc: Loc = ("agents", pattern)
+            if pattern in seen:
+                src.fail(loc, f"agent {pattern!r} is already listed in {seen[pattern]}")
+            if not model.owner.strip():
+                src.fail((*loc, "owner"), "every agent needs a named human owner")
+            for i, tool in enumerate(model.tools or ()):
+                if tool not in tools:
+                    src.fail((*loc, "tools", i), f"unknown tool {tool!r}")
+            seen[pattern] = src.file
+            caps = tuple(model.tools) if model.tools is not None else None
+            entries.append(AgentEntry(pattern, model.owner, model.purpose, caps))
+    return tuple(entries)
+
+
+# --------------------------------------------------------------------------- rules
+
+
+def _check_tool_names(src: _Source, loc: Loc, names: list[str], tools: dict[str, ToolSpec]) -> None:
+    for i, name in enumerate(names):
+        if name not in tools:
+            src.fail((*loc, i), f"unknown tool {name!r}")
+
+
+def _check_actions(src: _Source, loc: Loc, match: MatchModel, tools: dict[str, ToolSpec]) -> None:
+    named = [tools[t] for t in match.tool] if match.tool is not None else list(tools.values())
+    if any(t.kind == "mcp" for t in named):
+        return  # MCP action names are only known upstream
+    known = {a for t in named for a in t.action_names()}
+    for i, action in enumerate(match.action or ()):
+        if action != "*" and action not in known:
+            src.fail((*loc, i), f"unknown action {action!r} for tool(s) {', '.join(t.name for t in named)}")
+
+
+def _check_history(src: _Source, loc: Loc, names: list[str], tools: dict[str, ToolSpec]) -> None:
+    for i, entry in enumerate(names):
+        tool_name, dot, action = entry.partition(".")
+        tool = tools.get(tool_name)
+        if not dot or not action:
+            src.fail((*loc, i), f"history entries are 'tool.action', got {entry!r}")
+        if tool is None:
+            src.fail((*loc, i), f"unknown tool {tool_name!r}")
+        if tool.kind == "http" and action not in tool.action_names():
+            src.fail((*loc, i), f"unknown action {action!r} for tool {tool_name}")
+
+
+def _conditions(src: _Source, loc: Loc, match: MatchModel) -> tuple[Condition, ...]:
+    out: list[Condition] = []
+    for i, cond in enumerate(match.args):
+        try:
+            out.append(compile_condition(cond.path, cond.operators(), cond.quantifier))
+        except ConditionError as exc:
+            key: Loc = (*loc, "args", i, exc.key) if exc.key else (*loc, "args", i)
+            src.fail(key, exc.reason)
+    return tuple(out)
+
+
+def _chain(src: _Source, loc: Loc, match: MatchModel, tools: dict[str, ToolSpec]) -> ChainMatch | None:
+    chain = match.chain
+    if chain is None:
+        return None
+    if chain.caller is not None:
+        _check_tool_names(src, (*loc, "chain", "caller"), chain.caller, tools)
+    return ChainMatch(
+        callers=frozenset(chain.caller) if chain.caller is not None else None,
+        depth_lte=chain.depth_lte,
+        depth_lt=chain.depth_lt,
+        depth_gte=chain.depth_gte,
+        depth_gt=chain.depth_gt,
+        depth_eq=chain.depth_eq,
+        loop=chain.loop,
+    )
+
+
+def _history(src: _Source, loc: Loc, match: MatchModel, tools: dict[str, ToolSpec]) -> HistoryMatch | None:
+    history = match.history
+    if history is None:
+        return None
+    for key in ("called", "not_called"):
+        _check_history(src, (*loc, "history", key), getattr(history, key) or [], tools)
+    return HistoryMatch(
+        called=frozenset(history.called) if history.called is not None else None,
+        not_called=frozenset(history.not_called) if history.not_called is not None else None,
+    )
+
+
+def _names(values: list[str] | None) -> frozenset[str] | None:
+    if values is None or "*" in values:
+        return None
+    return frozenset(values)
+
+
+def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], order: int) -> Rule:
+    loc: Loc = ("rules", i)
+    m, mloc = model.match, (*loc, "match")
+    if model.effect == "step_up" and not model.approvers:
+        src.fail((*loc, "approvers"), "a step_up rule needs approvers")
+    if m.tool is not None:
+        _check_tool_names(src, (*mloc, "tool"), m.tool, tools)
+    _check_actions(src, (*mloc, "action"), m, tools)
+    task = m.task
+    return Rule(
+        id=model.id,
+        effect=model.effect,
+        file=src.file,
+        line=src.lines.line(loc),
+        order=order,
+        agents=Globs.of(tuple(m.agent)) if m.agent is not None else None,
+        tools=_names(m.tool),
+        actions=_names(m.action),
+        args=_conditions(src, mloc, m),
+        task=TaskMatch(task.purpose, tuple(task.labels.items())) if task is not None else None,
+        chain=_chain(src, mloc, m, tools),
+        history=_history(src, mloc, m, tools),
+        approvers=tuple(dict.fromkeys(model.approvers)),
+        approvals_required=model.approvals_required,
+        credential_ttl_s=model.credential.ttl_s if model.credential is not None else None,
+        rate=RateSpec(model.rate.calls, model.rate.per_s) if model.rate is not None else None,
+        audit_args=model.audit_args,
+    )
+
+
+def _rules(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[Rule, ...]:
+    rules: list[Rule] = []
+    seen: dict[str, str] = {}
+    for src in sources:
+        for i, model in enumerate(src.doc.rules):
+            if model.id in seen:
+                src.fail(("rules", i, "id"), f"rule id {model.id!r} is already used in {seen[model.id]}")
+            seen[model.id] = src.file
+            rules.append(_rule(src, i, model, tools, len(rules)))
+    return tuple(rules)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def load_policies(path: str | Path) -> PolicySet:
+    """Load a folder of `*.yaml` policy files (not `tests/`), or one file."""
+    sources = [_read_source(p) for p in _policy_files(Path(path))]
+    tools = _tools(sources)
+    agents = _agents(sources, tools)
+    rules = _rules(sources, tools)
+    return PolicySet(tools, agents, rules, source=str(path))
+
+
+def _overlaps(pattern: str, entries: tuple[AgentEntry, ...]) -> bool:
+    """Whether some agent entry could name an agent that `pattern` names."""
+    return any(e.matches(pattern) or fnmatchcase(e.pattern, pattern) for e in entries)
+
+
+def _uncovered_agents(policies: PolicySet, rule: Rule) -> list[str]:
+    if not policies.has_inventory or rule.agents is None:
+        return []
+    patterns = [*sorted(rule.agents.exact), *rule.agents.globs]
+    return [
+        f"rule {rule.id} names agent {p!r} that no agents entry covers"
+        for p in patterns
+        if not _overlaps(p, policies.agents)
+    ]
+
+
+def _unusable_tools(policies: PolicySet, rule: Rule) -> list[str]:
+    """Tools a non-deny rule names that every agent's `tools` cap leaves out."""
+    caps = [e.tools for e in policies.agents]
+    if rule.effect == "deny" or rule.tools is None or not caps or None in caps:
+        return []
+    usable = {t for cap in caps for t in cap or ()}
+    return [f"rule {rule.id} names tool {t!r} that no agent may use" for t in sorted(rule.tools - usable)]
+
+
+def _warnings(policies: PolicySet) -> list[str]:
+    out: list[str] = []
+    for rule in policies.rules:
+        where = f"{rule.file}:{rule.line}" if rule.line is not None else rule.file
+        for problem in _uncovered_agents(policies, rule) + _unusable_tools(policies, rule):
+            out.append(f"{where}: {problem}")
+    return out
+
+
+def check_policies(path: str | Path) -> tuple[PolicySet, list[str]]:
+    """Load the policies and list what is legal but probably a mistake."""
+    policies = load_policies(path)
+    return policies, _warnings(policies)

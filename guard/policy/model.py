@@ -1,0 +1,278 @@
+"""Policy files: the YAML schema (pydantic, strict about keys) and the public frozen values.
+
+The pydantic models describe one file exactly as written; `load.py` checks what spans files
+(unknown tools, duplicate ids) and compiles them into the frozen dataclasses below.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+
+__all__ = [
+    "ActionSpec",
+    "AgentEntry",
+    "CallContext",
+    "CredentialSpec",
+    "Decision",
+    "Effect",
+    "RateSpec",
+    "ToolSpec",
+]
+
+Effect = Literal["allow", "deny", "step_up"]
+Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop"]
+
+
+# --------------------------------------------------------------------------- YAML schema
+
+
+def _as_list(value: Any) -> Any:
+    """`x` and `[x]` mean the same thing wherever a key takes one name or a list of names."""
+    return [value] if isinstance(value, str) else value
+
+
+Names = Annotated[list[str], BeforeValidator(_as_list)]
+OptNames = Annotated[list[str] | None, BeforeValidator(_as_list)]
+
+
+class _Schema(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class CredentialModel(_Schema):
+    mode: Literal["jwt", "static", "none"] = "jwt"
+    header: str | None = None
+    secret_env: str | None = None
+    ttl_s: int | None = Field(default=None, ge=1)
+
+
+class ActionModel(_Schema):
+    method: str
+    path: str
+
+
+class ToolModel(_Schema):
+    kind: Literal["http", "mcp"]
+    upstream: str
+    credential: CredentialModel = CredentialModel()
+    actions: dict[str, ActionModel] | None = None
+    deny_methods: OptNames = None
+    timeout_s: float = Field(default=30.0, gt=0)
+
+
+class AgentModel(_Schema):
+    owner: str
+    purpose: str = ""
+    tools: OptNames = None
+
+
+class ConditionModel(_Schema):
+    """One args condition: a JSONPath, exactly one operator, and a quantifier."""
+
+    path: str
+    quantifier: Literal["all", "any"] = "all"
+    eq: Any = None
+    ne: Any = None
+    gt: Any = None
+    gte: Any = None
+    lt: Any = None
+    lte: Any = None
+    in_: Any = Field(default=None, alias="in")
+    not_in: Any = None
+    matches: Any = None
+    contains: Any = None
+    exists: Any = None
+    len_gt: Any = None
+    len_lt: Any = None
+
+    def operators(self) -> list[tuple[str, Any]]:
+        """The operators written in the file (an explicit `null` counts), by their YAML names."""
+        names = self.model_fields_set - {"path", "quantifier"}
+        return [(self.__class__.model_fields[n].alias or n, getattr(self, n)) for n in sorted(names)]
+
+
+class TaskMatchModel(_Schema):
+    purpose: str | None = None
+    labels: dict[str, str] = {}
+
+
+class ChainMatchModel(_Schema):
+    caller: OptNames = None
+    depth_lte: int | None = None
+    depth_lt: int | None = None
+    depth_gte: int | None = None
+    depth_gt: int | None = None
+    depth_eq: int | None = None
+    loop: bool | None = None
+
+
+class HistoryMatchModel(_Schema):
+    called: OptNames = None
+    not_called: OptNames = None
+
+
+class MatchModel(_Schema):
+    agent: OptNames = None
+    tool: OptNames = None
+    action: OptNames = None
+    args: list[ConditionModel] = []
+    task: TaskMatchModel | None = None
+    chain: ChainMatchModel | None = None
+    history: HistoryMatchModel | None = None
+
+
+class RuleCredentialModel(_Schema):
+    ttl_s: int = Field(ge=1)
+
+
+class RateModel(_Schema):
+    calls: int = Field(ge=1)
+    per_s: float = Field(gt=0)
+
+
+class RuleModel(_Schema):
+    id: str = Field(min_length=1)
+    effect: Effect
+    match: MatchModel = MatchModel()
+    description: str = ""
+    approvers: Names = []
+    approvals_required: int = Field(default=1, ge=1)
+    credential: RuleCredentialModel | None = None
+    rate: RateModel | None = None
+    audit_args: Literal["digest", "full"] = "digest"
+
+
+class PolicyFileModel(_Schema):
+    tools: dict[str, ToolModel] = {}
+    agents: dict[str, AgentModel] = {}
+    rules: list[RuleModel] = []
+
+
+# --------------------------------------------------------------------------- compiled values
+
+
+@dataclass(frozen=True, slots=True)
+class CredentialSpec:
+    mode: Literal["jwt", "static", "none"] = "jwt"
+    header: str = "Authorization"
+    secret_env: str | None = None
+    ttl_s: int | None = None
+
+
+_TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def compile_template(template: str) -> re.Pattern[str]:
+    """Turn a template like `/notes/{id}` into a regex where each variable is one path segment."""
+    parts: list[str] = []
+    pos = 0
+    for var in _TEMPLATE_VAR.finditer(template):
+        parts.append(re.escape(template[pos : var.start()]))
+        parts.append(f"(?P<{var.group(1)}>[^/]+)")
+        pos = var.end()
+    parts.append(re.escape(template[pos:]))
+    return re.compile("".join(parts))
+
+
+@dataclass(frozen=True, slots=True)
+class ActionSpec:
+    """A named method + path template; `{var}` matches exactly one path segment."""
+
+    name: str
+    method: str
+    path: str
+    pattern: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "method", self.method.upper())
+        object.__setattr__(self, "pattern", compile_template(self.path))
+
+    def match(self, method: str, path: str) -> dict[str, str] | None:
+        if method.upper() != self.method:
+            return None
+        found = self.pattern.fullmatch(path)
+        return None if found is None else found.groupdict()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolSpec:
+    name: str
+    kind: Literal["http", "mcp"]
+    upstream: str
+    credential: CredentialSpec
+    actions: tuple[ActionSpec, ...] = ()
+    deny_methods: tuple[str, ...] = ()
+    timeout_s: float = 30.0
+
+    def match_action(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        """The first declared action whose method and whole path template match."""
+        for action in self.actions:
+            found = action.match(method, path)
+            if found is not None:
+                return action.name, found
+        return None
+
+    def action_names(self) -> frozenset[str]:
+        return frozenset(a.name for a in self.actions)
+
+
+@dataclass(frozen=True, slots=True)
+class AgentEntry:
+    pattern: str
+    owner: str
+    purpose: str = ""
+    tools: tuple[str, ...] | None = None
+
+    def matches(self, sub: str) -> bool:
+        return fnmatchcase(sub, self.pattern)
+
+
+@dataclass(frozen=True, slots=True)
+class RateSpec:
+    calls: int
+    per_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """Everything a rule may look at for one call."""
+
+    agent: str
+    tool: str
+    action: str
+    args: Any = None
+    task_purpose: str = ""
+    task_labels: Mapping[str, str] = field(default_factory=dict)
+    allowed_tools: frozenset[str] | None = None
+    chain: tuple[str, ...] = ()
+    history: frozenset[str] = frozenset()
+
+    @property
+    def depth(self) -> int:
+        return len(self.chain)
+
+    @property
+    def caller(self) -> str | None:
+        return self.chain[-1] if self.chain else None
+
+    @property
+    def is_loop(self) -> bool:
+        return self.tool in self.chain
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    effect: Effect
+    rule_id: str | None
+    reason: Reason
+    approvers: tuple[str, ...] = ()
+    approvals_required: int = 1
+    credential_ttl_s: int | None = None
+    rates: tuple[tuple[str, int, float], ...] = ()
+    audit_args: Literal["digest", "full"] = "digest"
