@@ -1,0 +1,119 @@
+"""build_app(cfg) -> web.Application: the middlewares, the routes, one cleanup_ctx that opens
+the store, the audit writer and the shared upstream client."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
+
+import aiohttp
+import structlog
+from aiohttp import web
+
+from guard.approvals import Approvals
+from guard.audit import AuditFiles, AuditLog
+from guard.config import Config
+from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound
+from guard.identity import Identity
+from guard.pipeline import Deps, PolicyHolder
+from guard.policy import PolicySet, load_policies
+from guard.routes import credentials, system, tasks, tools
+from guard.routes.common import DEPS
+from guard.stores import open_store
+from guard.tokens import GuardKeys, load_or_create_key
+
+__all__ = ["build_app", "load_checked_policies", "problem_response"]
+
+log = structlog.get_logger("guard.app")
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+class HTTPProblem(GuardError):
+    """An aiohttp HTTP error (e.g. a malformed request line) rendered as problem details."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.http_status = status
+
+    def problem(self) -> dict[str, object]:
+        body = super().problem()
+        body.update(status=self.http_status, code="bad_request" if self.http_status < 500 else "internal")
+        return body
+
+
+def problem_response(err: GuardError) -> web.Response:
+    return web.Response(
+        body=json.dumps(err.problem(), separators=(",", ":")).encode(),
+        status=getattr(err, "http_status", err.status),
+        content_type="application/problem+json",
+        headers=err.headers,
+    )
+
+
+@web.middleware
+async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """The outermost middleware: every error leaves as RFC 9457 problem details."""
+    try:
+        return await handler(request)
+    except GuardError as err:
+        return problem_response(err)
+    except web.HTTPNotFound:
+        return problem_response(NotFound("no such endpoint"))
+    except web.HTTPMethodNotAllowed:
+        return problem_response(MethodNotAllowed("method not allowed here"))
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return problem_response(HTTPProblem(exc.status, exc.reason))
+    except Exception:
+        log.exception("request_failed", path=request.path)
+        return problem_response(GuardError("internal error"))
+
+
+def load_checked_policies(cfg: Config) -> PolicySet:
+    """Load and compile the policies; static credential secrets must be in the environment."""
+    policies = load_policies(cfg.policies)
+    for name, tool in policies.tools.items():
+        if tool.credential.mode == "static" and not cfg.environ.get(tool.credential.secret_env or ""):
+            raise ConfigError(
+                str(cfg.policies), f"tools.{name}.credential.secret_env",
+                f"{tool.credential.secret_env} is not set in the environment",
+            )
+    return policies
+
+
+def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
+    policies = policies or load_checked_policies(cfg)
+    keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
+    identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
+    if cfg.dev_mode:
+        log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
+    app = web.Application(middlewares=[problem_middleware], client_max_size=cfg.limits.max_body_bytes)
+    holder = PolicyHolder(policies)
+
+    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
+        store = await open_store(cfg.store.url)
+        files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
+        if files is not None:
+            files.start()
+        audit = AuditLog(store, files)
+        http = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
+            auto_decompress=False,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+        identity.http = http
+        app[DEPS] = Deps(cfg, store, keys, holder, audit, Approvals(cfg, store, audit), http, identity)
+        log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
+                 policies=str(cfg.policies), tools=sorted(policies.tools))
+        yield
+        await http.close()
+        if files is not None:
+            await files.close()
+        await store.close()
+
+    app.cleanup_ctx.append(lifecycle)
+    for module in (system, tasks, tools, credentials):
+        app.router.add_routes(module.routes)
+    return app

@@ -1,0 +1,216 @@
+"""The tamper-evident audit trail: record hashing, chain verification, durable files.
+
+Each task has its own chain: `hash` = sha256 over the canonical JSON of the record without
+`hash`; `prev_hash` = the previous record's hash (64 zeros first). The store assigns seq and
+links the chain; `AuditFiles` keeps a durable copy as one JSON line per record in
+`<dir>/<task_id>.jsonl`, fsynced in group commits before the caller is answered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from guard.canonical import canonical_json, sha256_hex
+from guard.domain import AuditRecord
+from guard.errors import AuditUnavailable
+from guard.stores.base import Store
+
+__all__ = [
+    "GENESIS",
+    "AuditFiles",
+    "AuditLog",
+    "Verification",
+    "chain_record",
+    "read_trail",
+    "record_hash",
+    "verify_chain",
+]
+
+GENESIS = "0" * 64
+_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
+log = structlog.get_logger("guard.audit")
+
+
+def record_hash(fields: dict[str, Any]) -> str:
+    return sha256_hex(canonical_json({k: v for k, v in fields.items() if k != "hash"}))
+
+
+def chain_record(fields: dict[str, Any], seq: int, prev_hash: str) -> AuditRecord:
+    """Link a draft into a chain (used by every store backend)."""
+    rec = {k: v for k, v in fields.items() if v is not None}
+    rec["seq"] = seq
+    rec["prev_hash"] = prev_hash
+    rec["hash"] = record_hash(rec)
+    return AuditRecord(rec)
+
+
+@dataclass(frozen=True, slots=True)
+class Verification:
+    verified: bool
+    count: int
+    first_bad_seq: int | None = None
+    reason: str | None = None
+
+
+def verify_chain(records: Iterable[dict[str, Any]]) -> Verification:
+    prev = GENESIS
+    n = 0
+    for expected_seq, rec in enumerate(records, start=1):
+        n = expected_seq
+        seq = rec.get("seq")
+        if seq != expected_seq:
+            return Verification(False, n, seq if isinstance(seq, int) else expected_seq, "sequence gap or reorder")
+        if rec.get("prev_hash") != prev:
+            return Verification(False, n, expected_seq, "prev_hash does not link to the previous record")
+        if rec.get("hash") != record_hash(rec):
+            return Verification(False, n, expected_seq, "hash does not match the record's content")
+        prev = rec["hash"]
+    return Verification(True, n)
+
+
+def trail_path(directory: str | Path, task_id: str) -> Path:
+    if not _TASK_ID.match(task_id):
+        raise ValueError("bad task id")
+    return Path(directory) / f"{task_id}.jsonl"
+
+
+def read_trail(directory: str | Path, task_id: str) -> list[dict[str, Any]]:
+    """The records of a task from the audit folder, in seq order (instances may interleave)."""
+    path = trail_path(directory, task_id)
+    if not path.exists():
+        return []
+    records: list[dict[str, Any]] = []
+    seen: set[int] = set()
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                rec = json.loads(line)
+            except ValueError:
+                rec = {"seq": None, "unparseable_line": lineno}
+            seq = rec.get("seq")
+            if isinstance(seq, int) and seq in seen:
+                continue  # the same record written by a retry
+            if isinstance(seq, int):
+                seen.add(seq)
+            records.append(rec)
+    records.sort(key=lambda r: r["seq"] if isinstance(r.get("seq"), int) else 1 << 62)
+    return records
+
+
+def list_trails(directory: str | Path) -> Iterator[str]:
+    d = Path(directory)
+    if d.is_dir():
+        for p in sorted(d.glob("*.jsonl")):
+            yield p.stem
+
+
+class AuditFiles:
+    """Group-committed, fsynced per-task JSON-lines files."""
+
+    def __init__(self, directory: str | Path, fsync: bool = True) -> None:
+        self.dir = Path(directory)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.fsync = fsync
+        self._queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
+        self._wakeup = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._fds: dict[str, int] = {}
+        self._closed = False
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        self._closed = True
+        self._wakeup.set()
+        if self._task is not None:
+            await self._task
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def submit(self, record: AuditRecord) -> asyncio.Future[None]:
+        """Queue a record; the future resolves once it is on disk."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        if self._closed:
+            fut.set_exception(AuditUnavailable("audit writer closed"))
+            return fut
+        self._queue.append((record, fut))
+        self._wakeup.set()
+        return fut
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._wakeup.wait()
+            self._wakeup.clear()
+            batch, self._queue = self._queue, []
+            if batch:
+                try:
+                    await loop.run_in_executor(None, self._write_batch, [r for r, _ in batch])
+                except OSError as e:
+                    log.error("audit_write_failed", error=str(e.strerror))
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_exception(AuditUnavailable("audit write failed"))
+                else:
+                    for _, fut in batch:
+                        if not fut.done():
+                            fut.set_result(None)
+            if self._closed and not self._queue:
+                return
+
+    def _fd(self, task_id: str) -> int:
+        fd = self._fds.get(task_id)
+        if fd is None:
+            if len(self._fds) > 256:
+                for old in list(self._fds.values()):
+                    os.close(old)
+                self._fds.clear()
+            fd = os.open(trail_path(self.dir, task_id), os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            self._fds[task_id] = fd
+        return fd
+
+    def _write_batch(self, records: list[AuditRecord]) -> None:
+        by_task: dict[str, list[bytes]] = {}
+        for rec in records:
+            line = json.dumps(rec.fields, separators=(",", ":"), ensure_ascii=False) + "\n"
+            by_task.setdefault(str(rec.fields["task_id"]), []).append(line.encode())
+        for task_id, lines in by_task.items():
+            fd = self._fd(task_id)
+            os.write(fd, b"".join(lines))
+            if self.fsync:
+                os.fsync(fd)
+
+
+class AuditLog:
+    """Appends to the store's chain and, when configured, the durable folder; fails closed."""
+
+    def __init__(self, store: Store, files: AuditFiles | None) -> None:
+        self.store = store
+        self.files = files
+
+    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
+        draft = {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
+        record = await self.store.append_audit(task_id, draft)
+        if self.files is not None:
+            await self.files.submit(record)
+        return record
+
+    async def records(self, task_id: str) -> list[dict[str, Any]]:
+        recs = [r.fields for r in await self.store.read_audit(task_id)]
+        if not recs and self.files is not None:
+            recs = read_trail(self.files.dir, task_id)
+        return recs

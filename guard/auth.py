@@ -1,0 +1,46 @@
+"""Who may use an API endpoint: principals from IdP tokens (or a task token for its owner)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from guard.errors import Forbidden, Unauthenticated
+from guard.identity import Identity
+from guard.tokens import TASK_TYP, GuardKeys, Principal
+
+__all__ = ["ADMIN", "APPROVER", "AUDITOR", "bearer", "principal", "require_role"]
+
+ADMIN = "guard:admin"
+AUDITOR = "guard:auditor"
+APPROVER = "guard:approver"
+
+
+def bearer(request: web.Request) -> str | None:
+    value = request.headers.get("Authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthenticated("Authorization must be 'Bearer <token>'")
+    return token.strip()
+
+
+async def principal(
+    request: web.Request, identity: Identity, keys: GuardKeys, allow_task_token: bool = False
+) -> Principal:
+    """The authenticated caller. With `allow_task_token`, a task token stands for its agent,
+    limited to its own task (claims["txn"])."""
+    token = bearer(request)
+    if token is None:
+        raise Unauthenticated("missing bearer token")
+    if allow_task_token:
+        header = keys.peek_header(token)
+        if header is not None and header.get("typ") == TASK_TYP:
+            claims = keys.verify(token, TASK_TYP, audience="guard", cache=True)
+            return Principal(str(claims["sub"]), frozenset(), keys.issuer, claims)
+    return await identity.authenticate(token)
+
+
+def require_role(p: Principal, *roles: str) -> None:
+    if not p.roles.intersection(roles):
+        raise Forbidden(f"needs one of the roles {', '.join(roles)}")

@@ -1,0 +1,70 @@
+"""The values a call carries through the pipeline."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from guard.domain import TaskState
+
+__all__ = ["Action", "Authorized", "Caller", "Minted", "ToolCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One request through the guard, as parsed by the HTTP or MCP front end."""
+
+    call_id: str
+    kind: Literal["http", "mcp"]
+    tool: str
+    method: str  # the HTTP method the tool will receive
+    path: str  # the tool path, raw (percent-encoded as received), beginning with "/"
+    query: str  # raw query string, without "?"
+    body: bytes
+    bearer: str | None  # Authorization: Bearer …
+    txn_token: str | None  # Txn-Token header
+    prefer_wait: float = 0.0
+    content_type: str = ""
+    mcp_action: str | None = None  # MCP: the tool name of tools/call
+    mcp_args: Any = None  # MCP: params.arguments
+    counted: bool = True  # False for MCP traffic that is not a tools/call
+
+    @property
+    def path_qs(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    agent: str
+    task_id: str
+    chain: tuple[str, ...]  # tools that led here (empty for a direct call)
+    parent_call_id: str | None  # the call whose Txn-Token was presented
+    via: Literal["task_token", "txn_token"]
+
+
+@dataclass(frozen=True, slots=True)
+class Action:
+    tool: str
+    name: str
+    args: Any
+    digest: str  # binds approvals: tool, action, canonical args
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    headers: dict[str, str]  # credential header (if any), Txn-Token, Guard-Task-Id, Guard-Call-Id
+    credential_jti: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    call: ToolCall
+    caller: Caller
+    state: TaskState
+    action: Action
+    rule_id: str | None
+    upstream: str
+    timeout_s: float
+    minted: Minted
+    audit_fields: dict[str, Any] = field(default_factory=dict)

@@ -1,0 +1,213 @@
+"""guard serve | policy check | policy test | audit show|verify | keys init | dev-token"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from guard.audit import read_trail, verify_chain
+from guard.config import Config, load_config
+from guard.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _cfg(args: argparse.Namespace) -> Config:
+    return load_config(getattr(args, "config", None))
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from aiohttp import web
+
+    from guard.app import build_app
+    from guard.log import configure_logging
+
+    cfg = _cfg(args)
+    configure_logging(json_logs=not args.console_logs)
+    app = build_app(cfg)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(
+        app,
+        host=cfg.listen.host,
+        port=cfg.listen.port,
+        access_log=None,
+        print=None,
+        handler_args={"max_field_size": 8190, "max_line_size": 8190, "keepalive_timeout": 75},
+        shutdown_timeout=5,
+    )
+    return 0
+
+
+def cmd_policy_check(args: argparse.Namespace) -> int:
+    from guard.policy import check_policies
+
+    cfg = _cfg(args)
+    path = args.path or cfg.policies
+    policies, warnings = check_policies(path)
+    for w in warnings:
+        print(f"warning: {w}")
+    print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")
+    return 0
+
+
+def cmd_policy_test(args: argparse.Namespace) -> int:
+    from guard.policy import load_policies
+    from guard.policy.testing import run_policy_tests
+
+    cfg = _cfg(args)
+    path = Path(args.path or cfg.policies)
+    policies = load_policies(path)
+    results = run_policy_tests(policies, Path(args.tests) if args.tests else path / "tests")
+    failed = 0
+    for r in results:
+        mark = "ok  " if r.ok else "FAIL"
+        print(f"{mark} {r.file}:{r.line} {r.name}" + ("" if r.ok else f": {r.message}"))
+        failed += 0 if r.ok else 1
+    print(f"{len(results) - failed} passed, {failed} failed")
+    return 1 if failed or not results else 0
+
+
+def _fmt_time(ts: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts), UTC).strftime("%H:%M:%S.%f")[:-3]
+    except (TypeError, ValueError):
+        return "?"
+
+
+def format_timeline(records: list[dict[str, Any]]) -> list[str]:
+    """One line per record; calls made through a chain are indented under their parent."""
+    lines = []
+    for r in records:
+        depth = len(r.get("chain") or [])
+        what = f"{r.get('tool')}.{r.get('action')}" if r.get("tool") else ""
+        cols = [
+            _fmt_time(r.get("ts")),
+            f"#{r.get('seq')}",
+            "  " * depth + ("└ " if depth else "") + str(r.get("event")),
+            what,
+            str(r.get("effect") or ""),
+            f"rule={r['rule_id']}" if r.get("rule_id") else "",
+            f"status={r['status']}" if r.get("status") is not None else "",
+            f"{r['latency_ms']}ms" if r.get("latency_ms") is not None else "",
+            str(r.get("detail") or ""),
+        ]
+        lines.append("  ".join(c for c in cols if c))
+    return lines
+
+
+def _trail(args: argparse.Namespace) -> list[dict[str, Any]]:
+    cfg = _cfg(args)
+    if not cfg.audit.dir:
+        raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
+    records = read_trail(cfg.audit.dir, args.task)
+    if not records:
+        print(f"no audit trail for {args.task} in {cfg.audit.dir}", file=sys.stderr)
+        raise SystemExit(1)
+    return records
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    records = _trail(args)
+    if args.json:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
+    print(f"task {args.task}: {len(records)} records")
+    for line in format_timeline(records):
+        print(line)
+    v = verify_chain(records)
+    print("chain: verified" if v.verified else f"chain: BROKEN at record #{v.first_bad_seq}: {v.reason}")
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    records = _trail(args)
+    v = verify_chain(records)
+    if v.verified:
+        print(f"verified: {v.count} records, chain intact")
+        return 0
+    print(f"BROKEN: first bad record #{v.first_bad_seq}: {v.reason}")
+    return 2
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from guard.tokens import GuardKeys, load_or_create_key
+
+    cfg = _cfg(args)
+    existed = Path(cfg.signing.key_file).exists()
+    keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
+    state = "exists" if existed else "created"
+    print(f"{state}: {cfg.signing.key_file} (kid {keys.current.kid}, {keys.current.alg})")
+    return 0
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from guard.identity import dev_token
+
+    cfg = _cfg(args)
+    print(dev_token(cfg, args.sub, args.role or [], args.ttl))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="guard", description="zero-trust proxy between AI agents and their tools")
+    p.add_argument("--config", help="config file (default: $GUARD_CONFIG or the embedded default)")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the guard")
+    s.add_argument("--console-logs", action="store_true", help="human-readable logs instead of JSON")
+    s.set_defaults(func=cmd_serve)
+
+    pol = sub.add_parser("policy", help="check or test policies").add_subparsers(dest="policy_cmd", required=True)
+    c = pol.add_parser("check", help="validate the policy folder")
+    c.add_argument("path", nargs="?")
+    c.set_defaults(func=cmd_policy_check)
+    t = pol.add_parser("test", help="run the cases in policies/tests/*.yaml")
+    t.add_argument("path", nargs="?")
+    t.add_argument("--tests", help="folder of test cases (default: <policies>/tests)")
+    t.set_defaults(func=cmd_policy_test)
+
+    aud = sub.add_parser("audit", help="read audit trails").add_subparsers(dest="audit_cmd", required=True)
+    sh = aud.add_parser("show", help="print a task's timeline")
+    sh.add_argument("task")
+    sh.add_argument("--json", action="store_true")
+    sh.set_defaults(func=cmd_audit_show)
+    ve = aud.add_parser("verify", help="verify a task's hash chain")
+    ve.add_argument("task")
+    ve.set_defaults(func=cmd_audit_verify)
+
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
+    ki = keys.add_parser("init", help="create the signing key if missing")
+    ki.set_defaults(func=cmd_keys_init)
+
+    d = sub.add_parser("dev-token", help="mint a token of the local development issuer")
+    d.add_argument("--sub", required=True)
+    d.add_argument("--role", action="append", help="guard:admin, guard:auditor, guard:approver")
+    d.add_argument("--ttl", type=int, default=3600)
+    d.set_defaults(func=cmd_dev_token)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,189 @@
+"""Configuration: pydantic models; `load_config` is the only place the environment is read."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from guard.errors import ConfigError
+
+__all__ = ["Config", "load_config"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Listen(_Section):
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=0, le=65535)
+
+
+class StoreCfg(_Section):
+    url: str = "memory://"
+
+    @field_validator("url")
+    @classmethod
+    def _scheme(cls, v: str) -> str:
+        if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
+            raise ValueError("must be memory:// or redis://host:port/db")
+        return v
+
+
+class AuditCfg(_Section):
+    dir: str | None = "./var/audit"
+    fsync: bool = True
+
+
+class SigningCfg(_Section):
+    key_file: str = "./var/signing-key.json"
+    algorithm: str = "EdDSA"
+
+    @field_validator("algorithm")
+    @classmethod
+    def _alg(cls, v: str) -> str:
+        if v not in ("EdDSA", "ES256"):
+            raise ValueError("must be EdDSA or ES256")
+        return v
+
+
+class IssuerCfg(_Section):
+    issuer: str
+    audience: str = "guard"
+    jwks_file: str | None = None
+    jwks_url: str | None = None
+    algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA"])
+    roles_claim: str = "roles"
+    leeway_s: int = 30
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algs(cls, v: list[str]) -> list[str]:
+        allowed = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+        bad = [a for a in v if a not in allowed]
+        if bad:
+            raise ValueError(f"algorithms not allowed for an asymmetric issuer: {bad}")
+        if not v:
+            raise ValueError("at least one algorithm")
+        return v
+
+
+class WebhookCfg(_Section):
+    name: str
+    url: str
+    secret_env: str
+
+
+class ApprovalsCfg(_Section):
+    ttl_s: int = Field(900, gt=0)
+    max_wait_s: int = Field(60, ge=0)
+    webhooks: list[WebhookCfg] = Field(default_factory=list)
+
+
+class LimitsCfg(_Section):
+    max_body_bytes: int = Field(1_048_576, gt=0)
+    max_chain_depth: int = Field(3, ge=0)
+    task_ttl_s: int = Field(3600, gt=0)
+    task_idle_s: int = Field(900, gt=0)
+    credential_ttl_s: int = Field(30, gt=0)
+    upstream_timeout_s: float = Field(30.0, gt=0)
+    read_timeout_s: float = Field(15.0, gt=0)
+
+
+class Config(_Section):
+    listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
+    public_url: str | None = None
+    issuer: str = "urn:guard"
+    store: StoreCfg = Field(default_factory=StoreCfg)
+    audit: AuditCfg = Field(default_factory=AuditCfg)
+    signing: SigningCfg = Field(default_factory=SigningCfg)
+    policies: str = "./policies"
+    issuers: list[IssuerCfg] = Field(default_factory=list)
+    dev_issuer: bool | None = None  # None: on exactly when no issuers are configured
+    dev_key_file: str = "./var/dev-issuer-key.json"
+    approvals: ApprovalsCfg = Field(default_factory=ApprovalsCfg)  # type: ignore[arg-type]
+    limits: LimitsCfg = Field(default_factory=LimitsCfg)  # type: ignore[arg-type]
+    environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
+    source: str = "<embedded default>"
+
+    @property
+    def base_url(self) -> str:
+        return self.public_url or f"http://{self.listen.host}:{self.listen.port}"
+
+    @property
+    def dev_mode(self) -> bool:
+        return self.dev_issuer if self.dev_issuer is not None else not self.issuers
+
+
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits")
+_TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
+
+
+def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, value in env.items():
+        if not name.startswith("GUARD_") or name == "GUARD_CONFIG":
+            continue
+        rest = name[len("GUARD_"):].lower()
+        if rest in _TOP:
+            out[rest] = value
+            continue
+        for section in _SECTIONS:
+            if rest.startswith(section + "_"):
+                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                break
+    return out
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(merged.get(k), dict):
+            merged[k] = _merge(merged[k], v)
+        else:
+            merged[k] = v
+    return merged
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(str(path), "", f"cannot read: {e.strerror}") from e
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        raise ConfigError(str(path), "", f"YAML syntax error: {getattr(e, 'problem', e)}", line) from e
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(str(path), "", "top level must be a mapping")
+    return data
+
+
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
+    """Read the config file (or the embedded default), apply GUARD_* overrides, resolve secrets."""
+    env = dict(os.environ if env is None else env)
+    path = path or env.get("GUARD_CONFIG")
+    raw: dict[str, Any] = {}
+    source = "<embedded default>"
+    if path:
+        raw = _read_yaml(Path(path))
+        source = str(path)
+    raw = _merge(raw, _env_overrides(env))
+    raw["source"] = source
+    try:
+        cfg = Config.model_validate(raw)
+    except ValidationError as e:
+        err = e.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        raise ConfigError(source, key, err["msg"]) from e
+    for i, hook in enumerate(cfg.approvals.webhooks):
+        if not env.get(hook.secret_env):
+            raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+    # secrets named by *_env keys (webhooks, static credentials) are looked up in this snapshot
+    return cfg.model_copy(update={"environ": env})

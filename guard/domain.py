@@ -1,0 +1,190 @@
+"""Frozen values that travel between the stages of a call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+TaskStatus = Literal["active", "completed", "revoked", "expired"]
+Effect = Literal["allow", "deny", "step_up"]
+ApprovalStatus = Literal["pending", "approved", "denied", "expired", "consumed"]
+
+__all__ = [
+    "Admission",
+    "Approval",
+    "ApprovalStatus",
+    "AuditRecord",
+    "CallLimits",
+    "Effect",
+    "Task",
+    "TaskState",
+    "TaskStatus",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Task:
+    task_id: str
+    agent: str
+    purpose: str
+    requested_by: str | None
+    status: TaskStatus
+    created_at: float
+    expires_at: float
+    max_calls: int | None = None
+    tools: tuple[str, ...] | None = None
+    labels: dict[str, str] = field(default_factory=dict)
+    idle_s: float | None = None
+    ended_at: float | None = None
+    end_reason: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "task_id": self.task_id,
+            "agent": self.agent,
+            "purpose": self.purpose,
+            "requested_by": self.requested_by,
+            "status": self.status,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "max_calls": self.max_calls,
+            "tools": list(self.tools) if self.tools is not None else None,
+            "labels": dict(self.labels),
+            "idle_s": self.idle_s,
+            "ended_at": self.ended_at,
+            "end_reason": self.end_reason,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Task:
+        tools = d.get("tools")
+        return cls(
+            task_id=d["task_id"],
+            agent=d["agent"],
+            purpose=d["purpose"],
+            requested_by=d.get("requested_by"),
+            status=d["status"],
+            created_at=float(d["created_at"]),
+            expires_at=float(d["expires_at"]),
+            max_calls=d.get("max_calls"),
+            tools=tuple(tools) if tools is not None else None,
+            labels=dict(d.get("labels") or {}),
+            idle_s=d.get("idle_s"),
+            ended_at=d.get("ended_at"),
+            end_reason=d.get("end_reason"),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class TaskState:
+    """A task as one call sees it: the task, its call count, last call and history."""
+
+    task: Task
+    calls: int
+    last_call_at: float
+    history: frozenset[str]  # "tool.action" of allowed calls so far
+
+    def effective_status(self, now: float) -> TaskStatus:
+        """The status, with expiry (absolute or idle) applied as of `now`."""
+        t = self.task
+        if t.status != "active":
+            return t.status
+        if now >= t.expires_at:
+            return "expired"
+        if t.idle_s is not None and now - self.last_call_at >= t.idle_s:
+            return "expired"
+        return "active"
+
+
+@dataclass(frozen=True, slots=True)
+class CallLimits:
+    """What admit_call checks and counts, atomically."""
+
+    call_id: str
+    now: float
+    history_entry: str  # "tool.action" recorded when admitted
+    parent_call_id: str | None = None  # chained call: the parent must still be in flight
+    rates: tuple[tuple[str, int, float], ...] = ()  # (rule_id, calls, per_s)
+    count: bool = True  # counts against max_calls and rates, marks in flight
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    ok: bool
+    reason: str | None = None  # task_inactive | txn_inactive | budget_exhausted | rate_limited | not_found
+    rule_id: str | None = None  # the rule whose rate was hit
+    retry_after: float | None = None
+    calls: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Approval:
+    approval_id: str
+    task_id: str
+    call_digest: str  # digest of (tool, action, canonical args)
+    tool: str
+    action: str
+    method: str
+    path: str
+    args: Any  # the call's JSON arguments (shown to approvers)
+    rule_id: str
+    approvers: tuple[str, ...]  # webhook names
+    required: int
+    status: ApprovalStatus
+    created_at: float
+    expires_at: float
+    decisions: tuple[dict[str, Any], ...] = ()  # {approver, decision, reason, at, via}
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "approval_id": self.approval_id,
+            "task_id": self.task_id,
+            "call_digest": self.call_digest,
+            "tool": self.tool,
+            "action": self.action,
+            "method": self.method,
+            "path": self.path,
+            "args": self.args,
+            "rule_id": self.rule_id,
+            "approvers": list(self.approvers),
+            "required": self.required,
+            "status": self.status,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "decisions": [dict(d) for d in self.decisions],
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Approval:
+        return cls(
+            approval_id=d["approval_id"],
+            task_id=d["task_id"],
+            call_digest=d["call_digest"],
+            tool=d["tool"],
+            action=d["action"],
+            method=d["method"],
+            path=d["path"],
+            args=d.get("args"),
+            rule_id=d["rule_id"],
+            approvers=tuple(d.get("approvers") or ()),
+            required=int(d.get("required", 1)),
+            status=d["status"],
+            created_at=float(d["created_at"]),
+            expires_at=float(d["expires_at"]),
+            decisions=tuple(d.get("decisions") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One chained audit record; `fields` holds the JSON object including seq, prev_hash, hash."""
+
+    fields: dict[str, Any]
+
+    @property
+    def seq(self) -> int:
+        return int(self.fields["seq"])
+
+    @property
+    def hash(self) -> str:
+        return str(self.fields["hash"])

@@ -1,0 +1,201 @@
+"""The GuardError tree and its RFC 9457 problem-details rendering.
+
+    GuardError                       500 internal
+    ├── BadRequest                   400 bad_request
+    ├── Unauthenticated              401 unauthenticated
+    ├── Forbidden                    403 forbidden
+    │   ├── UnregisteredAgent        403 unregistered_agent
+    │   ├── AgentSuspended           403 agent_suspended
+    │   ├── Denied                   403 denied
+    │   ├── UnknownAction            403 unknown_action
+    │   ├── ApprovalRequired         403 approval_required
+    │   ├── ApprovalDenied           403 approval_denied
+    │   ├── TaskInactive             403 task_inactive
+    │   ├── ChainTooDeep             403 chain_too_deep
+    │   └── TxnInactive              403 txn_inactive
+    ├── NotFound                     404 not_found
+    │   └── UnknownTool              404 unknown_tool
+    ├── MethodNotAllowed             405 method_not_allowed
+    ├── ApprovalClosed               409 approval_closed
+    ├── PayloadTooLarge              413 payload_too_large
+    ├── RateLimited                  429 rate_limited
+    │   └── BudgetExhausted          429 budget_exhausted
+    ├── UpstreamUnavailable          502 upstream_unavailable
+    ├── StoreUnavailable             503 store_unavailable
+    ├── AuditUnavailable             503 audit_unavailable
+    └── UpstreamTimeout              504 upstream_timeout
+
+ConfigError is separate: it is raised at load time and never reaches HTTP.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+__all__ = [
+    "AgentSuspended",
+    "ApprovalClosed",
+    "ApprovalDenied",
+    "ApprovalRequired",
+    "AuditUnavailable",
+    "BadRequest",
+    "BudgetExhausted",
+    "ChainTooDeep",
+    "ConfigError",
+    "Denied",
+    "Forbidden",
+    "GuardError",
+    "MethodNotAllowed",
+    "NotFound",
+    "PayloadTooLarge",
+    "RateLimited",
+    "StoreUnavailable",
+    "TaskInactive",
+    "TxnInactive",
+    "Unauthenticated",
+    "UnknownAction",
+    "UnknownTool",
+    "UnregisteredAgent",
+    "UpstreamTimeout",
+    "UpstreamUnavailable",
+]
+
+
+class ConfigError(Exception):
+    """A bad config or policy file: names the file, the key (or line) and the reason."""
+
+    def __init__(self, file: str, key: str, reason: str, line: int | None = None) -> None:
+        self.file = file
+        self.key = key
+        self.reason = reason
+        self.line = line
+        where = f"{file}:{line}" if line is not None else file
+        super().__init__(f"{where}: {key}: {reason}" if key else f"{where}: {reason}")
+
+
+class GuardError(Exception):
+    """Base of every error the guard answers with problem details."""
+
+    status: ClassVar[int] = 500
+    code: ClassVar[str] = "internal"
+    title: ClassVar[str] = "Internal error"
+
+    def __init__(self, detail: str = "", **extra: Any) -> None:
+        super().__init__(detail or self.title)
+        self.detail = detail or self.title
+        self.extra: dict[str, Any] = {k: v for k, v in extra.items() if v is not None}
+        self.headers: dict[str, str] = {}
+
+    def problem(self) -> dict[str, Any]:
+        body: dict[str, Any] = {
+            "type": f"urn:guard:error:{self.code}",
+            "title": self.title,
+            "status": self.status,
+            "detail": self.detail,
+            "code": self.code,
+        }
+        body.update(self.extra)
+        return body
+
+
+class BadRequest(GuardError):
+    status, code, title = 400, "bad_request", "Bad request"
+
+
+class Unauthenticated(GuardError):
+    status, code, title = 401, "unauthenticated", "Unauthenticated"
+
+
+class Forbidden(GuardError):
+    status, code, title = 403, "forbidden", "Forbidden"
+
+
+class UnregisteredAgent(Forbidden):
+    code, title = "unregistered_agent", "Agent not registered"
+
+
+class AgentSuspended(Forbidden):
+    code, title = "agent_suspended", "Agent suspended"
+
+
+class Denied(Forbidden):
+    code, title = "denied", "Denied by policy"
+
+
+class UnknownAction(Forbidden):
+    code, title = "unknown_action", "Unknown action"
+
+
+class ApprovalRequired(Forbidden):
+    code, title = "approval_required", "Approval required"
+
+
+class ApprovalDenied(Forbidden):
+    code, title = "approval_denied", "Approval denied or expired"
+
+
+class TaskInactive(Forbidden):
+    code, title = "task_inactive", "Task inactive"
+
+
+class ChainTooDeep(Forbidden):
+    code, title = "chain_too_deep", "Chain too deep"
+
+
+class TxnInactive(Forbidden):
+    code, title = "txn_inactive", "Transaction token inactive"
+
+
+class NotFound(GuardError):
+    status, code, title = 404, "not_found", "Not found"
+
+
+class UnknownTool(NotFound):
+    code, title = "unknown_tool", "Unknown tool"
+
+
+class MethodNotAllowed(GuardError):
+    status, code, title = 405, "method_not_allowed", "Method not allowed"
+
+
+class ApprovalClosed(GuardError):
+    status, code, title = 409, "approval_closed", "Approval no longer pending"
+
+
+class PayloadTooLarge(GuardError):
+    status, code, title = 413, "payload_too_large", "Payload too large"
+
+
+class RateLimited(GuardError):
+    status, code, title = 429, "rate_limited", "Rate limited"
+
+
+class BudgetExhausted(RateLimited):
+    code, title = "budget_exhausted", "Task budget exhausted"
+
+
+class UpstreamUnavailable(GuardError):
+    status, code, title = 502, "upstream_unavailable", "Upstream unavailable"
+
+
+class StoreUnavailable(GuardError):
+    status, code, title = 503, "store_unavailable", "State store unavailable"
+
+
+class AuditUnavailable(GuardError):
+    status, code, title = 503, "audit_unavailable", "Audit trail unavailable"
+
+
+class UpstreamTimeout(GuardError):
+    status, code, title = 504, "upstream_timeout", "Upstream timeout"
+
+
+ERRORS_BY_CODE: dict[str, type[GuardError]] = {
+    cls.code: cls
+    for cls in (
+        BadRequest, Unauthenticated, Forbidden, UnregisteredAgent, AgentSuspended, Denied,
+        UnknownAction, ApprovalRequired, ApprovalDenied, TaskInactive, ChainTooDeep, TxnInactive,
+        NotFound, UnknownTool, MethodNotAllowed, ApprovalClosed, PayloadTooLarge, RateLimited,
+        BudgetExhausted, UpstreamUnavailable, StoreUnavailable, AuditUnavailable, UpstreamTimeout,
+    )
+}

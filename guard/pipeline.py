@@ -1,0 +1,156 @@
+"""The one function that lists the stages of a call, in order."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import structlog
+
+from guard.approvals import Approvals
+from guard.audit import AuditLog
+from guard.calls import Action, Authorized, Caller, ToolCall
+from guard.config import Config
+from guard.domain import CallLimits, TaskState
+from guard.errors import ChainTooDeep, Denied, GuardError
+from guard.identity import Identity
+from guard.policy import CallContext, Decision, PolicySet
+from guard.stages.approve import settle_approval
+from guard.stages.authenticate import authenticate
+from guard.stages.match import match_action, resolve_tool
+from guard.stages.mint import mint_credentials
+from guard.stages.task import admit, load_active_task
+from guard.stores.base import Store
+from guard.tokens import GuardKeys
+
+__all__ = ["Deps", "PolicyHolder", "authorize_call", "record_refusal"]
+
+log = structlog.get_logger("guard.pipeline")
+
+
+class PolicyHolder:
+    """The current compiled policy set; swapped whole on reload, read once per call."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.current = policies
+
+
+@dataclass
+class Deps:
+    cfg: Config
+    store: Store
+    keys: GuardKeys
+    policies: PolicyHolder
+    audit: AuditLog
+    approvals: Approvals
+    http: aiohttp.ClientSession
+    identity: Identity
+
+
+def _context(policies: PolicySet, caller: Caller, state: TaskState, action: Action) -> CallContext:
+    task = state.task
+    allowed = frozenset(task.tools) if task.tools is not None else None
+    entry = policies.agent_entry(caller.agent)
+    if entry is not None and entry.tools is not None:
+        allowed = frozenset(entry.tools) if allowed is None else allowed & frozenset(entry.tools)
+    return CallContext(
+        agent=caller.agent,
+        tool=action.tool,
+        action=action.name,
+        args=action.args,
+        task_purpose=task.purpose,
+        task_labels=task.labels,
+        allowed_tools=allowed,
+        chain=caller.chain,
+        history=state.history,
+    )
+
+
+async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
+    """authenticate → task → match → evaluate → approve → admit → audit → mint.
+    Raises a GuardError to refuse; every refusal that names a task is audited first."""
+    policies = deps.policies.current
+    caller = authenticate(call, deps.keys)
+    tool = resolve_tool(call, policies)
+    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    action_name = call.mcp_action
+    try:
+        if len(caller.chain) > deps.cfg.limits.max_chain_depth:
+            raise ChainTooDeep(f"chain depth {len(caller.chain)} exceeds {deps.cfg.limits.max_chain_depth}")
+        action = match_action(call, tool)
+        action_name = action.name
+        decision = policies.evaluate(_context(policies, caller, state, action))
+        approval_id = None
+        if decision.effect == "deny":
+            raise Denied(_deny_detail(decision), rule_id=decision.rule_id)
+        if decision.effect == "step_up":
+            approval_id = await settle_approval(call, caller, state, action, decision, deps.approvals)
+        limits = CallLimits(
+            call_id=call.call_id,
+            now=time.time(),
+            history_entry=f"{action.tool}.{action.name}",
+            parent_call_id=caller.parent_call_id,
+            rates=decision.rates,
+            count=call.counted,
+        )
+        await admit(deps.store, caller, limits)
+    except GuardError as err:
+        err.extra.setdefault("task_id", caller.task_id)
+        err.extra.setdefault("call_id", call.call_id)
+        await record_refusal(deps.audit, call, caller, action_name, err)
+        raise
+    fields = _audit_fields(call, caller, action, decision, approval_id)
+    await deps.audit.append(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
+    log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
+             action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
+    minted = mint_credentials(
+        call, caller, state, action, tool, deps.keys,
+        ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
+        txn_ttl_s=tool.timeout_s + 30,
+        environ=deps.cfg.environ,
+    )
+    return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
+
+
+def _deny_detail(decision: Decision) -> str:
+    if decision.reason == "tool_not_in_task":
+        return "the tool is outside what this task may use"
+    if decision.reason == "chain_loop":
+        return "the chain loops back to a tool already in it"
+    if decision.rule_id is None:
+        return "no rule allows this call"
+    return f"denied by rule {decision.rule_id}"
+
+
+def _audit_fields(
+    call: ToolCall, caller: Caller, action: Action, decision: Decision, approval_id: str | None
+) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "call_id": call.call_id,
+        "tool": action.tool,
+        "action": action.name,
+        "rule_id": decision.rule_id,
+        "chain": list(caller.chain),
+        "approval_id": approval_id,
+        "args_digest": action.digest,
+    }
+    if decision.audit_args == "full":
+        fields["args"] = action.args
+    return fields
+
+
+async def record_refusal(
+    audit: AuditLog, call: ToolCall, caller: Caller, action: str | None, err: GuardError
+) -> None:
+    """The audit record (and log line) of a refused call of a known task."""
+    effect = "step_up" if err.code == "approval_required" else "deny"
+    await audit.append(
+        caller.task_id, "call_decided", caller.agent,
+        call_id=call.call_id, tool=call.tool, action=action, effect=effect,
+        rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
+        chain=list(caller.chain), status=err.status, detail=err.code,
+    )
+    log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
+             action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)

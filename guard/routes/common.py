@@ -1,0 +1,56 @@
+"""Helpers shared by the handlers: the AppKey of the dependencies, bodies, JSON answers."""
+
+from __future__ import annotations
+
+import json
+from typing import Any, TypeVar
+
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from guard.errors import BadRequest, PayloadTooLarge
+from guard.pipeline import Deps
+
+__all__ = ["DEPS", "json_response", "read_body", "read_model"]
+
+DEPS = web.AppKey("deps", Deps)
+M = TypeVar("M", bound=BaseModel)
+
+
+async def read_body(request: web.Request, limit: int) -> bytes:
+    """The whole body, refused with 413 as soon as it is known to exceed `limit`."""
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"body over {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        chunk = await request.content.read(65536)
+        if not chunk:
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"body over {limit} bytes")
+        chunks.append(chunk)
+
+
+async def read_model(request: web.Request, model: type[M]) -> M:
+    body = await read_body(request, request.app[DEPS].cfg.limits.max_body_bytes)
+    try:
+        data = json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("malformed JSON body") from e
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        err = e.errors()[0]
+        where = ".".join(str(p) for p in err["loc"]) or "body"
+        raise BadRequest(f"{where}: {err['msg']}") from e
+
+
+def json_response(data: Any, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(
+        body=json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode(),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )

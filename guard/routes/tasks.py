@@ -1,0 +1,177 @@
+"""Tasks: create, read, complete, revoke, and their audit trail."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from guard.audit import verify_chain
+from guard.auth import ADMIN, AUDITOR, principal, require_role
+from guard.domain import Task, TaskState
+from guard.errors import BadRequest, Forbidden, NotFound, UnregisteredAgent
+from guard.pipeline import Deps
+from guard.routes.common import DEPS, json_response, read_model
+from guard.stages.task import expire_if_due
+from guard.tokens import TASK_TYP, Principal, jti, new_id
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+
+
+class TaskRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    purpose: str = Field(min_length=1, max_length=1000)
+    requested_by: str | None = Field(None, max_length=320)
+    ttl_s: int | None = Field(None, gt=0)
+    max_calls: int | None = Field(None, gt=0)
+    tools: list[str] | None = None
+    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+
+
+class RevokeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field("", max_length=1000)
+
+
+def task_view(state: TaskState, pending: list[str]) -> dict[str, Any]:
+    t = state.task
+    return {
+        "task_id": t.task_id,
+        "agent": t.agent,
+        "purpose": t.purpose,
+        "requested_by": t.requested_by,
+        "status": t.status,
+        "created_at": t.created_at,
+        "expires_at": t.expires_at,
+        "calls": state.calls,
+        "max_calls": t.max_calls,
+        "tools": list(t.tools) if t.tools is not None else None,
+        "labels": t.labels,
+        "pending_approvals": pending,
+    }
+
+
+async def _load(deps: Deps, task_id: str) -> TaskState:
+    state = await deps.store.get_task(task_id)
+    if state is None:
+        raise NotFound("no such task", task_id=task_id)
+    return await expire_if_due(state, deps.store, deps.audit, time.time())
+
+
+def _is_owner(p: Principal, state: TaskState) -> bool:
+    if p.sub != state.task.agent:
+        return False
+    txn = p.claims.get("txn")
+    return txn is None or txn == state.task.task_id
+
+
+@routes.post("/v1/tasks")
+async def create_task(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    body = await read_model(request, TaskRequest)
+    policies = deps.policies.current
+    if policies.has_inventory and policies.agent_entry(who.sub) is None:
+        raise UnregisteredAgent(f"agent {who.sub!r} is not in the inventory")
+    unknown = [t for t in body.tools or [] if t not in policies.tools]
+    if unknown:
+        raise BadRequest(f"tools: unknown tool(s) {unknown}")
+    now = time.time()
+    ttl = min(body.ttl_s or deps.cfg.limits.task_ttl_s, deps.cfg.limits.task_ttl_s)
+    task = Task(
+        task_id=new_id("task"),
+        agent=who.sub,
+        purpose=body.purpose,
+        requested_by=body.requested_by,
+        status="active",
+        created_at=now,
+        expires_at=now + ttl,
+        max_calls=body.max_calls,
+        tools=tuple(body.tools) if body.tools is not None else None,
+        labels=body.labels,
+        idle_s=float(deps.cfg.limits.task_idle_s),
+    )
+    await deps.store.create_task(task)
+    await deps.audit.append(task.task_id, "task_created", task.agent, detail=f"ttl_s={ttl}")
+    token = deps.keys.sign(
+        TASK_TYP,
+        {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
+         "iat": int(now), "exp": int(task.expires_at), "jti": jti()},
+    )
+    return json_response(
+        {"task_id": task.task_id, "task_token": token, "status": task.status,
+         "expires_at": task.expires_at, "agent": task.agent},
+        status=201,
+    )
+
+
+@routes.get("/v1/tasks/{task_id}")
+async def get_task(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    state = await _load(deps, request.match_info["task_id"])
+    if not _is_owner(who, state):
+        require_role(who, ADMIN, AUDITOR)
+    pending = [a.approval_id for a in await deps.store.list_approvals(state.task.task_id, "pending")]
+    return json_response(task_view(state, pending))
+
+
+async def end_task(deps: Deps, state: TaskState, status: str, actor: str, reason: str | None) -> Task | None:
+    ended = await deps.store.end_task(state.task.task_id, status, time.time(), reason)
+    if ended is not None:
+        await deps.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=reason, actor=actor)
+    return ended
+
+
+@routes.post("/v1/tasks/{task_id}/complete")
+async def complete_task(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    state = await _load(deps, request.match_info["task_id"])
+    if not _is_owner(who, state):
+        raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)
+    await end_task(deps, state, "completed", who.sub, None)
+    return await _view(deps, state.task.task_id)
+
+
+@routes.post("/v1/tasks/{task_id}/revoke")
+async def revoke_task(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    require_role(who, ADMIN)
+    body = await read_model(request, RevokeRequest)
+    state = await _load(deps, request.match_info["task_id"])
+    await end_task(deps, state, "revoked", who.sub, body.reason)
+    return await _view(deps, state.task.task_id)
+
+
+async def _view(deps: Deps, task_id: str) -> web.Response:
+    state = await deps.store.get_task(task_id)
+    assert state is not None
+    return json_response(task_view(state, []))
+
+
+@routes.get("/v1/tasks/{task_id}/audit")
+async def task_audit(request: web.Request) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    require_role(who, AUDITOR, ADMIN)
+    task_id = request.match_info["task_id"]
+    records = await deps.audit.records(task_id)
+    if not records:
+        raise NotFound("no audit trail for this task", task_id=task_id)
+    result = verify_chain(records)
+    if "application/x-ndjson" in request.headers.get("Accept", ""):
+        import json
+
+        lines = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
+        return web.Response(body=lines, content_type="application/x-ndjson")
+    out: dict[str, Any] = {"task_id": task_id, "verified": result.verified, "records": records}
+    if not result.verified:
+        out["first_bad_seq"] = result.first_bad_seq
+        out["reason"] = result.reason
+    return json_response(out)

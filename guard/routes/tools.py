@@ -1,0 +1,78 @@
+"""`ANY /tools/{tool}/{path}`: an http tool call through the pipeline."""
+
+from __future__ import annotations
+
+import re
+
+import structlog
+from aiohttp import web
+
+from guard.auth import bearer
+from guard.calls import Authorized, ToolCall
+from guard.errors import BadRequest, GuardError, StoreUnavailable
+from guard.pipeline import Deps, authorize_call
+from guard.routes.common import DEPS, read_body
+from guard.stages.forward import forward
+from guard.stages.match import check_tool_path
+from guard.tokens import new_id
+
+__all__ = ["parse_prefer_wait", "routes", "run_forward"]
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("guard.tools")
+_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
+
+
+def parse_prefer_wait(request: web.Request, max_wait: float) -> float:
+    m = _WAIT.search(request.headers.get("Prefer", ""))
+    return min(float(m.group(1)), max_wait) if m else 0.0
+
+
+@routes.route("*", "/tools/{tool}/{path:.*}")
+async def tool_call(request: web.Request) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    tool = request.match_info["tool"]
+    raw_path, _, query = request.raw_path.partition("?")
+    prefix = f"/tools/{tool}"
+    if not raw_path.startswith(prefix + "/"):
+        raise BadRequest("the tool path must be /tools/{tool}/{path}")
+    path = check_tool_path(raw_path[len(prefix):])
+    call = ToolCall(
+        call_id=new_id("call"),
+        kind="http",
+        tool=tool,
+        method=request.method.upper(),
+        path=path,
+        query=query,
+        body=await read_body(request, deps.cfg.limits.max_body_bytes),
+        bearer=bearer(request),
+        txn_token=request.headers.get("Txn-Token"),
+        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s),
+        content_type=request.headers.get("Content-Type", ""),
+    )
+    auth = await authorize_call(call, deps)
+    return await run_forward(request, auth, deps)
+
+
+async def run_forward(request: web.Request, auth: Authorized, deps: Deps) -> web.StreamResponse:
+    """Forward, audit the upstream answer before it goes out, then end the call's Txn-Token."""
+    task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
+    base = {"call_id": call_id, "tool": auth.action.tool, "action": auth.action.name,
+            "chain": list(auth.caller.chain)}
+
+    async def on_headers(status: int, latency_s: float) -> None:
+        await deps.audit.append(task_id, "call_forwarded", agent, status=status,
+                                latency_ms=round(latency_s * 1000, 3), **base)
+        log.info("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
+
+    try:
+        return await forward(request, auth, deps.http, on_headers)
+    except GuardError as err:
+        if err.code in ("upstream_unavailable", "upstream_timeout"):
+            await deps.audit.append(task_id, "call_failed", agent, status=err.status, detail=err.code, **base)
+        raise
+    finally:
+        try:
+            await deps.store.finish_call(task_id, call_id)
+        except StoreUnavailable:
+            log.warning("call_finish_failed", task_id=task_id, call_id=call_id)

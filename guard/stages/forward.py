@@ -1,0 +1,104 @@
+"""Forward an authorized call upstream and stream the answer back. Never retried: tool calls
+are not idempotent."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Mapping
+
+import aiohttp
+from aiohttp import web
+from multidict import CIMultiDict, CIMultiDictProxy
+from yarl import URL
+
+from guard.calls import Authorized
+from guard.errors import UpstreamTimeout, UpstreamUnavailable
+
+__all__ = ["HOP_BY_HOP", "forward", "upstream_headers"]
+
+HOP_BY_HOP = frozenset(
+    {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
+     "trailers", "transfer-encoding", "upgrade", "proxy-connection"}
+)
+_NEVER_UPSTREAM = HOP_BY_HOP | {
+    "authorization", "cookie", "host", "content-length", "txn-token", "guard-task-id",
+    "guard-call-id", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
+    "prefer", "expect",
+}
+_NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
+
+OnHeaders = Callable[[int, float], Awaitable[None]]
+
+
+def _connection_listed(headers: Mapping[str, str]) -> set[str]:
+    listed: set[str] = set()
+    for value in headers.getall("Connection", []) if isinstance(headers, CIMultiDictProxy) else []:
+        listed.update(v.strip().lower() for v in value.split(","))
+    return listed
+
+
+def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str]) -> CIMultiDict[str]:
+    """The agent's headers minus its credentials, cookies, hop-by-hop and Connection-listed
+    headers, plus the minted credential, Txn-Token and Guard ids."""
+    drop = _NEVER_UPSTREAM | _connection_listed(incoming) | {k.lower() for k in minted}
+    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+    out.update(minted)
+    return out
+
+
+async def forward(
+    request: web.Request,
+    auth: Authorized,
+    http: aiohttp.ClientSession,
+    on_headers: OnHeaders,
+) -> web.StreamResponse:
+    """Send the call upstream; `on_headers(status, latency_s)` runs (and writes the audit
+    record) before anything is sent back to the agent."""
+    call = auth.call
+    url = URL(auth.upstream.rstrip("/") + call.path_qs, encoded=True)
+    headers = upstream_headers(request.headers, auth.minted.headers)
+    started = time.perf_counter()
+    try:
+        upstream = await http.request(
+            call.method,
+            url,
+            headers=headers,
+            data=call.body if call.body else None,
+            allow_redirects=False,
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=auth.timeout_s),
+            auto_decompress=False,
+        )
+    except TimeoutError as e:
+        raise UpstreamTimeout("the tool did not answer in time", **_ids(auth)) from e
+    except aiohttp.ClientError as e:
+        raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
+    resp: web.StreamResponse | None = None
+    try:
+        await on_headers(upstream.status, time.perf_counter() - started)
+        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        listed = _connection_listed(upstream.headers)
+        for k, v in upstream.headers.items():
+            if k.lower() not in _NEVER_DOWNSTREAM and k.lower() not in listed:
+                resp.headers.add(k, v)
+        resp.headers["Guard-Task-Id"] = auth.caller.task_id
+        resp.headers["Guard-Call-Id"] = call.call_id
+        if upstream.content_length is not None:
+            resp.content_length = upstream.content_length
+        await resp.prepare(request)
+        async for chunk in upstream.content.iter_any():
+            await resp.write(chunk)
+        await resp.write_eof()
+        return resp
+    except (TimeoutError, aiohttp.ClientError, ConnectionResetError):
+        if resp is None or not resp.prepared:
+            raise UpstreamUnavailable("the tool's answer broke off", **_ids(auth)) from None
+        # the answer had started: nothing more can be said to the agent but a closed connection
+        if request.transport is not None:
+            request.transport.close()
+        return resp
+    finally:
+        upstream.release()
+
+
+def _ids(auth: Authorized) -> dict[str, str]:
+    return {"task_id": auth.caller.task_id, "call_id": auth.call.call_id}

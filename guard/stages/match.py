@@ -1,0 +1,81 @@
+"""Which tool and action a call is, and its JSON arguments."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+from guard.calls import Action, ToolCall
+from guard.canonical import args_digest
+from guard.errors import BadRequest, UnknownAction, UnknownTool
+from guard.policy import PolicySet, ToolSpec
+
+__all__ = ["check_tool_path", "match_action", "resolve_tool"]
+
+_BAD_ESCAPES = re.compile(r"%(2[eEfF]|5[cC]|00)")
+
+
+def check_tool_path(raw_path: str) -> str:
+    """Refuse paths that could reach an upstream path no action maps: dot segments, empty
+    segments, backslashes and encoded `.`, `/`, `\\` or NUL. Returns the path unchanged."""
+    if not raw_path.startswith("/"):
+        raw_path = "/" + raw_path
+    if _BAD_ESCAPES.search(raw_path) or "\\" in raw_path:
+        raise BadRequest("encoded '.', '/', '\\' or NUL in the tool path")
+    segments = raw_path.split("/")[1:]
+    if any(s in (".", "..") for s in segments) or any(s == "" for s in segments[:-1]):
+        raise BadRequest("dot or empty segments in the tool path")
+    return raw_path
+
+
+def resolve_tool(call: ToolCall, policies: PolicySet) -> ToolSpec:
+    tool = policies.tools.get(call.tool)
+    if tool is None or tool.kind != call.kind:
+        raise UnknownTool(f"no {call.kind} tool named {call.tool!r}")
+    return tool
+
+
+def _query_args(query: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in parse_qsl(query, keep_blank_values=True):
+        if k in out:
+            prev = out[k]
+            out[k] = [*prev, v] if isinstance(prev, list) else [prev, v]
+        else:
+            out[k] = v
+    return out
+
+
+def _json_body(call: ToolCall) -> Any:
+    if not call.body:
+        return None
+    ctype = call.content_type.split(";", 1)[0].strip().lower()
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        return None
+    try:
+        return json.loads(call.body)
+    except (ValueError, UnicodeDecodeError) as e:
+        raise BadRequest("malformed JSON body", call_id=call.call_id) from e
+
+
+def match_action(call: ToolCall, tool: ToolSpec) -> Action:
+    """http: method + path template; mcp: the tools/call name. Arguments: path > query > body."""
+    if call.kind == "mcp":
+        name = call.mcp_action or ""
+        mcp_args = call.mcp_args if call.mcp_args is not None else {}
+        return Action(tool.name, name, mcp_args, args_digest(tool.name, name, mcp_args))
+    body = _json_body(call)
+    found = tool.match_action(call.method, call.path)
+    if found is None:
+        raise UnknownAction(f"{call.method} {call.path} matches no action of {tool.name}")
+    name, path_vars = found
+    args: Any
+    if isinstance(body, dict):
+        args = {**body, **_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
+    elif body is None:
+        args = {**_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
+    else:
+        args = {"body": body, **_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
+    return Action(tool.name, name, args, args_digest(tool.name, name, args))

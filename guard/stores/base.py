@@ -1,0 +1,75 @@
+"""The state store protocol. Each method is one atomic operation on its backend."""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol
+
+from guard.domain import Admission, Approval, AuditRecord, CallLimits, Task, TaskState
+
+__all__ = ["DecideOutcome", "Store"]
+
+DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
+
+
+class Store(Protocol):
+    """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+    # -- tasks -------------------------------------------------------------
+    async def create_task(self, task: Task) -> None: ...
+
+    async def get_task(self, task_id: str) -> TaskState | None:
+        """The task with its call count, last call time and history; None if unknown."""
+
+    async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
+        """Move an active task to `status` (completed/revoked/expired) and expire its pending
+        approvals, atomically. Returns the ended task, or None when it was not active."""
+
+    async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]: ...
+
+    # -- calls -------------------------------------------------------------
+    async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        """Atomically: the task is active (not ended, not expired, not idle) and, for a
+        chained call, the parent call is still in flight; then, when `limits.count`, the
+        call fits `max_calls` and every rate; then counts it, records `history_entry`,
+        sets last_call_at and marks `call_id` in flight."""
+
+    async def finish_call(self, task_id: str, call_id: str) -> None:
+        """The call's response was sent (or it failed): its Txn-Token stops working."""
+
+    async def call_in_flight(self, task_id: str, call_id: str) -> bool: ...
+
+    # -- credentials -------------------------------------------------------
+    async def consume_credential(self, jti: str, exp: float) -> bool:
+        """True the first time a jti is consumed, False ever after (until exp)."""
+
+    # -- approvals ---------------------------------------------------------
+    async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
+        """The pending approval for (task_id, call_digest) if there is one, else store this
+        one. Returns (approval, created)."""
+
+    async def get_approval(self, approval_id: str) -> Approval | None: ...
+
+    async def decide_approval(
+        self, approval_id: str, decision: dict[str, Any], now: float
+    ) -> tuple[DecideOutcome, Approval | None]:
+        """Record one approver's decision ({approver, decision: approve|deny, reason, at, via})
+        on a pending, unexpired approval. One deny denies; `required` distinct approvals
+        approve. The same approver twice is a duplicate."""
+
+    async def consume_approval(self, task_id: str, call_digest: str, now: float) -> Approval | None:
+        """Atomically turn the approved, unexpired approval for this call into consumed."""
+
+    async def latest_approval(self, task_id: str, call_digest: str) -> Approval | None:
+        """The most recent approval (any status) for this exact call."""
+
+    async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]: ...
+
+    # -- audit -------------------------------------------------------------
+    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """Append to the task's chain: fills seq, prev_hash and hash."""
+
+    async def read_audit(self, task_id: str) -> list[AuditRecord]: ...

@@ -1,0 +1,214 @@
+"""The in-memory store: one process, nothing shared. Every method runs without awaiting,
+so each is atomic on the event loop."""
+
+from __future__ import annotations
+
+import dataclasses
+import heapq
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+from guard.audit import GENESIS, chain_record
+from guard.domain import Admission, Approval, ApprovalStatus, AuditRecord, CallLimits, Task, TaskState
+from guard.stores.base import DecideOutcome
+
+__all__ = ["MemoryStore"]
+
+
+@dataclass
+class _TaskRow:
+    task: Task
+    calls: int = 0
+    last_call_at: float = 0.0
+    history: set[str] = field(default_factory=set)
+    in_flight: set[str] = field(default_factory=set)
+    rate_hits: dict[str, deque[float]] = field(default_factory=dict)
+    audit: list[AuditRecord] = field(default_factory=list)
+
+    def state(self) -> TaskState:
+        return TaskState(self.task, self.calls, self.last_call_at, frozenset(self.history))
+
+
+class MemoryStore:
+    def __init__(self) -> None:
+        self._tasks: dict[str, _TaskRow] = {}
+        self._consumed: dict[str, float] = {}
+        self._consumed_heap: list[tuple[float, str]] = []
+        self._approvals: dict[str, Approval] = {}
+        self._pending_by_call: dict[tuple[str, str], str] = {}
+        self._latest_by_call: dict[tuple[str, str], str] = {}
+        self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
+
+    async def ping(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    # -- tasks -------------------------------------------------------------
+    async def create_task(self, task: Task) -> None:
+        self._tasks[task.task_id] = _TaskRow(task, last_call_at=task.created_at)
+
+    async def get_task(self, task_id: str) -> TaskState | None:
+        row = self._tasks.get(task_id)
+        return row.state() if row else None
+
+    async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
+        row = self._tasks.get(task_id)
+        if row is None or row.task.status != "active":
+            return None
+        row.task = dataclasses.replace(row.task, status=status, ended_at=now, end_reason=reason)  # type: ignore[arg-type]
+        row.in_flight.clear()
+        for key, aid in list(self._pending_by_call.items()):
+            if key[0] == task_id:
+                self._approvals[aid] = dataclasses.replace(self._approvals[aid], status="expired")
+                del self._pending_by_call[key]
+        return row.task
+
+    async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
+        return [
+            r.state()
+            for r in self._tasks.values()
+            if (status is None or r.task.status == status) and (agent is None or r.task.agent == agent)
+        ]
+
+    # -- calls -------------------------------------------------------------
+    async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        row = self._tasks.get(task_id)
+        if row is None:
+            return Admission(False, "not_found")
+        state = row.state()
+        if state.effective_status(limits.now) != "active":
+            return Admission(False, "task_inactive", calls=row.calls)
+        if limits.parent_call_id is not None and limits.parent_call_id not in row.in_flight:
+            return Admission(False, "txn_inactive", calls=row.calls)
+        if not limits.count:
+            return Admission(True, calls=row.calls)
+        if row.task.max_calls is not None and row.calls >= row.task.max_calls:
+            return Admission(False, "budget_exhausted", calls=row.calls)
+        windows: list[deque[float]] = []
+        for rule_id, calls, per_s in limits.rates:
+            hits = row.rate_hits.setdefault(rule_id, deque())
+            while hits and hits[0] <= limits.now - per_s:
+                hits.popleft()
+            if len(hits) >= calls:
+                return Admission(False, "rate_limited", rule_id, hits[0] + per_s - limits.now, row.calls)
+            windows.append(hits)
+        for hits in windows:
+            hits.append(limits.now)
+        row.calls += 1
+        row.last_call_at = limits.now
+        row.history.add(limits.history_entry)
+        row.in_flight.add(limits.call_id)
+        return Admission(True, calls=row.calls)
+
+    async def finish_call(self, task_id: str, call_id: str) -> None:
+        row = self._tasks.get(task_id)
+        if row is not None:
+            row.in_flight.discard(call_id)
+
+    async def call_in_flight(self, task_id: str, call_id: str) -> bool:
+        row = self._tasks.get(task_id)
+        return row is not None and call_id in row.in_flight
+
+    # -- credentials -------------------------------------------------------
+    async def consume_credential(self, jti: str, exp: float) -> bool:
+        now = time.time()
+        while self._consumed_heap and self._consumed_heap[0][0] < now - 60:
+            _, old = heapq.heappop(self._consumed_heap)
+            self._consumed.pop(old, None)
+        if jti in self._consumed:
+            return False
+        self._consumed[jti] = exp
+        heapq.heappush(self._consumed_heap, (exp, jti))
+        return True
+
+    # -- approvals ---------------------------------------------------------
+    async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
+        key = (approval.task_id, approval.call_digest)
+        aid = self._pending_by_call.get(key)
+        if aid is not None:
+            existing = self._approvals[aid]
+            if existing.status == "pending" and existing.expires_at > approval.created_at:
+                return existing, False
+            if existing.status == "pending":
+                self._approvals[aid] = dataclasses.replace(existing, status="expired")
+            del self._pending_by_call[key]
+        self._approvals[approval.approval_id] = approval
+        self._pending_by_call[key] = approval.approval_id
+        self._latest_by_call[key] = approval.approval_id
+        return approval, True
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        return self._approvals.get(approval_id)
+
+    async def decide_approval(
+        self, approval_id: str, decision: dict[str, Any], now: float
+    ) -> tuple[DecideOutcome, Approval | None]:
+        a = self._approvals.get(approval_id)
+        if a is None:
+            return "not_found", None
+        if a.status == "pending" and a.expires_at <= now:
+            a = self._expire(a)
+        if a.status != "pending":
+            return "closed", a
+        if any(d["approver"] == decision["approver"] for d in a.decisions):
+            return "duplicate", a
+        decisions = (*a.decisions, decision)
+        approvals = {d["approver"] for d in decisions if d["decision"] == "approve"}
+        status: ApprovalStatus = "pending"
+        if decision["decision"] == "deny":
+            status = "denied"
+        elif len(approvals) >= a.required:
+            status = "approved"
+        a = dataclasses.replace(a, decisions=decisions, status=status)
+        self._approvals[approval_id] = a
+        if status != "pending":
+            self._pending_by_call.pop((a.task_id, a.call_digest), None)
+        return "recorded", a
+
+    def _expire(self, a: Approval) -> Approval:
+        a = dataclasses.replace(a, status="expired")
+        self._approvals[a.approval_id] = a
+        self._pending_by_call.pop((a.task_id, a.call_digest), None)
+        return a
+
+    async def consume_approval(self, task_id: str, call_digest: str, now: float) -> Approval | None:
+        aid = self._latest_by_call.get((task_id, call_digest))
+        a = self._approvals.get(aid) if aid else None
+        if a is None or a.status != "approved" or a.expires_at <= now:
+            return None
+        a = dataclasses.replace(a, status="consumed")
+        self._approvals[a.approval_id] = a
+        return a
+
+    async def latest_approval(self, task_id: str, call_digest: str) -> Approval | None:
+        aid = self._latest_by_call.get((task_id, call_digest))
+        a = self._approvals.get(aid) if aid else None
+        if a is not None and a.status == "pending" and a.expires_at <= time.time():
+            a = self._expire(a)
+        return a
+
+    async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]:
+        return [
+            a
+            for a in self._approvals.values()
+            if (task_id is None or a.task_id == task_id) and (status is None or a.status == status)
+        ]
+
+    # -- audit -------------------------------------------------------------
+    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+        row = self._tasks.get(task_id)
+        trail = row.audit if row is not None else self._orphans.setdefault(task_id, [])
+        prev = trail[-1].hash if trail else GENESIS
+        record = chain_record(fields, len(trail) + 1, prev)
+        trail.append(record)
+        return record
+
+    async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        row = self._tasks.get(task_id)
+        if row is not None:
+            return list(row.audit)
+        return list(self._orphans.get(task_id, []))

@@ -1,0 +1,260 @@
+"""The three token types the guard signs and verifies, its keys and JWKS, and IdP tokens.
+
+Guard-signed tokens (task, credential, Txn-Token) are verified strictly: the header segment
+must be byte-for-byte one the guard itself produces (so `alg`, `kid`, `typ`, `crit`, `jku`,
+`x5u` and friends cannot be chosen by a caller), then the signature, then `exp`, `iss`, `aud`.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import secrets
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jwt
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
+
+from guard.canonical import b64url
+from guard.errors import Unauthenticated
+
+__all__ = [
+    "CRED_TYP",
+    "DEV_ISSUER",
+    "TASK_TYP",
+    "TXN_TYP",
+    "GuardKeys",
+    "Principal",
+    "load_or_create_key",
+    "new_id",
+]
+
+TASK_TYP = "task+jwt"
+CRED_TYP = "cred+jwt"
+TXN_TYP = "txntoken+jwt"
+GUARD_TYPS = frozenset({TASK_TYP, CRED_TYP, TXN_TYP})
+DEV_ISSUER = "urn:guard:dev"
+MAX_TOKEN_BYTES = 8192
+LEEWAY_S = 30
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex}"
+
+
+def _b64d(seg: str) -> bytes:
+    return base64.urlsafe_b64decode(seg + "=" * (-len(seg) % 4))
+
+
+def _int_b64(n: int, length: int) -> str:
+    return b64url(n.to_bytes(length, "big"))
+
+
+PrivateKey = ed25519.Ed25519PrivateKey | ec.EllipticCurvePrivateKey
+
+
+def _jwk_of(key: PrivateKey, private: bool) -> dict[str, str]:
+    if isinstance(key, ed25519.Ed25519PrivateKey):
+        from cryptography.hazmat.primitives import serialization as s
+
+        pub = key.public_key().public_bytes(s.Encoding.Raw, s.PublicFormat.Raw)
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(pub), "alg": "EdDSA"}
+        if private:
+            jwk["d"] = b64url(key.private_bytes(s.Encoding.Raw, s.PrivateFormat.Raw, s.NoEncryption()))
+        return jwk
+    nums = key.private_numbers()
+    jwk = {
+        "kty": "EC",
+        "crv": "P-256",
+        "x": _int_b64(nums.public_numbers.x, 32),
+        "y": _int_b64(nums.public_numbers.y, 32),
+        "alg": "ES256",
+    }
+    if private:
+        jwk["d"] = _int_b64(nums.private_value, 32)
+    return jwk
+
+
+def _thumbprint(jwk: dict[str, str]) -> str:
+    """RFC 7638 JWK thumbprint."""
+    import hashlib
+
+    members = ("crv", "kty", "x") if jwk["kty"] == "OKP" else ("crv", "kty", "x", "y")
+    canon = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
+    return b64url(hashlib.sha256(canon.encode()).digest())
+
+
+def _key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
+    if jwk["kty"] == "OKP":
+        return ed25519.Ed25519PrivateKey.from_private_bytes(_b64d(jwk["d"]))
+    d = int.from_bytes(_b64d(jwk["d"]), "big")
+    return ec.derive_private_key(d, ec.SECP256R1())
+
+
+def load_or_create_key(path: str | Path, algorithm: str = "EdDSA") -> PrivateKey:
+    """Load the private JWK at `path`, or create one (0600) on first start."""
+    p = Path(path)
+    if p.exists():
+        data = json.loads(p.read_text(encoding="utf-8"))
+        return _key_from_jwk(data)
+    key: PrivateKey = (
+        ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+    )
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump(_jwk_of(key, private=True), f)
+    os.replace(tmp, p)
+    return key
+
+
+class _KeyPair:
+    """One signing key with its pre-encoded headers, one per token type."""
+
+    def __init__(self, key: PrivateKey) -> None:
+        self.key = key
+        self.public = key.public_key()
+        self.jwk = _jwk_of(key, private=False)
+        self.kid = _thumbprint(self.jwk)
+        self.jwk["kid"] = self.jwk_kid = self.kid
+        self.jwk["use"] = "sig"
+        self.alg = self.jwk["alg"]
+        self.headers = {
+            typ: b64url(json.dumps({"alg": self.alg, "kid": self.kid, "typ": typ}, separators=(",", ":")).encode())
+            for typ in GUARD_TYPS | {"JWT"}
+        }
+
+    def sign(self, signing_input: bytes) -> bytes:
+        if isinstance(self.key, ed25519.Ed25519PrivateKey):
+            return self.key.sign(signing_input)
+        der = self.key.sign(signing_input, ec.ECDSA(hashes.SHA256()))
+        r, s = decode_dss_signature(der)
+        return r.to_bytes(32, "big") + s.to_bytes(32, "big")
+
+    def verify(self, sig: bytes, signing_input: bytes) -> bool:
+        try:
+            if isinstance(self.public, ed25519.Ed25519PublicKey):
+                self.public.verify(sig, signing_input)
+            else:
+                if len(sig) != 64:
+                    return False
+                der = encode_dss_signature(int.from_bytes(sig[:32], "big"), int.from_bytes(sig[32:], "big"))
+                assert isinstance(self.public, ec.EllipticCurvePublicKey)
+                self.public.verify(der, signing_input, ec.ECDSA(hashes.SHA256()))
+        except InvalidSignature:
+            return False
+        return True
+
+
+class GuardKeys:
+    """Signs and verifies the guard's own tokens. Verified task and Txn-Tokens are cached
+    until they expire (revocation is checked in the store on every call)."""
+
+    CACHE_MAX = 50_000
+
+    def __init__(self, key: PrivateKey, issuer: str, previous: list[PrivateKey] | None = None) -> None:
+        self.issuer = issuer
+        self.current = _KeyPair(key)
+        pairs = [self.current] + [_KeyPair(k) for k in previous or []]
+        self._by_header: dict[tuple[str, str], _KeyPair] = {
+            (typ, pair.headers[typ]): pair for pair in pairs for typ in pair.headers
+        }
+        self._jwks = {"keys": [p.jwk for p in pairs]}
+        self._cache: dict[str, dict[str, Any]] = {}
+
+    def jwks(self) -> dict[str, Any]:
+        return self._jwks
+
+    def sign(self, typ: str, claims: dict[str, Any]) -> str:
+        header = self.current.headers[typ]
+        payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+        signing_input = f"{header}.{payload}".encode("ascii")
+        return f"{header}.{payload}.{b64url(self.current.sign(signing_input))}"
+
+    def verify(self, token: str, typ: str, audience: str | None, cache: bool = False) -> dict[str, Any]:
+        """Claims of a guard-signed token of type `typ`, or Unauthenticated."""
+        now = time.time()
+        if cache:
+            hit = self._cache.get(token)
+            if hit is not None:
+                if hit["exp"] + LEEWAY_S > now:
+                    return hit
+                self._cache.pop(token, None)
+        if len(token) > MAX_TOKEN_BYTES:
+            raise Unauthenticated("token too large")
+        parts = token.split(".")
+        if len(parts) != 3:
+            raise Unauthenticated("malformed token")
+        pair = self._by_header.get((typ, parts[0]))
+        if pair is None:
+            raise Unauthenticated(f"not a {typ} issued by this guard")
+        try:
+            sig = _b64d(parts[2])
+            claims = json.loads(_b64d(parts[1]))
+        except (ValueError, UnicodeDecodeError) as e:
+            raise Unauthenticated("malformed token") from e
+        if not pair.verify(sig, f"{parts[0]}.{parts[1]}".encode("ascii")):
+            raise Unauthenticated("bad signature")
+        if not isinstance(claims, dict):
+            raise Unauthenticated("malformed claims")
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp + LEEWAY_S <= now:
+            raise Unauthenticated("token expired")
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and iat - LEEWAY_S > now:
+            raise Unauthenticated("token not yet valid")
+        if claims.get("iss") != self.issuer:
+            raise Unauthenticated("wrong issuer")
+        if audience is not None and claims.get("aud") != audience:
+            raise Unauthenticated("wrong audience")
+        if cache:
+            if len(self._cache) >= self.CACHE_MAX:
+                self._prune(now)
+            self._cache[token] = claims
+        return claims
+
+    def _prune(self, now: float) -> None:
+        expired = [t for t, c in self._cache.items() if c["exp"] + LEEWAY_S <= now]
+        for t in expired:
+            del self._cache[t]
+        if len(self._cache) >= self.CACHE_MAX:
+            self._cache.clear()
+
+    def peek_header(self, token: str) -> dict[str, Any] | None:
+        """Unverified header: only for routing (which verifier to use), never for decisions."""
+        try:
+            header = json.loads(_b64d(token.split(".", 1)[0]))
+        except (ValueError, UnicodeDecodeError):
+            return None
+        return header if isinstance(header, dict) else None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Someone authenticated by an IdP (or the development issuer)."""
+
+    sub: str
+    roles: frozenset[str]
+    issuer: str
+    claims: dict[str, Any]
+
+
+def unverified_header(token: str) -> dict[str, Any]:
+    try:
+        header = jwt.get_unverified_header(token)
+    except jwt.PyJWTError as e:
+        raise Unauthenticated("malformed token") from e
+    return header
+
+
+def jti() -> str:
+    return secrets.token_urlsafe(16)
