@@ -11,10 +11,13 @@ ApprovalStatus = Literal["pending", "approved", "denied", "expired", "consumed"]
 
 __all__ = [
     "Admission",
+    "AgentEvent",
+    "AgentStats",
     "Approval",
     "ApprovalStatus",
     "AuditRecord",
     "CallLimits",
+    "Delivery",
     "Effect",
     "Task",
     "TaskState",
@@ -106,6 +109,28 @@ class CallLimits:
     parent_call_id: str | None = None  # chained call: the parent must still be in flight
     rates: tuple[tuple[str, int, float], ...] = ()  # (rule_id, calls, per_s)
     count: bool = True  # counts against max_calls and rates, marks in flight
+    agent: str | None = None  # when set and admitted, counts an allowed call of `history_entry`'s tool for the agent
+
+
+AgentEvent = Literal["task_created", "call_allowed", "call_denied", "unregistered_attempt"]
+
+
+@dataclass(frozen=True, slots=True)
+class AgentStats:
+    """What the store knows about one agent (sub): activity counters and its suspension."""
+
+    agent: str
+    first_seen: float | None = None
+    last_seen: float | None = None
+    tasks_created: int = 0
+    calls: int = 0  # allowed calls
+    denied: int = 0  # refused calls of its tasks
+    attempts: int = 0  # task creations refused because the agent is not in the inventory
+    tools_used: frozenset[str] = frozenset()
+    suspended: bool = False
+    suspended_reason: str | None = None
+    suspended_by: str | None = None
+    suspended_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -172,6 +197,53 @@ class Approval:
             created_at=float(d["created_at"]),
             expires_at=float(d["expires_at"]),
             decisions=tuple(d.get("decisions") or ()),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One pending webhook delivery of an approval request, kept in the store until it
+    succeeds or its approval is no longer pending. `owner`/`lease_until`: the instance
+    delivering it; another instance may take it over once the lease has run out."""
+
+    delivery_id: str
+    approval_id: str
+    task_id: str
+    agent: str
+    webhook: str  # the webhook's name in approvals.webhooks
+    body: str  # the exact JSON payload, re-sent unchanged on every attempt
+    expires_at: float  # the approval's expiry: no attempt after it
+    attempts: int = 0
+    owner: str = ""
+    lease_until: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "delivery_id": self.delivery_id,
+            "approval_id": self.approval_id,
+            "task_id": self.task_id,
+            "agent": self.agent,
+            "webhook": self.webhook,
+            "body": self.body,
+            "expires_at": self.expires_at,
+            "attempts": self.attempts,
+            "owner": self.owner,
+            "lease_until": self.lease_until,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Delivery:
+        return cls(
+            delivery_id=d["delivery_id"],
+            approval_id=d["approval_id"],
+            task_id=d["task_id"],
+            agent=d["agent"],
+            webhook=d["webhook"],
+            body=d["body"],
+            expires_at=float(d["expires_at"]),
+            attempts=int(d.get("attempts", 0)),
+            owner=str(d.get("owner", "")),
+            lease_until=float(d.get("lease_until", 0.0)),
         )
 
 

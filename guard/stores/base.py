@@ -4,7 +4,17 @@ from __future__ import annotations
 
 from typing import Any, Literal, Protocol
 
-from guard.domain import Admission, Approval, AuditRecord, CallLimits, Task, TaskState
+from guard.domain import (
+    Admission,
+    AgentEvent,
+    AgentStats,
+    Approval,
+    AuditRecord,
+    CallLimits,
+    Delivery,
+    Task,
+    TaskState,
+)
 
 __all__ = ["DecideOutcome", "Store"]
 
@@ -35,7 +45,9 @@ class Store(Protocol):
         """Atomically: the task is active (not ended, not expired, not idle) and, for a
         chained call, the parent call is still in flight; then, when `limits.count`, the
         call fits `max_calls` and every rate; then counts it, records `history_entry`,
-        sets last_call_at and marks `call_id` in flight."""
+        sets last_call_at and marks `call_id` in flight. With `limits.agent`, an admitted
+        call also counts as an allowed call of that agent (as record_agent_event
+        "call_allowed" with the tool of `history_entry`), in the same operation."""
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
         """The call's response was sent (or it failed): its Txn-Token stops working."""
@@ -67,6 +79,33 @@ class Store(Protocol):
         """The most recent approval (any status) for this exact call."""
 
     async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]: ...
+
+    # -- agents (the inventory) ---------------------------------------------
+    async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
+        """Count one event of an agent (first_seen once, last_seen always); `call_allowed`
+        adds `tool` to its tools used."""
+
+    async def agent_stats(self) -> dict[str, AgentStats]:
+        """Every agent ever seen or suspended, by sub."""
+
+    async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
+        """Mark the agent suspended; False when it already was (the first reason stays)."""
+
+    async def restore_agent(self, agent: str) -> bool:
+        """Lift a suspension; False when the agent was not suspended."""
+
+    async def is_suspended(self, agent: str) -> bool: ...
+
+    # -- webhook deliveries --------------------------------------------------
+    async def save_delivery(self, delivery: Delivery) -> None:
+        """Insert or replace a pending webhook delivery (by delivery_id)."""
+
+    async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
+        """Atomically take every pending delivery that `owner` already holds or whose lease
+        ran out before `now`: set its owner and lease_until, and return them."""
+
+    async def delete_delivery(self, delivery_id: str) -> None:
+        """The delivery succeeded or is no longer needed."""
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:

@@ -11,7 +11,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from guard.audit import GENESIS, chain_record
-from guard.domain import Admission, Approval, ApprovalStatus, AuditRecord, CallLimits, Task, TaskState
+from guard.domain import (
+    Admission,
+    AgentEvent,
+    AgentStats,
+    Approval,
+    ApprovalStatus,
+    AuditRecord,
+    CallLimits,
+    Delivery,
+    Task,
+    TaskState,
+)
 from guard.stores.base import DecideOutcome
 
 __all__ = ["MemoryStore"]
@@ -31,14 +42,24 @@ class _TaskRow:
         return TaskState(self.task, self.calls, self.last_call_at, frozenset(self.history))
 
 
+_COUNTER: dict[str, str] = {
+    "task_created": "tasks_created",
+    "call_allowed": "calls",
+    "call_denied": "denied",
+    "unregistered_attempt": "attempts",
+}
+
+
 class MemoryStore:
     def __init__(self) -> None:
+        self._agents: dict[str, AgentStats] = {}
         self._tasks: dict[str, _TaskRow] = {}
         self._consumed: dict[str, float] = {}
         self._consumed_heap: list[tuple[float, str]] = []
         self._approvals: dict[str, Approval] = {}
         self._pending_by_call: dict[tuple[str, str], str] = {}
         self._latest_by_call: dict[tuple[str, str], str] = {}
+        self._deliveries: dict[str, Delivery] = {}
         self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
 
     async def ping(self) -> None:
@@ -102,6 +123,8 @@ class MemoryStore:
         row.last_call_at = limits.now
         row.history.add(limits.history_entry)
         row.in_flight.add(limits.call_id)
+        if limits.agent is not None:
+            self._agent_event(limits.agent, "call_allowed", limits.now, limits.history_entry.split(".", 1)[0])
         return Admission(True, calls=row.calls)
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
@@ -197,6 +220,61 @@ class MemoryStore:
             for a in self._approvals.values()
             if (task_id is None or a.task_id == task_id) and (status is None or a.status == status)
         ]
+
+    # -- agents (the inventory) ---------------------------------------------
+    def _agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
+        a = self._agents.get(agent) or AgentStats(agent)
+        counter = _COUNTER[kind]
+        changes: dict[str, Any] = {counter: getattr(a, counter) + 1, "last_seen": max(now, a.last_seen or now)}
+        if a.first_seen is None:
+            changes["first_seen"] = now
+        if kind == "call_allowed" and tool is not None:
+            changes["tools_used"] = a.tools_used | {tool}
+        self._agents[agent] = dataclasses.replace(a, **changes)
+
+    async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
+        self._agent_event(agent, kind, now, tool)
+
+    async def agent_stats(self) -> dict[str, AgentStats]:
+        return dict(self._agents)
+
+    async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
+        a = self._agents.get(agent) or AgentStats(agent)
+        if a.suspended:
+            return False
+        self._agents[agent] = dataclasses.replace(
+            a, suspended=True, suspended_reason=reason, suspended_by=actor, suspended_at=now
+        )
+        return True
+
+    async def restore_agent(self, agent: str) -> bool:
+        a = self._agents.get(agent)
+        if a is None or not a.suspended:
+            return False
+        self._agents[agent] = dataclasses.replace(
+            a, suspended=False, suspended_reason=None, suspended_by=None, suspended_at=None
+        )
+        return True
+
+    async def is_suspended(self, agent: str) -> bool:
+        a = self._agents.get(agent)
+        return a is not None and a.suspended
+
+    # -- webhook deliveries --------------------------------------------------
+    async def save_delivery(self, delivery: Delivery) -> None:
+        self._deliveries[delivery.delivery_id] = delivery
+
+    async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
+        claimed: list[Delivery] = []
+        for d in list(self._deliveries.values()):
+            if d.owner == owner or d.lease_until < now:
+                d = dataclasses.replace(d, owner=owner, lease_until=lease_until)
+                self._deliveries[d.delivery_id] = d
+                claimed.append(d)
+        return claimed
+
+    async def delete_delivery(self, delivery_id: str) -> None:
+        self._deliveries.pop(delivery_id, None)
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
