@@ -13,7 +13,7 @@ import json
 import os
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,15 +198,19 @@ class AuditFiles:
 class AuditLog:
     """Appends to the store's chain and, when configured, the durable folder; fails closed."""
 
-    def __init__(self, store: Store, files: AuditFiles | None) -> None:
+    def __init__(self, store: Store, files: AuditFiles | None,
+                 observer: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
         self.files = files
+        self.observer = observer  # sees every durable record (metrics count calls from it)
 
     async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
         draft = {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
         record = await self.store.append_audit(task_id, draft)
         if self.files is not None:
             await self.files.submit(record)
+        if self.observer is not None:
+            self.observer(record.fields)
         return record
 
     async def records(self, task_id: str) -> list[dict[str, Any]]:
