@@ -18,7 +18,7 @@ from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound
 from guard.identity import Identity
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
-from guard.routes import credentials, system, tasks, tools
+from guard.routes import agents, credentials, system, tasks, tools
 from guard.routes.common import DEPS
 from guard.stores import open_store
 from guard.tokens import GuardKeys, load_or_create_key
@@ -114,6 +114,6 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
-    for module in (system, tasks, tools, credentials):
+    for module in (system, tasks, tools, credentials, agents):
         app.router.add_routes(module.routes)
     return app

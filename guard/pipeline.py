@@ -14,11 +14,12 @@ from guard.audit import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
 from guard.domain import CallLimits, TaskState
-from guard.errors import ChainTooDeep, Denied, GuardError
+from guard.errors import Denied, GuardError
 from guard.identity import Identity
 from guard.policy import CallContext, Decision, PolicySet
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
+from guard.stages.chain import check_chain
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import admit, load_active_task
@@ -77,8 +78,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     state = await load_active_task(caller, deps.store, deps.audit, time.time())
     action_name = call.mcp_action
     try:
-        if len(caller.chain) > deps.cfg.limits.max_chain_depth:
-            raise ChainTooDeep(f"chain depth {len(caller.chain)} exceeds {deps.cfg.limits.max_chain_depth}")
+        await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         action = match_action(call, tool)
         action_name = action.name
         decision = policies.evaluate(_context(policies, caller, state, action))
@@ -94,12 +94,15 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
             parent_call_id=caller.parent_call_id,
             rates=decision.rates,
             count=call.counted,
+            agent=caller.agent if call.counted else None,
         )
         await admit(deps.store, caller, limits)
     except GuardError as err:
         err.extra.setdefault("task_id", caller.task_id)
         err.extra.setdefault("call_id", call.call_id)
         await record_refusal(deps.audit, call, caller, action_name, err)
+        if err.code != "approval_required":
+            await deps.store.record_agent_event(caller.agent, "call_denied", time.time())
         raise
     fields = _audit_fields(call, caller, action, decision, approval_id)
     await deps.audit.append(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
@@ -133,6 +136,7 @@ def _audit_fields(
         "action": action.name,
         "rule_id": decision.rule_id,
         "chain": list(caller.chain),
+        "parent_call_id": caller.parent_call_id,
         "approval_id": approval_id,
         "args_digest": action.digest,
     }
@@ -150,7 +154,7 @@ async def record_refusal(
         caller.task_id, "call_decided", caller.agent,
         call_id=call.call_id, tool=call.tool, action=action, effect=effect,
         rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
-        chain=list(caller.chain), status=err.status, detail=err.code,
+        chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,
     )
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
              action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)

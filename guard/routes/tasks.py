@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from guard.audit import verify_chain
 from guard.auth import ADMIN, AUDITOR, principal, require_role
 from guard.domain import Task, TaskState
-from guard.errors import BadRequest, Forbidden, NotFound, UnregisteredAgent
+from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_model
 from guard.stages.task import expire_if_due
@@ -76,7 +76,10 @@ async def create_task(request: web.Request) -> web.Response:
     body = await read_model(request, TaskRequest)
     policies = deps.policies.current
     if policies.has_inventory and policies.agent_entry(who.sub) is None:
+        await deps.store.record_agent_event(who.sub, "unregistered_attempt", time.time())
         raise UnregisteredAgent(f"agent {who.sub!r} is not in the inventory")
+    if await deps.store.is_suspended(who.sub):
+        raise AgentSuspended(f"agent {who.sub!r} is suspended")
     unknown = [t for t in body.tools or [] if t not in policies.tools]
     if unknown:
         raise BadRequest(f"tools: unknown tool(s) {unknown}")
@@ -97,6 +100,10 @@ async def create_task(request: web.Request) -> web.Response:
     )
     await deps.store.create_task(task)
     await deps.audit.append(task.task_id, "task_created", task.agent, detail=f"ttl_s={ttl}")
+    if await deps.store.is_suspended(task.agent):  # suspended meanwhile: the kill switch may have missed it
+        await end_task(deps, task.task_id, "revoked", "guard", "agent suspended")
+        raise AgentSuspended(f"agent {who.sub!r} is suspended")
+    await deps.store.record_agent_event(task.agent, "task_created", now)
     token = deps.keys.sign(
         TASK_TYP,
         {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
@@ -120,8 +127,9 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(task_view(state, pending))
 
 
-async def end_task(deps: Deps, state: TaskState, status: str, actor: str, reason: str | None) -> Task | None:
-    ended = await deps.store.end_task(state.task.task_id, status, time.time(), reason)
+async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: str | None) -> Task | None:
+    """End an active task (audited with who did it and why); None when it was not active."""
+    ended = await deps.store.end_task(task_id, status, time.time(), reason)
     if ended is not None:
         await deps.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=reason, actor=actor)
     return ended
@@ -134,7 +142,7 @@ async def complete_task(request: web.Request) -> web.Response:
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)
-    await end_task(deps, state, "completed", who.sub, None)
+    await end_task(deps, state.task.task_id, "completed", who.sub, None)
     return await _view(deps, state.task.task_id)
 
 
@@ -145,7 +153,7 @@ async def revoke_task(request: web.Request) -> web.Response:
     require_role(who, ADMIN)
     body = await read_model(request, RevokeRequest)
     state = await _load(deps, request.match_info["task_id"])
-    await end_task(deps, state, "revoked", who.sub, body.reason)
+    await end_task(deps, state.task.task_id, "revoked", who.sub, body.reason)
     return await _view(deps, state.task.task_id)
 
 

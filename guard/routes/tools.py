@@ -58,7 +58,7 @@ async def run_forward(request: web.Request, auth: Authorized, deps: Deps) -> web
     """Forward, audit the upstream answer before it goes out, then end the call's Txn-Token."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
     base = {"call_id": call_id, "tool": auth.action.tool, "action": auth.action.name,
-            "chain": list(auth.caller.chain)}
+            "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
 
     async def on_headers(status: int, latency_s: float) -> None:
         await deps.audit.append(task_id, "call_forwarded", agent, status=status,

@@ -1,0 +1,128 @@
+"""The NHI inventory: `GET /v1/agents`, and the kill switch (suspend / restore an agent)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import structlog
+from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
+
+from guard.auth import ADMIN, AUDITOR, principal, require_role
+from guard.domain import AgentStats, TaskState
+from guard.errors import BadRequest
+from guard.pipeline import Deps
+from guard.policy import AgentEntry, PolicySet
+from guard.routes.common import DEPS, json_response, read_model
+from guard.routes.tasks import end_task
+from guard.stages.task import expire_if_due
+
+__all__ = ["inventory", "routes"]
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("guard.agents")
+
+
+class SuspendRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+def _sub(request: web.Request) -> str:
+    sub = request.match_info["sub"]  # aiohttp has decoded it (%2F included)
+    if not sub or len(sub) > 1024:
+        raise BadRequest("the agent's sub must be 1 to 1024 characters, URL-encoded")
+    return sub
+
+
+async def _active_tasks(deps: Deps, now: float) -> dict[str, int]:
+    """Active tasks by agent, expiring (and auditing) those past expires_at or idle."""
+    counts: dict[str, int] = {}
+    for state in await deps.store.list_tasks(status="active"):
+        state = await expire_if_due(state, deps.store, deps.audit, now)
+        if state.task.status == "active":
+            counts[state.task.agent] = counts.get(state.task.agent, 0) + 1
+    return counts
+
+
+def _row(agent: str, entry: AgentEntry | None, stats: AgentStats, active: int) -> dict[str, Any]:
+    return {
+        "agent": agent,
+        "owner": entry.owner if entry else None,
+        "purpose": entry.purpose if entry else None,
+        "registered": entry is not None,
+        "entry": entry.pattern if entry else None,
+        "tools_cap": list(entry.tools) if entry and entry.tools is not None else None,
+        "first_seen": stats.first_seen,
+        "last_seen": stats.last_seen,
+        "active_tasks": active,
+        "tasks_created": stats.tasks_created,
+        "calls": stats.calls,
+        "denied": stats.denied,
+        "unregistered_attempts": stats.attempts,
+        "tools_used": sorted(stats.tools_used),
+        "suspended": stats.suspended,
+        "suspended_reason": stats.suspended_reason,
+        "suspended_by": stats.suspended_by,
+        "suspended_at": stats.suspended_at,
+    }
+
+
+def inventory(policies: PolicySet, stats: dict[str, AgentStats], active: dict[str, int]) -> list[dict[str, Any]]:
+    """One row per agent seen (or suspended, or with a task), then one per entry no seen agent matched."""
+    rows = []
+    matched: set[str] = set()
+    for sub in sorted(set(stats) | set(active)):
+        entry = policies.agent_entry(sub)
+        if entry is not None:
+            matched.add(entry.pattern)
+        rows.append(_row(sub, entry, stats.get(sub) or AgentStats(sub), active.get(sub, 0)))
+    for entry in policies.agents:
+        if entry.pattern not in matched:
+            rows.append(_row(entry.pattern, entry, AgentStats(entry.pattern), 0))
+    return rows
+
+
+@routes.get("/v1/agents")
+async def list_agents(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    require_role(who, ADMIN, AUDITOR)
+    active = await _active_tasks(deps, time.time())
+    return json_response(inventory(deps.policies.current, await deps.store.agent_stats(), active))
+
+
+async def _revoke_all(deps: Deps, agent: str, actor: str, reason: str) -> list[str]:
+    states: list[TaskState] = await deps.store.list_tasks(status="active", agent=agent)
+    revoked = []
+    for state in states:
+        if await end_task(deps, state.task.task_id, "revoked", actor, f"agent suspended: {reason}") is not None:
+            revoked.append(state.task.task_id)
+    return revoked
+
+
+@routes.post("/v1/agents/{sub}/suspend")
+async def suspend_agent(request: web.Request) -> web.Response:
+    """Kill switch: refuse new tasks, then revoke every active one (on every instance, through the store)."""
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    require_role(who, ADMIN)
+    agent = _sub(request)
+    body = await read_model(request, SuspendRequest)
+    newly = await deps.store.suspend_agent(agent, body.reason, who.sub, time.time())
+    revoked = await _revoke_all(deps, agent, who.sub, body.reason)
+    log.warning("agent_suspended", agent=agent, actor=who.sub, reason=body.reason, revoked_tasks=revoked,
+                already=not newly)
+    return json_response({"agent": agent, "suspended": True, "revoked_tasks": revoked})
+
+
+@routes.post("/v1/agents/{sub}/restore")
+async def restore_agent(request: web.Request) -> web.Response:
+    deps = request.app[DEPS]
+    who = await principal(request, deps.identity, deps.keys)
+    require_role(who, ADMIN)
+    agent = _sub(request)
+    lifted = await deps.store.restore_agent(agent)
+    log.warning("agent_restored", agent=agent, actor=who.sub, was_suspended=lifted)
+    return json_response({"agent": agent, "suspended": False, "restored": lifted})
