@@ -1,0 +1,57 @@
+"""Policies and client helpers shared by the end-to-end tests."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import aiohttp
+
+AGENT = "spiffe://acme/agent/researcher"
+OTHER = "spiffe://acme/agent/other"
+
+
+def echo_policy(upstream_url: str, **extra_rules: Any) -> dict[str, Any]:
+    """A tool `echo` with a few actions and rules exercising allow, deny, step_up and rates."""
+    return {
+        "tools": {
+            "echo": {
+                "kind": "http",
+                "upstream": upstream_url,
+                "actions": {
+                    "read": {"method": "GET", "path": "/items/{id}"},
+                    "write": {"method": "POST", "path": "/items"},
+                    "delete": {"method": "DELETE", "path": "/items/{id}"},
+                    "pay": {"method": "POST", "path": "/pay"},
+                    "limited": {"method": "GET", "path": "/limited"},
+                    "unruled": {"method": "GET", "path": "/unruled"},
+                },
+            },
+        },
+        "rules": [
+            {"id": "read-ok", "effect": "allow", "match": {"tool": "echo", "action": ["read", "write", "delete"]}},
+            {"id": "no-delete", "effect": "deny", "match": {"tool": "echo", "action": "delete"}},
+            {"id": "no-secret-writes", "effect": "deny",
+             "match": {"tool": "echo", "action": "write", "args": [{"path": "$.tags[*]", "eq": "secret",
+                                                                     "quantifier": "any"}]}},
+            {"id": "big-pay", "effect": "step_up", "approvers": "finance",
+             "match": {"tool": "echo", "action": "pay", "args": [{"path": "$.amount", "gt": 100}]}},
+            {"id": "small-pay", "effect": "allow",
+             "match": {"tool": "echo", "action": "pay", "args": [{"path": "$.amount", "lte": 100}]}},
+            {"id": "limited", "effect": "allow", "match": {"tool": "echo", "action": "limited"},
+             "rate": {"calls": 2, "per_s": 60}},
+        ],
+        **extra_rules,
+    }
+
+
+async def create_task(session: aiohttp.ClientSession, url: str, idp_token: str, **body: Any) -> dict[str, Any]:
+    payload = {"purpose": "weekly research report", "requested_by": "alice@acme.example", **body}
+    async with session.post(f"{url}/v1/tasks", json=payload,
+                            headers={"Authorization": f"Bearer {idp_token}"}) as r:
+        data: dict[str, Any] = await r.json()
+        assert r.status == 201, data
+        return data
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}

@@ -1,0 +1,396 @@
+"""The spine end to end: a real guard process, a real upstream, real sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import io
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+
+from tests.conftest import PY, Guard, Upstream, free_port, spawn, wait_port
+from tests.e2e.helpers import AGENT, OTHER, bearer, create_task, echo_policy
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def hs256_token(claims: dict[str, Any], secret: bytes, header: dict[str, Any]) -> str:
+    """The key-confusion attack: HMAC-signed with what the verifier holds as a public key."""
+    signing_input = f"{b64(json.dumps(header).encode())}.{b64(json.dumps(claims).encode())}"
+    return f"{signing_input}.{b64(hmac.new(secret, signing_input.encode(), hashlib.sha256).digest())}"
+
+
+def header_of(token: str) -> dict[str, Any]:
+    return dict(jwt.get_unverified_header(token))
+
+
+@pytest.fixture
+def guard(guard_factory: Any, upstream: Upstream) -> Guard:
+    g: Guard = guard_factory(echo_policy(upstream.url))
+    return g
+
+
+@pytest.fixture
+async def http() -> Any:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def test_allowed_call_swaps_credentials(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    headers = {**bearer(task["task_token"]), "Cookie": "session=agent-secret", "X-Custom": "kept",
+               "Connection": "keep-alive, X-Drop-Me", "X-Drop-Me": "1", "Host": "evil.example"}
+    async with http.post(f"{guard.url}/tools/echo/items?x=1", json={"title": "t"}, headers=headers) as r:
+        assert r.status == 200
+        assert r.headers["Guard-Task-Id"] == task["task_id"]
+        call_id = r.headers["Guard-Call-Id"]
+    seen = upstream.requests[-1]
+    assert seen.path_qs == "/items?x=1"
+    h = {k.lower(): v for k, v in seen.headers.items()}
+    assert "cookie" not in h and "x-drop-me" not in h
+    assert h["x-custom"] == "kept"
+    assert h["host"] == f"127.0.0.1:{upstream.port}"
+    assert h["guard-task-id"] == task["task_id"] and h["guard-call-id"] == call_id
+    cred = h["authorization"].removeprefix("Bearer ")
+    assert cred != task["task_token"]
+    assert header_of(cred)["typ"] == "cred+jwt"
+    c = claims_of(cred)
+    assert c["aud"] == "tool:echo" and c["scope"] == "echo.write" and c["sub"] == AGENT
+    assert c["txn"] == task["task_id"] and c["chain"] == [] and c["exp"] - c["iat"] <= 30
+    digest = base64.urlsafe_b64encode(
+        hashlib.sha256(b"POST\n/items?x=1\n" + seen.body).digest()).rstrip(b"=").decode()
+    assert c["call_digest"] == digest
+    txn = h["txn-token"]
+    assert header_of(txn)["typ"] == "txntoken+jwt"
+    t = claims_of(txn)
+    assert t["txn"] == task["task_id"] and t["scope"] == "echo.write" and t["req_wl"] == "tool:echo"
+    assert t["tctx"] == {"purpose": "weekly research report", "requested_by": "alice@acme.example",
+                         "chain": ["echo"]}
+    # the credential verifies against the guard's JWKS
+    async with http.get(f"{guard.url}/.well-known/jwks.json") as r:
+        jwks = await r.json()
+    key = jwt.PyJWK(next(k for k in jwks["keys"] if k["kid"] == header_of(cred)["kid"]))
+    jwt.decode(cred, key.key, algorithms=[key.algorithm_name], audience="tool:echo")
+
+
+async def test_introspection_is_single_use_under_concurrency(
+    guard: Guard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    async with http.get(f"{guard.url}/tools/echo/items/7", headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    cred = upstream.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+
+    async def introspect() -> dict[str, Any]:
+        async with http.post(f"{guard.url}/v1/credentials/introspect", data={"token": cred}) as r:
+            assert r.status == 200
+            return dict(await r.json())
+
+    results = await asyncio.gather(*(introspect() for _ in range(20)))
+    active = [r for r in results if r["active"]]
+    assert len(active) == 1
+    assert active[0]["scope"] == "echo.read" and active[0]["txn"] == task["task_id"]
+    async with http.post(f"{guard.url}/v1/credentials/introspect", json={"token": "garbage"}) as r:
+        assert await r.json() == {"active": False}
+
+
+async def test_refusals_forward_nothing(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    cases = [
+        ("DELETE", "/tools/echo/items/1", None, 403, "denied", "no-delete"),
+        ("POST", "/tools/echo/items", {"tags": ["a", "secret"]}, 403, "denied", "no-secret-writes"),
+        ("GET", "/tools/echo/unruled", None, 403, "denied", None),
+        ("PATCH", "/tools/echo/items/1", None, 403, "unknown_action", None),
+        ("GET", "/tools/echo/items/1/extra", None, 403, "unknown_action", None),
+        ("GET", "/tools/nope/x", None, 404, "unknown_tool", None),
+    ]
+    for method, path, body, status, code, rule in cases:
+        async with http.request(method, guard.url + path, json=body, headers=h) as r:
+            problem = await r.json(content_type=None)
+            assert r.status == status, (path, problem)
+            assert r.headers["Content-Type"].startswith("application/problem+json")
+            assert problem["code"] == code and problem["status"] == status
+            assert problem.get("rule_id") == rule
+    assert upstream.requests == []
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}", headers=h) as r:
+        assert (await r.json())["calls"] == 0
+
+
+async def test_bad_input_is_refused_cleanly(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.post(f"{guard.url}/tools/echo/items", data=b"{not json",
+                         headers={**h, "Content-Type": "application/json"}) as r:
+        assert r.status == 400 and (await r.json(content_type=None))["code"] == "bad_request"
+    big = b'{"x":"' + b"a" * 1_100_000 + b'"}'
+    async with http.post(f"{guard.url}/tools/echo/items", data=io.BytesIO(big),
+                         headers={**h, "Content-Type": "application/json"}) as r:
+        assert r.status == 413 and (await r.json(content_type=None))["code"] == "payload_too_large"
+    for trick in ["/tools/echo/items/../pay", "/tools/echo/items/%2e%2e/pay", "/tools/echo/items%2fx",
+                  "/tools/echo//items/1", "/tools/echo/items/.%2E/pay", "/tools/echo/./items/1"]:
+        reader, writer = await asyncio.open_connection("127.0.0.1", guard.port)
+        writer.write(f"GET {trick} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {task['task_token']}\r\n"
+                     "Connection: close\r\n\r\n".encode())
+        await writer.drain()
+        status_line = (await reader.readline()).decode()
+        writer.close()
+        assert status_line.split()[1] in ("400", "403", "404"), (trick, status_line)
+    assert upstream.requests == []
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}", headers=h) as r:
+        assert (await r.json())["calls"] == 0
+
+
+async def test_budget_and_rate(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT), max_calls=3)
+    h = bearer(task["task_token"])
+    statuses = []
+    for _ in range(3):
+        async with http.get(f"{guard.url}/tools/echo/limited", headers=h) as r:
+            statuses.append((r.status, (await r.json(content_type=None)).get("code")))
+    assert statuses == [(200, None), (200, None), (429, "rate_limited")]
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=h) as r:
+        assert r.status == 200
+    async with http.get(f"{guard.url}/tools/echo/items/2", headers=h) as r:
+        assert r.status == 429 and (await r.json(content_type=None))["code"] == "budget_exhausted"
+    assert len(upstream.requests) == 3
+
+
+async def test_step_up_answers_approval_required(
+    guard: Guard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    ids = []
+    for _ in range(2):
+        async with http.post(f"{guard.url}/tools/echo/pay", json={"amount": 500}, headers=h) as r:
+            problem = await r.json(content_type=None)
+            assert r.status == 403 and problem["code"] == "approval_required"
+            assert problem["rule_id"] == "big-pay" and "Retry-After" in r.headers
+            ids.append(problem["approval_id"])
+    assert ids[0] == ids[1]
+    async with http.post(f"{guard.url}/tools/echo/pay", json={"amount": 5}, headers=h) as r:
+        assert r.status == 200
+    assert [s.path_qs for s in upstream.requests] == ["/pay"]
+
+
+async def test_task_lifecycle_and_roles(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    tid = task["task_id"]
+    admin = bearer(guard.token("ops@acme.example", "guard:admin"))
+    other = bearer(guard.token(OTHER))
+    owner = bearer(guard.token(AGENT))
+    async with http.get(f"{guard.url}/v1/tasks/{tid}", headers=owner) as r:
+        body = await r.json()
+        assert r.status == 200 and body["status"] == "active" and body["agent"] == AGENT
+    async with http.get(f"{guard.url}/v1/tasks/{tid}", headers=other) as r:
+        assert r.status == 403 and (await r.json(content_type=None))["code"] == "forbidden"
+    async with http.post(f"{guard.url}/v1/tasks/{tid}/revoke", json={"reason": "x"}, headers=owner) as r:
+        assert r.status == 403
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    cred = upstream.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+    async with http.post(f"{guard.url}/v1/tasks/{tid}/revoke", json={"reason": "incident"}, headers=admin) as r:
+        assert r.status == 200 and (await r.json())["status"] == "revoked"
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
+        assert r.status == 403 and (await r.json(content_type=None))["code"] == "task_inactive"
+    async with http.post(f"{guard.url}/v1/credentials/introspect", data={"token": cred}) as r:
+        assert (await r.json())["active"] is False
+    # a completed task never comes back
+    t2 = await create_task(http, guard.url, guard.token(AGENT))
+    async with http.post(f"{guard.url}/v1/tasks/{t2['task_id']}/complete", headers=owner) as r:
+        assert r.status == 200 and (await r.json())["status"] == "completed"
+    async with http.post(f"{guard.url}/v1/tasks/{t2['task_id']}/revoke", json={}, headers=admin) as r:
+        assert (await r.json())["status"] == "completed"
+    assert len(upstream.requests) == 1
+
+
+async def test_task_expires(guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    g: Guard = guard_factory(echo_policy(upstream.url))
+    task = await create_task(http, g.url, g.token(AGENT), ttl_s=1)
+    await asyncio.sleep(1.2)
+    async with http.get(f"{g.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
+        # the task token itself may still be inside its leeway: the task is what refuses
+        assert r.status in (401, 403)
+    async with http.get(f"{g.url}/v1/tasks/{task['task_id']}", headers=bearer(g.token(AGENT))) as r:
+        assert (await r.json())["status"] == "expired"
+    assert upstream.requests == []
+
+
+async def test_audit_trail_is_chained_durable_and_verifiable(
+    guard: Guard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.post(f"{guard.url}/tools/echo/items", json={"title": "secret title"}, headers=h) as r:
+        assert r.status == 200
+    async with http.delete(f"{guard.url}/tools/echo/items/1", headers=h) as r:
+        assert r.status == 403
+    auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
+        body = await r.json()
+    assert r.status == 200 and body["verified"] is True
+    events = [(rec["event"], rec.get("effect")) for rec in body["records"]]
+    assert events == [("task_created", None), ("call_decided", "allow"), ("call_forwarded", None),
+                      ("call_decided", "deny")]
+    assert all(rec["agent"] == AGENT for rec in body["records"])
+    assert body["records"][0]["prev_hash"] == "0" * 64
+    assert body["records"][2]["status"] == 200
+    assert "secret title" not in json.dumps(body)  # arguments are kept as a digest
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit",
+                        headers={**auditor, "Accept": "application/x-ndjson"}) as r:
+        lines = (await r.text()).strip().split("\n")
+    assert [json.loads(x)["seq"] for x in lines] == [1, 2, 3, 4]
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=h) as r:
+        assert r.status == 401  # a task token is not an auditor
+    # durable: the trail is on disk, survives a restart and verifies
+    guard.stop()
+    out = guard.cli("audit", "verify", task["task_id"])
+    assert out.returncode == 0 and "4 records" in out.stdout
+    guard.start()
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
+        body = await r.json()
+        assert body["verified"] is True and len(body["records"]) == 4
+
+
+async def test_tokens_that_must_not_authenticate(
+    guard: Guard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    good = task["task_token"]
+    head, payload, sig = good.split(".")
+    none_header = base64.urlsafe_b64encode(b'{"alg":"none","typ":"task+jwt"}').rstrip(b"=").decode()
+    forged_claims = dict(claims_of(good), sub=OTHER)
+    forged = base64.urlsafe_b64encode(json.dumps(forged_claims).encode()).rstrip(b"=").decode()
+    jwks = json.loads((guard.dir / "var" / "signing-key.json").read_text())
+    hs_confused = hs256_token(claims_of(good), json.dumps({k: v for k, v in jwks.items() if k != "d"}).encode(),
+                              {"alg": "HS256", "typ": "task+jwt", "kid": header_of(good)["kid"]})
+    bad = {
+        "missing": None,
+        "garbage": "not-a-token",
+        "alg none": f"{none_header}.{payload}.",
+        "forged claims": f"{head}.{forged}.{sig}",
+        "hs confusion": hs_confused,
+        "idp token as task token": guard.token(AGENT),
+    }
+    for name, token in bad.items():
+        headers = bearer(token) if token else {}
+        async with http.get(f"{guard.url}/tools/echo/items/1", headers=headers) as r:
+            problem = await r.json(content_type=None)
+            assert r.status == 401 and problem["code"] == "unauthenticated", name
+    # a credential or Txn-Token is never a task token
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=bearer(good)) as r:
+        assert r.status == 200
+    cred = upstream.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+    txn = upstream.requests[-1].headers["Txn-Token"]
+    for token in (cred, txn):
+        async with http.get(f"{guard.url}/tools/echo/items/1", headers=bearer(token)) as r:
+            assert r.status == 401
+        async with http.post(f"{guard.url}/v1/tasks", json={"purpose": "x"}, headers=bearer(token)) as r:
+            assert r.status == 401
+    assert len(upstream.requests) == 1
+
+
+async def test_configured_issuer_checks(guard_factory: Any, upstream: Upstream, tmp_path: Path,
+                                        http: aiohttp.ClientSession) -> None:
+    from tests.idp import ISSUER, Idp
+
+    idp = Idp(tmp_path)
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
+    assert "development_mode" not in g.log()
+    ok = idp.token(AGENT)
+    async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(ok)) as r:
+        assert r.status == 201
+    now = int(time.time())
+    rogue = Idp(tmp_path / "..", kid="k1")
+    public_pem = idp.key.public_key().public_bytes(
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["Encoding"]).Encoding.PEM,
+        __import__("cryptography.hazmat.primitives.serialization", fromlist=["PublicFormat"])
+        .PublicFormat.SubjectPublicKeyInfo)
+    bad = {
+        "expired": idp.token(AGENT, exp=now - 120, iat=now - 700),
+        "not yet valid": idp.token(AGENT, nbf=now + 600),
+        "wrong audience": idp.token(AGENT, aud="someone-else"),
+        "wrong issuer": idp.token(AGENT, iss="https://evil.test"),
+        "unknown kid": idp.token(AGENT, headers={"kid": "k2"}),
+        "wrong key": rogue.token(AGENT),
+        "hs with public key": hs256_token({"iss": ISSUER, "aud": "guard", "sub": AGENT, "exp": now + 60},
+                                          public_pem, {"alg": "HS256", "kid": "k1", "typ": "JWT"}),
+        "dev issuer is off": g.token(AGENT),
+    }
+    for name, token in bad.items():
+        async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(token)) as r:
+            assert r.status == 401, name
+
+
+async def test_credential_modes_static_and_none(guard_factory: Any, upstream: Upstream,
+                                                http: aiohttp.ClientSession) -> None:
+    policy = {
+        "tools": {
+            "vault": {"kind": "http", "upstream": upstream.url,
+                      "credential": {"mode": "static", "header": "X-Api-Key", "secret_env": "VAULT_KEY"},
+                      "actions": {"get": {"method": "GET", "path": "/s"}}},
+            "open": {"kind": "http", "upstream": upstream.url, "credential": {"mode": "none"},
+                     "actions": {"get": {"method": "GET", "path": "/o"}}},
+        },
+        "rules": [{"id": "all", "effect": "allow", "match": {"tool": ["vault", "open"]}}],
+    }
+    g: Guard = guard_factory(policy, env={"VAULT_KEY": "s3cr3t-value"})
+    task = await create_task(http, g.url, g.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{g.url}/tools/vault/s", headers=h) as r:
+        assert r.status == 200
+    async with http.get(f"{g.url}/tools/open/o", headers=h) as r:
+        assert r.status == 200
+    vault, open_ = ({k.lower(): v for k, v in s.headers.items()} for s in upstream.requests)
+    assert vault["x-api-key"] == "s3cr3t-value" and "authorization" not in vault
+    assert "authorization" not in open_ and "x-api-key" not in open_ and "txn-token" in open_
+    assert "s3cr3t-value" not in g.log() and task["task_token"] not in g.log()
+
+
+def test_bad_config_and_policy_stop_startup(tmp_path: Path) -> None:
+    (tmp_path / "bad.yaml").write_text("listen: {host: 127.0.0.1, port: 8080}\nstore: {urll: x}\n")
+    out = subprocess.run([PY, "-m", "guard", "--config", str(tmp_path / "bad.yaml"), "serve"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "bad.yaml" in out.stderr and "store.urll" in out.stderr
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "p.yaml").write_text("tools:\n  a:\n    kind: http\n   upstream: x\n")
+    (tmp_path / "ok.yaml").write_text(f"policies: {pol}\n")
+    out = subprocess.run([PY, "-m", "guard", "--config", str(tmp_path / "ok.yaml"), "serve"],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1 and "p.yaml:4" in out.stderr, out.stderr
+    assert len(out.stderr.strip().splitlines()) == 1
+
+
+def test_embedded_default_creates_what_it_needs(tmp_path: Path) -> None:
+    (tmp_path / "policies").mkdir()
+    (tmp_path / "policies" / "p.yaml").write_text("rules: []\n")
+    port = free_port()
+    proc = spawn([PY, "-m", "guard", "serve"], tmp_path, "guard.log", {"GUARD_LISTEN_PORT": str(port)})
+    try:
+        wait_port(port, proc=proc.popen)
+        assert (tmp_path / "var" / "signing-key.json").exists()
+        assert (tmp_path / "var" / "audit").is_dir()
+        assert oct((tmp_path / "var" / "signing-key.json").stat().st_mode & 0o777) == "0o600"
+        assert "development_mode" in proc.log()
+    finally:
+        proc.stop()
+    assert not os.environ.get("GUARD_LISTEN_PORT")
