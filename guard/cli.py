@@ -1,4 +1,4 @@
-"""guard serve | policy check | policy test | audit show|verify | keys init | dev-token"""
+"""guard serve | policy check | policy test | audit show|verify | agents | keys init | dev-token"""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from guard.audit import read_trail, verify_chain
+from guard.calltree import call_tree
+from guard.cli_agents import add_agents_command
 from guard.config import Config, load_config
 from guard.errors import ConfigError
 
@@ -85,10 +87,9 @@ def _fmt_time(ts: Any) -> str:
 
 
 def format_timeline(records: list[dict[str, Any]]) -> list[str]:
-    """One line per record; calls made through a chain are indented under their parent."""
+    """One line per record; a chained call is indented under the call that led to it."""
     lines = []
-    for r in records:
-        depth = len(r.get("chain") or [])
+    for depth, r in call_tree(records):
         what = f"{r.get('tool')}.{r.get('action')}" if r.get("tool") else ""
         cols = [
             _fmt_time(r.get("ts")),
@@ -189,6 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
     ki = keys.add_parser("init", help="create the signing key if missing")
     ki.set_defaults(func=cmd_keys_init)
+
+    add_agents_command(sub)
 
     d = sub.add_parser("dev-token", help="mint a token of the local development issuer")
     d.add_argument("--sub", required=True)
