@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from fnmatch import fnmatchcase
 from typing import Any
 
 import aiohttp
@@ -12,10 +14,12 @@ import structlog
 from guard.approvals import Approvals
 from guard.audit import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
+from guard.canonical import args_digest
 from guard.config import Config
 from guard.domain import CallLimits, TaskState
 from guard.errors import Denied, GuardError
 from guard.identity import Identity
+from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
@@ -26,7 +30,9 @@ from guard.stages.task import admit, load_active_task
 from guard.stores.base import Store
 from guard.tokens import GuardKeys
 
-__all__ = ["Deps", "PolicyHolder", "authorize_call", "record_refusal"]
+__all__ = [
+    "Deps", "PolicyHolder", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility",
+]
 
 log = structlog.get_logger("guard.pipeline")
 
@@ -48,14 +54,22 @@ class Deps:
     approvals: Approvals
     http: aiohttp.ClientSession
     identity: Identity
+    metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
 
 
-def _context(policies: PolicySet, caller: Caller, state: TaskState, action: Action) -> CallContext:
+def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
+    """The task's tools capped by the agent's inventory entry (None: no cap)."""
     task = state.task
     allowed = frozenset(task.tools) if task.tools is not None else None
     entry = policies.agent_entry(caller.agent)
     if entry is not None and entry.tools is not None:
         allowed = frozenset(entry.tools) if allowed is None else allowed & frozenset(entry.tools)
+    return allowed
+
+
+def _context(policies: PolicySet, caller: Caller, state: TaskState, action: Action) -> CallContext:
+    task = state.task
+    allowed = _allowed_tools(policies, caller, state)
     return CallContext(
         agent=caller.agent,
         tool=action.tool,
@@ -115,6 +129,53 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         environ=deps.cfg.environ,
     )
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
+
+
+async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Authorized:
+    """MCP traffic other than tools/call (initialize, ping, notifications, tools/list,
+    resources/*, prompts/*, the GET stream, DELETE): authenticate → task active → the tool is
+    within the task and `deny_methods` does not match → mint. Not counted against budget or
+    rates; the caller audits the forward (`mcp_forwarded`)."""
+    policies = deps.policies.current
+    caller = authenticate(call, deps.keys)
+    tool = resolve_tool(call, policies)
+    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    try:
+        await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
+        allowed = _allowed_tools(policies, caller, state)
+        if allowed is not None and tool.name not in allowed:
+            raise Denied("the tool is outside what this task may use")
+        if any(fnmatchcase(method, glob) for glob in tool.deny_methods):
+            raise Denied(f"{method} is denied on {tool.name} (deny_methods)")
+        limits = CallLimits(call_id=call.call_id, now=time.time(), history_entry=f"{tool.name}.{method}",
+                            parent_call_id=caller.parent_call_id, count=False)
+        await admit(deps.store, caller, limits)
+    except GuardError as err:
+        err.extra.setdefault("task_id", caller.task_id)
+        err.extra.setdefault("call_id", call.call_id)
+        await record_refusal(deps.audit, call, caller, method, err)
+        raise
+    action = Action(tool.name, method, None, args_digest(tool.name, method, None))
+    minted = mint_credentials(
+        call, caller, state, action, tool, deps.keys,
+        ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
+        txn_ttl_s=tool.timeout_s + 30,
+        environ=deps.cfg.environ,
+    )
+    return Authorized(call, caller, state, action, None, tool.upstream, tool.timeout_s, minted)
+
+
+def tool_visibility(deps: Deps, auth: Authorized) -> Callable[[str], bool]:
+    """For MCP tools/list: whether this task could ever be allowed to call an MCP tool name."""
+    policies = deps.policies.current
+    caller, task = auth.caller, auth.state.task
+    allowed = _allowed_tools(policies, caller, auth.state)
+
+    def visible(name: str) -> bool:
+        return policies.could_allow(caller.agent, auth.action.tool, name, task.purpose, task.labels,
+                                    allowed, caller.chain)
+
+    return visible
 
 
 def _deny_detail(decision: Decision) -> str:

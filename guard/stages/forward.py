@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from typing import Protocol
 
 import aiohttp
 from aiohttp import web
@@ -14,7 +15,7 @@ from yarl import URL
 from guard.calls import Authorized
 from guard.errors import UpstreamTimeout, UpstreamUnavailable
 
-__all__ = ["HOP_BY_HOP", "forward", "upstream_headers"]
+__all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "upstream_headers"]
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -28,6 +29,18 @@ _NEVER_UPSTREAM = HOP_BY_HOP | {
 _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
 
 OnHeaders = Callable[[int, float], Awaitable[None]]
+
+
+class BodyRewriter(Protocol):
+    """Rewrites an answer on its way back (MCP tools/list filtering), chunk by chunk."""
+
+    def feed(self, chunk: bytes) -> bytes: ...
+
+    def close(self) -> bytes: ...
+
+
+# Given the upstream's answer headers, the rewriter to apply (None: stream through untouched).
+Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 
 def _connection_listed(headers: Mapping[str, str]) -> set[str]:
@@ -51,12 +64,15 @@ async def forward(
     auth: Authorized,
     http: aiohttp.ClientSession,
     on_headers: OnHeaders,
+    rewrite: Rewrite | None = None,
 ) -> web.StreamResponse:
     """Send the call upstream; `on_headers(status, latency_s)` runs (and writes the audit
-    record) before anything is sent back to the agent."""
+    record) before anything is sent back to the agent. `rewrite` may transform the answer."""
     call = auth.call
     url = URL(auth.upstream.rstrip("/") + call.path_qs, encoded=True)
     headers = upstream_headers(request.headers, auth.minted.headers)
+    if rewrite is not None:  # a rewritten answer must come uncompressed
+        headers.popall("Accept-Encoding", None)
     started = time.perf_counter()
     try:
         upstream = await http.request(
@@ -82,11 +98,16 @@ async def forward(
                 resp.headers.add(k, v)
         resp.headers["Guard-Task-Id"] = auth.caller.task_id
         resp.headers["Guard-Call-Id"] = call.call_id
-        if upstream.content_length is not None:
+        rewriter = rewrite(upstream.headers) if rewrite is not None else None
+        if upstream.content_length is not None and rewriter is None:
             resp.content_length = upstream.content_length
         await resp.prepare(request)
         async for chunk in upstream.content.iter_any():
-            await resp.write(chunk)
+            out = rewriter.feed(chunk) if rewriter is not None else chunk
+            if out:
+                await resp.write(out)
+        if rewriter is not None and (tail := rewriter.close()):
+            await resp.write(tail)
         await resp.write_eof()
         return resp
     except (TimeoutError, aiohttp.ClientError, ConnectionResetError):
