@@ -182,6 +182,8 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         err = e.errors()[0]
         key = ".".join(str(p) for p in err["loc"])
         raise ConfigError(source, key, err["msg"]) from e
+    if cfg.store.url.startswith("memory://") and not cfg.audit.dir:
+        raise ConfigError(source, "audit.dir", "the memory store keeps nothing durable: an audit folder is required")
     for i, hook in enumerate(cfg.approvals.webhooks):
         if not env.get(hook.secret_env):
             raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
