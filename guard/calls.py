@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -28,6 +29,7 @@ class ToolCall:
     mcp_action: str | None = None  # MCP: the tool name of tools/call
     mcp_args: Any = None  # MCP: params.arguments
     counted: bool = True  # False for MCP traffic that is not a tools/call
+    connected: Callable[[], bool] | None = None  # False once the client went away (ends a hold)
 
     @property
     def path_qs(self) -> str:

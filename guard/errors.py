@@ -17,6 +17,7 @@
     │   └── UnknownTool              404 unknown_tool
     ├── MethodNotAllowed             405 method_not_allowed
     ├── ApprovalClosed               409 approval_closed
+    ├── DuplicateDecision            409 duplicate_decision
     ├── PayloadTooLarge              413 payload_too_large
     ├── RateLimited                  429 rate_limited
     │   └── BudgetExhausted          429 budget_exhausted
@@ -43,6 +44,7 @@ __all__ = [
     "ChainTooDeep",
     "ConfigError",
     "Denied",
+    "DuplicateDecision",
     "Forbidden",
     "GuardError",
     "MethodNotAllowed",
@@ -162,6 +164,10 @@ class ApprovalClosed(GuardError):
     status, code, title = 409, "approval_closed", "Approval no longer pending"
 
 
+class DuplicateDecision(GuardError):
+    status, code, title = 409, "duplicate_decision", "Approver already decided"
+
+
 class PayloadTooLarge(GuardError):
     status, code, title = 413, "payload_too_large", "Payload too large"
 
@@ -195,7 +201,7 @@ ERRORS_BY_CODE: dict[str, type[GuardError]] = {
     for cls in (
         BadRequest, Unauthenticated, Forbidden, UnregisteredAgent, AgentSuspended, Denied,
         UnknownAction, ApprovalRequired, ApprovalDenied, TaskInactive, ChainTooDeep, TxnInactive,
-        NotFound, UnknownTool, MethodNotAllowed, ApprovalClosed, PayloadTooLarge, RateLimited,
+        NotFound, UnknownTool, MethodNotAllowed, ApprovalClosed, DuplicateDecision, PayloadTooLarge, RateLimited,
         BudgetExhausted, UpstreamUnavailable, StoreUnavailable, AuditUnavailable, UpstreamTimeout,
     )
 }

@@ -49,8 +49,8 @@ async def settle_approval(
         if created:
             await approvals.requested(latest, state, call.call_id)
     if call.prefer_wait > 0:
-        status = await approvals.wait(latest.approval_id, min(call.prefer_wait, approvals.max_wait_s))
-        if status == "approved":
+        status = await approvals.wait(latest.approval_id, min(call.prefer_wait, approvals.max_wait_s), call.connected)
+        if status == "approved" and (call.connected is None or call.connected()):
             consumed = await store.consume_approval(caller.task_id, action.digest, time.time())
             if consumed is not None:
                 await approvals.consumed(consumed, call.call_id, state)
