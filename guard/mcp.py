@@ -19,6 +19,7 @@ from typing import Any
 __all__ = [
     "HEADER_MISMATCH",
     "INTERNAL_ERROR",
+    "INVALID_PARAMS",
     "INVALID_REQUEST",
     "NAME_BEARING_METHODS",
     "PARSE_ERROR",
@@ -38,6 +39,7 @@ __all__ = [
 
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
+INVALID_PARAMS = -32602
 INTERNAL_ERROR = -32603
 HEADER_MISMATCH = -32020
 REFUSED = -32001  # guard: the call was refused by policy; data = problem details
@@ -63,7 +65,7 @@ class RpcError(Exception):
     @property
     def http_status(self) -> int:
         """The HTTP status the streamable HTTP transport uses for this code."""
-        return 400 if self.code in (PARSE_ERROR, INVALID_REQUEST, HEADER_MISMATCH) else 200
+        return 400 if self.code in (PARSE_ERROR, INVALID_REQUEST, INVALID_PARAMS, HEADER_MISMATCH) else 200
 
     def body(self) -> bytes:
         return error_body(self.rpc_id, self.code, self.message, self.data)

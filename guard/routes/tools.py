@@ -12,7 +12,7 @@ from guard.calls import Authorized, ToolCall
 from guard.errors import BadRequest, GuardError, StoreUnavailable
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
-from guard.stages.forward import forward
+from guard.stages.forward import Rewrite, forward
 from guard.stages.match import check_tool_path
 from guard.tokens import new_id
 
@@ -49,24 +49,28 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
         txn_token=request.headers.get("Txn-Token"),
         prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s),
         content_type=request.headers.get("Content-Type", ""),
+        connected=lambda: request.transport is not None and not request.transport.is_closing(),
     )
     auth = await authorize_call(call, deps)
     return await run_forward(request, auth, deps)
 
 
-async def run_forward(request: web.Request, auth: Authorized, deps: Deps) -> web.StreamResponse:
-    """Forward, audit the upstream answer before it goes out, then end the call's Txn-Token."""
+async def run_forward(
+    request: web.Request, auth: Authorized, deps: Deps, event: str = "call_forwarded", rewrite: Rewrite | None = None
+) -> web.StreamResponse:
+    """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
+    Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
     base = {"call_id": call_id, "tool": auth.action.tool, "action": auth.action.name,
             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
 
     async def on_headers(status: int, latency_s: float) -> None:
-        await deps.audit.append(task_id, "call_forwarded", agent, status=status,
+        await deps.audit.append(task_id, event, agent, status=status,
                                 latency_ms=round(latency_s * 1000, 3), **base)
         log.info("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
 
     try:
-        return await forward(request, auth, deps.http, on_headers)
+        return await forward(request, auth, deps.http, on_headers, rewrite)
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout"):
             await deps.audit.append(task_id, "call_failed", agent, status=err.status, detail=err.code, **base)

@@ -1,0 +1,156 @@
+"""`POST/GET/DELETE /mcp/{tool}`: MCP streamable HTTP through the pipeline.
+
+`tools/call` is a call (action = `params.name`, args = `params.arguments`) and goes through
+`authorize_call` like an http tool call; everything else passes through `authorize_passthrough`
+(authenticated, task active, `deny_methods`). A refused request answers HTTP 200 with a
+JSON-RPC error whose `data` is the problem details, so MCP clients show it to the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from functools import lru_cache
+
+import structlog
+from aiohttp import web
+from multidict import CIMultiDictProxy
+from yarl import URL
+
+from guard.auth import bearer
+from guard.calls import Authorized, ToolCall
+from guard.errors import GuardError, Unauthenticated, UnknownTool
+from guard.mcp import (
+    INTERNAL_ERROR,
+    INVALID_PARAMS,
+    INVALID_REQUEST,
+    REFUSED,
+    RpcError,
+    RpcMessage,
+    check_routing_headers,
+    error_body,
+    parse_message,
+    tools_filter,
+)
+from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
+from guard.routes.common import DEPS, read_body
+from guard.routes.tools import parse_prefer_wait, run_forward
+from guard.stages.forward import BodyRewriter, Rewrite
+from guard.tokens import new_id
+
+__all__ = ["routes"]
+
+routes = web.RouteTableDef()
+log = structlog.get_logger("guard.mcp")
+_NOT_JSON_RPC = (Unauthenticated, UnknownTool)  # answered as plain HTTP problems (401/404)
+
+
+@lru_cache(maxsize=256)
+def _split_upstream(upstream: str) -> tuple[str, str, str]:
+    """The MCP endpoint URL as (origin, raw path, raw query): forward() joins origin + path."""
+    url = URL(upstream)
+    return str(url.origin()), url.raw_path or "/", url.raw_query_string
+
+
+def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | None) -> ToolCall:
+    spec = deps.policies.current.tools.get(request.match_info["tool"])
+    _, path, query = _split_upstream(spec.upstream) if spec is not None else ("", "/", "")
+    is_call = msg is not None and msg.method == "tools/call"
+    return ToolCall(
+        call_id=new_id("call"),
+        kind="mcp",
+        tool=request.match_info["tool"],
+        method=request.method.upper(),
+        path=path,
+        query=query,
+        body=body,
+        bearer=bearer(request),
+        txn_token=request.headers.get("Txn-Token"),
+        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s) if is_call else 0.0,
+        content_type=request.headers.get("Content-Type", ""),
+        mcp_action=msg.param_str("name") if is_call and msg is not None else None,
+        mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
+        counted=is_call,
+    )
+
+
+def _to_origin(auth: Authorized, timeout_s: float | None = None) -> Authorized:
+    origin, _, _ = _split_upstream(auth.upstream)
+    return dataclasses.replace(auth, upstream=origin, timeout_s=timeout_s or auth.timeout_s)
+
+
+def _rpc_response(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
+
+
+def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
+    """A refused request: HTTP 200, JSON-RPC error, problem details in `data`. A refused
+    notification or response has no id to answer, so it gets the plain problem."""
+    if msg.kind != "request":
+        raise err
+    code = REFUSED if err.status < 500 else INTERNAL_ERROR
+    headers = dict(err.headers)
+    for key, name in (("task_id", "Guard-Task-Id"), ("call_id", "Guard-Call-Id")):
+        if err.extra.get(key):
+            headers[name] = str(err.extra[key])
+    return _rpc_response(error_body(msg.rpc_id, code, err.detail, err.problem()), 200, headers)
+
+
+@routes.post("/mcp/{tool}")
+async def mcp_post(request: web.Request) -> web.StreamResponse:
+    deps = request.app[DEPS]
+    body = await read_body(request, deps.cfg.limits.max_body_bytes)
+    try:
+        msg = parse_message(body)
+        check_routing_headers(msg, request.headers.getall("Mcp-Method", []), request.headers.getall("Mcp-Name", []))
+        if msg.method == "tools/call":
+            _check_call_shape(msg)
+    except RpcError as err:
+        log.info("mcp_rejected", tool=request.match_info["tool"], code=err.code, reason=err.message)
+        return _rpc_response(err.body(), err.http_status)
+    call = _tool_call(request, deps, body, msg)
+    try:
+        if msg.method == "tools/call":
+            auth = await authorize_call(call, deps)
+            return await run_forward(request, _to_origin(auth), deps)
+        auth = await authorize_passthrough(call, deps, msg.label)
+        rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+        return await run_forward(request, _to_origin(auth), deps, event="mcp_forwarded", rewrite=rewrite)
+    except _NOT_JSON_RPC:
+        raise
+    except GuardError as err:
+        err.extra.setdefault("call_id", call.call_id)
+        return _refusal(err, msg)
+
+
+def _check_call_shape(msg: RpcMessage) -> None:
+    if msg.kind != "request":
+        raise RpcError(INVALID_REQUEST, "Invalid Request: tools/call must have an id", msg.rpc_id)
+    if not msg.param_str("name"):
+        raise RpcError(INVALID_PARAMS, "Invalid params: tools/call needs params.name", msg.rpc_id)
+    args = msg.params.get("arguments")
+    if args is not None and not isinstance(args, dict):
+        raise RpcError(INVALID_PARAMS, "Invalid params: params.arguments must be an object", msg.rpc_id)
+
+
+def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
+    """tools/list answers show only the tools this task could be allowed to call."""
+    visible = tool_visibility(deps, auth)
+
+    def make(headers: CIMultiDictProxy[str]) -> BodyRewriter:
+        return tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
+                            msg.rpc_id, visible)
+
+    return make
+
+
+@routes.get("/mcp/{tool}")
+@routes.delete("/mcp/{tool}")
+async def mcp_session(request: web.Request) -> web.StreamResponse:
+    """GET: the server-to-client SSE stream; DELETE: end of session. Both pass through."""
+    deps = request.app[DEPS]
+    call = _tool_call(request, deps, b"", None)
+    auth = await authorize_passthrough(call, deps, request.method.upper())
+    # the GET stream may sit idle for long: it may last as long as the task
+    idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
+    return await run_forward(request, _to_origin(auth, idle), deps, event="mcp_forwarded")
