@@ -1,0 +1,453 @@
+"""The Redis store: one shared state for many guard instances, failing closed.
+
+Each check-and-update is one Lua script (guard/stores/redis_lua.py), run with EVALSHA. The keys
+of one task share the hash tag `{<task_id>}`, so every script touches one slot:
+
+    guard:{T}:task        hash: json (the task as created), status, ended_at, end_reason,
+                          calls, last_call_at, expires_at, idle_s, max_calls, agent
+    guard:{T}:hist        set of "tool.action" of allowed calls (policy `history`)
+    guard:{T}:inflight    set of call ids in flight (their Txn-Tokens work)
+    guard:{T}:rate:<rule> sorted set: call id scored by time, a sliding window per rule
+    guard:{T}:apr         hash: every approval of the task (see redis_lua)
+    guard:{T}:apr:pending hash: call digest -> id of the pending approval
+    guard:{T}:apr:latest  hash: call digest -> id of the latest approval
+    guard:{T}:audit       list of the task's audit records (JSON), in seq order
+    guard:{T}:audit:tail  hash: seq, hash of the last record
+    guard:tasks           set of every task id (list_tasks)
+    guard:apr:<id>        string: the task id of an approval (get by id)
+    guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
+    guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used
+    guard:agents          set of every agent seen
+    guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
+
+Every Redis error becomes StoreUnavailable (503) within the socket timeouts. Only idempotent
+reads are retried (once, after a reconnect); a script that may have run is never retried.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any, TypeVar
+
+import redis.asyncio as aioredis
+import structlog
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
+
+from guard.audit import GENESIS, chain_record
+from guard.domain import (
+    Admission,
+    AgentEvent,
+    AgentStats,
+    Approval,
+    AuditRecord,
+    CallLimits,
+    Delivery,
+    Task,
+    TaskState,
+)
+from guard.errors import StoreUnavailable
+from guard.stores import redis_lua as lua
+from guard.stores.base import DecideOutcome
+
+__all__ = ["RedisStore"]
+
+log = structlog.get_logger("guard.store")
+T = TypeVar("T")
+
+TASKS = "guard:tasks"
+AGENTS = "guard:agents"
+DELIVERIES = "guard:{deliveries}"
+LEASES = "guard:{deliveries}:leases"
+AUDIT_ATTEMPTS = 32
+_COUNTER: dict[str, str] = {
+    "task_created": "tasks_created",
+    "call_allowed": "calls",
+    "call_denied": "denied",
+    "unregistered_attempt": "attempts",
+}
+_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+
+
+def _k(task_id: str, part: str) -> str:
+    return f"guard:{{{task_id}}}:{part}"
+
+
+def _agent_key(agent: str) -> str:
+    return f"guard:agent:{{{agent}}}"
+
+
+def _num(x: float | int | None) -> str:
+    return "" if x is None else repr(x)
+
+
+def _opt_float(s: str | None) -> float | None:
+    return float(s) if s else None
+
+
+class RedisStore:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._r: aioredis.Redis = aioredis.from_url(
+            url,
+            decode_responses=True,
+            socket_connect_timeout=0.5,
+            socket_timeout=1.0,
+            health_check_interval=5,
+            retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
+        )
+        self._scripts = {
+            name: self._r.register_script(getattr(lua, name))
+            for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
+                         "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES")
+        }
+        self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
+        self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    # -- plumbing ------------------------------------------------------------
+    async def connect(self) -> None:
+        """Check that Redis answers (a few bounded tries); start anyway when it does not:
+        every request then answers 503 store_unavailable until it comes back."""
+        try:
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(0.1, max=1),
+                                               retry=retry_if_exception_type(_TRANSIENT), reraise=True):
+                with attempt:
+                    await self._r.ping()
+        except (RedisError, OSError) as e:
+            log.warning("store_unreachable", error=type(e).__name__)
+
+    @asynccontextmanager
+    async def _fail_closed(self, op: str) -> AsyncIterator[None]:
+        try:
+            yield
+        except (TimeoutError, RedisError, OSError) as e:
+            log.warning("store_failed", op=op, error=type(e).__name__)
+            if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
+                await self._r.connection_pool.disconnect()
+            raise StoreUnavailable("the state store is unreachable") from e
+
+    async def _read(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
+        """An idempotent read: one more try on a fresh connection after a transient error."""
+        async with self._fail_closed(op):
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), wait=wait_exponential(0.05, max=0.2),
+                                               retry=retry_if_exception_type(_TRANSIENT), reraise=True):
+                with attempt:
+                    return await fn()
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        async with self._fail_closed(name.lower()):
+            return await self._scripts[name](keys=keys, args=args)
+
+    async def _members(self, key: str) -> list[str]:
+        async def fetch() -> set[str]:
+            return {str(m) for m in await self._r.smembers(key)}
+
+        return sorted(await self._read("smembers", fetch))
+
+    async def ping(self) -> None:
+        await self._read("ping", self._r.ping)
+
+    async def close(self) -> None:
+        await self._r.aclose()
+
+    # -- tasks -------------------------------------------------------------
+    async def create_task(self, task: Task) -> None:
+        row: dict[Any, str] = {
+            "json": json.dumps(task.to_json()), "status": task.status, "agent": task.agent,
+            "ended_at": _num(task.ended_at), "end_reason": task.end_reason or "", "calls": "0",
+            "last_call_at": _num(task.created_at), "expires_at": _num(task.expires_at),
+            "idle_s": _num(task.idle_s), "max_calls": _num(task.max_calls),
+        }
+        async with self._fail_closed("create_task"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(_k(task.task_id, "task"), mapping=row)
+            pipe.sadd(TASKS, task.task_id)
+            await pipe.execute()
+
+    @staticmethod
+    def _task(row: dict[str, str]) -> Task:
+        d = json.loads(row["json"])
+        d.update(status=row["status"], ended_at=_opt_float(row.get("ended_at")),
+                 end_reason=row.get("end_reason") or None)
+        return Task.from_json(d)
+
+    def _state(self, row: dict[str, str], hist: set[str]) -> TaskState:
+        return TaskState(self._task(row), int(row["calls"]), float(row["last_call_at"]), frozenset(hist))
+
+    async def _states(self, task_ids: list[str]) -> list[TaskState]:
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for tid in task_ids:
+                pipe.hgetall(_k(tid, "task"))
+                pipe.smembers(_k(tid, "hist"))
+            return list(await pipe.execute())
+
+        out = await self._read("get_task", fetch) if task_ids else []
+        return [self._state(row, hist) for row, hist in zip(out[::2], out[1::2], strict=True) if row]
+
+    async def get_task(self, task_id: str) -> TaskState | None:
+        states = await self._states([task_id])
+        return states[0] if states else None
+
+    async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
+        keys = [_k(task_id, "task"), _k(task_id, "inflight"), _k(task_id, "apr:pending"), _k(task_id, "apr")]
+        out = await self._script("END_TASK", keys, [status, _num(now), reason or ""])
+        if not out:
+            return None
+        return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+
+    async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
+        ids = await self._members(TASKS)
+        return [
+            s for s in await self._states(ids)
+            if (status is None or s.task.status == status) and (agent is None or s.task.agent == agent)
+        ]
+
+    # -- calls -------------------------------------------------------------
+    async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        keys = [_k(task_id, "task"), _k(task_id, "hist"), _k(task_id, "inflight")]
+        args: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
+                           "1" if limits.count else "0"]
+        for rule_id, calls, per_s in limits.rates:
+            keys.append(_k(task_id, f"rate:{rule_id}"))
+            args += [rule_id, calls, _num(float(per_s))]
+        ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_CALL", keys, args)
+        if ok and limits.count and limits.agent is not None:
+            await self.record_agent_event(limits.agent, "call_allowed", limits.now,
+                                          limits.history_entry.split(".", 1)[0])
+        return Admission(bool(ok), reason or None, rule_id or None, _opt_float(retry_after), int(calls or 0))
+
+    async def finish_call(self, task_id: str, call_id: str) -> None:
+        async with self._fail_closed("finish_call"):
+            await self._r.srem(_k(task_id, "inflight"), call_id)
+
+    async def call_in_flight(self, task_id: str, call_id: str) -> bool:
+        async def fetch() -> bool:
+            return bool(await self._r.sismember(_k(task_id, "inflight"), call_id))
+
+        return await self._read("call_in_flight", fetch)
+
+    # -- credentials -------------------------------------------------------
+    async def consume_credential(self, jti: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
+        async with self._fail_closed("consume_credential"):
+            return bool(await self._r.set(f"guard:cred:{jti}", "1", nx=True, px=ttl_ms))
+
+    # -- approvals ---------------------------------------------------------
+    @staticmethod
+    def _approval(j: str, status: str, decisions: str) -> Approval:
+        d = json.loads(j)
+        d.update(status=status, decisions=json.loads(decisions))
+        return Approval.from_json(d)
+
+    @staticmethod
+    def _apr_keys(task_id: str, *parts: str) -> list[str]:
+        return [_k(task_id, p) for p in parts]
+
+    async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
+        tid, aid = approval.task_id, approval.approval_id
+        async with self._fail_closed("open_approval"):
+            await self._r.set(f"guard:apr:{aid}", tid)  # findable by id before anyone can know the id
+        args = [aid, approval.call_digest, _num(approval.created_at), _num(approval.expires_at),
+                approval.required, json.dumps(approval.to_json())]
+        created, j, status, decisions = await self._script(
+            "OPEN_APPROVAL", self._apr_keys(tid, "apr:pending", "apr:latest", "apr"), args)
+        if not created:
+            async with self._fail_closed("open_approval"):
+                await self._r.delete(f"guard:apr:{aid}")
+        return self._approval(j, status, decisions), bool(created)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        tid = await self._approval_task(approval_id)
+        if tid is None:
+            return None
+        f = [f"{p}:{approval_id}" for p in ("j", "s", "d")]
+
+        async def fetch() -> list[str | None]:
+            return [None if v is None else str(v) for v in await self._r.hmget(_k(tid, "apr"), f)]
+
+        j, status, decisions = await self._read("get_approval", fetch)
+        return self._approval(j, status or "", decisions or "[]") if j else None
+
+    async def _approval_task(self, approval_id: str) -> str | None:
+        async def fetch() -> str | None:
+            tid = await self._r.get(f"guard:apr:{approval_id}")
+            return str(tid) if tid is not None else None
+
+        return await self._read("get_approval", fetch)
+
+    async def decide_approval(
+        self, approval_id: str, decision: dict[str, Any], now: float
+    ) -> tuple[DecideOutcome, Approval | None]:
+        tid = await self._approval_task(approval_id)
+        if tid is None:
+            return "not_found", None
+        args = [approval_id, str(decision["approver"]), str(decision["decision"]), json.dumps(decision), _num(now)]
+        out = await self._script("DECIDE_APPROVAL", self._apr_keys(tid, "apr:pending", "apr"), args)
+        if out[0] == "not_found":
+            return "not_found", None
+        return out[0], self._approval(out[1], out[2], out[3])
+
+    async def consume_approval(self, task_id: str, call_digest: str, now: float) -> Approval | None:
+        out = await self._script("CONSUME_APPROVAL", self._apr_keys(task_id, "apr:latest", "apr"),
+                                 [call_digest, _num(now)])
+        return self._approval(out[1], out[2], out[3]) if out else None
+
+    async def latest_approval(self, task_id: str, call_digest: str) -> Approval | None:
+        keys = self._apr_keys(task_id, "apr:latest", "apr:pending", "apr")
+        out = await self._script("LATEST_APPROVAL", keys, [call_digest, _num(time.time())])
+        return self._approval(out[1], out[2], out[3]) if out else None
+
+    async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]:
+        tids = [task_id] if task_id is not None else await self._members(TASKS)
+
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for tid in tids:
+                pipe.hgetall(_k(tid, "apr"))
+            return list(await pipe.execute())
+
+        out: list[Approval] = []
+        for row in await self._read("list_approvals", fetch):
+            for field, j in row.items():
+                if field.startswith("j:"):
+                    aid = field[2:]
+                    a = self._approval(j, row[f"s:{aid}"], row[f"d:{aid}"])
+                    if status is None or a.status == status:
+                        out.append(a)
+        return sorted(out, key=lambda a: a.created_at)
+
+    # -- agents (the inventory) ---------------------------------------------
+    async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
+        key = _agent_key(agent)
+        async with self._fail_closed("record_agent_event"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hincrby(key, _COUNTER[kind], 1)
+            pipe.hsetnx(key, "first_seen", _num(now))
+            pipe.hset(key, "last_seen", _num(now))
+            if kind == "call_allowed" and tool is not None:
+                pipe.sadd(f"{key}:tools", tool)
+            pipe.sadd(AGENTS, agent)
+            await pipe.execute()
+
+    async def agent_stats(self) -> dict[str, AgentStats]:
+        agents = await self._members(AGENTS)
+
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for agent in agents:
+                pipe.hgetall(_agent_key(agent))
+                pipe.smembers(f"{_agent_key(agent)}:tools")
+            return list(await pipe.execute())
+
+        out = await self._read("agent_stats", fetch) if agents else []
+        return {a: _agent_stats(a, row, tools) for a, row, tools in zip(agents, out[::2], out[1::2], strict=True)}
+
+    async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
+        changed = await self._script("SET_SUSPENDED", [_agent_key(agent)], ["1", reason, actor, _num(now)])
+        async with self._fail_closed("suspend_agent"):
+            await self._r.sadd(AGENTS, agent)
+        return bool(changed)
+
+    async def restore_agent(self, agent: str) -> bool:
+        return bool(await self._script("SET_SUSPENDED", [_agent_key(agent)], ["0", "", "", ""]))
+
+    async def is_suspended(self, agent: str) -> bool:
+        async def fetch() -> bool:
+            return await self._r.hget(_agent_key(agent), "suspended") == "1"
+
+        return await self._read("is_suspended", fetch)
+
+    # -- webhook deliveries --------------------------------------------------
+    async def save_delivery(self, delivery: Delivery) -> None:
+        async with self._fail_closed("save_delivery"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(DELIVERIES, delivery.delivery_id, json.dumps(delivery.to_json()))
+            pipe.hset(LEASES, delivery.delivery_id, f"{delivery.lease_until!r} {delivery.owner}")
+            await pipe.execute()
+
+    async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
+        out = await self._script("CLAIM_DELIVERIES", [DELIVERIES, LEASES], [owner, _num(now), _num(lease_until)])
+        claimed = []
+        for j in out[1::2]:
+            d = json.loads(j)
+            d.update(owner=owner, lease_until=lease_until)
+            claimed.append(Delivery.from_json(d))
+        return claimed
+
+    async def delete_delivery(self, delivery_id: str) -> None:
+        async with self._fail_closed("delete_delivery"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hdel(DELIVERIES, delivery_id)
+            pipe.hdel(LEASES, delivery_id)
+            await pipe.execute()
+
+    # -- audit -------------------------------------------------------------
+    @asynccontextmanager
+    async def _audit_lock(self, task_id: str) -> AsyncIterator[None]:
+        """Appends of one task from this process go one at a time (others may still race)."""
+        lock, users = self._audit_locks.get(task_id) or (asyncio.Lock(), 0)
+        self._audit_locks[task_id] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._audit_locks[task_id]
+            if users <= 1:
+                del self._audit_locks[task_id]
+            else:
+                self._audit_locks[task_id] = (lock, users - 1)
+
+    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """Chain the record on the tail last seen; when another instance appended meanwhile,
+        the script answers the current tail and the record is chained again on it."""
+        keys = [_k(task_id, "audit"), _k(task_id, "audit:tail")]
+        async with self._audit_lock(task_id):
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            for _ in range(AUDIT_ATTEMPTS):
+                record = chain_record(fields, seq + 1, prev)
+                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                out = await self._script("APPEND_AUDIT", keys, [record.seq, prev, record.hash, body])
+                if out[0] == 1:
+                    self._remember_tail(task_id, record.seq, record.hash)
+                    return record
+                seq, prev = int(out[1]), str(out[2])
+        raise StoreUnavailable("the audit trail is too contended to append to")
+
+    def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:
+        if len(self._tails) >= 10_000 and task_id not in self._tails:
+            self._tails.pop(next(iter(self._tails)))
+        self._tails[task_id] = (seq, hash_)
+
+    async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        async def fetch() -> list[str]:
+            return [str(v) for v in await self._r.lrange(_k(task_id, "audit"), 0, -1)]
+
+        lines = await self._read("read_audit", fetch)
+        return [AuditRecord(json.loads(line)) for line in lines]
+
+
+def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats:
+    return AgentStats(
+        agent=agent,
+        first_seen=_opt_float(row.get("first_seen")),
+        last_seen=_opt_float(row.get("last_seen")),
+        tasks_created=int(row.get("tasks_created", 0)),
+        calls=int(row.get("calls", 0)),
+        denied=int(row.get("denied", 0)),
+        attempts=int(row.get("attempts", 0)),
+        tools_used=frozenset(tools),
+        suspended=row.get("suspended") == "1",
+        suspended_reason=row.get("suspended_reason"),
+        suspended_by=row.get("suspended_by"),
+        suspended_at=_opt_float(row.get("suspended_at")),
+    )

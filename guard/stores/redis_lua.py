@@ -1,0 +1,220 @@
+"""The Lua scripts of the Redis store: each check-and-update is one script, run with EVALSHA.
+
+Every script touches only keys of one hash slot (those of one task, `guard:{<task_id>}:…`,
+or one agent), all passed in KEYS, so they also run on Redis Cluster. Numbers travel as
+strings (`%.17g`) so timestamps round-trip exactly; a Lua number returned to Redis would be
+truncated to an integer.
+
+Approvals of a task live in one hash, `guard:{<task_id>}:apr`, with one field per attribute:
+`j:<id>` (the approval as created, JSON), `s:<id>` (status), `e:<id>` (expires_at),
+`r:<id>` (approvals required), `g:<id>` (call digest), `n:<id>` (approvals so far),
+`d:<id>` (the decisions, a JSON array appended to as a string) and `w:<id>:<approver>`
+(this approver has decided).
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ADMIT_CALL",
+    "APPEND_AUDIT",
+    "CLAIM_DELIVERIES",
+    "CONSUME_APPROVAL",
+    "DECIDE_APPROVAL",
+    "END_TASK",
+    "LATEST_APPROVAL",
+    "OPEN_APPROVAL",
+    "SET_SUSPENDED",
+]
+
+_NUM = "local function num(x) return string.format('%.17g', x) end\n"
+
+_APPROVAL = """
+local function approval(apr, id)
+  local f = redis.call('HMGET', apr, 'j:' .. id, 's:' .. id, 'd:' .. id)
+  if not f[1] then return false end
+  return {f[1], f[2], f[3]}
+end
+"""
+
+# KEYS: task, hist, inflight, rate keys… ARGV: now, call_id, history_entry, parent_call_id ('' none),
+# count ('1'/'0'), then (rule_id, calls, per_s) for each rate.
+# Returns {ok, reason, rule_id, retry_after, calls}.
+ADMIT_CALL = _NUM + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'idle_s', 'last_call_at', 'calls', 'max_calls')
+if not f[1] then return {0, 'not_found', '', '', '0'} end
+local now = tonumber(ARGV[1])
+local calls = tonumber(f[5])
+if f[1] ~= 'active' or now >= tonumber(f[2]) or (f[3] ~= '' and now - tonumber(f[4]) >= tonumber(f[3])) then
+  return {0, 'task_inactive', '', '', f[5]}
+end
+if ARGV[4] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
+  return {0, 'txn_inactive', '', '', f[5]}
+end
+if ARGV[5] ~= '1' then return {1, '', '', '', f[5]} end
+if f[6] ~= '' and calls >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
+local nrates = (#ARGV - 5) / 3
+for i = 1, nrates do
+  local key, limit, per = KEYS[3 + i], tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
+  if redis.call('ZCARD', key) >= limit then
+    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+    local retry = per
+    if oldest[2] then retry = tonumber(oldest[2]) + per - now end
+    return {0, 'rate_limited', ARGV[2 + 3 * i], num(retry), f[5]}
+  end
+end
+for i = 1, nrates do
+  local key, per = KEYS[3 + i], tonumber(ARGV[4 + 3 * i])
+  redis.call('ZADD', key, ARGV[1], ARGV[2])
+  redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
+end
+calls = redis.call('HINCRBY', KEYS[1], 'calls', 1)
+redis.call('HSET', KEYS[1], 'last_call_at', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[3])
+redis.call('SADD', KEYS[3], ARGV[2])
+return {1, '', '', '', tostring(calls)}
+"""
+
+# KEYS: task, inflight, pending, apr. ARGV: status, ended_at, end_reason.
+# Returns false when the task was not active, else {json, status, ended_at, end_reason}.
+END_TASK = """
+if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return false end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2], 'end_reason', ARGV[3])
+redis.call('DEL', KEYS[2])
+local pending = redis.call('HVALS', KEYS[3])
+for _, id in ipairs(pending) do
+  if redis.call('HGET', KEYS[4], 's:' .. id) == 'pending' then redis.call('HSET', KEYS[4], 's:' .. id, 'expired') end
+end
+redis.call('DEL', KEYS[3])
+return redis.call('HMGET', KEYS[1], 'json', 'status', 'ended_at', 'end_reason')
+"""
+
+# KEYS: pending, latest, apr. ARGV: id, call_digest, created_at, expires_at, required, json.
+# Returns {created, json, status, decisions}.
+OPEN_APPROVAL = _APPROVAL + """
+local id, digest = ARGV[1], ARGV[2]
+local ex = redis.call('HGET', KEYS[1], digest)
+if ex then
+  local s = redis.call('HGET', KEYS[3], 's:' .. ex)
+  if s == 'pending' and tonumber(redis.call('HGET', KEYS[3], 'e:' .. ex)) > tonumber(ARGV[3]) then
+    local a = approval(KEYS[3], ex)
+    return {0, a[1], a[2], a[3]}
+  end
+  if s == 'pending' then redis.call('HSET', KEYS[3], 's:' .. ex, 'expired') end
+  redis.call('HDEL', KEYS[1], digest)
+end
+redis.call('HSET', KEYS[3], 'j:' .. id, ARGV[6], 's:' .. id, 'pending', 'e:' .. id, ARGV[4],
+           'r:' .. id, ARGV[5], 'g:' .. id, digest, 'n:' .. id, '0', 'd:' .. id, '[]')
+redis.call('HSET', KEYS[1], digest, id)
+redis.call('HSET', KEYS[2], digest, id)
+return {1, ARGV[6], 'pending', '[]'}
+"""
+
+# KEYS: pending, apr. ARGV: id, approver, decision, decision_json, now.
+# Returns {outcome, json, status, decisions} (outcome not_found alone).
+DECIDE_APPROVAL = _APPROVAL + """
+local apr, id = KEYS[2], ARGV[1]
+local a = approval(apr, id)
+if not a then return {'not_found'} end
+local function unpend(status)
+  redis.call('HSET', apr, 's:' .. id, status)
+  redis.call('HDEL', KEYS[1], redis.call('HGET', apr, 'g:' .. id))
+end
+if a[2] == 'pending' and tonumber(redis.call('HGET', apr, 'e:' .. id)) <= tonumber(ARGV[5]) then
+  unpend('expired')
+  a[2] = 'expired'
+end
+if a[2] ~= 'pending' then return {'closed', a[1], a[2], a[3]} end
+local who = 'w:' .. id .. ':' .. ARGV[2]
+if redis.call('HEXISTS', apr, who) == 1 then return {'duplicate', a[1], a[2], a[3]} end
+redis.call('HSET', apr, who, '1')
+local d = '[' .. ARGV[4] .. ']'
+if a[3] ~= '[]' then d = string.sub(a[3], 1, -2) .. ',' .. ARGV[4] .. ']' end
+redis.call('HSET', apr, 'd:' .. id, d)
+local status = 'pending'
+if ARGV[3] == 'deny' then
+  status = 'denied'
+elseif ARGV[3] == 'approve' then
+  local n = redis.call('HINCRBY', apr, 'n:' .. id, 1)
+  if n >= tonumber(redis.call('HGET', apr, 'r:' .. id)) then status = 'approved' end
+end
+if status ~= 'pending' then unpend(status) end
+return {'recorded', a[1], status, d}
+"""
+
+# KEYS: latest, apr. ARGV: call_digest, now. Returns false or {id, json, status, decisions}.
+CONSUME_APPROVAL = _APPROVAL + """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+local a = approval(KEYS[2], id)
+if not a or a[2] ~= 'approved' then return false end
+if tonumber(redis.call('HGET', KEYS[2], 'e:' .. id)) <= tonumber(ARGV[2]) then return false end
+redis.call('HSET', KEYS[2], 's:' .. id, 'consumed')
+return {id, a[1], 'consumed', a[3]}
+"""
+
+# KEYS: latest, pending, apr. ARGV: call_digest, now. A pending approval past its expiry is
+# expired on the way. Returns false or {id, json, status, decisions}.
+LATEST_APPROVAL = _APPROVAL + """
+local id = redis.call('HGET', KEYS[1], ARGV[1])
+if not id then return false end
+local a = approval(KEYS[3], id)
+if not a then return false end
+if a[2] == 'pending' and tonumber(redis.call('HGET', KEYS[3], 'e:' .. id)) <= tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[3], 's:' .. id, 'expired')
+  redis.call('HDEL', KEYS[2], ARGV[1])
+  a[2] = 'expired'
+end
+return {id, a[1], a[2], a[3]}
+"""
+
+# KEYS: audit list, audit tail hash. ARGV: seq, prev_hash, hash, record json.
+# Appends when the tail is (seq - 1, prev_hash): returns {1}; else {0, tail seq, tail hash}.
+APPEND_AUDIT = """
+local tail = redis.call('HMGET', KEYS[2], 'seq', 'hash')
+local seq, hash = tail[1] or '0', tail[2] or string.rep('0', 64)
+if tonumber(seq) == tonumber(ARGV[1]) - 1 and hash == ARGV[2] then
+  redis.call('RPUSH', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[2], 'seq', ARGV[1], 'hash', ARGV[3])
+  return {1}
+end
+return {0, seq, hash}
+"""
+
+# KEYS: agent hash. ARGV: '1' suspend / '0' restore, reason, actor, now.
+# Returns 1 when the suspension changed, 0 when it already was so.
+SET_SUSPENDED = """
+local was = redis.call('HGET', KEYS[1], 'suspended') == '1'
+if ARGV[1] == '1' then
+  if was then return 0 end
+  redis.call('HSET', KEYS[1], 'suspended', '1', 'suspended_reason', ARGV[2], 'suspended_by', ARGV[3],
+             'suspended_at', ARGV[4])
+  return 1
+end
+if not was then return 0 end
+redis.call('HDEL', KEYS[1], 'suspended', 'suspended_reason', 'suspended_by', 'suspended_at')
+return 1
+"""
+
+# KEYS: deliveries (id -> json), leases (id -> "lease_until owner"). ARGV: owner, now, lease_until.
+# Returns {id, json, id, json, …} of the deliveries claimed.
+CLAIM_DELIVERIES = """
+local out = {}
+local leases = redis.call('HGETALL', KEYS[2])
+for i = 1, #leases, 2 do
+  local id, lease = leases[i], leases[i + 1]
+  local sp = string.find(lease, ' ', 1, true)
+  local until_, owner = tonumber(string.sub(lease, 1, sp - 1)), string.sub(lease, sp + 1)
+  if owner == ARGV[1] or until_ < tonumber(ARGV[2]) then
+    local body = redis.call('HGET', KEYS[1], id)
+    if body then
+      redis.call('HSET', KEYS[2], id, ARGV[3] .. ' ' .. ARGV[1])
+      out[#out + 1] = id
+      out[#out + 1] = body
+    else
+      redis.call('HDEL', KEYS[2], id)
+    end
+  end
+end
+return out
+"""
