@@ -8,8 +8,8 @@ It opens a task for "weekly research report" with a budget of 6 calls and makes 
 that guard should allow, deny, refuse as unknown, chain, and finally stop for lack of
 budget. Each line shows what guard answered:
 
-    [allow]             POST   /tools/notes/notes      -> 201
-    [denied]            POST   /tools/notes/notes      -> 403 (rule big-notes-denied)
+    [allow]                POST   /tools/notes/notes             -> 201
+    [denied]               POST   /tools/notes/notes             -> 403 (rule big-notes-denied)
 
 The exit code is 0 when every call got the answer the demo policy predicts, 1 otherwise.
 """
@@ -21,6 +21,7 @@ import asyncio
 import os
 import sys
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
@@ -66,6 +67,13 @@ async def dev_token(sub: str, *roles: str, config: str | None = None) -> str:
     return out.decode().strip()
 
 
+def _when(value: Any) -> str:
+    """A timestamp for people: unix seconds become ISO 8601 UTC; anything else as is."""
+    if isinstance(value, int | float):
+        return datetime.fromtimestamp(value, UTC).isoformat(timespec="seconds")
+    return str(value)
+
+
 def _code(body: Any) -> str | None:
     return body.get("code") if isinstance(body, dict) else None
 
@@ -93,7 +101,7 @@ class Demo:
         status, body = await self.request(method, path, self.task_token, json)
         got = Expect(status, _code(body) if status >= 400 else None)
         label = "allow" if status < 400 else got.code or "error"
-        line = f"{'[' + label + ']':<19} {method:<6} {path:<30} -> {status}"
+        line = f"{'[' + label + ']':<22} {method:<6} {path:<30} -> {status}"
         if isinstance(body, dict) and body.get("rule_id"):
             line += f" (rule {body['rule_id']})"
         if got not in expect:
@@ -119,7 +127,7 @@ async def run_demo(demo: Demo, agent_token: str, config: str | None) -> None:
         raise SystemExit(f"could not create a task: {status} {task}")
     demo.task_token = task["task_token"]
     task_id = task["task_id"]
-    print(f"task {task_id} for {task['agent']}, expires {task['expires_at']}\n")
+    print(f"task {task_id} for {task['agent']}, expires {_when(task['expires_at'])}\n")
 
     # 2. A note written and read back: both allowed by rule researcher-uses-notes.
     note = {"title": "Sources", "body": "Three papers on agent sandboxing.", "tags": ["research"]}
@@ -135,12 +143,11 @@ async def run_demo(demo: Demo, agent_token: str, config: str | None) -> None:
     await demo.call("PATCH", f"/tools/notes/notes/{note_id}", UNKNOWN_ACTION, json={"title": "Renamed"})
 
     # 5. research saves a summary note by calling notes through guard, with its Txn-Token.
-    status, answer = await demo.call(
-        "POST", "/tools/research/research", ALLOWED, json={"topic": "agent sandboxing"}
-    )
+    status, answer = await demo.call("POST", "/tools/research/research", ALLOWED, json={"topic": "agent sandboxing"})
     chained = answer.get("chained", []) if isinstance(answer, dict) else []
     for step in chained:
-        print(f"{'':<19}   chained {step['call']} -> {step['status']}")
+        refused = f" {step['code']}" if step.get("code") else ""
+        print(f"{'':<22} chained {step['call']} -> {step['status']}{refused}")
     demo.check("research's chained notes write should be 201", [s.get("status") for s in chained] == [201])
 
     # 6. Keep listing notes until the task's budget of 6 calls runs out.

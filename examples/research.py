@@ -74,9 +74,7 @@ async def research_pay(request: web.Request) -> web.Response:
     payment = {"amount": 5, "currency": "EUR", "to": "reports-r-us", "memo": f"report on {topic}"}
     paid = await chained_call(request, "POST", "/tools/payments/payments", payment)
     # Pass the refusal on as data: this endpoint's own call succeeded.
-    return web.json_response(
-        {"topic": topic, "status": paid["status"], "code": paid["code"], "chained": [paid]}
-    )
+    return web.json_response({"topic": topic, "status": paid["status"], "code": paid["code"], "chained": [paid]})
 
 
 def make_app(guard_url: str) -> web.Application:
