@@ -16,10 +16,13 @@ from guard.audit import AuditFiles, AuditLog
 from guard.config import Config
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound
 from guard.identity import Identity
+from guard.metrics import Metrics
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
-from guard.routes import agents, credentials, system, tasks, tools
+from guard.reload import PolicyReloader
+from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
 from guard.routes.common import DEPS
+from guard.routes.operate import metrics_middleware
 from guard.stores import open_store
 from guard.tokens import GuardKeys, load_or_create_key
 
@@ -89,31 +92,39 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
     if cfg.dev_mode:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
-    app = web.Application(middlewares=[problem_middleware], client_max_size=cfg.limits.max_body_bytes)
+    app = web.Application(middlewares=[problem_middleware, metrics_middleware],
+                          client_max_size=cfg.limits.max_body_bytes)
     holder = PolicyHolder(policies)
+    metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(cfg.store.url)
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
-        audit = AuditLog(store, files)
+        audit = AuditLog(store, files, metrics.observe_record)
         http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         identity.http = http
-        app[DEPS] = Deps(cfg, store, keys, holder, audit, Approvals(cfg, store, audit), http, identity)
+        approvals_ = Approvals(cfg, store, audit)
+        await approvals_.start()  # resumes pending webhook deliveries
+        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
+                         metrics=metrics)
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
+        await approvals_.close()
         await http.close()
         if files is not None:
             await files.close()
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
-    for module in (system, tasks, tools, credentials, agents):
+    reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
+    app.cleanup_ctx.append(reloader.context)
+    for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals):
         app.router.add_routes(module.routes)
     return app

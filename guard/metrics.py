@@ -1,0 +1,81 @@
+"""Prometheus metrics, one `CollectorRegistry` per app (never the global one).
+
+`build_app` creates one `Metrics` and hands it out as `deps.metrics`. Any component may count
+on it; every metric is cheap to update (a dict lookup and a lock):
+
+    deps.metrics.webhook_failures.labels(webhook="finance").inc()   # a failed webhook delivery
+    deps.metrics.store_errors.labels(operation="append_audit").inc()
+
+What is counted where:
+- `guard_calls_total{tool,action,effect}` and `guard_upstream_latency_seconds{tool}`: from the
+  audit records (`observe_record`), so every decided or forwarded call is counted exactly once,
+  whatever route it came through (http or MCP).
+- `guard_overhead_seconds{tool}`: time spent in the guard before the upstream answered
+  (request start, taken by `guard.routes.operate.metrics_middleware`, to the audited forward minus upstream latency).
+- `guard_errors_total{code}` and `guard_store_errors_total`: problem-details answers, by code.
+- `guard_pending_approvals`: read from the store when `/metrics` is scraped.
+- `guard_policy_reloads_total{result}`: `ok` or `failed` (see `guard.reload`).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+__all__ = ["Metrics", "request_started"]
+
+_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+_OVERHEAD_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_MAX_LABEL_SETS = 1000  # (tool, action) pairs kept as labels; beyond, "_other" (MCP names are caller-chosen)
+# set by the HTTP middleware when a request arrives (perf_counter), read when a forward is audited
+request_started: contextvars.ContextVar[float | None] = contextvars.ContextVar("guard_request_started", default=None)
+
+
+class Metrics:
+    """The guard's metric objects on their own registry."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        self.calls = Counter("guard_calls", "Tool calls decided, by tool, action and effect",
+                             ["tool", "action", "effect"], registry=r)
+        self.upstream_latency = Histogram("guard_upstream_latency_seconds", "Time until the tool's response headers",
+                                          ["tool"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("guard_overhead_seconds", "Time a forwarded call spent in the guard itself",
+                                  ["tool"], buckets=_OVERHEAD_BUCKETS, registry=r)
+        self.pending_approvals = Gauge("guard_pending_approvals", "Approvals waiting for a decision", registry=r)
+        self.webhook_failures = Counter("guard_webhook_delivery_failures", "Failed approval webhook deliveries",
+                                        ["webhook"], registry=r)
+        self.store_errors = Counter("guard_store_errors", "State store operations that failed",
+                                    ["operation"], registry=r)
+        self.errors = Counter("guard_errors", "Problem-details answers, by code", ["code"], registry=r)
+        self.policy_reloads = Counter("guard_policy_reloads", "Policy reloads, by result", ["result"], registry=r)
+        self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
+        self._labels: set[tuple[str, str]] = set()
+
+    def _pair(self, tool: Any, action: Any) -> tuple[str, str]:
+        pair = (str(tool or "-"), str(action or "-"))
+        if pair in self._labels:
+            return pair
+        if len(self._labels) >= _MAX_LABEL_SETS:
+            return (pair[0], "_other")
+        self._labels.add(pair)
+        return pair
+
+    def observe_record(self, rec: dict[str, Any]) -> None:
+        """Count what an audit record says about a call (called for every appended record)."""
+        event = rec.get("event")
+        if event == "call_decided":
+            tool, action = self._pair(rec.get("tool"), rec.get("action"))
+            self.calls.labels(tool, action, str(rec.get("effect") or "-")).inc()
+        elif event == "call_forwarded":
+            latency_ms = rec.get("latency_ms")
+            if not isinstance(latency_ms, int | float):
+                return
+            tool = self._pair(rec.get("tool"), None)[0]
+            self.upstream_latency.labels(tool).observe(latency_ms / 1000)
+            started = request_started.get()
+            if started is not None:
+                self.overhead.labels(tool).observe(max(0.0, time.perf_counter() - started - latency_ms / 1000))
