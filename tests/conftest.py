@@ -338,7 +338,7 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     r.stop()
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", pytest.param("redis", marks=pytest.mark.redis)])
 def store_url(request: pytest.FixtureRequest) -> str:
     """Parametrizes a test over every store backend."""
     if request.param == "memory":

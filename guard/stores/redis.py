@@ -38,7 +38,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError
+from redis.exceptions import ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -129,7 +129,8 @@ class RedisStore:
         try:
             yield
         except (TimeoutError, RedisError, OSError) as e:
-            log.warning("store_failed", op=op, error=type(e).__name__)
+            detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
+            log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
             if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
                 await self._r.connection_pool.disconnect()
             raise StoreUnavailable("the state store is unreachable") from e

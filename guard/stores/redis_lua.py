@@ -54,17 +54,17 @@ if ARGV[5] ~= '1' then return {1, '', '', '', f[5]} end
 if f[6] ~= '' and calls >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
 local nrates = (#ARGV - 5) / 3
 for i = 1, nrates do
-  local key, limit, per = KEYS[3 + i], tonumber(ARGV[3 + 3 * i]), tonumber(ARGV[4 + 3 * i])
+  local key, limit, per = KEYS[3 + i], tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
   redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
   if redis.call('ZCARD', key) >= limit then
     local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
     local retry = per
     if oldest[2] then retry = tonumber(oldest[2]) + per - now end
-    return {0, 'rate_limited', ARGV[2 + 3 * i], num(retry), f[5]}
+    return {0, 'rate_limited', ARGV[3 + 3 * i], num(retry), f[5]}
   end
 end
 for i = 1, nrates do
-  local key, per = KEYS[3 + i], tonumber(ARGV[4 + 3 * i])
+  local key, per = KEYS[3 + i], tonumber(ARGV[5 + 3 * i])
   redis.call('ZADD', key, ARGV[1], ARGV[2])
   redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
 end
