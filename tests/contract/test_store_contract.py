@@ -6,8 +6,8 @@ as another guard instance would hold), so races between instances are part of th
 from __future__ import annotations
 
 import asyncio
-import itertools
 import dataclasses
+import itertools
 import time
 from collections.abc import AsyncIterator
 from typing import Any
