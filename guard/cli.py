@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import unicodedata
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
@@ -44,7 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=cfg.listen.port,
         access_log=None,
         print=None,
-        handler_args={"max_field_size": 8190, "max_line_size": 8190, "keepalive_timeout": 75},
+        # keepalive_timeout also bounds how long a connection may take to send a request's headers
+        # (aiohttp closes a connection still waiting for a complete request line and headers)
+        handler_args={"max_field_size": 8190, "max_line_size": 8190, "keepalive_timeout": cfg.limits.read_timeout_s},
         shutdown_timeout=5,
     )
     return 0
@@ -86,6 +89,14 @@ def _fmt_time(ts: Any) -> str:
         return "?"
 
 
+def _printable(text: str) -> str:
+    """Escape control and format characters (ANSI escapes, CR, bidi overrides) so a hostile
+    value in a record cannot rewrite the reader's terminal."""
+    return "".join(
+        c if c.isprintable() and unicodedata.category(c) != "Cf" else f"\\u{ord(c):04x}" for c in text
+    )
+
+
 def format_timeline(records: list[dict[str, Any]]) -> list[str]:
     """One line per record; a chained call is indented under the call that led to it."""
     lines = []
@@ -102,7 +113,7 @@ def format_timeline(records: list[dict[str, Any]]) -> list[str]:
             f"{r['latency_ms']}ms" if r.get("latency_ms") is not None else "",
             str(r.get("detail") or ""),
         ]
-        lines.append("  ".join(c for c in cols if c))
+        lines.append(_printable("  ".join(c for c in cols if c)))
     return lines
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any, TypeVar
 
@@ -21,6 +22,15 @@ async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed `limit`."""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body over {limit} bytes")
+    timeout_s = request.app[DEPS].cfg.limits.read_timeout_s
+    try:
+        async with asyncio.timeout(timeout_s):  # a slow client cannot hold a handler forever
+            return await _read_limited(request, limit)
+    except TimeoutError:
+        raise BadRequest(f"the body did not arrive within {timeout_s:g} s") from None
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
     chunks: list[bytes] = []
     size = 0
     while True:
