@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from guard.audit import GENESIS, verify_chain
-from guard.domain import Approval, CallLimits, Task
+from guard.domain import Approval, CallLimits, Task, TaskState
 from guard.stores import Store, open_store
 from guard.tokens import new_id
 
@@ -74,12 +74,15 @@ async def test_a_created_task_reads_back_whole(store: Store, peer: Store) -> Non
     assert await store.get_task("task_unknown") is None
 
 
+def ids(states: list[TaskState]) -> set[str]:
+    return {s.task.task_id for s in states}
+
+
 async def test_list_tasks_filters_by_status_and_agent(store: Store) -> None:
     a1 = await new_task(store)
     a2 = await new_task(store)
     b1 = await new_task(store, agent="spiffe://acme/agent/b")
     await store.end_task(a2.task_id, "completed", time.time(), None)
-    ids = lambda states: {s.task.task_id for s in states}  # noqa: E731
     assert {a1.task_id, a2.task_id, b1.task_id} <= ids(await store.list_tasks())
     assert ids(await store.list_tasks(agent="spiffe://acme/agent/b")) == {b1.task_id}
     active_a = ids(await store.list_tasks(status="active", agent=a1.agent))
@@ -379,7 +382,7 @@ async def test_concurrent_appends_make_one_verified_chain(store: Store, peer: St
     assert records[0]["prev_hash"] == GENESIS
     assert all(b["prev_hash"] == a["hash"] for a, b in itertools.pairwise(records))
     assert verify_chain(records).verified
-    assert sorted(r["call_id"] for r in records) == sorted(d["call_id"] for d in drafts)
+    assert sorted(str(r["call_id"]) for r in records) == sorted(str(d["call_id"]) for d in drafts)
     assert {r.seq: r.fields for r in written} == {r["seq"]: r for r in records}
     assert "detail" not in records[0]
 
