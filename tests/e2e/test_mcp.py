@@ -1,0 +1,287 @@
+"""MCP through guard, end to end: the official SDK on both sides (examples/mcp_server.py as a
+real process on streamable HTTP, the SDK's streamable HTTP client pointed at guard), plus raw
+requests against a recording upstream where the test must see exactly what was forwarded."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import httpx2
+import pytest
+from aiohttp import web
+from mcp import Client, MCPError
+from mcp.client.streamable_http import streamable_http_client
+
+from tests.conftest import PY, ROOT, Guard, Seen, Upstream, free_port, spawn, wait_port
+from tests.e2e.helpers import AGENT, bearer, create_task
+
+MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the session-less revision
+VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}
+
+
+def files_policy(upstream: str, **tool: Any) -> dict[str, Any]:
+    return {
+        "tools": {"files": {"kind": "mcp", "upstream": upstream, **tool}},
+        "rules": [
+            {"id": "reads", "effect": "allow",
+             "match": {"agent": [AGENT], "tool": "files",
+                       "action": ["search_files", "read_file", "slow_count", "whoami"]}},
+            {"id": "no-deletes", "effect": "deny", "match": {"tool": "files", "action": ["delete_file"]}},
+            {"id": "shares-need-approval", "effect": "step_up", "approvers": "finance",
+             "match": {"agent": [AGENT], "tool": "files", "action": ["share_file"]}},
+        ],
+    }
+
+
+@pytest.fixture
+def mcp_server(tmp_path: Path) -> Iterator[str]:
+    """examples/mcp_server.py as a real process; yields its MCP endpoint URL."""
+    port = free_port()
+    proc = spawn([PY, "-m", "examples.mcp_server", "--port", str(port)], ROOT, f"mcp-{port}.log")
+    try:
+        wait_port(port, proc=proc.popen)
+        yield f"http://127.0.0.1:{port}/mcp"
+    finally:
+        proc.stop()
+        log = ROOT / f"mcp-{port}.log"
+        if log.exists():
+            shutil.move(log, tmp_path / log.name)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def task_token(guard: Guard, http: aiohttp.ClientSession, sub: str = AGENT) -> str:
+    task = await create_task(http, guard.url, guard.token(sub))
+    return str(task["task_token"])
+
+
+@asynccontextmanager
+async def connect(guard: Guard, token: str, mode: str) -> AsyncIterator[Client]:
+    """The SDK's streamable HTTP client, pointed at guard with the task token as its bearer."""
+    client = httpx2.AsyncClient(headers=bearer(token), timeout=httpx2.Timeout(30, read=60))
+    async with client, Client(streamable_http_client(f"{guard.url}/mcp/files", http_client=client), mode=mode) as c:
+        yield c
+
+
+def text_of(result: Any) -> str:
+    return "".join(getattr(block, "text", "") for block in result.content)
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_list_is_filtered_and_calls_are_decided(
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    token = await task_token(guard, http)
+    async with connect(guard, token, mode) as client:
+        listed = await client.list_tools()
+        assert {t.name for t in listed.tools} == VISIBLE  # write_file (no rule), delete_file (deny) hidden
+
+        result = await client.call_tool("read_file", {"path": "notes/sources.txt"})
+        assert not result.is_error and "arxiv 2401.00001" in text_of(result)
+
+        with pytest.raises(MCPError) as denied:
+            await client.call_tool("delete_file", {"path": "notes/sources.txt"})
+        assert denied.value.code == -32001
+        assert denied.value.data["code"] == "denied" and denied.value.data["rule_id"] == "no-deletes"
+
+        with pytest.raises(MCPError) as unruled:
+            await client.call_tool("write_file", {"path": "x.txt", "content": "x"})
+        assert unruled.value.data["code"] == "denied"
+
+        still_there = await client.call_tool("read_file", {"path": "notes/sources.txt"})
+        assert "arxiv" in text_of(still_there)  # the denied delete never reached the server
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_upstream_gets_credentials_never_the_task_token(
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    token = await task_token(guard, http)
+    async with connect(guard, token, mode) as client:
+        seen = json.loads(text_of(await client.call_tool("whoami", {})))
+    assert seen["authorization"] == "cred+jwt"
+    assert seen["txn_token"] == "txntoken+jwt"
+    assert seen["guard_task_id"]
+
+
+@pytest.mark.parametrize("mode", MODES)
+async def test_progress_notifications_stream_through(
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    token = await task_token(guard, http)
+    seen: list[tuple[float, float | None, str | None]] = []
+
+    async def on_progress(progress: float, total: float | None, message: str | None) -> None:
+        seen.append((progress, total, message))
+
+    async with connect(guard, token, mode) as client:
+        result = await client.call_tool("slow_count", {"n": 4}, progress_callback=on_progress)
+    assert text_of(result) == "counted to 4"
+    assert [p[0] for p in seen] == [1, 2, 3, 4]
+    assert seen[-1][1] == 4
+
+
+async def test_step_up_on_a_tool_call(guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    token = await task_token(guard, http)
+    args = {"path": "reports/2026-w01.md", "to": "partner@example.org"}
+    async with connect(guard, token, "legacy") as client:
+        with pytest.raises(MCPError) as held:
+            await client.call_tool("share_file", args)
+        data = held.value.data
+        assert held.value.code == -32001
+        assert data["code"] == "approval_required" and data["rule_id"] == "shares-need-approval"
+        approver = guard.token("carol@acme.example", "guard:approver")
+        async with http.post(f"{guard.url}/v1/approvals/{data['approval_id']}/decision",
+                             json={"decision": "approve"}, headers=bearer(approver)) as r:
+            assert r.status == 200, await r.text()
+        shared = await client.call_tool("share_file", args)
+        assert text_of(shared) == "shared reports/2026-w01.md with partner@example.org"
+
+
+async def test_sessions_and_the_get_stream_pass_through(
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession
+) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    token = await task_token(guard, http)
+    url = f"{guard.url}/mcp/files"
+    headers = {**bearer(token), "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",
+            "params": {"protocolVersion": "2025-11-25", "capabilities": {},
+                       "clientInfo": {"name": "raw", "version": "0"}}}
+    async with http.post(url, json=init, headers=headers) as r:
+        assert r.status == 200, await r.text()
+        session = r.headers["Mcp-Session-Id"]
+        assert r.headers["Guard-Task-Id"]
+        await r.read()
+    in_session = {**headers, "Mcp-Session-Id": session, "MCP-Protocol-Version": "2025-11-25"}
+    async with http.post(url, json={"jsonrpc": "2.0", "method": "notifications/initialized"},
+                         headers=in_session) as r:
+        assert r.status == 202
+    async with http.get(url, headers={**in_session, "Accept": "text/event-stream"}) as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/event-stream")
+    async with http.post(url, json={"jsonrpc": "2.0", "id": 2, "method": "ping"}, headers=in_session) as r:
+        assert r.status == 200
+        assert '"result"' in await r.text()
+    async with http.delete(url, headers=in_session) as r:
+        assert r.status in (200, 204)
+    async with http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=in_session) as r:
+        assert r.status == 404  # the server ended the session guard passed the DELETE on for
+
+
+# ---------------------------------------------------------------------------------------------
+# raw requests against a recording upstream: what is (not) forwarded
+
+
+def rpc(method: str, rpc_id: int | None = 1, **params: Any) -> dict[str, Any]:
+    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
+    if rpc_id is not None:
+        msg["id"] = rpc_id
+    return msg
+
+
+async def post(http: aiohttp.ClientSession, guard: Guard, token: str, body: bytes | dict[str, Any],
+               **headers: str) -> tuple[int, dict[str, Any]]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    hdrs = {**bearer(token), "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+            **headers}
+    async with http.post(f"{guard.url}/mcp/files", data=data, headers=hdrs) as r:
+        return r.status, json.loads(await r.read())
+
+
+async def test_malformed_and_disagreeing_requests_forward_nothing(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    guard = guard_factory(files_policy(f"{upstream.url}/mcp"))
+    token = await task_token(guard, http)
+    status, body = await post(http, guard, token, b'{"jsonrpc": "2.0", "id": 1, "method": ')
+    assert status == 400 and body["id"] is None and body["error"]["code"] == -32700
+    status, body = await post(http, guard, token, b"[" + json.dumps(rpc("ping")).encode() + b"]")
+    assert body["error"]["code"] == -32600  # batches: removed from MCP since 2025-06-18
+    call = rpc("tools/call", 7, name="read_file", arguments={"path": "a"})
+    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/list"})
+    assert status == 400 and body["error"]["code"] == -32020 and body["id"] == 7
+    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/call", "Mcp-Name": "delete_file"})
+    assert body["error"]["code"] == -32020
+    assert upstream.requests == []
+
+    upstream.handler = lambda request, seen: web.json_response({"jsonrpc": "2.0", "id": 7, "result": {}})
+    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/call", "Mcp-Name": "read_file"})
+    assert status == 200 and body["result"] == {}
+    [seen] = upstream.requests
+    assert seen.path_qs == "/mcp"
+    assert seen.headers["Mcp-Name"] == "read_file" and token not in json.dumps(seen.headers)
+
+
+async def test_deny_methods_refuses_passthrough(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    guard = guard_factory(files_policy(f"{upstream.url}/mcp", deny_methods=["prompts/*", "resources/*"]))
+    token = await task_token(guard, http)
+    status, body = await post(http, guard, token, rpc("prompts/list", 3))
+    assert status == 200 and body["error"]["code"] == -32001 and body["error"]["data"]["code"] == "denied"
+    assert upstream.requests == []
+    status, body = await post(http, guard, token, rpc("ping", 4))
+    assert status == 200 and len(upstream.requests) == 1  # the default JSON echo of the recorder
+
+
+def sse_tools_answer(request: web.Request, seen: Seen) -> web.Response:
+    """An SSE answer to tools/list: a progress event, then the (paginated) result."""
+    asked = json.loads(seen.body)
+    page = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("read_file", "delete_file", "x")],
+            "nextCursor": "page-2"}
+    events = [
+        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}},
+        {"jsonrpc": "2.0", "id": asked["id"], "result": page},
+    ]
+    text = "".join(f"event: message\nid: {i}\ndata: {json.dumps(e)}\n\n" for i, e in enumerate(events))
+    return web.Response(text=text, content_type="text/event-stream")
+
+
+async def test_tools_list_over_sse_is_filtered_page_by_page(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    guard = guard_factory(files_policy(f"{upstream.url}/mcp"))
+    token = await task_token(guard, http)
+    upstream.handler = sse_tools_answer
+    async with http.post(f"{guard.url}/mcp/files", json=rpc("tools/list", 5, cursor="page-1"),
+                         headers={**bearer(token), "Accept": "application/json, text/event-stream"}) as r:
+        assert r.headers["Content-Type"].startswith("text/event-stream")
+        raw = (await r.read()).decode()
+    events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
+    assert events[0]["method"] == "notifications/progress"
+    assert [t["name"] for t in events[1]["result"]["tools"]] == ["read_file"]
+    assert events[1]["result"]["nextCursor"] == "page-2"
+    assert "id: 1" in raw  # the event's other fields are kept
+
+
+async def test_calls_are_audited_before_the_answer(
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession
+) -> None:
+    guard = guard_factory(files_policy(mcp_server))
+    idp = guard.token(AGENT)
+    task = await create_task(http, guard.url, idp)
+    async with connect(guard, task["task_token"], "2026-07-28") as client:
+        await client.list_tools()
+        await client.call_tool("read_file", {"path": "notes/sources.txt"})
+    auditor = guard.token("security@acme.example", "guard:auditor")
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=bearer(auditor)) as r:
+        trail = await r.json()
+    assert trail["verified"] is True
+    events = [(rec["event"], rec.get("action"), rec.get("status")) for rec in trail["records"]]
+    assert ("mcp_forwarded", "tools/list", 200) in events
+    assert ("call_decided", "read_file", None) in events
+    assert ("call_forwarded", "read_file", 200) in events
