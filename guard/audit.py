@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,8 +32,11 @@ __all__ = [
     "AuditLog",
     "Verification",
     "chain_record",
+    "list_trails",
+    "parse_since",
     "read_trail",
     "record_hash",
+    "records_since",
     "verify_chain",
 ]
 
@@ -218,3 +222,37 @@ class AuditLog:
         if not recs and self.files is not None:
             recs = read_trail(self.files.dir, task_id)
         return recs
+
+
+def parse_since(value: str | None) -> float:
+    """Unix seconds or an ISO 8601 time (UTC when it names no zone); empty means the beginning."""
+    if not value:
+        return 0.0
+    try:
+        return float(value)
+    except ValueError:
+        pass
+    try:
+        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError as e:
+        raise ValueError(f"since: {value!r} is neither unix seconds nor an ISO 8601 time") from e
+    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
+
+
+def records_since(directory: str | Path, since: float) -> Iterator[list[dict[str, Any]]]:
+    """Per task (in task id order), the records of the audit folder with `ts >= since`.
+    Files not modified since `since` are skipped unread."""
+    for task_id in list_trails(directory):
+        try:
+            if trail_path(directory, task_id).stat().st_mtime < since:
+                continue
+        except (OSError, ValueError):
+            continue
+        records = [r for r in read_trail(directory, task_id) if _ts(r) >= since]
+        if records:
+            yield records
+
+
+def _ts(record: dict[str, Any]) -> float:
+    ts = record.get("ts")
+    return float(ts) if isinstance(ts, int | float) else 0.0

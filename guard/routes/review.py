@@ -7,20 +7,19 @@ import json
 import re
 import time
 from collections import defaultdict
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from guard.audit import list_trails
+from guard.audit import list_trails, parse_since
 from guard.auth import ADMIN, APPROVER, AUDITOR, principal, require_role
 from guard.domain import Approval, TaskState
 from guard.errors import BadRequest, NotFound
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response
 
-__all__ = ["SECURITY_HEADERS", "parse_since", "routes"]
+__all__ = ["SECURITY_HEADERS", "routes"]
 
 routes = web.RouteTableDef()
 UI_DIR = Path(__file__).resolve().parent.parent / "ui"
@@ -34,23 +33,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _STATUSES = ("active", "completed", "revoked", "expired")
-
-
-def parse_since(value: str | None) -> float:
-    """Unix seconds or an ISO 8601 time (a time without zone is UTC); empty means 0."""
-    if not value:
-        return 0.0
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise ValueError(f"since: {value!r} is neither unix seconds nor an ISO 8601 time") from e
-    if dt.tzinfo is None:
-        dt = dt.replace(tzinfo=UTC)
-    return dt.timestamp()
 
 
 def _task_row(state: TaskState, now: float, pending: list[str]) -> dict[str, Any]:
