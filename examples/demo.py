@@ -17,7 +17,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 CONFIG = "examples/guard.yaml"
-SECRET = "demo-finance-secret"  # the webhook secret shared by guard and the example approver
+SECRET = "demo-finance-secret"  # noqa: S105 - the demo webhook secret shared by guard and the example approver
 PY = sys.executable
 
 SERVICES = [
@@ -76,7 +76,8 @@ def main() -> int:
             failed += result.returncode != 0
         print(f"\naudit trails: {ROOT / 'var' / 'audit'}  (guard audit show <task_id> --config {CONFIG})")
         print(f"service logs: {logs}")
-        print("demo finished: " + ("every agent got the answers it expected" if not failed else f"{failed} agent(s) surprised"))
+        verdict = "every agent got the answers it expected" if not failed else f"{failed} agent(s) surprised"
+        print(f"demo finished: {verdict}")
         return 1 if failed else 0
     finally:
         for proc in reversed(procs):
