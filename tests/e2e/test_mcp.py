@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -285,3 +286,18 @@ async def test_calls_are_audited_before_the_answer(
     assert ("mcp_forwarded", "tools/list", 200) in events
     assert ("call_decided", "read_file", None) in events
     assert ("call_forwarded", "read_file", 200) in events
+
+
+def test_the_example_mcp_agent(guard_factory: Any, mcp_server: str, tmp_path: Path) -> None:
+    """examples/mcp_agent.py against the demo policy, with the files tool at the test's server."""
+    policies = tmp_path / "demo-policies"
+    shutil.copytree(ROOT / "policies", policies)
+    tools = policies / "tools.yaml"
+    tools.write_text(tools.read_text().replace("http://127.0.0.1:9103/mcp", mcp_server))
+    guard = guard_factory(policies)
+    out = subprocess.run([PY, "-m", "examples.mcp_agent", "--guard-url", guard.url, "--config", str(guard.config_path)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    listed = next(line for line in out.stdout.splitlines() if line.startswith("tools/list"))
+    assert "read_file" in listed and "delete_file" not in listed and "write_file" not in listed
+    assert "[denied]" in out.stdout and "rule file-deletes-denied" in out.stdout
