@@ -1,0 +1,102 @@
+"""Redis goes away and comes back: the guard fails closed, then serves again by itself."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import Guard, RedisServer, Upstream
+from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+
+pytestmark = pytest.mark.redis
+
+# a hang fails the request instead of the whole run; no assertion is made on how long it took
+BOUNDED = aiohttp.ClientTimeout(total=10)
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=BOUNDED) as s:
+        yield s
+
+
+@pytest.fixture
+def guard(guard_factory: Any, upstream: Upstream, redis_server: RedisServer) -> Guard:
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": redis_server.url}})
+    return g
+
+
+async def problem_code(r: aiohttp.ClientResponse) -> str | None:
+    body = await r.json(content_type=None)
+    return body.get("code") if isinstance(body, dict) else None
+
+
+async def wait_ready(http: aiohttp.ClientSession, g: Guard, attempts: int = 100) -> None:
+    for _ in range(attempts):
+        async with http.get(f"{g.url}/readyz") as r:
+            if r.status == 200:
+                return
+        await asyncio.sleep(0.1)
+    raise AssertionError("the guard did not become ready again")
+
+
+async def test_redis_down_fails_closed_and_recovery_needs_no_restart(
+    guard: Guard, upstream: Upstream, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    idp = guard.token(AGENT)
+    auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
+    task = await create_task(http, guard.url, idp)
+    h = bearer(task["task_token"])
+    for i in range(3):
+        async with http.get(f"{guard.url}/tools/echo/items/{i}", headers=h) as r:
+            assert r.status == 200
+    async with http.get(f"{guard.url}/readyz") as r:
+        assert r.status == 200
+
+    redis_server.kill()  # SIGKILL by PID: whatever was answered must already be in the AOF
+    for _ in range(3):
+        async with http.get(f"{guard.url}/tools/echo/items/9", headers=h) as r:
+            assert (r.status, await problem_code(r)) == (503, "store_unavailable")
+        async with http.post(f"{guard.url}/v1/tasks", json={"purpose": "during the outage"},
+                             headers=bearer(idp)) as r:
+            assert (r.status, await problem_code(r)) == (503, "store_unavailable")
+            assert r.content_type == "application/problem+json"
+        async with http.get(f"{guard.url}/readyz") as r:
+            assert r.status == 503
+    assert [s.path_qs for s in upstream.requests] == ["/items/0", "/items/1", "/items/2"]
+
+    redis_server.start()  # same port, same folder: the AOF is replayed
+    await wait_ready(http, guard)
+    async with http.get(f"{guard.url}/tools/echo/items/10", headers=h) as r:
+        assert r.status == 200
+    later = await create_task(http, guard.url, idp)
+    assert later["status"] == "active"
+    assert guard.proc is not None and guard.proc.popen.poll() is None  # the same process served throughout
+
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
+        body = await r.json()
+    assert r.status == 200 and body["verified"] is True
+    forwarded = [rec["call_id"] for rec in body["records"] if rec["event"] == "call_forwarded"]
+    assert len(forwarded) == 4  # the three answered before the outage and the one after
+    assert body["records"][0]["event"] == "task_created"
+
+
+async def test_a_guard_started_while_redis_is_down_serves_once_it_is_up(
+    guard_factory: Any, upstream: Upstream, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    redis_server.stop()
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": redis_server.url}}, subdir="late")
+    async with http.get(f"{g.url}/readyz") as r:
+        assert r.status == 503
+    async with http.post(f"{g.url}/v1/tasks", json={"purpose": "too early"}, headers=bearer(g.token(AGENT))) as r:
+        assert (r.status, await problem_code(r)) == (503, "store_unavailable")
+    redis_server.start()
+    await wait_ready(http, g)
+    task = await create_task(http, g.url, g.token(AGENT))
+    async with http.get(f"{g.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    assert len(upstream.requests) == 1
