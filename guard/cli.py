@@ -1,4 +1,4 @@
-"""guard serve | policy check | policy test | audit show|verify | agents | keys init | dev-token"""
+"""guard serve | policy check | policy test | audit show|verify|export | agents | keys init | dev-token"""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from typing import Any
 from guard.audit import read_trail, verify_chain
 from guard.calltree import call_tree
 from guard.cli_agents import add_agents_command
+from guard.cli_audit import RemoteError, add_export_command, add_remote_args, describe_break, fetch_trail
 from guard.config import Config, load_config
 from guard.errors import ConfigError
 
@@ -118,6 +119,12 @@ def format_timeline(records: list[dict[str, Any]]) -> list[str]:
 
 
 def _trail(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.url:
+        try:
+            return fetch_trail(args.url, args.token, args.task)
+        except RemoteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from e
     cfg = _cfg(args)
     if not cfg.audit.dir:
         raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
@@ -134,11 +141,12 @@ def cmd_audit_show(args: argparse.Namespace) -> int:
         for r in records:
             print(json.dumps(r, ensure_ascii=False))
         return 0
-    print(f"task {args.task}: {len(records)} records")
+    day = datetime.fromtimestamp(float(records[0].get("ts") or 0), UTC).strftime("%Y-%m-%d")
+    print(f"task {_printable(args.task)}: {len(records)} records, times UTC from {day}")
     for line in format_timeline(records):
         print(line)
     v = verify_chain(records)
-    print("chain: verified" if v.verified else f"chain: BROKEN at record #{v.first_bad_seq}: {v.reason}")
+    print("chain: verified" if v.verified else _printable(f"chain: BROKEN: {describe_break(records, v)}"))
     return 0
 
 
@@ -148,7 +156,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     if v.verified:
         print(f"verified: {v.count} records, chain intact")
         return 0
-    print(f"BROKEN: first bad record #{v.first_bad_seq}: {v.reason}")
+    print(_printable(f"BROKEN: {describe_break(records, v)}"))
     return 2
 
 
@@ -193,10 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     sh = aud.add_parser("show", help="print a task's timeline")
     sh.add_argument("task")
     sh.add_argument("--json", action="store_true")
+    add_remote_args(sh)
     sh.set_defaults(func=cmd_audit_show)
-    ve = aud.add_parser("verify", help="verify a task's hash chain")
+    ve = aud.add_parser("verify", help="verify a task's hash chain (exit 2 naming the first bad record)")
     ve.add_argument("task")
+    add_remote_args(ve)
     ve.set_defaults(func=cmd_audit_verify)
+    add_export_command(aud, _cfg)
 
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
     ki = keys.add_parser("init", help="create the signing key if missing")
