@@ -1,0 +1,539 @@
+"""Step-up approvals end to end: a real guard, a real webhook receiver (in the test, or
+examples/approver.py as a process), the recording upstream, over every store."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from guard.webhooks import sign, verify
+from tests.conftest import PY, ROOT, Guard, Proc, Upstream, free_port, spawn, wait_port
+from tests.e2e.helpers import AGENT, bearer, create_task
+
+SECRET = "finance-webhook-secret"
+OPS_SECRET = "ops-webhook-secret"
+REQUESTER = "alice@acme.example"
+T = TypeVar("T")
+
+
+def policy(upstream_url: str) -> dict[str, Any]:
+    return {
+        "tools": {
+            "pay": {
+                "kind": "http",
+                "upstream": upstream_url,
+                "credential": {"mode": "none"},
+                "actions": {"create": {"method": "POST", "path": "/payments"},
+                            "refund": {"method": "POST", "path": "/refunds"}},
+            },
+        },
+        "rules": [
+            {"id": "small-payments", "effect": "allow",
+             "match": {"tool": "pay", "action": "create", "args": [{"path": "$.amount", "lte": 100}]}},
+            {"id": "big-payments", "effect": "step_up", "approvers": "finance",
+             "match": {"tool": "pay", "action": "create",
+                       "args": [{"path": "$.amount", "gt": 100}, {"path": "$.amount", "lte": 10000}]}},
+            {"id": "huge-payments", "effect": "step_up", "approvers": "finance", "approvals_required": 2,
+             "match": {"tool": "pay", "action": "create", "args": [{"path": "$.amount", "gt": 10000}]}},
+            {"id": "refunds", "effect": "step_up", "approvers": "ops", "match": {"tool": "pay", "action": "refund"}},
+        ],
+    }
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+@dataclass
+class Receiver:
+    """A webhook receiver on a real port, in the test's loop: records each request and
+    answers `status`."""
+
+    port: int = field(default_factory=free_port)
+    status: int = 200
+    requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
+    _runner: web.AppRunner | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}/hook"
+
+    async def _hook(self, request: web.Request) -> web.Response:
+        self.requests.append((dict(request.headers), await request.read()))
+        return web.json_response({"ok": self.status < 300}, status=self.status)
+
+    async def start(self) -> Receiver:
+        app = web.Application()
+        app.router.add_post("/hook", self._hook)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, "127.0.0.1", self.port).start()
+        return self
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    def payloads(self) -> list[dict[str, Any]]:
+        return [json.loads(body) for _, body in self.requests]
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    """Poll `probe` until it returns something truthy (a bounded wait, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)
+
+
+@dataclass
+class World:
+    guard: Guard
+    http: aiohttp.ClientSession
+    upstream: Upstream
+    receiver: Receiver | None
+    tokens: dict[str, str] = field(default_factory=dict)
+
+    def token(self, sub: str, *roles: str) -> str:
+        key = "|".join((sub, *roles))
+        if key not in self.tokens:
+            self.tokens[key] = self.guard.token(sub, *roles)
+        return self.tokens[key]
+
+    async def task(self, **body: Any) -> dict[str, Any]:
+        return await create_task(self.http, self.guard.url, self.token(AGENT), requested_by=REQUESTER, **body)
+
+    async def call(self, task: dict[str, Any], amount: int, wait: int | None = None,
+                   path: str = "/payments") -> tuple[int, dict[str, Any]]:
+        headers = bearer(task["task_token"])
+        if wait is not None:
+            headers["Prefer"] = f"wait={wait}"
+        async with self.http.post(f"{self.guard.url}/tools/pay{path}", json={"amount": amount, "to": "bob"},
+                                  headers=headers) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def decide(self, approval_id: str, decision: str, approver: str, **extra: Any) -> tuple[int, dict[str, Any]]:
+        token = self.token(approver, "guard:approver")
+        async with self.http.post(f"{self.guard.url}/v1/approvals/{approval_id}/decision",
+                                  json={"decision": decision, **extra}, headers=bearer(token)) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def decide_signed(self, approval_id: str, body: dict[str, Any], secret: str = SECRET,
+                            t: int | None = None, header: str | None = None) -> tuple[int, dict[str, Any]]:
+        raw = json.dumps(body).encode()
+        sig = header if header is not None else sign(secret, raw, t)
+        async with self.http.post(f"{self.guard.url}/v1/approvals/{approval_id}/decision", data=raw,
+                                  headers={"Content-Type": "application/json", "Guard-Signature": sig}) as r:
+            return r.status, await r.json(content_type=None)
+
+    async def approval(self, approval_id: str) -> dict[str, Any]:
+        async with self.http.get(f"{self.guard.url}/v1/approvals/{approval_id}",
+                                 headers=bearer(self.token("root@acme.example", "guard:admin"))) as r:
+            assert r.status == 200
+            data: dict[str, Any] = await r.json()
+            return data
+
+    async def audit(self, task_id: str) -> list[dict[str, Any]]:
+        async with self.http.get(f"{self.guard.url}/v1/tasks/{task_id}/audit",
+                                 headers=bearer(self.token("sec@acme.example", "guard:auditor"))) as r:
+            data = await r.json()
+            assert r.status == 200 and data["verified"], data
+            records: list[dict[str, Any]] = data["records"]
+            return records
+
+    async def events(self, task_id: str, event: str) -> list[dict[str, Any]]:
+        return [r for r in await self.audit(task_id) if r["event"] == event]
+
+    def forwarded(self) -> int:
+        return sum(1 for s in self.upstream.requests if s.path_qs == "/payments")
+
+
+def guard_config(store_url: str, hook_url: str, ttl_s: int = 900, ops_url: str | None = None) -> dict[str, Any]:
+    return {
+        "store": {"url": store_url},
+        "approvals": {"ttl_s": ttl_s, "max_wait_s": 30, "webhooks": [
+            {"name": "finance", "url": hook_url, "secret_env": "GUARD_WEBHOOK_SECRET_FINANCE"},
+            {"name": "ops", "url": ops_url or hook_url, "secret_env": "GUARD_WEBHOOK_SECRET_OPS"},
+        ]},
+    }
+
+
+ENV = {"GUARD_WEBHOOK_SECRET_FINANCE": SECRET, "GUARD_WEBHOOK_SECRET_OPS": OPS_SECRET}
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    r = await Receiver().start()
+    yield r
+    await r.stop()
+
+
+@pytest.fixture
+def world(guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
+          store_url: str) -> World:
+    g = guard_factory(policy(upstream.url), guard_config(store_url, receiver.url), env=ENV)
+    return World(g, http, upstream, receiver)
+
+
+async def pending_approval(w: World, task: dict[str, Any], amount: int) -> str:
+    status, body = await w.call(task, amount)
+    assert status == 403 and body["code"] == "approval_required", body
+    approval_id: str = body["approval_id"]
+    return approval_id
+
+
+def approver_process(tmp: Path, port: int, auto: str, approver: str = "carol@acme.example") -> Proc:
+    proc = spawn([PY, "-m", "examples.approver", "--port", str(port), "--auto", auto, "--approver", approver],
+                 tmp, f"approver-{port}.log", {"GUARD_WEBHOOK_SECRET_FINANCE": SECRET, "PYTHONPATH": str(ROOT)})
+    wait_port(port, proc=proc.popen)
+    return proc
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+async def test_webhook_is_signed_and_carries_the_contract_payload(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 500)
+    receiver = world.receiver
+    assert receiver is not None
+    await until(lambda: world.events(task["task_id"], "webhook_delivered"), "the delivery")
+    headers, body = receiver.requests[0]
+    verify(headers["Guard-Signature"], body, SECRET)
+    assert json.loads(body) == {
+        "type": "approval.requested",
+        "approval_id": approval_id,
+        "task": {"task_id": task["task_id"], "agent": AGENT, "purpose": "weekly research report",
+                 "requested_by": REQUESTER},
+        "call": {"tool": "pay", "action": "create", "method": "POST", "path": "/payments",
+                 "args": {"amount": 500, "to": "bob"}},
+        "rule_id": "big-payments",
+        "expires_at": json.loads(body)["expires_at"],
+        "decision_url": f"{world.guard.url}/v1/approvals/{approval_id}/decision",
+    }
+    assert json.loads(body)["expires_at"] > time.time()
+
+    # the same call while pending: the same approval, no second request to approvers
+    status, again = await world.call(task, 500)
+    assert (status, again["code"], again["approval_id"]) == (403, "approval_required", approval_id)
+    assert len(await world.events(task["task_id"], "approval_requested")) == 1
+    delivered = await world.events(task["task_id"], "webhook_delivered")
+    assert [(d["webhook"], d["attempt"], d["status"]) for d in delivered] == [("finance", 1, 200)]
+    assert world.forwarded() == 0
+
+    async with world.http.get(f"{world.guard.url}/v1/tasks/{task['task_id']}",
+                              headers=bearer(task["task_token"])) as r:
+        assert (await r.json())["pending_approvals"] == [approval_id]
+
+
+async def test_signed_decisions_good_bad_stale_and_foreign(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 700)
+    body = {"decision": "approve", "approver": "carol@acme.example", "reason": "invoice 42"}
+
+    status, err = await world.decide_signed(approval_id, body, secret="not-the-secret")
+    assert (status, err["code"]) == (401, "unauthenticated")
+    status, err = await world.decide_signed(approval_id, body, t=int(time.time()) - 301)
+    assert (status, err["code"]) == (401, "unauthenticated")
+    status, err = await world.decide_signed(approval_id, body, t=int(time.time()) + 301)
+    assert (status, err["code"]) == (401, "unauthenticated")
+    status, err = await world.decide_signed(approval_id, body, header="t=1,v1=zz")
+    assert (status, err["code"]) == (401, "unauthenticated")
+    # signed by a webhook that the rule does not name
+    status, err = await world.decide_signed(approval_id, body, secret=OPS_SECRET)
+    assert (status, err["code"]) == (403, "forbidden")
+    status, err = await world.decide_signed(approval_id, {"decision": "approve"})
+    assert (status, err["code"]) == (400, "bad_request")
+    assert (await world.approval(approval_id))["status"] == "pending"
+
+    status, view = await world.decide_signed(approval_id, body)
+    assert status == 200, view
+    assert view["status"] == "approved"
+    assert [(d["approver"], d["decision"], d["via"]) for d in view["decisions"]] == [
+        ("carol@acme.example", "approve", "webhook:finance")]
+    decided = await world.events(task["task_id"], "approval_decided")
+    assert [(d["approver"], d["decision"], d["via"]) for d in decided] == [
+        ("carol@acme.example", "approve", "webhook:finance")]
+
+    status, ok = await world.call(task, 700)
+    assert status == 200, ok
+    assert world.forwarded() == 1
+    status, again = await world.call(task, 700)  # the next identical call needs a new approval
+    assert again["code"] == "approval_required" and again["approval_id"] != approval_id
+    assert world.forwarded() == 1
+    status, closed = await world.decide_signed(approval_id, {**body, "approver": "dave@acme.example"})
+    assert (status, closed["code"]) == (409, "approval_closed")
+
+
+async def test_quorum_needs_distinct_approvers(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 20000)
+    status, view = await world.decide(approval_id, "approve", "carol@acme.example")
+    assert (status, view["status"]) == (200, "pending")
+    status, dup = await world.decide(approval_id, "approve", "carol@acme.example")
+    assert (status, dup["code"]) == (409, "duplicate_decision")
+    status, dup = await world.decide_signed(approval_id, {"decision": "approve", "approver": "carol@acme.example"})
+    assert (status, dup["code"]) == (409, "duplicate_decision")
+    status, held = await world.call(task, 20000)
+    assert held["code"] == "approval_required"
+    assert world.forwarded() == 0
+    status, view = await world.decide(approval_id, "approve", "dave@acme.example")
+    assert (status, view["status"]) == (200, "approved")
+    assert {d["approver"] for d in view["decisions"]} == {"carol@acme.example", "dave@acme.example"}
+    status, _ = await world.call(task, 20000)
+    assert status == 200 and world.forwarded() == 1
+
+
+async def test_one_deny_denies_and_the_call_is_refused(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 20000)
+    assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    status, view = await world.decide(approval_id, "deny", "dave@acme.example", reason="not budgeted")
+    assert (status, view["status"]) == (200, "denied")
+    status, err = await world.call(task, 20000)
+    assert (status, err["code"], err["approval_id"]) == (403, "approval_denied", approval_id)
+    status, err = await world.call(task, 20000, wait=5)
+    assert err["code"] == "approval_denied"
+    status, err = await world.decide(approval_id, "approve", "erin@acme.example")
+    assert (status, err["code"]) == (409, "approval_closed")
+    assert world.forwarded() == 0
+
+
+async def test_nobody_approves_their_own_task(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 900)
+    for who in (REQUESTER, "ALICE@acme.example", AGENT):
+        status, err = await world.decide(approval_id, "approve", who)
+        assert (status, err["code"]) == (403, "forbidden"), who
+    status, err = await world.decide_signed(approval_id, {"decision": "approve", "approver": REQUESTER})
+    assert (status, err["code"]) == (403, "forbidden")
+    # a token without the approver role decides nothing
+    async with world.http.post(f"{world.guard.url}/v1/approvals/{approval_id}/decision",
+                               json={"decision": "approve"}, headers=bearer(world.token("mallory@acme.example"))) as r:
+        assert r.status == 403
+    # nor does the agent's task token
+    async with world.http.post(f"{world.guard.url}/v1/approvals/{approval_id}/decision",
+                               json={"decision": "approve"}, headers=bearer(task["task_token"])) as r:
+        assert r.status == 401
+    assert (await world.approval(approval_id))["status"] == "pending"
+    refused = await world.events(task["task_id"], "approval_decision_refused")
+    assert len(refused) == 4
+    status, err = await world.call(task, 900)
+    assert err["code"] == "approval_required" and world.forwarded() == 0
+
+
+async def test_who_may_read_an_approval(world: World) -> None:
+    task = await world.task()
+    other = await world.task()
+    approval_id = await pending_approval(world, task, 300)
+    url = f"{world.guard.url}/v1/approvals/{approval_id}"
+    for token, expected in [
+        (task["task_token"], 200),
+        (world.token(AGENT), 200),
+        (world.token("carol@acme.example", "guard:approver"), 200),
+        (world.token("root@acme.example", "guard:admin"), 200),
+        (other["task_token"], 403),
+        (world.token("mallory@acme.example"), 403),
+    ]:
+        async with world.http.get(url, headers=bearer(token)) as r:
+            assert r.status == expected, token
+            if r.status == 200:
+                view = await r.json()
+                assert view["status"] == "pending" and view["args"] == {"amount": 300, "to": "bob"}
+                assert view["task_id"] == task["task_id"] and view["rule_id"] == "big-payments"
+    async with world.http.get(f"{world.guard.url}/v1/approvals/apr_nope", headers=bearer(world.token(AGENT))) as r:
+        assert r.status == 404
+
+
+async def test_hold_is_released_by_the_decision(world: World) -> None:
+    task = await world.task()
+    held = asyncio.ensure_future(world.call(task, 400, wait=25))
+    receiver = world.receiver
+    assert receiver is not None
+    await until(lambda: asyncio.sleep(0, receiver.payloads()), "the webhook")
+    approval_id = receiver.payloads()[0]["approval_id"]
+    assert not held.done()
+    assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    status, body = await asyncio.wait_for(held, 20)
+    assert status == 200, body
+    assert world.forwarded() == 1
+    assert (await world.approval(approval_id))["status"] == "consumed"
+
+
+async def test_client_gone_during_hold_leaves_the_approval_unconsumed(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 450)
+    headers = {**bearer(task["task_token"]), "Prefer": "wait=25"}
+    with pytest.raises(asyncio.TimeoutError):
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=1)) as impatient:
+            await impatient.post(f"{world.guard.url}/tools/pay/payments", json={"amount": 450, "to": "bob"},
+                                 headers=headers)
+
+    async def held_call_ended() -> bool:
+        refusals = [r for r in await world.events(task["task_id"], "call_decided") if r.get("effect") == "step_up"]
+        return len(refusals) == 2
+
+    await until(held_call_ended, "the guard to notice the client left")
+    assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    assert (await world.approval(approval_id))["status"] == "approved"
+    status, _ = await world.call(task, 450)
+    assert status == 200 and world.forwarded() == 1
+
+
+async def test_an_approval_is_consumed_exactly_once_under_concurrency(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 5000)
+    assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    results = await asyncio.gather(*(world.call(task, 5000) for _ in range(20)))
+    statuses = sorted(s for s, _ in results)
+    assert statuses == [200] + [403] * 19, results
+    refused = {b["approval_id"] for s, b in results if s == 403}
+    assert len(refused) == 1 and approval_id not in refused  # the rest wait on one new approval
+    assert all(b["code"] == "approval_required" for s, b in results if s == 403)
+    assert world.forwarded() == 1
+    consumed = await world.events(task["task_id"], "approval_consumed")
+    assert [c["approval_id"] for c in consumed] == [approval_id]
+
+
+async def test_different_arguments_never_ride_on_an_approval(world: World) -> None:
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 500)
+    assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    status, other = await world.call(task, 501)
+    assert other["code"] == "approval_required" and other["approval_id"] != approval_id
+    async with world.http.post(f"{world.guard.url}/tools/pay/payments", json={"amount": 500, "to": "mallory"},
+                               headers=bearer(task["task_token"])) as r:
+        assert (await r.json())["code"] == "approval_required"
+    assert world.forwarded() == 0
+    assert (await world.call(task, 500))[0] == 200
+    assert world.forwarded() == 1
+
+
+async def test_completing_the_task_cancels_approvals_and_deliveries(world: World) -> None:
+    receiver = world.receiver
+    assert receiver is not None
+    receiver.status = 503
+    task = await world.task()
+    approval_id = await pending_approval(world, task, 600)
+    await until(lambda: world.events(task["task_id"], "webhook_failed"), "a failed delivery")
+    async with world.http.post(f"{world.guard.url}/v1/tasks/{task['task_id']}/complete",
+                               headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    assert (await world.approval(approval_id))["status"] == "expired"
+    receiver.status = 200
+    cancelled = await until(lambda: world.events(task["task_id"], "webhook_cancelled"), "the delivery to stop", 60)
+    assert cancelled[0]["approval_id"] == approval_id
+    assert not await world.events(task["task_id"], "webhook_delivered")
+    status, err = await world.decide(approval_id, "approve", "carol@acme.example")
+    assert (status, err["code"]) == (409, "approval_closed")
+
+
+async def test_expired_approvals_are_refused(guard_factory: Any, upstream: Upstream, receiver: Receiver,
+                                             http: aiohttp.ClientSession, store_url: str) -> None:
+    receiver.status = 500  # never delivered: retried until the approval expires, then abandoned
+    g = guard_factory(policy(upstream.url), guard_config(store_url, receiver.url, ttl_s=3), env=ENV)
+    w = World(g, http, upstream, receiver)
+    task = await w.task()
+    approval_id = await pending_approval(w, task, 800)
+
+    async def expired() -> bool:
+        return (await w.approval(approval_id))["status"] == "expired"
+
+    await until(expired, "the approval to expire")
+    status, err = await w.decide(approval_id, "approve", "carol@acme.example")
+    assert (status, err["code"]) == (409, "approval_closed")
+    status, err = await w.call(task, 800)
+    assert (status, err["code"]) == (403, "approval_denied")
+    abandoned = await until(lambda: w.events(task["task_id"], "webhook_abandoned"), "the delivery to give up")
+    failed = await w.events(task["task_id"], "webhook_failed")
+    assert abandoned[0]["webhook"] == "finance" and len(failed) >= 1
+    assert all(f["status"] == 500 for f in failed)
+    assert [f["attempt"] for f in failed] == list(range(1, len(failed) + 1))
+    assert w.forwarded() == 0
+
+
+async def test_deliveries_are_retried_until_the_receiver_is_up(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, store_url: str, tmp_path: Path
+) -> None:
+    port = free_port()  # nothing listens here yet
+    g = guard_factory(policy(upstream.url), guard_config(store_url, f"http://127.0.0.1:{port}/hook"), env=ENV)
+    w = World(g, http, upstream, None)
+    task = await w.task()
+    approval_id = await pending_approval(w, task, 650)
+    await until(lambda: w.events(task["task_id"], "webhook_failed"), "a failed attempt")
+    approver = approver_process(tmp_path, port, "approve")  # examples/approver.py, started late
+    try:
+        status, body = await w.call(task, 650, wait=25)
+        assert status == 200, (body, approver.log())
+    finally:
+        approver.stop()
+    assert w.forwarded() == 1
+    delivered = await w.events(task["task_id"], "webhook_delivered")
+    failed = await w.events(task["task_id"], "webhook_failed")
+    assert len(delivered) == 1 and delivered[0]["attempt"] == len(failed) + 1
+    assert {f["detail"] for f in failed} == {"connection_error"}
+    decided = await w.events(task["task_id"], "approval_decided")
+    assert [(d["approver"], d["via"]) for d in decided] == [("carol@acme.example", "webhook:finance")]
+    assert approval_id in approver.log()
+
+
+async def test_the_example_approver_can_deny(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    approver = approver_process(tmp_path, port, "deny", approver="dave@acme.example")
+    try:
+        g = guard_factory(policy(upstream.url), guard_config("memory://", f"http://127.0.0.1:{port}/hook"), env=ENV)
+        w = World(g, http, upstream, None)
+        task = await w.task()
+        status, body = await w.call(task, 999, wait=25)
+        assert (status, body["code"]) == (403, "approval_denied"), approver.log()
+    finally:
+        approver.stop()
+    assert w.forwarded() == 0
+
+
+@pytest.mark.redis
+async def test_a_restart_resumes_pending_deliveries(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, redis_server: Any, tmp_path: Path
+) -> None:
+    port = free_port()
+    g = guard_factory(policy(upstream.url), guard_config(redis_server.url, f"http://127.0.0.1:{port}/hook"),
+                      env=ENV)
+    w = World(g, http, upstream, None)
+    task = await w.task()
+    approval_id = await pending_approval(w, task, 750)
+    await until(lambda: w.events(task["task_id"], "webhook_failed"), "a failed attempt")
+    g.stop()
+    approver = approver_process(tmp_path, port, "approve")
+    try:
+        g.start()
+
+        async def approved() -> bool:
+            return (await w.approval(approval_id))["status"] == "approved"
+
+        await until(approved, "the resumed delivery to be approved", 60)
+    finally:
+        approver.stop()
+    status, _ = await w.call(task, 750)
+    assert status == 200 and w.forwarded() == 1
+    assert len(await w.events(task["task_id"], "webhook_delivered")) == 1
+    assert len(await w.events(task["task_id"], "approval_requested")) == 1
