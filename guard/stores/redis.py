@@ -16,7 +16,8 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
     guard:tasks           set of every task id (list_tasks)
     guard:apr:<id>        string: the task id of an approval (get by id)
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
-    guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used
+    guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
+                          `…:tasks` set of the agent's task ids
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
 
@@ -172,6 +173,7 @@ class RedisStore:
             pipe = self._r.pipeline(transaction=False)
             pipe.hset(_k(task.task_id, "task"), mapping=row)
             pipe.sadd(TASKS, task.task_id)
+            pipe.sadd(f"{_agent_key(task.agent)}:tasks", task.task_id)
             await pipe.execute()
 
     @staticmethod
@@ -207,7 +209,7 @@ class RedisStore:
         return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
-        ids = await self._members(TASKS)
+        ids = await self._members(TASKS if agent is None else f"{_agent_key(agent)}:tasks")
         return [
             s for s in await self._states(ids)
             if (status is None or s.task.status == status) and (agent is None or s.task.agent == agent)
