@@ -212,7 +212,8 @@ async def test_idle_task_expires(
     assert (await read(http, g, task))[0] == 200
 
     async def no_active_task() -> bool:
-        return (await agents_of(http, g))[AGENT]["active_tasks"] == 0
+        active: int = (await agents_of(http, g))[AGENT]["active_tasks"]
+        return active == 0
 
     await until(no_active_task, "the idle task to expire")
     async with http.get(f"{g.url}/v1/tasks/{task['task_id']}", headers=bearer(task["task_token"])) as r:
