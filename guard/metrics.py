@@ -70,6 +70,8 @@ class Metrics:
         if event == "call_decided":
             tool, action = self._pair(rec.get("tool"), rec.get("action"))
             self.calls.labels(tool, action, str(rec.get("effect") or "-")).inc()
+        elif event == "webhook_failed":  # one per failed delivery attempt (guard.webhooks)
+            self.webhook_failures.labels(webhook=str(rec.get("webhook") or "-")).inc()
         elif event == "call_forwarded":
             latency_ms = rec.get("latency_ms")
             if not isinstance(latency_ms, int | float):

@@ -468,6 +468,8 @@ async def test_expired_approvals_are_refused(guard_factory: Any, upstream: Upstr
     assert all(f["status"] == 500 for f in failed)
     assert [f["attempt"] for f in failed] == list(range(1, len(failed) + 1))
     assert w.forwarded() == 0
+    async with http.get(f"{g.url}/metrics") as r:
+        assert f'guard_webhook_delivery_failures_total{{webhook="finance"}} {float(len(failed))}' in await r.text()
 
 
 async def test_deliveries_are_retried_until_the_receiver_is_up(
