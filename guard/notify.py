@@ -85,7 +85,9 @@ class RedisNotifier:
                     async for message in pubsub.listen():
                         data = message.get("data")
                         if isinstance(data, bytes) and self._on_decided is not None:
-                            self._on_decided(data.decode(errors="replace"))
+                            approval_id = data.decode(errors="replace")
+                            log.info("approval_notified", approval_id=approval_id)
+                            self._on_decided(approval_id)
             except (RedisError, OSError):
                 log.warning("approval_subscription_lost", retry_in_s=delay)
             await asyncio.sleep(delay)

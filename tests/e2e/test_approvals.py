@@ -539,3 +539,29 @@ async def test_a_restart_resumes_pending_deliveries(
     assert status == 200 and w.forwarded() == 1
     assert len(await w.events(task["task_id"], "webhook_delivered")) == 1
     assert len(await w.events(task["task_id"], "approval_requested")) == 1
+
+
+@pytest.mark.redis
+async def test_a_decision_at_another_instance_releases_the_hold(
+    guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession, redis_server: Any,
+    tmp_path: Path,
+) -> None:
+    shared = tmp_path / "shared"
+    config = {**guard_config(redis_server.url, receiver.url),
+              "signing": {"key_file": str(shared / "signing-key.json")},
+              "dev_key_file": str(shared / "dev-issuer-key.json")}
+    a = guard_factory(policy(upstream.url), config, env=ENV, subdir="a")
+    b = guard_factory(policy(upstream.url), config, env=ENV, subdir="b")
+    wa, wb = World(a, http, upstream, receiver), World(b, http, upstream, receiver)
+    task = await wa.task()
+    held = asyncio.ensure_future(wa.call(task, 444, wait=25))
+    await until(lambda: asyncio.sleep(0, receiver.payloads()), "the webhook")
+    approval_id = receiver.payloads()[0]["approval_id"]
+    assert not held.done()
+    assert (await wb.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
+    status, body = await asyncio.wait_for(held, 20)
+    assert status == 200, body
+    assert upstream.requests and wa.forwarded() == 1
+    notified = [line for line in a.log().splitlines() if "approval_notified" in line and approval_id in line]
+    assert notified, "instance a was not woken through Redis pub/sub"
+    assert len(receiver.requests) == 1
