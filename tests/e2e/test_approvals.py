@@ -418,7 +418,7 @@ async def test_different_arguments_never_ride_on_an_approval(world: World) -> No
     approval_id = await pending_approval(world, task, 500)
     assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
     status, other = await world.call(task, 501)
-    assert other["code"] == "approval_required" and other["approval_id"] != approval_id
+    assert status == 403 and other["code"] == "approval_required" and other["approval_id"] != approval_id
     async with world.http.post(f"{world.guard.url}/tools/pay/payments", json={"amount": 500, "to": "mallory"},
                                headers=bearer(task["task_token"])) as r:
         assert (await r.json())["code"] == "approval_required"
@@ -455,7 +455,7 @@ async def test_expired_approvals_are_refused(guard_factory: Any, upstream: Upstr
     approval_id = await pending_approval(w, task, 800)
 
     async def expired() -> bool:
-        return (await w.approval(approval_id))["status"] == "expired"
+        return bool((await w.approval(approval_id))["status"] == "expired")
 
     await until(expired, "the approval to expire")
     status, err = await w.decide(approval_id, "approve", "carol@acme.example")
@@ -530,7 +530,7 @@ async def test_a_restart_resumes_pending_deliveries(
         g.start()
 
         async def approved() -> bool:
-            return (await w.approval(approval_id))["status"] == "approved"
+            return bool((await w.approval(approval_id))["status"] == "approved")
 
         await until(approved, "the resumed delivery to be approved", 60)
     finally:
