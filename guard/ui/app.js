@@ -1,5 +1,5 @@
 // guard review page: plain JS, no build step. Every string that comes from the API (and so,
-// possibly, from an agent) is put in the page with textContent via el(); never innerHTML.
+// possibly, from an agent) is put in the page as text nodes via el(), never parsed as markup.
 "use strict";
 
 const TOKEN_KEY = "guard.token";

@@ -1,0 +1,165 @@
+"""The review page at /ui in a real headless browser: Debian's chromium driven by Playwright
+(no browser download). Screenshots go to tests/artifacts/."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+
+from tests.conftest import ROOT, Guard, Upstream
+from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run"]
+ARTIFACTS = ROOT / "tests" / "artifacts"
+HOSTILE = "<img src=x onerror=alert(1)>"
+REVIEWER = "bob@acme.example"
+
+
+def _missing() -> str | None:
+    if not Path(CHROMIUM).exists() and shutil.which("chromium") is None:
+        return "chromium is not installed (apt-get install -y chromium)"
+    try:
+        import playwright.async_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install -e '.[dev]')"
+    return None
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[Any]:
+    reason = _missing()
+    if reason:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true but {reason}")
+        pytest.skip(reason)
+    from playwright.async_api import async_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    async with async_playwright() as pw:
+        b = await pw.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+        yield b
+        await b.close()
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as s:
+        yield s
+
+
+async def pending_approval(http: aiohttp.ClientSession, guard: Guard, token: str) -> dict[str, Any]:
+    for _ in range(200):
+        async with http.get(f"{guard.url}/v1/approvals?status=pending", headers=bearer(token)) as r:
+            items = (await r.json())["approvals"]
+        if items:
+            return dict(items[0])
+        await asyncio.sleep(0.05)
+    raise AssertionError("no pending approval appeared")
+
+
+async def test_review_page(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, browser: Any
+) -> None:
+    guard: Guard = guard_factory(echo_policy(upstream.url))
+    task = await create_task(http, guard.url, guard.token(AGENT), purpose=HOSTILE)
+    await create_task(http, guard.url, guard.token(AGENT), purpose="quarterly numbers")
+    auth = bearer(task["task_token"])
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=auth) as r:
+        assert r.status == 200
+    reviewer = guard.token(REVIEWER, "guard:auditor", "guard:approver")
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    dialogs: list[str] = []
+    page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
+    resp = await page.goto(f"{guard.url}/ui")
+    assert resp is not None and resp.status == 200
+    csp = resp.headers["content-security-policy"]
+    for directive in ("default-src 'self'", "script-src 'self'", "object-src 'none'", "frame-ancestors 'none'",
+                      "base-uri 'none'"):
+        assert directive in csp
+    assert resp.headers["x-content-type-options"] == "nosniff"
+
+    # the token goes in the form, into session storage, never into the URL
+    await page.fill("#token", reviewer)
+    await page.click("#token-form button[type=submit]")
+    await page.wait_for_selector("tr.task-row")
+    assert reviewer not in page.url
+    assert await page.evaluate("sessionStorage.getItem('guard.token')") == reviewer
+    assert await page.evaluate("localStorage.length") == 0
+
+    # the task list: the hostile purpose is text, not markup, and nothing ran
+    row = page.locator(f"tr.task-row[data-task-id='{task['task_id']}']")
+    assert await row.locator("td.purpose").text_content() == HOSTILE
+    assert await page.locator("#tasks img").count() == 0
+    assert await row.locator("td.calls").text_content() == "1"
+    assert await page.locator("tr.task-row").count() == 2
+    await page.screenshot(path=str(ARTIFACTS / "ui-tasks.png"), full_page=True)
+
+    await page.select_option("#filter-status", "completed")
+    await page.click("#filters button[type=submit]")
+    await page.get_by_text("No tasks match.").wait_for()
+    assert await page.locator("tr.task-row").count() == 0
+    await page.select_option("#filter-status", "active")
+    await page.fill("#filter-agent", AGENT)
+    await page.click("#filters button[type=submit]")
+    await page.wait_for_function("document.querySelectorAll('tr.task-row').length === 2")
+
+    # the task page: timeline, chain and the verified state
+    await page.click(f"a[href='#/task/{task['task_id']}']")
+    await page.wait_for_selector("#timeline tr.audit-row")
+    assert await page.locator("#task-purpose").text_content() == HOSTILE
+    events = await page.locator("#timeline td.event").all_text_contents()
+    assert events[:3] == ["task_created", "call_decided", "call_forwarded"]
+    assert "verified" in (await page.locator("#verified").text_content() or "")
+    assert await page.locator("#chain li.chain-node").count() == 1
+    await page.screenshot(path=str(ARTIFACTS / "ui-task.png"), full_page=True)
+
+    # a held call (Prefer: wait) is released by an approve click
+    held = asyncio.ensure_future(http.post(
+        f"{guard.url}/tools/echo/pay", json={"amount": 500, "memo": HOSTILE},
+        headers={**auth, "Prefer": "wait=30"}))
+    approval = await pending_approval(http, guard, reviewer)
+    await page.goto(f"{guard.url}/ui#/approvals")
+    card = page.locator(f"section.approval[data-approval-id='{approval['approval_id']}']")
+    await card.wait_for()
+    args = json.loads(await card.locator("pre.args").text_content() or "null")
+    assert args == {"amount": 500, "memo": HOSTILE}
+    assert await card.locator("dd.purpose").text_content() == HOSTILE
+    assert (await card.locator("h3").text_content() or "").startswith("echo.pay")
+    await page.screenshot(path=str(ARTIFACTS / "ui-approvals.png"), full_page=True)
+    forwarded_before = len(upstream.requests)
+
+    await card.locator("button.approve").click()
+    await card.locator(".result").filter(has_text="approved").wait_for()
+    r = await asyncio.wait_for(held, 30)
+    async with r:
+        assert r.status == 200, await r.text()
+    assert len(upstream.requests) == forwarded_before + 1
+    assert upstream.requests[-1].path_qs == "/pay"
+    await page.screenshot(path=str(ARTIFACTS / "ui-approved.png"), full_page=True)
+    assert dialogs == []
+    await page.close()
+
+
+async def test_ui_needs_a_token_and_guards_its_assets(guard_factory: Any, upstream: Upstream,
+                                                      http: aiohttp.ClientSession) -> None:
+    guard: Guard = guard_factory(echo_policy(upstream.url))
+    async with http.get(f"{guard.url}/ui/app.js") as r:
+        assert r.status == 200 and r.headers["Content-Type"].startswith("text/javascript")
+        assert "innerHTML" not in await r.text()
+    async with http.get(f"{guard.url}/ui/..%2Fapp.py") as r:
+        assert r.status == 404
+    async with http.get(f"{guard.url}/v1/tasks") as r:
+        assert r.status == 401 and r.headers["Content-Type"] == "application/problem+json"
+    async with http.get(f"{guard.url}/v1/tasks", headers=bearer(guard.token(AGENT))) as r:
+        assert r.status == 403
