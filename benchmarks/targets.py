@@ -1,0 +1,131 @@
+"""What the benchmark measures: the upstream tool, the bare proxy, guard on the memory store and
+guard on a redis-server of its own, each a process on a free loopback port, stopped by PID."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmarks.common import PY, Proc, free_port, spawn
+
+AGENT = "spiffe://bench/agent/worker"
+
+
+def policy(upstream_port: int) -> dict[str, Any]:
+    """One HTTP tool, one MCP tool and a tool that chains to the first; no budgets, no rates."""
+    up = f"http://127.0.0.1:{upstream_port}"
+    return {
+        "tools": {
+            "echo": {"kind": "http", "upstream": up, "credential": {"mode": "jwt"},
+                     "actions": {"read": {"method": "GET", "path": "/items/{id}"},
+                                 "delete": {"method": "DELETE", "path": "/items/{id}"}}},
+            "chainer": {"kind": "http", "upstream": up, "credential": {"mode": "jwt"},
+                        "actions": {"run": {"method": "GET", "path": "/chain"}}},
+            "files": {"kind": "mcp", "upstream": f"{up}/mcp", "credential": {"mode": "jwt"}},
+        },
+        "rules": [
+            {"id": "read-items", "effect": "allow", "match": {"tool": "echo", "action": "read"}},
+            {"id": "no-delete", "effect": "deny", "match": {"tool": "echo", "action": "delete"}},
+            {"id": "chain-runs", "effect": "allow", "match": {"tool": "chainer", "action": "run"}},
+            {"id": "read-files", "effect": "allow",
+             "match": {"tool": "files", "action": "read_file", "args": [{"path": "$.path", "matches": "/docs/.*"}]}},
+        ],
+    }
+
+
+@dataclass
+class Target:
+    name: str
+    port: int
+    proc: Proc
+    tokens: list[str] = field(default_factory=list)  # task tokens (the bare proxy borrows guard's)
+
+
+def _post_json(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
+    req = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",  # noqa: S310 (loopback)
+                                 headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=10) as r:  # noqa: S310
+        data: dict[str, Any] = json.loads(r.read())
+        return data
+
+
+def redis_missing() -> str | None:
+    if shutil.which("redis-server") is None:
+        return "redis-server is not installed (apt-get install -y redis-server): the Redis targets are skipped"
+    return None
+
+
+class Environment:
+    """Starts and stops every process of a run, in a temporary folder."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.dir = workdir
+        self.procs: list[Proc] = []
+        self.upstream_port = free_port()
+        (workdir / "policies").mkdir(parents=True, exist_ok=True)
+        (workdir / "policies" / "bench.yaml").write_text(yaml.safe_dump(policy(self.upstream_port)))
+
+    def _spawn(self, name: str, args: list[str], port: int | None) -> Proc:
+        proc = spawn(name, args, self.dir, port)
+        self.procs.append(proc)
+        return proc
+
+    def start_upstream(self) -> None:
+        self._spawn("upstream", [PY, "-m", "benchmarks.upstream", str(self.upstream_port)], self.upstream_port)
+
+    def start_bare(self) -> Target:
+        port = free_port()
+        proc = self._spawn("bare", [PY, "-m", "benchmarks.bare_proxy", str(port),
+                                    f"http://127.0.0.1:{self.upstream_port}"], port)
+        return Target("bare proxy", port, proc)
+
+    def start_redis(self) -> str:
+        port = free_port()
+        rdir = self.dir / "redis"
+        rdir.mkdir(exist_ok=True)
+        self._spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
+                              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
+                              "--daemonize", "no"], port)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False)
+            if out.stdout.strip() == "PONG":
+                break
+            time.sleep(0.05)
+        return f"redis://127.0.0.1:{port}/0"
+
+    def start_guard(self, name: str, store_url: str, tasks: int, extra: list[str] | None = None) -> Target:
+        port = free_port()
+        gdir = self.dir / name.replace(" ", "-")
+        gdir.mkdir()
+        cfg = {
+            "listen": {"host": "127.0.0.1", "port": port},
+            "store": {"url": store_url},
+            "audit": {"dir": str(gdir / "audit")},
+            "signing": {"key_file": str(gdir / "signing-key.json")},
+            "dev_key_file": str(gdir / "dev-issuer-key.json"),
+            "policies": str(self.dir / "policies"),
+        }
+        config = gdir / "guard.yaml"
+        config.write_text(yaml.safe_dump(cfg))
+        proc = self._spawn(name.replace(" ", "-"),
+                           [PY, "-m", "guard", "--config", str(config), "serve", *(extra or [])], port)
+        idp = subprocess.run([PY, "-m", "guard", "--config", str(config), "dev-token", "--sub", AGENT],
+                             capture_output=True, text=True, check=True, cwd=self.dir).stdout.strip()
+        url = f"http://127.0.0.1:{port}/v1/tasks"
+        tokens = [_post_json(url, {"purpose": "benchmark", "requested_by": "bench@example", "ttl_s": 3600},
+                             idp)["task_token"] for _ in range(tasks)]
+        return Target(name, port, proc, tokens)
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+        self.procs.clear()
