@@ -270,14 +270,16 @@ async def test_tools_list_over_sse_is_filtered_page_by_page(
 
 
 async def test_calls_are_audited_before_the_answer(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, store_url: str
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+    guard = guard_factory(files_policy(mcp_server), config={"store": {"url": store_url}})
     idp = guard.token(AGENT)
     task = await create_task(http, guard.url, idp)
     async with connect(guard, task["task_token"], "2026-07-28") as client:
         await client.list_tools()
         await client.call_tool("read_file", {"path": "notes/sources.txt"})
+        with pytest.raises(MCPError):
+            await client.call_tool("delete_file", {"path": "notes/sources.txt"})
     auditor = guard.token("security@acme.example", "guard:auditor")
     async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=bearer(auditor)) as r:
         trail = await r.json()
@@ -286,6 +288,10 @@ async def test_calls_are_audited_before_the_answer(
     assert ("mcp_forwarded", "tools/list", 200) in events
     assert ("call_decided", "read_file", None) in events
     assert ("call_forwarded", "read_file", 200) in events
+    assert ("call_decided", "delete_file", 403) in events
+    assert not any(e[0] == "call_forwarded" and e[1] == "delete_file" for e in events)
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}", headers=bearer(auditor)) as r:
+        assert (await r.json())["calls"] == 1  # only the allowed tools/call counts
 
 
 def test_the_example_mcp_agent(guard_factory: Any, mcp_server: str, tmp_path: Path) -> None:
