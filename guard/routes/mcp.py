@@ -71,6 +71,7 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,
         mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
         counted=is_call,
+        connected=lambda: request.transport is not None and not request.transport.is_closing(),
     )
 
 
