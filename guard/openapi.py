@@ -162,10 +162,21 @@ def _paths() -> dict[str, Any]:
             "An http tool call (task token or Txn-Token); `path` may contain slashes",
             {"description": "the tool's answer"}, ("400", "401", "403", "404", "413", "429", "502", "503", "504"),
             params=("tool", "path"), tag="calls") for m in ("get", "post", "put", "patch", "delete")},
-        "/mcp/{tool}": {m: _op(
-            "MCP streamable HTTP (task token or Txn-Token)", {"description": "the MCP server's answer"},
-            ("401", "403", "404", "503"), params=("tool",), tag="calls") for m in ("get", "post", "delete")},
+        "/mcp/{tool}": _mcp(),
     }
+
+
+def _mcp() -> dict[str, Any]:
+    """MCP answers in JSON-RPC: a refused request is HTTP 200 with error -32001 and the problem
+    details in `error.data`; a body that is not JSON-RPC is a JSON-RPC error with HTTP 400."""
+    post = _op("MCP streamable HTTP request (task token or Txn-Token)",
+               {"description": "the MCP server's answer, or a JSON-RPC error whose `data` is problem details"},
+               ("413",), params=("tool",), tag="calls")
+    post["responses"]["400"] = _json({"type": "object"}, "not a JSON-RPC message: a JSON-RPC error object")
+    errors = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
+    out = {m: _op("MCP streamable HTTP (task token or Txn-Token)", {"description": "the MCP server's answer"},
+                  errors, params=("tool",), tag="calls") for m in ("get", "delete")}
+    return {**out, "post": post}
 
 
 @cache
