@@ -41,6 +41,9 @@ def chain_policy(tool_url: str) -> dict[str, Any]:
             allow("a-reads-vault", "vault", caller="a"),
             allow("d-reads-vault", "vault", caller="d"),
             allow("a-sends-email", "email", caller="a"),
+            allow("email-direct", "email", depth_lte=0),
+            {"id": "mass-email-needs-approval", "effect": "step_up", "approvers": "finance",
+             "match": {"tool": "email", "args": [{"path": "$.to", "eq": "all@acme.example"}]}},
             {"id": "no-email-after-vault", "effect": "deny",
              "match": {"tool": "email", "history": {"called": ["vault.read"]}}},
         ],
@@ -57,14 +60,15 @@ class Env:
         return await create_task(self.http, self.guard.url, self.guard.token(AGENT), **body)
 
     async def call(self, task: dict[str, Any], tool: str, steps: list[dict[str, Any]] | None = None,
-                   path: str = "/run") -> tuple[int, dict[str, Any]]:
-        async with self.http.post(f"{self.guard.url}/tools/{tool}{path}", json={"steps": steps or []},
+                   path: str = "/run", **args: Any) -> tuple[int, dict[str, Any]]:
+        async with self.http.post(f"{self.guard.url}/tools/{tool}{path}", json={"steps": steps or [], **args},
                                   headers=bearer(task["task_token"])) as r:
             return r.status, await r.json()
 
 
-def step(tool: str, *then: dict[str, Any], path: str = "/run", wait_for: str | None = None) -> dict[str, Any]:
-    s: dict[str, Any] = {"tool": tool, "path": path, "body": {"steps": list(then)}}
+def step(tool: str, *then: dict[str, Any], path: str = "/run", wait_for: str | None = None,
+         **args: Any) -> dict[str, Any]:
+    s: dict[str, Any] = {"tool": tool, "path": path, "body": {"steps": list(then), **args}}
     if wait_for:
         s["wait_for"] = wait_for
     return s
@@ -199,6 +203,25 @@ async def test_flow_rule_sees_chained_calls(env: Env) -> None:
     read, send = a["results"]
     assert read["status"] == 200
     assert (send["status"], send["code"], send["rule_id"]) == (403, "denied", "no-email-after-vault")
+
+
+async def test_an_approval_never_carries_over_to_a_chained_call(env: Env) -> None:
+    task = await env.task()
+    status, problem = await env.call(task, "email", path="/send", to="all@acme.example")
+    assert (status, problem["code"]) == (403, "approval_required")
+    first = problem["approval_id"]
+    approver = env.guard.token("carol@acme.example", "guard:approver")
+    async with env.http.post(f"{env.guard.url}/v1/approvals/{first}/decision", json={"decision": "approve"},
+                             headers=bearer(approver)) as r:
+        assert r.status == 200, await r.text()
+    status, _ = await env.call(task, "email", path="/send", to="all@acme.example")
+    assert status == 200  # the approved call, once
+    # the identical call (same tool, action and arguments), now made by a tool in a chain
+    status, a = await env.call(task, "a", [step("email", path="/send", to="all@acme.example")])
+    assert status == 200
+    chained = a["results"][0]
+    assert (chained["status"], chained["code"]) == (403, "approval_required")
+    assert chained["answer"]["approval_id"] != first
 
 
 async def test_scope_only_narrows_along_a_chain(env: Env) -> None:
