@@ -12,6 +12,8 @@ What is counted where:
   whatever route it came through (http or MCP).
 - `guard_overhead_seconds{tool}`: time spent in the guard before the upstream answered
   (request start, taken by `guard.routes.operate.metrics_middleware`, to the audited forward minus upstream latency).
+- `guard_webhook_delivery_failures_total{webhook}`: from the `webhook_failed` audit records
+  (each failed attempt), so deliveries need no extra call; others may `.inc()` it directly.
 - `guard_errors_total{code}` and `guard_store_errors_total`: problem-details answers, by code.
 - `guard_pending_approvals`: read from the store when `/metrics` is scraped.
 - `guard_policy_reloads_total{result}`: `ok` or `failed` (see `guard.reload`).
@@ -72,6 +74,8 @@ class Metrics:
             self.calls.labels(tool, action, str(rec.get("effect") or "-")).inc()
         elif event == "webhook_failed":  # one per failed delivery attempt (guard.webhooks)
             self.webhook_failures.labels(webhook=str(rec.get("webhook") or "-")).inc()
+        elif event == "webhook_failed":
+            self.webhook_failures.labels(str(rec.get("webhook") or "-")).inc()
         elif event == "call_forwarded":
             latency_ms = rec.get("latency_ms")
             if not isinstance(latency_ms, int | float):

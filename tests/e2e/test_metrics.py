@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from typing import Any
 
 import aiohttp
 import pytest
 
-from tests.conftest import Guard, Upstream
+from tests.conftest import Guard, Upstream, free_port
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 
 
@@ -81,3 +82,22 @@ async def test_pending_approvals_gauge(guard_factory: Any, upstream: Upstream, h
     text = await scrape(http, guard)
     assert sample(text, "guard_pending_approvals") == 1
     assert sample(text, "guard_calls_total", tool="echo", action="pay", effect="step_up") == 1
+
+
+async def test_webhook_delivery_failures(guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens here
+    guard: Guard = guard_factory(
+        echo_policy(upstream.url),
+        config={"approvals": {"webhooks": [{"name": "finance", "url": dead, "secret_env": "FINANCE_SECRET"}]}},
+        env={"FINANCE_SECRET": "s3cret-for-tests"},
+    )
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    async with http.post(f"{guard.url}/tools/echo/pay", json={"amount": 500},
+                         headers=bearer(task["task_token"])) as r:
+        assert (await r.json())["code"] == "approval_required"
+    for _ in range(300):
+        failures = sample(await scrape(http, guard), "guard_webhook_delivery_failures_total", webhook="finance")
+        if failures:
+            break
+        await asyncio.sleep(0.1)
+    assert failures is not None and failures >= 1
