@@ -17,7 +17,7 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import Guard, Upstream
+from tests.conftest import Guard, Upstream, write_guard
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 
 
@@ -166,3 +166,30 @@ async def test_call_in_flight_finishes_under_the_old_set(
     assert len(first) == 1 and first[0]["status"] == 200
     decided = [r for r in records if r.get("event") == "call_decided"]
     assert [(r["effect"], r.get("rule_id")) for r in decided] == [("allow", "read-ok"), ("deny", "reads-frozen")]
+
+
+def test_policy_check_and_test_name_file_line_reason(tmp_path: Path) -> None:
+    """What an operator runs before reloading: both exit non-zero and say where and why."""
+    broken = echo_policy("http://127.0.0.1:9")
+    broken["rules"][1]["match"]["tool"] = "no-such-tool"
+    guard = write_guard(tmp_path / "g", broken)
+    check = guard.cli("policy", "check")
+    assert check.returncode == 1
+    assert f"{guard.dir / 'policies' / 'policy.yaml'}:" in check.stderr
+    assert "unknown tool 'no-such-tool'" in check.stderr
+
+    good = write_guard(tmp_path / "h", echo_policy("http://127.0.0.1:9"))
+    cases = good.dir / "policies" / "tests"
+    cases.mkdir()
+    (cases / "cases.yaml").write_text(yaml.safe_dump([
+        {"name": "deletes are allowed", "call": {"agent": AGENT, "tool": "echo", "action": "delete",
+                                                 "args": {"id": "1"}}, "expect": "allow"},
+        {"name": "reads are allowed", "call": {"agent": AGENT, "tool": "echo", "action": "read",
+                                               "args": {"id": "1"}}, "expect": "allow"},
+    ]))
+    test = good.cli("policy", "test")
+    assert test.returncode == 1
+    lines = test.stdout.splitlines()
+    assert lines[0].startswith("FAIL ") and "cases.yaml:1 deletes are allowed" in lines[0]
+    assert "got deny by rule 'no-delete'" in lines[0]
+    assert lines[1].startswith("ok ") and "reads are allowed" in lines[1]
