@@ -128,10 +128,14 @@ class Webhooks:
         self.store = store
         self.audit = audit
         self.public_url = cfg.base_url
-        self.urls = {w.name: w.url for w in cfg.approvals.webhooks}
-        self.secrets = {w.name: cfg.environ.get(w.secret_env, "") for w in cfg.approvals.webhooks}
+        # a webhook without its secret is left out altogether: it is never called, and nothing
+        # signed with an empty key is accepted (load_config refuses such a config anyway)
+        hooks = [w for w in cfg.approvals.webhooks if cfg.environ.get(w.secret_env)]
+        self.urls = {w.name: w.url for w in hooks}
+        self.secrets = {w.name: cfg.environ[w.secret_env] for w in hooks}
         self.owner = new_id("inst")
         self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._finished: dict[str, float] = {}  # delivery id -> when; a claim racing a finish must not revive it
         self._sweeper: asyncio.Task[None] | None = None
         self._http: aiohttp.ClientSession | None = None
 
@@ -172,11 +176,17 @@ class Webhooks:
 
     def _spawn(self, d: Delivery) -> None:
         job = self._jobs.get(d.delivery_id)
-        if job is not None and not job.done():
+        if (job is not None and not job.done()) or d.delivery_id in self._finished:
             return
         job = asyncio.get_running_loop().create_task(self._deliver(d))
         self._jobs[d.delivery_id] = job
         job.add_done_callback(lambda _: self._jobs.pop(d.delivery_id, None))
+
+    def _finished_now(self, delivery_id: str) -> None:
+        now = time.monotonic()
+        self._finished[delivery_id] = now
+        for old in [k for k, at in self._finished.items() if at < now - 4 * LEASE_S]:
+            del self._finished[old]
 
     async def _claim(self) -> None:
         now = time.time()
@@ -236,6 +246,7 @@ class Webhooks:
         fields = {"approval_id": d.approval_id, "webhook": d.webhook, "attempt": d.attempts, "status": status}
         if status is not None and 200 <= status < 300:
             await self.audit.append(d.task_id, "webhook_delivered", d.agent, **fields)
+            self._finished_now(d.delivery_id)
             await self.store.delete_delivery(d.delivery_id)
             log.info("webhook_delivered", task_id=d.task_id, approval_id=d.approval_id, webhook=d.webhook,
                      attempt=d.attempts, status=status)
@@ -264,5 +275,6 @@ class Webhooks:
     async def _finish(self, d: Delivery, event: str, detail: str) -> None:
         await self.audit.append(d.task_id, event, d.agent, approval_id=d.approval_id, webhook=d.webhook,
                                 attempt=d.attempts, detail=detail)
+        self._finished_now(d.delivery_id)
         await self.store.delete_delivery(d.delivery_id)
         log.info(event, task_id=d.task_id, approval_id=d.approval_id, webhook=d.webhook, attempt=d.attempts)
