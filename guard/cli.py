@@ -30,9 +30,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from guard.app import build_app
     from guard.log import configure_logging
+    from guard.workers import check_workers, supervise
 
     cfg = _cfg(args)
     configure_logging(json_logs=not args.console_logs)
+    refused = check_workers(cfg, args.workers)
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
+    if args.workers > 1:
+        build_app(cfg)  # a bad policy stops here, once, not in every worker
+        return supervise(args, args.workers)
     app = build_app(cfg)
     try:
         import uvloop
@@ -50,6 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # (aiohttp closes a connection still waiting for a complete request line and headers)
         handler_args={"max_field_size": 8190, "max_line_size": 8190, "keepalive_timeout": cfg.limits.read_timeout_s},
         shutdown_timeout=5,
+        reuse_port=args.reuse_port or None,
     )
     return 0
 
@@ -186,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("serve", help="run the guard")
     s.add_argument("--console-logs", action="store_true", help="human-readable logs instead of JSON")
+    s.add_argument("--workers", type=int, default=1, help="processes on one port (SO_REUSEPORT; needs the Redis store)")
+    s.add_argument("--reuse-port", action="store_true", help=argparse.SUPPRESS)  # set in each worker
     s.set_defaults(func=cmd_serve)
 
     pol = sub.add_parser("policy", help="check or test policies").add_subparsers(dest="policy_cmd", required=True)
