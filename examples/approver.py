@@ -108,7 +108,8 @@ async def decide(app: web.Application) -> None:
             print(f"   left {payload['approval_id']} pending", flush=True)
             continue
         decision, reason = answer
-        body = json.dumps({"decision": decision, "approver": settings.approver, "reason": reason}).encode()
+        body = json.dumps({"approval_id": payload["approval_id"], "decision": decision,
+                           "approver": settings.approver, "reason": reason}).encode()
         headers = {"Content-Type": "application/json", "Guard-Signature": sign(settings.secret, body)}
         try:
             async with app[CLIENT].post(payload["decision_url"], data=body, headers=headers) as r:

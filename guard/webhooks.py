@@ -36,6 +36,7 @@ __all__ = [
     "Webhooks",
     "approval_payload",
     "sign",
+    "signed_at",
     "signer_of",
     "verify",
 ]
@@ -78,6 +79,11 @@ def _parse(header: str) -> tuple[int, list[str]]:
     if t is None or not macs:
         raise SignatureError("malformed signature header")
     return t, macs
+
+
+def signed_at(header: str) -> int:
+    """The `t` of a signature header (SignatureError when malformed)."""
+    return _parse(header)[0]
 
 
 def verify(header: str, body: bytes, secret: str, now: float | None = None, tolerance: float = TOLERANCE_S) -> None:

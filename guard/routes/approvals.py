@@ -12,11 +12,12 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guard.auth import ADMIN, APPROVER, principal, require_role
+from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_body
-from guard.webhooks import SIGNATURE_HEADER, SignatureError, signer_of
+from guard.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 
 __all__ = ["routes"]
 
@@ -30,6 +31,8 @@ class DecisionRequest(BaseModel):
     decision: Literal["approve", "deny"]
     reason: str | None = Field(None, max_length=1000)
     approver: str | None = Field(None, min_length=1, max_length=320)  # only read from signed requests
+    # binds a signed decision to one approval: the signature covers the body, not the URL
+    approval_id: str | None = Field(None, max_length=128)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +83,10 @@ async def _decider(request: web.Request, deps: Deps, body: bytes, req: DecisionR
             webhook = signer_of(signature, body, deps.approvals.webhooks.secrets)
         except SignatureError as e:
             raise Unauthenticated(str(e)) from e
+        # each signed request counts once: a captured one cannot be replayed (here or on another approval)
+        once = f"sig:{webhook}:{signed_at(signature)}:{sha256_hex(body)}"  # what the MAC covers
+        if not await deps.store.consume_credential(once, time.time() + 2 * TOLERANCE_S):
+            raise Unauthenticated("this signed request was already used; sign each request afresh")
         if not req.approver:
             raise BadRequest("approver: a signed decision must name the approver")
         return Decider(req.approver, f"webhook:{webhook}", webhook)
@@ -118,6 +125,8 @@ async def decide(request: web.Request) -> web.Response:
     req = _parse(body)
     decider = await _decider(request, deps, body, req)
     a = await _approval(deps, request.match_info["approval_id"])
+    if req.approval_id is not None and req.approval_id != a.approval_id:
+        raise BadRequest("approval_id: the decision names another approval", approval_id=a.approval_id)
     agent = await _check_duties(deps, a, decider)
     decision: dict[str, Any] = {"approver": decider.approver, "decision": req.decision, "reason": req.reason,
                                 "at": time.time(), "via": decider.via}

@@ -283,6 +283,29 @@ async def test_signed_decisions_good_bad_stale_and_foreign(world: World) -> None
     assert (status, closed["code"]) == (409, "approval_closed")
 
 
+async def test_a_signed_decision_cannot_be_replayed(world: World) -> None:
+    task = await world.task()
+    first = await pending_approval(world, task, 310)
+    second = await pending_approval(world, task, 320)
+    raw = json.dumps({"decision": "approve", "approver": "carol@acme.example"}).encode()
+    header = sign(SECRET, raw)
+
+    async def post(approval_id: str, sig: str) -> int:
+        async with world.http.post(f"{world.guard.url}/v1/approvals/{approval_id}/decision", data=raw,
+                                   headers={"Content-Type": "application/json", "Guard-Signature": sig}) as r:
+            return r.status
+
+    assert await post(first, header) == 200
+    assert await post(second, header) == 401  # the same signed request, aimed at another approval
+    assert await post(second, f"{header},v1={'0' * 64}") == 401  # padding the header changes nothing
+    assert (await world.approval(second))["status"] == "pending"
+    # a body that names its approval is refused anywhere else
+    status, err = await world.decide_signed(second, {"approval_id": first, "decision": "approve",
+                                                     "approver": "carol@acme.example"})
+    assert (status, err["code"]) == (400, "bad_request")
+    assert (await world.approval(second))["status"] == "pending"
+
+
 async def test_quorum_needs_distinct_approvers(world: World) -> None:
     task = await world.task()
     approval_id = await pending_approval(world, task, 20000)
