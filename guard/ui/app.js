@@ -102,7 +102,7 @@ async function viewTasks(params) {
       el("thead", {}, el("tr", {}, ["task", "status", "agent", "purpose", "requested by", "calls",
         "pending approvals", "created"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
-    rows.length ? null : el("p", { class: "hint" }, "No tasks match."));
+    ...(rows.length ? [] : [el("p", { class: "hint" }, "No tasks match.")]));
 }
 
 // ---------------------------------------------------------------- one task
@@ -212,6 +212,32 @@ async function viewApprovals() {
       : el("p", { class: "hint", id: "approvals" }, "Nothing is waiting for a decision."));
 }
 
+// ---------------------------------------------------------------- the agent inventory
+
+async function viewAgents() {
+  const data = await api("/v1/agents");
+  const agents = Array.isArray(data) ? data : data.agents || [];
+  const rows = agents.map((a) => el("tr", { class: "agent-row", "data-agent": a.agent },
+    el("td", { class: "mono agent" }, el("a", { href: "#/tasks?agent=" + encodeURIComponent(a.agent) }, a.agent)),
+    el("td", {}, a.owner || ""),
+    el("td", {}, a.purpose || ""),
+    el("td", {}, a.registered ? badge("registered", "allow") : badge("unregistered", "deny")),
+    el("td", {}, a.suspended ? badge("suspended", "revoked") : ""),
+    el("td", {}, when(a.first_seen)),
+    el("td", {}, when(a.last_seen)),
+    el("td", { class: "calls" }, String(a.active_tasks ?? 0)),
+    el("td", { class: "calls" }, String(a.calls ?? 0)),
+    el("td", { class: "calls" }, String(a.denied ?? 0)),
+    el("td", { class: "mono" }, [].concat(a.tools_used || []).join(", "))));
+  main.replaceChildren(
+    el("h2", {}, "Agents"),
+    el("table", { id: "agents" },
+      el("thead", {}, el("tr", {}, ["agent", "owner", "purpose", "registered", "suspended", "first seen",
+        "last seen", "active tasks", "calls", "denied", "tools used"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)),
+    ...(rows.length ? [] : [el("p", { class: "hint" }, "No agent has been seen yet.")]));
+}
+
 // ---------------------------------------------------------------- routing
 
 async function route() {
@@ -228,6 +254,7 @@ async function route() {
   try {
     if (path.startsWith("/task/")) await viewTask(decodeURIComponent(path.slice(6)));
     else if (path === "/approvals") await viewApprovals();
+    else if (path === "/agents") await viewAgents();
     else await viewTasks(params);
   } catch (e) {
     showError(String(e.message || e));

@@ -103,6 +103,7 @@ async def test_review_page(
     assert await page.locator("#tasks img").count() == 0
     assert await row.locator("td.calls").text_content() == "1"
     assert await page.locator("tr.task-row").count() == 2
+    assert "null" not in (await page.locator("main").text_content() or "")
     await page.screenshot(path=str(ARTIFACTS / "ui-tasks.png"), full_page=True)
 
     await page.select_option("#filter-status", "completed")
@@ -147,6 +148,14 @@ async def test_review_page(
     assert len(upstream.requests) == forwarded_before + 1
     assert upstream.requests[-1].path_qs == "/pay"
     await page.screenshot(path=str(ARTIFACTS / "ui-approved.png"), full_page=True)
+
+    # the agent inventory: who acted, how often, for whom
+    await page.goto(f"{guard.url}/ui#/agents")
+    agent_row = page.locator(f"tr.agent-row[data-agent='{AGENT}']")
+    await agent_row.wait_for()
+    assert await agent_row.locator("td.calls").nth(1).text_content() == "2"
+    assert "null" not in (await page.locator("main").text_content() or "")
+    await page.screenshot(path=str(ARTIFACTS / "ui-agents.png"), full_page=True)
     assert dialogs == []
     await page.close()
 
