@@ -98,7 +98,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(cfg.store.url)
+        store = await open_store(cfg.store.url, cfg.audit.dir)
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()

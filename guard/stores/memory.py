@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.audit import GENESIS, chain_record
+from guard.audit import GENESIS, chain_record, read_trail
 from guard.domain import (
     Admission,
     AgentEvent,
@@ -51,7 +51,11 @@ _COUNTER: dict[str, str] = {
 
 
 class MemoryStore:
-    def __init__(self) -> None:
+    def __init__(self, audit_dir: str | None = None) -> None:
+        # with the durable audit folder, only each chain's tail is kept here (memory stays flat
+        # however many calls a task makes) and trails are read back from the folder
+        self._audit_dir = audit_dir
+        self._tails: dict[str, tuple[int, str]] = {}
         self._agents: dict[str, AgentStats] = {}
         self._tasks: dict[str, _TaskRow] = {}
         self._consumed: dict[str, float] = {}
@@ -278,6 +282,11 @@ class MemoryStore:
 
     # -- audit -------------------------------------------------------------
     async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+        if self._audit_dir is not None:
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            record = chain_record(fields, seq + 1, prev)
+            self._tails[task_id] = (record.seq, record.hash)
+            return record
         row = self._tasks.get(task_id)
         trail = row.audit if row is not None else self._orphans.setdefault(task_id, [])
         prev = trail[-1].hash if trail else GENESIS
@@ -286,6 +295,8 @@ class MemoryStore:
         return record
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        if self._audit_dir is not None:
+            return [AuditRecord(r) for r in read_trail(self._audit_dir, task_id)]
         row = self._tasks.get(task_id)
         if row is not None:
             return list(row.audit)

@@ -1,0 +1,26 @@
+"""The benchmark runs end to end and prints a row for every target and scenario (never its numbers:
+machines are noisy, so no timed assertion)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+
+from tests.conftest import PY, ROOT, redis_missing_reason
+
+
+@pytest.mark.slow
+def test_quick_benchmark_prints_every_target() -> None:
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.run", "--quick", "--rounds", "1", "--duration", "1", "--latency-duration", "1",
+         "--connections", "4", "--tasks", "2", "--rss-calls", "50,100"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "scenario" not in line]
+    targets = ["bare proxy", "guard memory"] + ([] if redis_missing_reason() else ["guard redis"])
+    for scenario in ("http allow", "deny", "mcp tools/call", "chained call"):
+        for target in targets:
+            assert any(f"| {scenario} " in r and f"| {target} " in r for r in rows), (scenario, target, out.stdout)
+    assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout  # no unexpected answers
+    assert "guard memory RSS after" in out.stdout and "targets:" in out.stdout
