@@ -83,6 +83,12 @@ def load_checked_policies(cfg: Config) -> PolicySet:
                 str(cfg.policies), f"tools.{name}.credential.secret_env",
                 f"{tool.credential.secret_env} is not set in the environment",
             )
+    configured = {hook.name for hook in cfg.approvals.webhooks}
+    for rule in policies.rules:
+        missing = sorted(set(rule.approvers) - configured)
+        if missing:
+            log.warning("approvers_unconfigured", rule_id=rule.id, webhooks=missing,
+                        detail="step-ups of this rule reach no approver until the webhook is configured")
     return policies
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
@@ -29,7 +29,8 @@ class TaskRequest(BaseModel):
     ttl_s: int | None = Field(None, gt=0)
     max_calls: int | None = Field(None, gt=0)
     tools: list[str] | None = None
-    labels: dict[str, str] = Field(default_factory=dict, max_length=64)
+    labels: dict[Annotated[str, Field(min_length=1, max_length=64)], Annotated[str, Field(max_length=256)]] = Field(
+        default_factory=dict, max_length=64)
 
 
 class RevokeRequest(BaseModel):
@@ -123,7 +124,9 @@ async def get_task(request: web.Request) -> web.Response:
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         require_role(who, ADMIN, AUDITOR)
-    pending = [a.approval_id for a in await deps.store.list_approvals(state.task.task_id, "pending")]
+    now = time.time()
+    pending = [a.approval_id for a in await deps.store.list_approvals(state.task.task_id, "pending")
+               if a.expires_at > now]
     return json_response(task_view(state, pending))
 
 
