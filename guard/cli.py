@@ -54,9 +54,12 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=cfg.listen.port,
         access_log=None,
         print=None,
-        # keepalive_timeout also bounds how long a connection may take to send a request's headers
-        # (aiohttp closes a connection still waiting for a complete request line and headers)
-        handler_args={"max_field_size": 8190, "max_line_size": 8190, "keepalive_timeout": cfg.limits.read_timeout_s},
+        # passed straight to aiohttp's request handler (run_app has no handler_args: a dict there
+        # is silently dropped). keepalive_timeout also bounds how long a connection may take to
+        # send a request's headers: aiohttp closes a connection still waiting for a whole request.
+        keepalive_timeout=cfg.limits.read_timeout_s,
+        max_field_size=8190,
+        max_line_size=8190,
         shutdown_timeout=5,
         reuse_port=args.reuse_port or None,
     )

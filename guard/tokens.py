@@ -209,9 +209,9 @@ class GuardKeys:
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp + LEEWAY_S <= now:
             raise Unauthenticated("token expired")
-        iat = claims.get("iat")
-        if isinstance(iat, int | float) and iat - LEEWAY_S > now:
-            raise Unauthenticated("token not yet valid")
+        for not_before in (claims.get("iat"), claims.get("nbf")):
+            if isinstance(not_before, int | float) and not_before - LEEWAY_S > now:
+                raise Unauthenticated("token not yet valid")
         if claims.get("iss") != self.issuer:
             raise Unauthenticated("wrong issuer")
         if audience is not None and claims.get("aud") != audience:

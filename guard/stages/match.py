@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from typing import Any
-from urllib.parse import parse_qsl, unquote
+from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 from guard.calls import Action, ToolCall
 from guard.canonical import args_digest
@@ -15,19 +16,36 @@ from guard.policy import PolicySet, ToolSpec
 __all__ = ["check_tool_path", "match_action", "resolve_tool"]
 
 _BAD_ESCAPES = re.compile(r"%(2[eEfF]|5[cC]|00)")
+_MALFORMED_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def check_tool_path(raw_path: str) -> str:
     """Refuse paths that could reach an upstream path no action maps: dot segments, empty
-    segments, backslashes and encoded `.`, `/`, `\\` or NUL. Returns the path unchanged."""
+    segments, backslashes and encoded `.`, `/`, `\\` or NUL, malformed or double escapes,
+    invalid (e.g. overlong) UTF-8, and characters a tool could normalize (NFKC) into a dot
+    segment or a separator. Returns the path unchanged."""
     if not raw_path.startswith("/"):
         raw_path = "/" + raw_path
-    if _BAD_ESCAPES.search(raw_path) or "\\" in raw_path:
-        raise BadRequest("encoded '.', '/', '\\' or NUL in the tool path")
+    if _BAD_ESCAPES.search(raw_path) or "\\" in raw_path or _MALFORMED_ESCAPE.search(raw_path):
+        raise BadRequest("encoded '.', '/', '\\' or NUL, or a malformed escape, in the tool path")
     segments = raw_path.split("/")[1:]
     if any(s in (".", "..") for s in segments) or any(s == "" for s in segments[:-1]):
         raise BadRequest("dot or empty segments in the tool path")
+    if "%" in raw_path or not raw_path.isascii():
+        _check_decoded(raw_path)
     return raw_path
+
+
+def _check_decoded(raw_path: str) -> None:
+    try:
+        decoded = unquote_to_bytes(raw_path).decode("utf-8")
+    except UnicodeError:  # overlong or truncated sequences, lone surrogates
+        raise BadRequest("the tool path is not valid UTF-8") from None
+    if _BAD_ESCAPES.search(decoded) or "%u" in decoded.lower():
+        raise BadRequest("double-encoded characters in the tool path")
+    norm = unicodedata.normalize("NFKC", decoded)
+    if norm.count("/") != decoded.count("/") or "\\" in norm or any(s in (".", "..") for s in norm.split("/")):
+        raise BadRequest("characters in the tool path that normalize to a separator or dot segment")
 
 
 def resolve_tool(call: ToolCall, policies: PolicySet) -> ToolSpec:

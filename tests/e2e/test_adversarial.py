@@ -1,0 +1,575 @@
+"""Hostile input against a real guard process: each attack is answered with a clear 4xx,
+nothing is forwarded, nothing is consumed (task calls, the credential), nothing is lost (the
+audit trail still verifies). Extends test_spine's token and path cases."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+from guard.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
+from guard.webhooks import sign
+from tests.conftest import Guard, Upstream
+from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+
+SECRET = "finance-secret-for-tests"
+LEGAL_SECRET = "legal-secret-for-tests"
+ENV = {"GUARD_WEBHOOK_SECRET_FINANCE": SECRET, "GUARD_WEBHOOK_SECRET_LEGAL": LEGAL_SECRET}
+
+
+def b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def seg(obj: Any) -> str:
+    return b64(json.dumps(obj, separators=(",", ":")).encode())
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
+
+
+@dataclass
+class World:
+    guard: Guard
+    upstream: Upstream
+    recorder: Upstream  # jku/x5u targets and webhook receiver: must never be fetched by token headers
+    http: aiohttp.ClientSession
+    task: dict[str, Any]
+    cred: str  # a credential the upstream got and nobody introspected yet
+    txn: str  # the Txn-Token of a finished call
+    keys: GuardKeys  # the guard's own signing key, read from its folder
+
+    @property
+    def url(self) -> str:
+        return self.guard.url
+
+    def sign(self, typ: str, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
+        """A token signed with the guard's real key; `header` replaces the guard's header."""
+        if header is None:
+            return self.keys.sign(typ, claims)
+        signing_input = f"{seg(header)}.{seg(claims)}".encode()
+        return f"{signing_input.decode()}.{b64(self.keys.current.sign(signing_input))}"
+
+    def task_claims(self, **over: Any) -> dict[str, Any]:
+        return {**claims_of(self.task["task_token"]), **over}
+
+    async def calls(self) -> int:
+        async with self.http.get(f"{self.url}/v1/tasks/{self.task['task_id']}",
+                                 headers=bearer(self.task["task_token"])) as r:
+            return int((await r.json())["calls"])
+
+    async def verified(self, task_id: str | None = None) -> bool:
+        auditor = bearer(self.guard.token("sec@acme.example", "guard:auditor"))
+        async with self.http.get(f"{self.url}/v1/tasks/{task_id or self.task['task_id']}/audit",
+                                 headers=auditor) as r:
+            body = await r.json()
+            return bool(body["verified"]) and len(body["records"]) > 0
+
+    async def tool_call(self, headers: dict[str, str], path: str = "/tools/echo/items/1") -> tuple[int, Any]:
+        async with self.http.get(self.url + path, headers=headers) as r:
+            return r.status, await problem_of(r)
+
+
+async def problem_of(r: aiohttp.ClientResponse) -> dict[str, Any]:
+    assert r.headers.get("Content-Type", "").startswith("application/problem+json"), r.headers
+    body = await r.json(content_type=None)
+    assert body["status"] == r.status and body["code"]
+    return dict(body)
+
+
+@pytest.fixture
+async def world(guard_factory: Any, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
+    recorder = upstream_factory()
+    policy = echo_policy(upstream.url)
+    policy["rules"].append({"id": "legal-review", "effect": "step_up", "approvers": "legal",
+                            "match": {"tool": "echo", "action": "limited"}})
+    hooks = [{"name": "finance", "url": recorder.url + "/finance", "secret_env": "GUARD_WEBHOOK_SECRET_FINANCE"},
+             {"name": "legal", "url": recorder.url + "/legal", "secret_env": "GUARD_WEBHOOK_SECRET_LEGAL"}]
+    g: Guard = guard_factory(policy, config={"limits": {"credential_ttl_s": 900},
+                                             "approvals": {"webhooks": hooks}}, env=ENV)
+    keys = GuardKeys(load_or_create_key(g.dir / "var" / "signing-key.json"), "urn:guard")
+    async with aiohttp.ClientSession() as http:
+        task = await create_task(http, g.url, g.token(AGENT))
+        async with http.get(f"{g.url}/tools/echo/items/7", headers=bearer(task["task_token"])) as r:
+            assert r.status == 200
+        seen = upstream.requests[-1].headers
+        w = World(g, upstream, recorder, http, task, seen["Authorization"].removeprefix("Bearer "),
+                  seen["Txn-Token"], keys)
+        yield w
+
+
+async def assert_untouched(w: World, forwarded: int = 1, calls: int = 1) -> None:
+    """Nothing forwarded, nothing counted, the credential unconsumed, the trail verifies."""
+    assert len(w.upstream.requests) == forwarded
+    assert await w.calls() == calls
+    assert await w.verified()
+    assert [s.path_qs for s in w.recorder.requests if not s.path_qs.startswith(("/finance", "/legal"))] == []
+
+
+# ------------------------------------------------------------------------------ JWT attacks
+
+
+async def test_rfc8725_attacks_on_the_task_token(world: World) -> None:
+    w = world
+    claims = w.task_claims()
+    kid = jwt.get_unverified_header(w.task["task_token"])["kid"]
+    jwk = json.loads((w.guard.dir / "var" / "signing-key.json").read_text())
+    public_jwk = json.dumps({k: v for k, v in jwk.items() if k != "d"}).encode()
+    raw_public = base64.urlsafe_b64decode(jwk["x"] + "==")
+    pem = ed25519.Ed25519PrivateKey.from_private_bytes(base64.urlsafe_b64decode(jwk["d"] + "==")) \
+        .public_key().public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+    def hs(secret: bytes, header: dict[str, Any]) -> str:
+        si = f"{seg(header)}.{seg(claims)}"
+        return f"{si}.{b64(hmac.new(secret, si.encode(), hashlib.sha256).digest())}"
+
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    attacker_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    spoof = w.recorder.url
+    real_sig = w.task["task_token"].split(".")[2]
+    bad: dict[str, str] = {}
+    for alg in ("none", "None", "NONE", "nOnE"):
+        bad[f"alg {alg}"] = f"{seg({'alg': alg, 'typ': TASK_TYP, 'kid': kid})}.{seg(claims)}."
+        bad[f"alg {alg} with signature"] = f"{seg({'alg': alg, 'typ': TASK_TYP, 'kid': kid})}.{seg(claims)}.{real_sig}"
+    for name, secret in {"jwk json": public_jwk, "raw public key": raw_public, "pem": pem, "empty": b""}.items():
+        for alg in ("HS256", "HS512"):
+            bad[f"{alg} keyed with the {name}"] = hs(secret, {"alg": alg, "typ": TASK_TYP, "kid": kid})
+    for trick in ("../../../../../../dev/null", "../var/signing-key.json", "' OR '1'='1", "x\"; DROP TABLE keys;--",
+                  "%00", kid + "/../" + kid):
+        bad[f"kid {trick}"] = w.sign(TASK_TYP, claims, {"alg": "EdDSA", "typ": TASK_TYP, "kid": trick})
+        bad[f"kid {trick} hs empty"] = hs(b"", {"alg": "HS256", "typ": TASK_TYP, "kid": trick})
+    base = {"alg": "EdDSA", "typ": TASK_TYP, "kid": kid}
+    bad["jku"] = w.sign(TASK_TYP, claims, {**base, "jku": spoof + "/jwks.json"})
+    bad["x5u"] = w.sign(TASK_TYP, claims, {**base, "x5u": spoof + "/cert.pem"})
+    bad["jwk embedded"] = jwt.encode(claims, attacker, algorithm="ES256",
+                                     headers={"typ": TASK_TYP, "kid": kid, "jwk": attacker_jwk})
+    bad["jku attacker key"] = jwt.encode(claims, attacker, algorithm="ES256",
+                                         headers={"typ": TASK_TYP, "jku": spoof + "/attacker.json"})
+    bad["crit"] = w.sign(TASK_TYP, claims, {**base, "crit": ["exp"]})
+    bad["crit unknown"] = w.sign(TASK_TYP, {**claims, "x-ext": 1}, {**base, "crit": ["x-ext"]})
+    bad["nested jwt"] = w.sign(TASK_TYP, claims, {**base, "cty": "JWT"})
+    nested_input = f"{seg({**base, 'cty': 'JWT'})}.{b64(w.task['task_token'].encode())}"
+    bad["nested jwt payload"] = f"{nested_input}.{b64(w.keys.current.sign(nested_input.encode()))}"
+    bad["typ JWT"] = w.sign("JWT", claims)
+    bad["typ missing"] = w.sign(TASK_TYP, claims, {"alg": "EdDSA", "kid": kid})
+    bad["expired"] = w.sign(TASK_TYP, w.task_claims(exp=int(time.time()) - 120, iat=int(time.time()) - 300))
+    bad["exp missing"] = w.sign(TASK_TYP, {k: v for k, v in claims.items() if k != "exp"})
+    bad["iat in the future"] = w.sign(TASK_TYP, w.task_claims(iat=int(time.time()) + 600))
+    bad["nbf in the future"] = w.sign(TASK_TYP, w.task_claims(nbf=int(time.time()) + 600))
+    bad["wrong issuer"] = w.sign(TASK_TYP, w.task_claims(iss="urn:evil"))
+    bad["wrong audience"] = w.sign(TASK_TYP, w.task_claims(aud="tool:echo"))
+    bad["credential claims as task"] = w.sign(TASK_TYP, claims_of(w.cred))
+    bad["trailing segment"] = w.task["task_token"] + ".x"
+    bad["whitespace inside"] = w.task["task_token"].replace(".", ". ", 1)
+    for name, token in bad.items():
+        status, problem = await w.tool_call(bearer(token))
+        assert (status, problem["code"]) == (401, "unauthenticated"), name
+    assert w.recorder.requests == []  # jku/x5u never fetched
+    await assert_untouched(w)
+
+
+async def test_huge_tokens_are_refused_without_harm(world: World) -> None:
+    w = world
+    huge = w.sign(TASK_TYP, w.task_claims(pad="a" * 100_000))
+    for headers in (bearer(huge), {"Txn-Token": huge}):
+        async with w.http.get(f"{w.url}/tools/echo/items/1", headers=headers) as r:
+            assert r.status in (400, 431), r.status  # the header is over the 8 KB field limit
+    async with w.http.post(f"{w.url}/v1/credentials/introspect", data={"token": "x" * 100_000}) as r:
+        assert r.status == 413 and (await problem_of(r))["code"] == "payload_too_large"
+    async with w.http.post(f"{w.url}/v1/credentials/introspect",
+                           json={"token": w.sign(CRED_TYP, {**claims_of(w.cred), "pad": "a" * 40_000})}) as r:
+        assert r.status == 200 and await r.json() == {"active": False}
+    await assert_untouched(w)
+    await assert_credential_active(w)
+
+
+async def assert_credential_active(w: World) -> None:
+    async with w.http.post(f"{w.url}/v1/credentials/introspect", data={"token": w.cred}) as r:
+        assert (await r.json())["active"] is True
+
+
+async def test_every_swap_of_the_three_token_types(world: World) -> None:
+    w = world
+    task_token, idp = w.task["task_token"], w.guard.token(AGENT)
+    # the task token, Txn-Token and an IdP token are never credentials at introspection
+    for name, token in {"task token": task_token, "txn token": w.txn, "idp token": idp,
+                        "credential re-signed as txn": w.sign(TXN_TYP, claims_of(w.cred))}.items():
+        for kw in ({"data": {"token": token}}, {"json": {"token": token}}):
+            async with w.http.post(f"{w.url}/v1/credentials/introspect", **kw) as r:
+                assert r.status == 200 and await r.json() == {"active": False}, name
+    # a task token, credential or IdP token presented as a Txn-Token
+    for name, token in {"task token": task_token, "credential": w.cred, "idp token": idp,
+                        "task claims signed as txn": w.sign(TXN_TYP, w.task_claims())}.items():
+        status, problem = await w.tool_call({"Txn-Token": token})
+        assert status in (401, 403) and problem["code"] in ("unauthenticated", "txn_inactive"), name
+    # a Txn-Token as the Bearer (with or without its own header)
+    for headers in (bearer(w.txn), {**bearer(w.txn), "Txn-Token": w.txn}):
+        status, problem = await w.tool_call(headers)
+        assert (status, problem["code"]) == (401, "unauthenticated")
+    # guard-issued tokens never authenticate to the API as a person
+    for token in (task_token, w.txn, w.cred):
+        auditor_try = {"Authorization": f"Bearer {token}"}
+        async with w.http.get(f"{w.url}/v1/agents", headers=auditor_try) as r:
+            assert r.status == 401 and (await problem_of(r))["code"] == "unauthenticated"
+    await assert_untouched(w)
+    await assert_credential_active(w)
+
+
+async def test_expired_and_not_yet_valid_guard_tokens(world: World) -> None:
+    w = world
+    now = int(time.time())
+    cred = claims_of(w.cred)
+    for name, claims in {"expired": {**cred, "exp": now - 120, "iat": now - 300},
+                         "not yet valid": {**cred, "nbf": now + 600},
+                         "issued in the future": {**cred, "iat": now + 600}}.items():
+        async with w.http.post(f"{w.url}/v1/credentials/introspect", data={"token": w.sign(CRED_TYP, claims)}) as r:
+            assert await r.json() == {"active": False}, name
+    txn = claims_of(w.txn)
+    for name, claims in {"expired": {**txn, "exp": now - 120}, "not yet valid": {**txn, "nbf": now + 600}}.items():
+        status, problem = await w.tool_call({"Txn-Token": w.sign(TXN_TYP, claims)})
+        assert (status, problem["code"]) == (401, "unauthenticated"), name
+    await assert_untouched(w)
+    await assert_credential_active(w)  # probing with its own claims did not consume it (same jti)
+
+
+async def test_tokens_of_a_revoked_task(world: World) -> None:
+    w = world
+    admin = bearer(w.guard.token("ops@acme.example", "guard:admin"))
+    async with w.http.post(f"{w.url}/v1/tasks/{w.task['task_id']}/revoke", json={"reason": "x"},
+                           headers=admin) as r:
+        assert r.status == 200
+    # a fresh, validly signed task token and Txn-Token for the revoked task
+    fresh = w.sign(TASK_TYP, w.task_claims(jti="fresh", iat=int(time.time()), exp=int(time.time()) + 600))
+    for headers in (bearer(w.task["task_token"]), bearer(fresh), {"Txn-Token": w.txn}):
+        status, problem = await w.tool_call(headers)
+        assert status == 403 and problem["code"] in ("task_inactive", "txn_inactive"), problem
+    async with w.http.post(f"{w.url}/v1/credentials/introspect", data={"token": w.cred}) as r:
+        assert await r.json() == {"active": False}
+    assert len(w.upstream.requests) == 1
+    assert await w.verified()
+
+
+async def test_idp_token_header_tricks(guard_factory: Any, upstream: Upstream, upstream_factory: Any,
+                                       tmp_path: Path) -> None:
+    from tests.idp import Idp
+
+    recorder = upstream_factory()
+    idp = Idp(tmp_path)
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    attacker_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
+    now = int(time.time())
+    claims = {"iss": "https://idp.test", "aud": "guard", "sub": AGENT, "iat": now, "exp": now + 600}
+    bad = {
+        "jku to attacker keys": jwt.encode(claims, attacker, "ES256", headers={"kid": "k9", "jku": recorder.url}),
+        "x5u to attacker cert": jwt.encode(claims, attacker, "ES256", headers={"kid": "k9", "x5u": recorder.url}),
+        "embedded jwk": jwt.encode(claims, attacker, "ES256", headers={"kid": "k1", "jwk": attacker_jwk}),
+        "kid traversal": jwt.encode(claims, attacker, "ES256", headers={"kid": "../../../etc/passwd"}),
+        "kid sql": jwt.encode(claims, attacker, "ES256", headers={"kid": "' UNION SELECT 'k' --"}),
+        "crit": idp.token(AGENT, headers={"crit": ["exp"]}),
+        "nested": idp.token(AGENT, headers={"cty": "JWT"}),
+        "alg none": f"{seg({'alg': 'none', 'kid': 'k1'})}.{seg(claims)}.",
+        "alg None": f"{seg({'alg': 'None', 'kid': 'k1'})}.{seg(claims)}.",
+        "guard typ": idp.token(AGENT, headers={"typ": TASK_TYP}),
+    }
+    async with aiohttp.ClientSession() as http:
+        for name, token in bad.items():
+            async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(token)) as r:
+                assert r.status == 401 and (await problem_of(r))["code"] == "unauthenticated", name
+        async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(idp.token(AGENT))) as r:
+            assert r.status == 201  # the legitimate token still works
+    assert recorder.requests == [] and upstream.requests == []
+
+
+# ------------------------------------------------------------------------------ raw HTTP
+
+
+async def raw(port: int, data: bytes, read_timeout: float = 10.0) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    try:
+        writer.write(data)
+        await writer.drain()
+        out = b""
+        while True:
+            try:
+                chunk = await asyncio.wait_for(reader.read(65536), read_timeout)
+            except TimeoutError:
+                break
+            if not chunk:
+                break
+            out += chunk
+            if b"\r\n\r\n" in out and b"Connection: close" not in data:
+                head = out.split(b"\r\n\r\n", 1)[0]
+                if b"Content-Length" in head or b"content-length" in head:
+                    break
+        return out
+    finally:
+        writer.close()
+
+
+def status_of(response: bytes) -> int:
+    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
+
+
+async def test_request_smuggling_shapes_are_refused(world: World) -> None:
+    w = world
+    auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
+    inner = b"DELETE /tools/echo/items/9 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    shapes = {
+        "cl and te": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Type: application/json\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n" + inner,
+        "te and cl": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: chunked\r\nContent-Length: 60\r\n\r\n0\r\n\r\n" + inner,
+        "duplicate cl": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Type: application/json\r\nContent-Length: 2\r\nContent-Length: 40\r\n\r\n{}" + inner,
+        "cl list": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Length: 2, 40\r\n\r\n{}" + inner,
+        "obs-fold": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Type: application/json\r\nTransfer-Encoding: identity\r\n chunked\r\n\r\n0\r\n\r\n" + inner,
+        "obs-fold cl": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Length:\r\n 2\r\n\r\n{}" + inner,
+        "te not chunked": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: chunked, identity\r\n\r\n0\r\n\r\n" + inner,
+        "te xchunked": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: xchunked\r\n\r\n0\r\n\r\n" + inner,
+        "bad chunk size": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{}\r\n0\r\n\r\n" + inner,
+        "negative chunk size": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n-2\r\n{}\r\n0\r\n\r\n" + inner,
+        "huge chunk size": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: chunked\r\n\r\nffffffffffffffffffff\r\n{}\r\n0\r\n\r\n" + inner,
+        "chunk size 0x": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Transfer-Encoding: chunked\r\n\r\n0x2\r\n{}\r\n0\r\n\r\n" + inner,
+        "space before colon": b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+        + b"Content-Length : 2\r\n\r\n{}" + inner,
+        "bare lf": b"POST /tools/echo/items HTTP/1.1\nHost: x\n" + auth
+        + b"Transfer-Encoding: chunked\n\n0\n\n" + inner,
+    }
+    for name, data in shapes.items():
+        response = await raw(w.guard.port, data)
+        assert status_of(response) == 400, (name, response[:200])
+        assert b" 200 " not in response.split(b"\r\n", 1)[-1], name  # no second, smuggled answer
+    await assert_untouched(w)
+
+
+async def test_oversized_headers_and_bodies(world: World) -> None:
+    w = world
+    auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
+    big_field = b"GET /tools/echo/items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n"
+    assert status_of(await raw(w.guard.port, big_field)) in (400, 431)
+    many = b"GET /tools/echo/items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"".join(
+        f"X-H{i}: v\r\n".encode() for i in range(200)) + b"\r\n"
+    assert status_of(await raw(w.guard.port, many)) in (400, 431)
+    long_line = b"GET /tools/echo/items/" + b"a" * 9000 + b" HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
+    assert status_of(await raw(w.guard.port, long_line)) in (400, 414, 431)
+    await chunked_body_is_cut_off(w, auth)
+    await assert_untouched(w)
+
+
+async def chunked_body_is_cut_off(w: World, auth: bytes) -> None:
+    """A chunked body with no Content-Length is refused with 413 once it passes the limit,
+    long before the client has sent it all."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", w.guard.port)
+    writer.write(b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+                 + b"Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    chunk = b"a" * 65536
+    planned, sent = 200 * 1024 * 1024, 0
+    status_line = asyncio.ensure_future(reader.readline())
+    try:
+        while sent < planned and not status_line.done():
+            writer.write(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
+            await asyncio.wait([status_line], timeout=0.005)
+            sent += len(chunk)
+    except ConnectionError:
+        pass
+    line = await asyncio.wait_for(status_line, 30)
+    writer.close()
+    assert line.split()[1] == b"413", line
+    assert sent < planned // 10  # answered long before the whole body was sent
+
+
+async def test_path_normalization_tricks_never_reach_an_unmapped_path(world: World) -> None:
+    w = world
+    tricks = [
+        "/tools/echo/items/%252e%252e/pay", "/tools/echo/items/%25252e%25252e/pay",
+        "/tools/echo/items/%u002e%u002e/pay",
+        "/tools/echo/items/%E2%80%A5/pay", "/tools/echo/items/%EF%BC%8E%EF%BC%8E/pay",
+        "/tools/echo/items/%C0%AE%C0%AE/pay", "/tools/echo/items/%E0%80%AE%E0%80%AE/pay",
+        "/tools/echo/items/..;/pay", "/tools/echo/items;/../pay", "/tools/echo/items/1;/../../pay",
+        "/tools/echo/items\\..\\pay", "/tools/echo/items/%5c..%5cpay", "/tools/echo/items/..%5cpay",
+        "/tools/echo/items/..%c0%afpay", "/tools/echo/items/1%00/../../pay", "/tools/echo/%2e%2e/echo/pay",
+        "/tools/echo/items/1/%2e%2e/%2e%2e/pay", "/tools/echo/items/1/..%2f..%2fpay", "/tools/echo/ITEMS/../pay",
+        "/tools/echo/./pay", "/tools/echo/items/%2E%2E%2Fpay", "http://127.0.0.1/tools/echo/items/../pay",
+    ]
+    raw_bytes = [b"/tools/echo/items/\xc0\xae\xc0\xae/pay", b"/tools/echo/items/\xe2\x80\xa5/pay",
+                 b"/tools/echo/items/\x00/../pay", b"/tools/echo/items/\t../pay"]
+    targets = [t.encode() for t in tricks] + raw_bytes
+    for target in targets:
+        for method in (b"GET", b"POST"):
+            data = (method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n"
+                    + f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
+                    + b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
+            response = await raw(w.guard.port, data)
+            assert status_of(response) in (400, 403, 404), (target, response[:300])
+    await assert_untouched(w)
+
+
+# ------------------------------------------------------------------------------ slow clients
+
+
+async def test_slow_clients_are_cut_off(guard_factory: Any, upstream: Upstream) -> None:
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"limits": {"read_timeout_s": 1}}, subdir="slow")
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
+        task = await create_task(http, g.url, g.token(AGENT))
+
+    async def trickle(head: bytes, body: bytes) -> tuple[bool, bytes]:
+        """Send `head` at once, then `body` one byte every 0.3 s for up to 60 s; whether the
+        guard closed the connection (and what it said) before we were done."""
+        reader, writer = await asyncio.open_connection("127.0.0.1", g.port)
+        writer.write(head)
+        got = asyncio.ensure_future(reader.read())
+        try:
+            for i in range(200):
+                if got.done():
+                    break
+                writer.write(body[i:i + 1] if i < len(body) else b"x")
+                await asyncio.wait([got], timeout=0.3)
+        except ConnectionError:
+            pass
+        out = await asyncio.wait_for(got, 30)
+        writer.close()
+        return got.done(), out
+
+    auth = f"Authorization: Bearer {task['task_token']}\r\n".encode()
+    closed, _ = await trickle(b"", b"GET /tools/echo/items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Pad: " + b"p" * 500)
+    assert closed  # headers trickled slower than read_timeout_s: the connection is closed
+    head = (b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth
+            + b"Content-Type: application/json\r\nContent-Length: 150\r\n\r\n")
+    closed, out = await trickle(head, b'{"a":"' + b"b" * 200)
+    assert closed and status_of(out) == 400, out[:200]  # the body trickled: refused
+    assert upstream.requests == []
+
+
+# ------------------------------------------------------------------------------ hostile strings
+
+
+HOSTILE = "\x1b[31mred\x1b[0m\r\nfake: line\x00\x07\u202e<script>alert(1)</script>\"'`${x}"
+
+
+async def test_hostile_strings_stay_inert(world: World) -> None:
+    w = world
+    idp = w.guard.token(AGENT)
+    marker = "ARG-MARKER-7f3a"
+    async with w.http.post(f"{w.url}/v1/tasks", headers=bearer(idp),
+                           json={"purpose": "p" * 100_000}) as r:
+        assert r.status == 400 and (await problem_of(r))["code"] == "bad_request"
+    async with w.http.post(f"{w.url}/v1/tasks", headers=bearer(idp),
+                           json={"purpose": "x", "labels": {"env": "v" * 100_000}}) as r:
+        assert r.status == 400 and (await problem_of(r))["code"] == "bad_request"
+    task = await create_task(w.http, w.url, idp, purpose=HOSTILE + " report", requested_by=HOSTILE[:300],
+                             labels={"env": HOSTILE, HOSTILE[:60]: "k"})
+    h = bearer(task["task_token"])
+    big = {"title": HOSTILE + marker, "blob": marker + "z" * 100_000, "tags": [HOSTILE], HOSTILE: marker}
+    async with w.http.post(f"{w.url}/tools/echo/items", json=big, headers=h) as r:
+        assert r.status == 200
+    cred = w.upstream.requests[-1].headers["Authorization"].removeprefix("Bearer ")
+    assert claims_of(w.upstream.requests[-1].headers["Txn-Token"])["tctx"]["purpose"] == HOSTILE + " report"
+    async with w.http.post(f"{w.url}/tools/echo/items", json={"tags": ["secret", HOSTILE + marker]}, headers=h) as r:
+        assert r.status == 403
+    async with w.http.get(f"{w.url}/tools/echo/items/{marker}%1b%5b31m", headers=h) as r:
+        assert r.status == 200
+    assert await w.verified(task["task_id"])
+    log = w.guard.log()
+    for secret in (marker, task["task_token"], cred, idp, "<script>", "\x1b"):
+        assert secret not in log, secret
+    # the durable trail is valid JSON with no raw control characters, and verifies
+    trail = (w.guard.audit_dir() / f"{task['task_id']}.jsonl").read_text()
+    assert "\x1b" not in trail and "\x00" not in trail and marker not in trail
+    assert all(json.loads(line)["hash"] for line in trail.splitlines())
+    out = w.guard.cli("audit", "verify", task["task_id"])
+    assert out.returncode == 0, out.stdout
+    show = w.guard.cli("audit", "show", task["task_id"])
+    assert show.returncode == 0 and "chain: verified" in show.stdout
+    assert not any(c in show.stdout for c in "\x1b\x00\x07\r\u202e"), repr(show.stdout)
+    for ch in ("\x1b[31m", "\x00"):
+        assert ch not in w.guard.cli("agents", "--help").stdout
+
+
+# ------------------------------------------------------------------------------ webhook decisions
+
+
+async def signed_decision(w: World, approval_id: str, body: dict[str, Any], secret: str = SECRET,
+                          t: int | None = None, header: str | None = None,
+                          raw_body: bytes | None = None) -> tuple[int, dict[str, Any]]:
+    data = raw_body if raw_body is not None else json.dumps(body).encode()
+    sig = header if header is not None else sign(secret, data, t)
+    async with w.http.post(f"{w.url}/v1/approvals/{approval_id}/decision", data=data,
+                           headers={"Guard-Signature": sig, "Content-Type": "application/json"}) as r:
+        return r.status, dict(await r.json(content_type=None))
+
+
+async def pending(w: World, amount: int) -> str:
+    async with w.http.post(f"{w.url}/tools/echo/pay", json={"amount": amount},
+                           headers=bearer(w.task["task_token"])) as r:
+        problem = await problem_of(r)
+        assert problem["code"] == "approval_required", problem
+        return str(problem["approval_id"])
+
+
+async def approval_status(w: World, approval_id: str) -> str:
+    async with w.http.get(f"{w.url}/v1/approvals/{approval_id}", headers=bearer(w.task["task_token"])) as r:
+        return str((await r.json())["status"])
+
+
+async def test_webhook_decision_forgery_and_replay(world: World) -> None:
+    w = world
+    first, second = await pending(w, 500), await pending(w, 600)
+    body = {"decision": "approve", "approver": "carol@acme.example", "approval_id": first}
+    data = json.dumps(body).encode()
+    good_header = sign(SECRET, data)
+    forged = {
+        "tampered body": await signed_decision(w, first, body, header=good_header,
+                                               raw_body=json.dumps({**body, "approver": "mallory"}).encode()),
+        "empty mac": await signed_decision(w, first, body, header=f"t={int(time.time())},v1="),
+        "mac of another body": await signed_decision(w, first, body, header=sign(SECRET, b"{}")),
+        "huge t": await signed_decision(w, first, body, header="t=99999999999999999999,v1=00"),
+        "unknown secret": await signed_decision(w, first, body, secret="guessed"),
+        "stale": await signed_decision(w, first, body, t=int(time.time()) - 400),
+    }
+    for name, (status, problem) in forged.items():
+        assert (status, problem["code"]) == (401, "unauthenticated"), name
+    status, problem = await signed_decision(w, first, body, secret=LEGAL_SECRET)  # another webhook's secret
+    assert (status, problem["code"]) == (403, "forbidden")
+    # a validly signed decision naming the first approval cannot decide the second
+    status, problem = await signed_decision(w, second, {**body, "reason": "on the second"})
+    assert status == 400 and problem["code"] == "bad_request"
+    assert await approval_status(w, first) == "pending" and await approval_status(w, second) == "pending"
+    status, view = await signed_decision(w, first, body, header=good_header, raw_body=data)
+    assert status == 200 and view["status"] == "approved"
+    for target in (first, second):  # the recorded decision replayed, byte for byte
+        status, problem = await signed_decision(w, target, body, header=good_header, raw_body=data)
+        assert status in (401, 409) and problem["code"] in ("unauthenticated", "approval_closed"), problem
+    unbound = {"decision": "approve", "approver": "carol@acme.example"}
+    unbound_header = sign(SECRET, json.dumps(unbound).encode())
+    status, problem = await signed_decision(w, first, unbound, header=unbound_header)
+    assert status == 409 and problem["code"] == "approval_closed"
+    status, problem = await signed_decision(w, second, unbound, header=unbound_header)  # used once already
+    assert status == 401 and problem["code"] == "unauthenticated"
+    assert await approval_status(w, first) == "approved" and await approval_status(w, second) == "pending"
+    assert len(w.upstream.requests) == 1
+    assert await w.verified()
