@@ -59,6 +59,8 @@ class IssuerCfg(_Section):
     algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA"])
     roles_claim: str = "roles"
     leeway_s: int = 30
+    jwks_refetch_min_s: float = Field(30.0, ge=0)  # an unknown kid refetches the JWKS at most this often
+    jwks_max_age_s: float = Field(3600.0, gt=0)  # the JWKS is refreshed when older than this
 
     @field_validator("algorithms")
     @classmethod

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import time
 from pathlib import Path
@@ -28,7 +29,6 @@ __all__ = ["Identity", "dev_token"]
 log = structlog.get_logger("guard.identity")
 
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
-JWKS_REFETCH_MIN_S = 30.0
 
 
 class _Issuer:
@@ -37,8 +37,9 @@ class _Issuer:
     def __init__(self, cfg: IssuerCfg, base_dir: Path) -> None:
         self.cfg = cfg
         self.keys: dict[str, jwt.PyJWK] = {}
-        self.fetched_at = 0.0
+        self.fetched_at: float | None = None  # monotonic time of the last JWKS fetch
         self.base_dir = base_dir
+        self._fetching = asyncio.Lock()
         if cfg.jwks_file:
             self._set_keys(json.loads((base_dir / cfg.jwks_file).read_text(encoding="utf-8")))
 
@@ -53,24 +54,41 @@ class _Issuer:
                 log.warning("jwks_key_skipped", issuer=self.cfg.issuer, kid=raw.get("kid"))
         self.keys = keys
 
+    def _lookup(self, kid: str | None) -> jwt.PyJWK | None:
+        if kid is None:
+            return next(iter(self.keys.values())) if len(self.keys) == 1 else None
+        return self.keys.get(kid)
+
+    def _due(self, key: jwt.PyJWK | None) -> bool:
+        """Fetch when the cache is older than jwks_max_age_s, or for an unknown kid at most
+        once per jwks_refetch_min_s (a token naming random kids cannot cause a fetch storm)."""
+        if not self.cfg.jwks_url:
+            return False
+        if self.fetched_at is None:
+            return True
+        age = time.monotonic() - self.fetched_at
+        return age > self.cfg.jwks_max_age_s or (key is None and age > self.cfg.jwks_refetch_min_s)
+
     async def key_for(self, kid: str | None, http: aiohttp.ClientSession | None) -> jwt.PyJWK:
-        key = self.keys.get(kid) if kid is not None else None
-        if key is None and len(self.keys) == 1 and kid is None:
-            key = next(iter(self.keys.values()))
-        if key is not None:
-            return key
-        if self.cfg.jwks_url and http is not None and time.monotonic() - self.fetched_at > JWKS_REFETCH_MIN_S:
-            self.fetched_at = time.monotonic()
-            try:
-                async with http.get(self.cfg.jwks_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
-                    r.raise_for_status()
-                    self._set_keys(await r.json(content_type=None))
-            except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-                log.warning("jwks_fetch_failed", issuer=self.cfg.issuer, error=type(e).__name__)
-            key = self.keys.get(kid) if kid is not None else None
+        key = self._lookup(kid)
+        if http is not None and self._due(key):
+            async with self._fetching:  # concurrent callers wait for the one fetch in flight
+                if self._due(self._lookup(kid)):
+                    await self._fetch(http)
+            key = self._lookup(kid)
         if key is None:
             raise Unauthenticated("unknown key id")
         return key
+
+    async def _fetch(self, http: aiohttp.ClientSession) -> None:
+        self.fetched_at = time.monotonic()
+        assert self.cfg.jwks_url is not None
+        try:
+            async with http.get(self.cfg.jwks_url, timeout=aiohttp.ClientTimeout(total=5)) as r:
+                r.raise_for_status()
+                self._set_keys(await r.json(content_type=None))
+        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
+            log.warning("jwks_fetch_failed", issuer=self.cfg.issuer, error=type(e).__name__)
 
 
 class Identity:

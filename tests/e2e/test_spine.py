@@ -394,3 +394,32 @@ def test_embedded_default_creates_what_it_needs(tmp_path: Path) -> None:
     finally:
         proc.stop()
     assert not os.environ.get("GUARD_LISTEN_PORT")
+
+
+async def test_jwks_url_is_cached_and_refetched_for_an_unknown_kid(
+    guard_factory: Any, upstream_factory: Any, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    from aiohttp import web
+
+    from tests.idp import Idp
+
+    jwks_server: Upstream = upstream_factory()
+    first, rotated = Idp(tmp_path, kid="k1"), Idp(tmp_path, kid="k2")
+    served = {"jwks": first.jwks}
+    jwks_server.handler = lambda request, seen: web.json_response(served["jwks"])
+    issuer = {**first.issuer_config(), "jwks_url": f"{jwks_server.url}/jwks.json", "jwks_refetch_min_s": 1}
+    del issuer["jwks_file"]
+    echo = upstream_factory()
+    g: Guard = guard_factory(echo_policy(echo.url), config={"issuers": [issuer]})
+    for _ in range(3):
+        async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(first.token(AGENT))) as r:
+            assert r.status == 201
+    assert len(jwks_server.requests) == 1  # fetched once, then cached
+    served["jwks"] = {"keys": first.jwks["keys"] + rotated.jwks["keys"]}
+    await asyncio.sleep(1.2)  # past jwks_refetch_min_s since the first fetch
+    async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(rotated.token(AGENT))) as r:
+        assert r.status == 201  # an unknown kid triggers one refetch
+    async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"},
+                         headers=bearer(rotated.token(AGENT, headers={"kid": "k9"}))) as r:
+        assert r.status == 401  # still unknown: refused, and no refetch storm
+    assert len(jwks_server.requests) == 2
