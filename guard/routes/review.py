@@ -8,16 +8,16 @@ import re
 import time
 from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 from aiohttp import web
 
 from guard.audit import list_trails, parse_since
 from guard.auth import ADMIN, APPROVER, AUDITOR, principal, require_role
-from guard.domain import Approval, TaskState
+from guard.domain import Approval
 from guard.errors import BadRequest, NotFound
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response
+from guard.routes.tasks import task_view
 
 __all__ = ["SECURITY_HEADERS", "routes"]
 
@@ -33,23 +33,6 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
 }
 _STATUSES = ("active", "completed", "revoked", "expired")
-
-
-def _task_row(state: TaskState, now: float, pending: list[str]) -> dict[str, Any]:
-    t = state.task
-    return {
-        "task_id": t.task_id,
-        "agent": t.agent,
-        "purpose": t.purpose,
-        "requested_by": t.requested_by,
-        "status": state.effective_status(now),
-        "created_at": t.created_at,
-        "expires_at": t.expires_at,
-        "calls": state.calls,
-        "max_calls": t.max_calls,
-        "labels": t.labels,
-        "pending_approvals": pending,
-    }
 
 
 async def _pending(deps: Deps, now: float) -> list[Approval]:
@@ -73,7 +56,7 @@ async def list_tasks(request: web.Request) -> web.Response:
     for a in await _pending(deps, now):
         pending[a.task_id].append(a.approval_id)
     states = await deps.store.list_tasks(None, request.query.get("agent") or None)
-    rows = [_task_row(s, now, pending[s.task.task_id]) for s in states]
+    rows = [task_view(s, pending[s.task.task_id], now) for s in states]
     rows = [r for r in rows if status is None or r["status"] == status]
     rows.sort(key=lambda r: r["created_at"], reverse=True)
     return json_response({"tasks": rows[:limit], "total": len(rows)})

@@ -38,14 +38,15 @@ class RevokeRequest(BaseModel):
     reason: str = Field("", max_length=1000)
 
 
-def task_view(state: TaskState, pending: list[str]) -> dict[str, Any]:
+def task_view(state: TaskState, pending: list[str], now: float | None = None) -> dict[str, Any]:
+    """A task as the API shows it (status with expiry applied as of `now`)."""
     t = state.task
     return {
         "task_id": t.task_id,
         "agent": t.agent,
         "purpose": t.purpose,
         "requested_by": t.requested_by,
-        "status": t.status,
+        "status": state.effective_status(time.time() if now is None else now),
         "created_at": t.created_at,
         "expires_at": t.expires_at,
         "calls": state.calls,
