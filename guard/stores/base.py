@@ -54,6 +54,17 @@ class Store(Protocol):
 
     async def call_in_flight(self, task_id: str, call_id: str) -> bool: ...
 
+    async def admit_and_record(
+        self, task_id: str, limits: CallLimits, fields: dict[str, Any]
+    ) -> tuple[Admission, AuditRecord | None]:
+        """admit_call and, when admitted, append_audit(fields) (the decision record), as one
+        atomic operation: a refused call changes nothing and appends nothing. The agent's
+        inventory counter (`limits.agent`) may be applied later, at the latest with the call's
+        record_and_finish or finish_call."""
+
+    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """append_audit(fields) (the call's last record) and finish_call, as one operation."""
+
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
         """True the first time a jti is consumed, False ever after (until exp)."""

@@ -140,6 +140,17 @@ class MemoryStore:
         row = self._tasks.get(task_id)
         return row is not None and call_id in row.in_flight
 
+    async def admit_and_record(
+        self, task_id: str, limits: CallLimits, fields: dict[str, Any]
+    ) -> tuple[Admission, AuditRecord | None]:
+        admission = await self.admit_call(task_id, limits)  # no await inside: atomic with the append
+        return admission, (await self.append_audit(task_id, fields) if admission.ok else None)
+
+    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
+        record = await self.append_audit(task_id, fields)
+        await self.finish_call(task_id, call_id)
+        return record
+
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
         now = time.time()

@@ -39,7 +39,7 @@ import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ReadOnlyError, RedisError, ResponseError
+from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
@@ -108,9 +108,12 @@ class RedisStore:
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
-                         "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES")
+                         "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
+                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
         }
         self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
+        # inventory counters of admitted calls, sent in the round trip that finishes the call
+        self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- plumbing ------------------------------------------------------------
@@ -231,13 +234,88 @@ class RedisStore:
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
         async with self._fail_closed("finish_call"):
-            await self._r.srem(_k(task_id, "inflight"), call_id)
+            pipe = self._r.pipeline(transaction=False)
+            pipe.srem(_k(task_id, "inflight"), call_id)
+            self._queue_agent_call(pipe, task_id, call_id)
+            await pipe.execute()
 
     async def call_in_flight(self, task_id: str, call_id: str) -> bool:
         async def fetch() -> bool:
             return bool(await self._r.sismember(_k(task_id, "inflight"), call_id))
 
         return await self._read("call_in_flight", fetch)
+
+    async def admit_and_record(
+        self, task_id: str, limits: CallLimits, fields: dict[str, Any]
+    ) -> tuple[Admission, AuditRecord | None]:
+        """One script admits the call and appends its decision record on the tail last seen;
+        when another instance appended meanwhile, it changes nothing and answers the current
+        tail, and the record is chained again on it. The agent's counter rides along with the
+        call's finish (same round trip as its last record)."""
+        keys = [_k(task_id, "task"), _k(task_id, "hist"), _k(task_id, "inflight"),
+                _k(task_id, "audit"), _k(task_id, "audit:tail")]
+        admit: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
+                            "1" if limits.count else "0"]
+        rates: list[Any] = []
+        for rule_id, calls, per_s in limits.rates:
+            keys.append(_k(task_id, f"rate:{rule_id}"))
+            rates += [rule_id, calls, _num(float(per_s))]
+        async with self._audit_lock(task_id):
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            for _ in range(AUDIT_ATTEMPTS):
+                record = chain_record(fields, seq + 1, prev)
+                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                args = [*admit, record.seq, prev, record.hash, body, *rates]
+                ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_AND_RECORD", keys, args)
+                if ok == 2:
+                    seq, prev = int(reason), str(rule_id)
+                    continue
+                if not ok:
+                    refusal = Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls))
+                    return refusal, None
+                self._remember_tail(task_id, record.seq, record.hash)
+                if limits.count and limits.agent is not None:
+                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.history_entry)
+                return Admission(True, calls=int(calls or 0)), record
+        raise StoreUnavailable("the audit trail is too contended to append to")
+
+    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """One script appends the record and ends the call; the agent's counter of the call goes
+        in the same pipeline (one round trip; on Redis Cluster the client splits it by slot)."""
+        keys = [_k(task_id, "audit"), _k(task_id, "audit:tail"), _k(task_id, "inflight")]
+        sha = self._scripts["RECORD_AND_FINISH"].sha
+        async with self._audit_lock(task_id), self._fail_closed("record_and_finish"):
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            for _ in range(AUDIT_ATTEMPTS):
+                record = chain_record(fields, seq + 1, prev)
+                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                pipe = self._r.pipeline(transaction=False)
+                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body, call_id)
+                self._queue_agent_call(pipe, task_id, call_id)
+                out = (await pipe.execute(raise_on_error=False))[0]
+                if isinstance(out, NoScriptError):
+                    await self._r.script_load(lua.RECORD_AND_FINISH)
+                    continue  # the script did not run: send it again
+                if isinstance(out, Exception):
+                    raise out
+                if out[0] == 1:
+                    self._remember_tail(task_id, record.seq, record.hash)
+                    return record
+                seq, prev = int(out[1]), str(out[2])
+        raise StoreUnavailable("the audit trail is too contended to append to")
+
+    def _queue_agent_call(self, pipe: Any, task_id: str, call_id: str) -> None:
+        """Add the pending inventory counter of this call, if any, to a pipeline."""
+        pending = self._agent_calls.pop((task_id, call_id), None)
+        if pending is not None:
+            agent, tool = pending
+            self._agent_cmds(pipe, agent, "call_allowed", time.time(), tool)
+
+    def _defer_agent_call(self, task_id: str, call_id: str, agent: str, history_entry: str) -> None:
+        if len(self._agent_calls) >= 100_000:  # calls never finished (a bug elsewhere): stay bounded
+            log.warning("agent_counters_dropped", count=len(self._agent_calls))
+            self._agent_calls.clear()
+        self._agent_calls[(task_id, call_id)] = (agent, history_entry.split(".", 1)[0])
 
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
@@ -331,16 +409,20 @@ class RedisStore:
 
     # -- agents (the inventory) ---------------------------------------------
     async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
-        key = _agent_key(agent)
         async with self._fail_closed("record_agent_event"):
             pipe = self._r.pipeline(transaction=False)
-            pipe.hincrby(key, _COUNTER[kind], 1)
-            pipe.hsetnx(key, "first_seen", _num(now))
-            pipe.hset(key, "last_seen", _num(now))
-            if kind == "call_allowed" and tool is not None:
-                pipe.sadd(f"{key}:tools", tool)
-            pipe.sadd(AGENTS, agent)
+            self._agent_cmds(pipe, agent, kind, now, tool)
             await pipe.execute()
+
+    @staticmethod
+    def _agent_cmds(pipe: Any, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
+        key = _agent_key(agent)
+        pipe.hincrby(key, _COUNTER[kind], 1)
+        pipe.hsetnx(key, "first_seen", _num(now))
+        pipe.hset(key, "last_seen", _num(now))
+        if kind == "call_allowed" and tool is not None:
+            pipe.sadd(f"{key}:tools", tool)
+        pipe.sadd(AGENTS, agent)
 
     async def agent_stats(self) -> dict[str, AgentStats]:
         agents = await self._members(AGENTS)

@@ -15,6 +15,7 @@ Approvals of a task live in one hash, `guard:{<task_id>}:apr`, with one field pe
 from __future__ import annotations
 
 __all__ = [
+    "ADMIT_AND_RECORD",
     "ADMIT_CALL",
     "APPEND_AUDIT",
     "CLAIM_DELIVERIES",
@@ -23,6 +24,7 @@ __all__ = [
     "END_TASK",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
+    "RECORD_AND_FINISH",
     "SET_SUSPENDED",
 ]
 
@@ -73,6 +75,74 @@ redis.call('HSET', KEYS[1], 'last_call_at', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[3])
 redis.call('SADD', KEYS[3], ARGV[2])
 return {1, '', '', '', tostring(calls)}
+"""
+
+# ADMIT_CALL and APPEND_AUDIT of the decision record in one script (one round trip).
+# KEYS: task, hist, inflight, audit list, audit tail, rate keys… ARGV: now, call_id, history_entry,
+# parent_call_id ('' none), count ('1'/'0'), seq, prev_hash, hash, record json, then (rule_id, calls,
+# per_s) for each rate. A refusal changes nothing and appends nothing: {0, reason, rule_id,
+# retry_after, calls}. When the chain's tail is not (seq - 1, prev_hash) it changes nothing either
+# and answers {2, tail seq, tail hash, '', calls}, so the caller rehashes and runs it again.
+# Admitted and appended: {1, '', '', '', calls}.
+ADMIT_AND_RECORD = _NUM + """
+local f = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'idle_s', 'last_call_at', 'calls', 'max_calls')
+if not f[1] then return {0, 'not_found', '', '', '0'} end
+local now = tonumber(ARGV[1])
+local calls = tonumber(f[5])
+if f[1] ~= 'active' or now >= tonumber(f[2]) or (f[3] ~= '' and now - tonumber(f[4]) >= tonumber(f[3])) then
+  return {0, 'task_inactive', '', '', f[5]}
+end
+if ARGV[4] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
+  return {0, 'txn_inactive', '', '', f[5]}
+end
+local count = ARGV[5] == '1'
+local nrates = (#ARGV - 9) / 3
+if count then
+  if f[6] ~= '' and calls >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
+  for i = 1, nrates do
+    local key, limit, per = KEYS[5 + i], tonumber(ARGV[8 + 3 * i]), tonumber(ARGV[9 + 3 * i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
+    if redis.call('ZCARD', key) >= limit then
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local retry = per
+      if oldest[2] then retry = tonumber(oldest[2]) + per - now end
+      return {0, 'rate_limited', ARGV[7 + 3 * i], num(retry), f[5]}
+    end
+  end
+end
+local tail = redis.call('HMGET', KEYS[5], 'seq', 'hash')
+local tseq, thash = tail[1] or '0', tail[2] or string.rep('0', 64)
+if tonumber(tseq) ~= tonumber(ARGV[6]) - 1 or thash ~= ARGV[7] then return {2, tseq, thash, '', f[5]} end
+if count then
+  for i = 1, nrates do
+    local key, per = KEYS[5 + i], tonumber(ARGV[9 + 3 * i])
+    redis.call('ZADD', key, ARGV[1], ARGV[2])
+    redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
+  end
+  calls = redis.call('HINCRBY', KEYS[1], 'calls', 1)
+  redis.call('HSET', KEYS[1], 'last_call_at', ARGV[1])
+  redis.call('SADD', KEYS[2], ARGV[3])
+  redis.call('SADD', KEYS[3], ARGV[2])
+end
+redis.call('RPUSH', KEYS[4], ARGV[9])
+redis.call('HSET', KEYS[5], 'seq', ARGV[6], 'hash', ARGV[8])
+return {1, '', '', '', tostring(calls)}
+"""
+
+# APPEND_AUDIT of a call's last record and the end of the call (its Txn-Token stops working) in
+# one script. KEYS: audit list, audit tail, inflight. ARGV: seq, prev_hash, hash, record json, call_id.
+# Appends and ends the call when the tail is (seq - 1, prev_hash): {1}; else changes nothing:
+# {0, tail seq, tail hash}.
+RECORD_AND_FINISH = """
+local tail = redis.call('HMGET', KEYS[2], 'seq', 'hash')
+local seq, hash = tail[1] or '0', tail[2] or string.rep('0', 64)
+if tonumber(seq) == tonumber(ARGV[1]) - 1 and hash == ARGV[2] then
+  redis.call('RPUSH', KEYS[1], ARGV[4])
+  redis.call('HSET', KEYS[2], 'seq', ARGV[1], 'hash', ARGV[3])
+  redis.call('SREM', KEYS[3], ARGV[5])
+  return {1}
+end
+return {0, seq, hash}
 """
 
 # KEYS: task, inflight, pending, apr. ARGV: status, ended_at, end_reason.

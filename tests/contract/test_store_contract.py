@@ -410,3 +410,66 @@ async def test_an_ended_task_reads_back_with_its_end(store: Store) -> None:
     state = await store.get_task(task.task_id)
     assert state is not None and state.task == ended == dataclasses.replace(
         task, status="completed", ended_at=1717000001.5)
+
+
+# -- fused operations of the allow path --------------------------------------------------------------
+
+
+def draft(task: Task, event: str, call_id: str) -> dict[str, Any]:
+    return {"ts": time.time(), "task_id": task.task_id, "event": event, "agent": task.agent, "call_id": call_id}
+
+
+async def test_admit_and_record_admits_max_calls_of_50_and_records_only_those(store: Store, peer: Store) -> None:
+    task = await new_task(store, max_calls=5)
+
+    async def one(i: int) -> tuple[bool, Any]:
+        if i % 5 == 0:  # other records land on the chain meanwhile, from either handle
+            await (peer if i % 2 else store).append_audit(task.task_id, draft(task, "approval_requested", f"x{i}"))
+        lim = limits(f"call_{i}")
+        adm, rec = await (store if i % 2 else peer).admit_and_record(
+            task.task_id, lim, draft(task, "call_decided", lim.call_id))
+        return adm.ok, rec
+
+    results = await asyncio.gather(*(one(i) for i in range(50)))
+    admitted = [rec for ok, rec in results if ok]
+    assert len(admitted) == 5 and all(rec is not None for rec in admitted)
+    assert all(rec is None for ok, rec in results if not ok)
+    records = [r.fields for r in await peer.read_audit(task.task_id)]
+    assert verify_chain(records).verified and len(records) == 5 + 10
+    decided = sorted(str(r["call_id"]) for r in records if r["event"] == "call_decided")
+    assert decided == sorted(str(rec.fields["call_id"]) for rec in admitted if rec is not None)
+    state = await store.get_task(task.task_id)
+    assert state is not None and state.calls == 5
+
+
+async def test_a_refused_admit_and_record_changes_nothing(store: Store) -> None:
+    task = await new_task(store, max_calls=1)
+    assert (await store.admit_and_record(task.task_id, limits(), draft(task, "call_decided", "c1")))[0].ok
+    adm, rec = await store.admit_and_record(task.task_id, limits("c2"), draft(task, "call_decided", "c2"))
+    assert (adm.ok, adm.reason, rec) == (False, "budget_exhausted", None)
+    await store.end_task(task.task_id, "revoked", time.time(), "test")
+    adm, rec = await store.admit_and_record(task.task_id, limits("c3"), draft(task, "call_decided", "c3"))
+    assert (adm.ok, adm.reason, rec) == (False, "task_inactive", None)
+    assert [r.fields["call_id"] for r in await store.read_audit(task.task_id)] == ["c1"]
+    assert not await store.call_in_flight(task.task_id, "c2")
+
+
+async def test_record_and_finish_ends_the_call_and_counts_it_for_the_agent(store: Store, peer: Store) -> None:
+    task = await new_task(store)
+    lim = limits("call_1", agent=task.agent, entry="vault.read")
+    adm, first = await store.admit_and_record(task.task_id, lim, draft(task, "call_decided", "call_1"))
+    assert adm.ok and first is not None and first.fields["prev_hash"] == GENESIS
+    assert await peer.call_in_flight(task.task_id, "call_1")
+    child = await peer.admit_and_record(task.task_id, limits("call_2", parent_call_id="call_1"),
+                                        draft(task, "call_decided", "call_2"))
+    assert child[0].ok
+    last = await store.record_and_finish(task.task_id, "call_1", draft(task, "call_forwarded", "call_1"))
+    assert not await peer.call_in_flight(task.task_id, "call_1")
+    late = await peer.admit_and_record(task.task_id, limits("call_3", parent_call_id="call_1"),
+                                       draft(task, "call_decided", "call_3"))
+    assert (late[0].ok, late[0].reason, late[1]) == (False, "txn_inactive", None)
+    records = [r.fields for r in await peer.read_audit(task.task_id)]
+    assert [r["call_id"] for r in records] == ["call_1", "call_2", "call_1"] and verify_chain(records).verified
+    assert records[-1] == last.fields
+    stats = (await peer.agent_stats())[task.agent]
+    assert (stats.calls, stats.tools_used) == (1, frozenset({"vault"}))
