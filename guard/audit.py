@@ -250,13 +250,29 @@ class AuditLog:
         self.files = files
         self.observer = observer  # sees every durable record (metrics count calls from it)
 
-    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
-        draft = {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
-        record = await self.store.append_audit(task_id, draft)
+    @staticmethod
+    def draft(task_id: str, event: str, agent: str, **fields: Any) -> dict[str, Any]:
+        """A record before the store chains it (for the store's fused operations)."""
+        return {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
+
+    async def keep(self, record: AuditRecord) -> None:
+        """A record the store has chained: its durable copy (awaited) and the observer."""
         if self.files is not None:
             await self.files.submit(record)
         if self.observer is not None:
             self.observer(record.fields)
+
+    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
+        record = await self.store.append_audit(task_id, self.draft(task_id, event, agent, **fields))
+        await self.keep(record)
+        return record
+
+    async def append_and_finish(self, task_id: str, call_id: str, event: str, agent: str,
+                                **fields: Any) -> AuditRecord:
+        """The call's last record, chained in the same store operation that ends the call."""
+        draft = self.draft(task_id, event, agent, call_id=call_id, **fields)
+        record = await self.store.record_and_finish(task_id, call_id, draft)
+        await self.keep(record)
         return record
 
     async def records(self, task_id: str) -> list[dict[str, Any]]:
