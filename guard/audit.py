@@ -3,13 +3,13 @@
 Each task has its own chain: `hash` = sha256 over the canonical JSON of the record without
 `hash`; `prev_hash` = the previous record's hash (64 zeros first). The store assigns seq and
 links the chain; `AuditFiles` keeps a durable copy as one JSON line per record in
-`<dir>/<task_id>.jsonl`, fsynced in group commits before the caller is answered.
+`<dir>/<task_id>.jsonl`: each group commit is made durable by one sync of a write-ahead journal
+(guard/journal.py) before the caller is answered, the task files are synced at checkpoints.
 """
 
 from __future__ import annotations
 
 import asyncio
-import errno
 import json
 import os
 import re
@@ -26,6 +26,7 @@ import structlog
 from guard.canonical import canonical_json, sha256_hex
 from guard.domain import AuditRecord
 from guard.errors import AuditUnavailable
+from guard.journal import Journal, Sync, datasync, replay_orphans, write_all
 from guard.stores.base import Store
 
 __all__ = [
@@ -123,24 +124,42 @@ def list_trails(directory: str | Path) -> Iterator[str]:
 
 
 class AuditFiles:
-    """Group-committed, fsynced per-task JSON-lines files."""
+    """Durable per-task JSON-lines files, group-committed through a write-ahead journal.
+
+    Each batch of queued records is appended to this process's journal and synced once, however
+    many tasks it spans; then the same lines go to the task files (unsynced) and the records'
+    futures resolve. The task files are synced at checkpoints (the journal past CHECKPOINT_BYTES,
+    and a clean close), after which the journal is emptied. Journals left by writers that are gone
+    are replayed into the task files by `start()`, before anything is served. Without `fsync`
+    there is no journal and nothing is synced.
+    """
 
     MAX_OPEN = 256  # file descriptors kept open between batches
-    SYNC_THREADS = 32  # files of one batch synced at once
+    SYNC_THREADS = 32  # task files of one checkpoint synced at once
+    CHECKPOINT_BYTES = 8 << 20
 
-    def __init__(self, directory: str | Path, fsync: bool = True) -> None:
+    def __init__(self, directory: str | Path, fsync: bool = True, sync: Sync = datasync) -> None:
         self.dir = Path(directory)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
+        self._sync = sync
         self._queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fds: dict[str, int] = {}
+        self._journal: Journal | None = None
+        self._dirty: set[str] = set()  # task files written since the last checkpoint
         self._new_files = False
+        self._retire = False  # a task-file write failed: the journal holds records they lack
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._syncers = ThreadPoolExecutor(self.SYNC_THREADS, thread_name_prefix="audit-sync")
         self._closed = False
 
     def start(self) -> None:
+        """Replay journals of writers that are gone, open this writer's journal, start writing."""
+        replay_orphans(self.dir, lambda task_id: trail_path(self.dir, task_id), self._sync)
+        if self.fsync:
+            self._journal = Journal(self.dir, self._sync)
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -148,9 +167,8 @@ class AuditFiles:
         self._wakeup.set()
         if self._task is not None:
             await self._task
-        for fd in self._fds.values():
-            os.close(fd)
-        self._fds.clear()
+        await asyncio.get_running_loop().run_in_executor(self._writer, self._shutdown)
+        self._writer.shutdown(wait=True)
         self._syncers.shutdown(wait=True)
 
     def submit(self, record: AuditRecord) -> asyncio.Future[None]:
@@ -171,7 +189,7 @@ class AuditFiles:
             batch, self._queue = self._queue, []
             if batch:
                 try:
-                    await loop.run_in_executor(None, self._write_batch, [r for r, _ in batch])
+                    await loop.run_in_executor(self._writer, self._write_batch, [r for r, _ in batch])
                 except OSError as e:
                     log.error("audit_write_failed", error=str(e.strerror))
                     for _, fut in batch:
@@ -181,6 +199,8 @@ class AuditFiles:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
+                if self._journal is not None and self._journal.size >= self.CHECKPOINT_BYTES:
+                    await loop.run_in_executor(self._writer, self._try_checkpoint)
             if self._closed and not self._queue:
                 return
 
@@ -189,7 +209,7 @@ class AuditFiles:
         if fd is None:
             path = trail_path(self.dir, task_id)
             self._new_files |= not path.exists()
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o640)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
             self._fds[task_id] = fd
         return fd
 
@@ -201,44 +221,86 @@ class AuditFiles:
             os.close(self._fds.pop(task_id))
 
     def _write_batch(self, records: list[AuditRecord]) -> None:
-        """Write every record, then flush all the files touched in parallel: the filesystem
-        commits concurrent syncs together, so one batch costs about one sync, however many
-        tasks it spans. A new file also syncs the folder, so the file itself survives a crash."""
+        """Journal the batch and sync it (the one sync the batch costs), then append it to the
+        task files. A journal that could not be synced still gets its lines into the task files
+        (as a failed file sync always did); the batch fails either way."""
         by_task: dict[str, list[bytes]] = {}
         for rec in records:
             line = json.dumps(rec.fields, separators=(",", ":"), ensure_ascii=False) + "\n"
             by_task.setdefault(str(rec.fields["task_id"]), []).append(line.encode())
-        self._evict(by_task)
-        self._new_files = False
-        fds = []
-        for task_id, lines in by_task.items():
-            fd = self._fd(task_id)
-            os.write(fd, b"".join(lines))
-            fds.append(fd)
-        if not self.fsync:
+        journal = self._journal
+        if journal is None:
+            self._write_tasks(by_task)
             return
-        dir_fd = os.open(self.dir, os.O_RDONLY) if self._new_files else None
+        if self._retire:
+            self._rotate(journal)
+            journal = self._journal
+            assert journal is not None
+        journal.write(b"".join(line for lines in by_task.values() for line in lines))
         try:
-            if dir_fd is not None:
-                fds.append(dir_fd)
-            if len(fds) == 1:
-                _datasync(fds[0])
-            else:
-                for _ in self._syncers.map(_datasync, fds):
-                    pass
+            journal.sync()
         finally:
-            if dir_fd is not None:
-                os.close(dir_fd)
+            self._write_tasks(by_task)
 
-
-def _datasync(fd: int) -> None:
-    """Data (and the size that makes it readable) on disk; fsync where fdatasync is missing."""
-    sync = getattr(os, "fdatasync", os.fsync)
-    try:
-        sync(fd)
-    except OSError as e:
-        if e.errno != errno.EINVAL:  # a directory on a filesystem that cannot sync one
+    def _write_tasks(self, by_task: dict[str, list[bytes]]) -> None:
+        self._evict(by_task)
+        try:
+            for task_id, lines in by_task.items():
+                write_all(self._fd(task_id), b"".join(lines))
+                if self._journal is not None:
+                    self._dirty.add(task_id)
+        except OSError:
+            self._retire = self._journal is not None
             raise
+
+    def _rotate(self, journal: Journal) -> None:
+        """Leave a journal whose records some task file lacks for replay at the next start;
+        carry on in a new one."""
+        self._journal = Journal(self.dir, self._sync)
+        journal.close(remove=False)
+        self._retire = False
+        log.warning("audit_journal_retired", journal=journal.path.name)
+
+    def _checkpoint(self) -> None:
+        """Sync the task files written since the last checkpoint (and the folder, for new ones),
+        then empty the journal."""
+        fds, opened = [], []
+        try:
+            for task_id in self._dirty:
+                fd = self._fds.get(task_id)
+                if fd is None:
+                    fd = os.open(trail_path(self.dir, task_id), os.O_RDONLY | os.O_CLOEXEC)
+                    opened.append(fd)
+                fds.append(fd)
+            if self._new_files:
+                fds.append(os.open(self.dir, os.O_RDONLY))
+                opened.append(fds[-1])
+            for _ in self._syncers.map(self._sync, fds):
+                pass
+        finally:
+            for fd in opened:
+                os.close(fd)
+        self._dirty.clear()
+        self._new_files = False
+        if self._journal is not None:
+            self._journal.reset()
+
+    def _try_checkpoint(self) -> bool:
+        try:
+            self._checkpoint()
+        except OSError as e:
+            log.error("audit_checkpoint_failed", error=str(e.strerror))  # retried after the next batch
+            return False
+        return True
+
+    def _shutdown(self) -> None:
+        """Last checkpoint; the journal is deleted only when every task file is synced."""
+        journal = self._journal
+        if journal is not None:
+            journal.close(remove=not self._retire and self._try_checkpoint())
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
 
 
 class AuditLog:
