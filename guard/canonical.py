@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any
 
-__all__ = ["args_digest", "b64url", "call_digest", "canonical_json", "sha256_hex"]
+__all__ = ["args_digest", "b64url", "call_digest", "canonical_json", "sha256_hex", "strict_loads"]
 
 
 def canonical_json(value: Any) -> bytes:
@@ -36,3 +36,20 @@ def call_digest(method: str, path_with_query: str, body: bytes) -> str:
 def args_digest(tool: str, action: str, args: Any) -> str:
     """The digest that binds an approval to one exact call: tool, action, canonical args."""
     return sha256_hex(canonical_json({"tool": tool, "action": action, "args": args}))
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise ValueError("duplicate key in a JSON object")
+    return obj
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_loads(data: bytes | str) -> Any:
+    """JSON as the guard decides on it, refusing what parsers disagree about: duplicate keys
+    (which one wins differs between the guard and a tool) and NaN/Infinity."""
+    return json.loads(data, object_pairs_hook=_no_duplicates, parse_constant=_no_constant)

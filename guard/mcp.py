@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
+from guard.canonical import strict_loads
+
 __all__ = [
     "HEADER_MISMATCH",
     "INTERNAL_ERROR",
@@ -105,9 +107,9 @@ def parse_message(body: bytes) -> RpcMessage:
     """Parse one JSON-RPC 2.0 message. Batches are refused: MCP 2025-06-18 and later (all the
     revisions guard speaks, 2025-11-25 and 2026-07-28) removed JSON-RPC batching."""
     try:
-        data = json.loads(body)
+        data = strict_loads(body)
     except (ValueError, UnicodeDecodeError):
-        raise RpcError(PARSE_ERROR, "Parse error: the body is not JSON") from None
+        raise RpcError(PARSE_ERROR, "Parse error: the body is not JSON (or has duplicate keys, NaN)") from None
     if isinstance(data, list):
         raise RpcError(INVALID_REQUEST, "Invalid Request: JSON-RPC batches are not supported")
     if not isinstance(data, dict) or data.get("jsonrpc") != "2.0":

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import re
 import unicodedata
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 from guard.calls import Action, ToolCall
-from guard.canonical import args_digest
+from guard.canonical import args_digest, strict_loads
 from guard.errors import BadRequest, UnknownAction, UnknownTool
 from guard.policy import PolicySet, ToolSpec
 
@@ -73,9 +72,9 @@ def _json_body(call: ToolCall) -> Any:
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         return None
     try:
-        return json.loads(call.body)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise BadRequest("malformed JSON body", call_id=call.call_id) from e
+        return strict_loads(call.body)
+    except (ValueError, UnicodeDecodeError) as e:  # ValueError: also duplicate keys, NaN
+        raise BadRequest("malformed JSON body (or duplicate keys, NaN, Infinity)", call_id=call.call_id) from e
 
 
 def match_action(call: ToolCall, tool: ToolSpec) -> Action:

@@ -98,6 +98,8 @@ async def world(guard_factory: Any, upstream: Upstream, upstream_factory: Any) -
     policy = echo_policy(upstream.url)
     policy["rules"].append({"id": "legal-review", "effect": "step_up", "approvers": "legal",
                             "match": {"tool": "echo", "action": "limited"}})
+    policy["tools"]["files"] = {"kind": "mcp", "upstream": upstream.url + "/mcp"}
+    policy["rules"].append({"id": "read-files", "effect": "allow", "match": {"tool": "files", "action": "read_file"}})
     hooks = [{"name": "finance", "url": recorder.url + "/finance", "secret_env": "GUARD_WEBHOOK_SECRET_FINANCE"},
              {"name": "legal", "url": recorder.url + "/legal", "secret_env": "GUARD_WEBHOOK_SECRET_LEGAL"}]
     g: Guard = guard_factory(policy, config={"limits": {"credential_ttl_s": 900},
@@ -426,6 +428,26 @@ async def test_path_normalization_tricks_never_reach_an_unmapped_path(world: Wor
                     + b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
             response = await raw(w.guard.port, data)
             assert status_of(response) in (400, 403, 404), (target, response[:300])
+    await assert_untouched(w)
+
+
+async def test_json_that_parsers_disagree_on_is_refused(world: World) -> None:
+    """Duplicate keys (the guard and a tool may each keep a different one) and NaN/Infinity
+    never reach a tool: the guard would decide on one value and the tool act on another."""
+    w = world
+    h = {**bearer(w.task["task_token"]), "Content-Type": "application/json"}
+    for body in (b'{"amount": 50000, "amount": 5}', b'{"amount": NaN}', b'{"amount": -Infinity}',
+                 b'{"x": {"a": 1, "a": 2}, "amount": 5}'):
+        async with w.http.post(f"{w.url}/tools/echo/pay", data=body, headers=h) as r:
+            assert r.status == 400 and (await problem_of(r))["code"] == "bad_request", body
+    mcp_headers = {**h, "Accept": "application/json, text/event-stream"}
+    for body in (b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
+                 b'"params":{"name":"delete_everything","name":"read_file","arguments":{}}}',
+                 b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call",'
+                 b'"params":{"name":"delete_everything","arguments":{}}}'):
+        async with w.http.post(f"{w.url}/mcp/files", data=body, headers=mcp_headers) as r:
+            answer = await r.json(content_type=None)
+            assert r.status >= 400 or "error" in answer, answer
     await assert_untouched(w)
 
 
