@@ -223,6 +223,13 @@ async def test_every_swap_of_the_three_token_types(world: World) -> None:
     for headers in (bearer(w.txn), {**bearer(w.txn), "Txn-Token": w.txn}):
         status, problem = await w.tool_call(headers)
         assert (status, problem["code"]) == (401, "unauthenticated")
+    # the MCP front end authenticates the same way
+    init = {"jsonrpc": "2.0", "id": 1, "method": "initialize", "params": {}}
+    for name, headers in {"credential": bearer(w.cred), "txn as bearer": bearer(w.txn), "idp": bearer(idp),
+                          "task token as txn": {"Txn-Token": task_token}, "none": {}}.items():
+        async with w.http.post(f"{w.url}/mcp/files", json=init,
+                               headers={**headers, "Accept": "application/json, text/event-stream"}) as r:
+            assert r.status == 401 and (await problem_of(r))["code"] == "unauthenticated", name
     # guard-issued tokens never authenticate to the API as a person
     for token in (task_token, w.txn, w.cred):
         auditor_try = {"Authorization": f"Bearer {token}"}
