@@ -26,7 +26,7 @@ from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
-from guard.stages.task import admit, load_active_task
+from guard.stages.task import admit, admit_and_record, finish_quietly, load_active_task
 from guard.stores.base import Store
 from guard.tokens import GuardKeys
 
@@ -110,7 +110,9 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
             count=call.counted,
             agent=caller.agent if call.counted else None,
         )
-        await admit(deps.store, caller, limits)
+        fields = _audit_fields(call, caller, action, decision, approval_id)
+        draft = deps.audit.draft(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
+        record = await admit_and_record(deps.store, caller, limits, draft)  # one atomic store operation
     except GuardError as err:
         err.extra.setdefault("task_id", caller.task_id)
         err.extra.setdefault("call_id", call.call_id)
@@ -118,16 +120,19 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         if err.code != "approval_required":
             await deps.store.record_agent_event(caller.agent, "call_denied", time.time())
         raise
-    fields = _audit_fields(call, caller, action, decision, approval_id)
-    await deps.audit.append(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
+    try:
+        await deps.audit.keep(record)  # the decision is durable before anything is forwarded
+        minted = mint_credentials(
+            call, caller, state, action, tool, deps.keys,
+            ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
+            txn_ttl_s=tool.timeout_s + 30,
+            environ=deps.cfg.environ,
+        )
+    except BaseException:
+        await finish_quietly(deps.store, caller.task_id, call.call_id)
+        raise
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
              action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
-    minted = mint_credentials(
-        call, caller, state, action, tool, deps.keys,
-        ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
-        txn_ttl_s=tool.timeout_s + 30,
-        environ=deps.cfg.environ,
-    )
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
 
 

@@ -9,11 +9,12 @@ from aiohttp import web
 
 from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
-from guard.errors import BadRequest, GuardError, StoreUnavailable
+from guard.errors import BadRequest, GuardError
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
 from guard.stages.forward import Rewrite, forward
 from guard.stages.match import check_tool_path
+from guard.stages.task import finish_quietly
 from guard.tokens import new_id
 
 __all__ = ["parse_prefer_wait", "routes", "run_forward"]
@@ -61,22 +62,30 @@ async def run_forward(
     """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
     Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
-    base = {"call_id": call_id, "tool": auth.action.tool, "action": auth.action.name,
+    base = {"tool": auth.action.tool, "action": auth.action.name,
             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
+    finished = False
 
-    async def on_headers(status: int, latency_s: float) -> None:
-        await deps.audit.append(task_id, event, agent, status=status,
-                                latency_ms=round(latency_s * 1000, 3), **base)
-        log.info("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
+    async def on_headers(status: int, latency_s: float, complete: bool) -> None:
+        nonlocal finished
+        latency_ms = round(latency_s * 1000, 3)
+        if complete:  # the tool has answered whole: the record and the call's end in one operation
+            await deps.audit.append_and_finish(task_id, call_id, event, agent, status=status,
+                                               latency_ms=latency_ms, **base)
+            finished = True
+        else:
+            await deps.audit.append(task_id, event, agent, call_id=call_id, status=status,
+                                    latency_ms=latency_ms, **base)
+        log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
 
     try:
         return await forward(request, auth, deps.http, on_headers, rewrite)
     except GuardError as err:
-        if err.code in ("upstream_unavailable", "upstream_timeout"):
-            await deps.audit.append(task_id, "call_failed", agent, status=err.status, detail=err.code, **base)
+        if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
+            await deps.audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
+                                               detail=err.code, **base)
+            finished = True
         raise
     finally:
-        try:
-            await deps.store.finish_call(task_id, call_id)
-        except StoreUnavailable:
-            log.warning("call_finish_failed", task_id=task_id, call_id=call_id)
+        if not finished:
+            await finish_quietly(deps.store, task_id, call_id)

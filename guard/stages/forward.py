@@ -28,7 +28,11 @@ _NEVER_UPSTREAM = HOP_BY_HOP | {
 }
 _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
 
-OnHeaders = Callable[[int, float], Awaitable[None]]
+# (status, latency_s, complete): complete when the tool's whole answer is already in hand, so the
+# call is over upstream and may be finished together with its audit record.
+OnHeaders = Callable[[int, float, bool], Awaitable[None]]
+BUFFER_MAX = 65536  # answers up to this size (with a Content-Length) are read whole before auditing
+_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
 
 
 class BodyRewriter(Protocol):
@@ -66,8 +70,10 @@ async def forward(
     on_headers: OnHeaders,
     rewrite: Rewrite | None = None,
 ) -> web.StreamResponse:
-    """Send the call upstream; `on_headers(status, latency_s)` runs (and writes the audit
-    record) before anything is sent back to the agent. `rewrite` may transform the answer."""
+    """Send the call upstream; `on_headers(status, latency_s, complete)` runs (and writes the
+    audit record) before anything is sent back to the agent. A small answer is read whole first
+    (complete=True) and sent in one piece; a larger or unsized one is streamed. `rewrite` may
+    transform the answer."""
     call = auth.call
     url = URL(auth.upstream.rstrip("/") + call.path_qs, encoded=True)
     headers = upstream_headers(request.headers, auth.minted.headers)
@@ -81,7 +87,7 @@ async def forward(
             headers=headers,
             data=call.body if call.body else None,
             allow_redirects=False,
-            timeout=aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=auth.timeout_s),
+            timeout=_timeout(auth.timeout_s),
             auto_decompress=False,
         )
     except TimeoutError as e:
@@ -90,14 +96,22 @@ async def forward(
         raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
     resp: web.StreamResponse | None = None
     try:
-        await on_headers(upstream.status, time.perf_counter() - started)
-        resp = web.StreamResponse(status=upstream.status, reason=upstream.reason)
+        latency_s = time.perf_counter() - started
+        size = upstream.content_length
+        buffer = rewrite is None and size is not None and size <= BUFFER_MAX and call.method != "HEAD"
+        whole = await upstream.read() if buffer else None
+        await on_headers(upstream.status, latency_s, whole is not None)
+        resp = web.Response(body=whole) if whole is not None else web.StreamResponse()
+        resp.set_status(upstream.status, upstream.reason)
         listed = _connection_listed(upstream.headers)
         for k, v in upstream.headers.items():
-            if k.lower() not in _NEVER_DOWNSTREAM and k.lower() not in listed:
+            lower = k.lower()
+            if lower not in _NEVER_DOWNSTREAM and lower not in listed:
                 resp.headers.add(k, v)
         resp.headers["Guard-Task-Id"] = auth.caller.task_id
         resp.headers["Guard-Call-Id"] = call.call_id
+        if whole is not None:
+            return resp  # sent whole by the server once the handler returns
         rewriter = rewrite(upstream.headers) if rewrite is not None else None
         if upstream.content_length is not None and rewriter is None:
             resp.content_length = upstream.content_length
@@ -119,6 +133,13 @@ async def forward(
         return resp
     finally:
         upstream.release()
+
+
+def _timeout(read_s: float) -> aiohttp.ClientTimeout:
+    timeout = _TIMEOUTS.get(read_s)
+    if timeout is None:
+        timeout = _TIMEOUTS[read_s] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_s)
+    return timeout
 
 
 def _ids(auth: Authorized) -> dict[str, str]:

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import structlog
+
 from guard.audit import AuditLog
 from guard.calls import Caller
-from guard.domain import CallLimits, TaskState
-from guard.errors import BudgetExhausted, RateLimited, TaskInactive, TxnInactive
+from guard.domain import Admission, AuditRecord, CallLimits, TaskState
+from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive
 from guard.stores.base import Store
 
-__all__ = ["admit", "expire_if_due", "load_active_task"]
+__all__ = ["admit", "admit_and_record", "expire_if_due", "finish_quietly", "load_active_task"]
+
+log = structlog.get_logger("guard.task")
 
 
 async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: float) -> TaskState:
@@ -37,13 +43,34 @@ async def admit(store: Store, caller: Caller, limits: CallLimits) -> int:
     adm = await store.admit_call(caller.task_id, limits)
     if adm.ok:
         return adm.calls
+    raise _refusal(adm, caller, limits)
+
+
+async def admit_and_record(store: Store, caller: Caller, limits: CallLimits, draft: dict[str, Any]) -> AuditRecord:
+    """Count the call and chain its decision record, in one atomic store operation (the record's
+    durable copy is the caller's to keep); a refusal records nothing and raises."""
+    adm, record = await store.admit_and_record(caller.task_id, limits, draft)
+    if adm.ok and record is not None:
+        return record
+    raise _refusal(adm, caller, limits)
+
+
+def _refusal(adm: Admission, caller: Caller, limits: CallLimits) -> GuardError:
     ids = {"task_id": caller.task_id, "call_id": limits.call_id}
     if adm.reason == "budget_exhausted":
-        raise BudgetExhausted("the task's max_calls is used up", **ids)
+        return BudgetExhausted("the task's max_calls is used up", **ids)
     if adm.reason == "rate_limited":
         err = RateLimited("rate of rule exceeded", rule_id=adm.rule_id, **ids)
         err.headers["Retry-After"] = str(max(1, int((adm.retry_after or 1) + 0.999)))
-        raise err
+        return err
     if adm.reason == "txn_inactive":
-        raise TxnInactive("the call this Txn-Token was issued with has finished", **ids)
-    raise TaskInactive("task is no longer active", **ids)
+        return TxnInactive("the call this Txn-Token was issued with has finished", **ids)
+    return TaskInactive("task is no longer active", **ids)
+
+
+async def finish_quietly(store: Store, task_id: str, call_id: str) -> None:
+    """End a call in flight (its Txn-Token stops working); a store failure is only logged."""
+    try:
+        await store.finish_call(task_id, call_id)
+    except StoreUnavailable:
+        log.warning("call_finish_failed", task_id=task_id, call_id=call_id)
