@@ -10,12 +10,13 @@ links the chain; `AuditFiles` keeps a durable copy as one JSON line per record i
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
 import time
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,7 +27,7 @@ import structlog
 from guard.canonical import canonical_json, sha256_hex
 from guard.domain import AuditRecord
 from guard.errors import AuditUnavailable
-from guard.journal import Journal, Sync, datasync, replay_orphans, write_all
+from guard.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
 from guard.stores.base import Store
 
 __all__ = [
@@ -129,14 +130,16 @@ class AuditFiles:
     Each batch of queued records is appended to this process's journal and synced once, however
     many tasks it spans; then the same lines go to the task files (unsynced) and the records'
     futures resolve. The task files are synced at checkpoints (the journal past CHECKPOINT_BYTES,
-    and a clean close), after which the journal is emptied. Journals left by writers that are gone
+    and a clean close), after which the journal is deleted for a fresh one. Journals left by writers
+    that are gone
     are replayed into the task files by `start()`, before anything is served. Without `fsync`
     there is no journal and nothing is synced.
     """
 
     MAX_OPEN = 256  # file descriptors kept open between batches
     SYNC_THREADS = 32  # task files of one checkpoint synced at once
-    CHECKPOINT_BYTES = 8 << 20
+    CHECKPOINT_BYTES = 8 << 20  # journaled bytes that trigger a checkpoint
+    JOURNAL_SLACK = 1 << 20  # preallocated beyond CHECKPOINT_BYTES for the batch that crosses it
 
     def __init__(self, directory: str | Path, fsync: bool = True, sync: Sync = datasync) -> None:
         self.dir = Path(directory)
@@ -147,7 +150,9 @@ class AuditFiles:
         self._wakeup = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._fds: dict[str, int] = {}
+        self._jdir = self.dir / JOURNAL_DIR
         self._journal: Journal | None = None
+        self._spare: Future[Journal] | None = None  # the next journal, prepared in the background
         self._dirty: set[str] = set()  # task files written since the last checkpoint
         self._new_files = False
         self._retire = False  # a task-file write failed: the journal holds records they lack
@@ -159,7 +164,8 @@ class AuditFiles:
         """Replay journals of writers that are gone, open this writer's journal, start writing."""
         replay_orphans(self.dir, lambda task_id: trail_path(self.dir, task_id), self._sync)
         if self.fsync:
-            self._journal = Journal(self.dir, self._sync)
+            self._jdir = journal_dir(self.dir, self._sync)
+            self._journal = self._new_journal()
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
@@ -199,8 +205,11 @@ class AuditFiles:
                     for _, fut in batch:
                         if not fut.done():
                             fut.set_result(None)
-                if self._journal is not None and self._journal.size >= self.CHECKPOINT_BYTES:
+                journal = self._journal
+                if journal is not None and journal.size >= self.CHECKPOINT_BYTES:
                     await loop.run_in_executor(self._writer, self._try_checkpoint)
+                elif journal is not None and journal.size >= self.CHECKPOINT_BYTES // 2 and self._spare is None:
+                    self._spare = self._syncers.submit(self._new_journal)
             if self._closed and not self._queue:
                 return
 
@@ -233,12 +242,13 @@ class AuditFiles:
             self._write_tasks(by_task)
             return
         if self._retire:
-            self._rotate(journal)
-            journal = self._journal
-            assert journal is not None
-        journal.write(b"".join(line for lines in by_task.values() for line in lines))
+            journal = self._rotate(journal)
         try:
+            journal.write(b"".join(line for lines in by_task.values() for line in lines))
             journal.sync()
+        except OSError:
+            self._retire = True  # its end may hold part of this batch: kept for replay, not reused
+            raise
         finally:
             self._write_tasks(by_task)
 
@@ -253,17 +263,33 @@ class AuditFiles:
             self._retire = self._journal is not None
             raise
 
-    def _rotate(self, journal: Journal) -> None:
-        """Leave a journal whose records some task file lacks for replay at the next start;
-        carry on in a new one."""
-        self._journal = Journal(self.dir, self._sync)
+    def _new_journal(self) -> Journal:
+        return Journal(self._jdir, self.CHECKPOINT_BYTES + self.JOURNAL_SLACK, self._sync)
+
+    def _next_journal(self) -> Journal:
+        spare, self._spare = self._spare, None
+        return spare.result() if spare is not None else self._new_journal()
+
+    def _rotate(self, journal: Journal) -> Journal:
+        """Leave a journal that failed, or whose records some task file lacks, for replay at the
+        next start; carry on in a new one."""
+        self._journal = self._next_journal()
         journal.close(remove=False)
         self._retire = False
         log.warning("audit_journal_retired", journal=journal.path.name)
+        return self._journal
 
-    def _checkpoint(self) -> None:
-        """Sync the task files written since the last checkpoint (and the folder, for new ones),
-        then empty the journal."""
+    def _checkpoint(self, closing: bool = False) -> None:
+        """Sync the task files written since the last checkpoint, then move on to a new journal
+        (none when closing) and delete the old one."""
+        self._sync_task_files()
+        old = self._journal
+        if old is not None:
+            self._journal = None if closing else self._next_journal()
+            old.close(remove=True)
+
+    def _sync_task_files(self) -> None:
+        """The task files written since the last checkpoint, and the folder for new ones."""
         fds, opened = [], []
         try:
             for task_id in self._dirty:
@@ -282,12 +308,10 @@ class AuditFiles:
                 os.close(fd)
         self._dirty.clear()
         self._new_files = False
-        if self._journal is not None:
-            self._journal.reset()
 
-    def _try_checkpoint(self) -> bool:
+    def _try_checkpoint(self, closing: bool = False) -> bool:
         try:
-            self._checkpoint()
+            self._checkpoint(closing)
         except OSError as e:
             log.error("audit_checkpoint_failed", error=str(e.strerror))  # retried after the next batch
             return False
@@ -296,8 +320,11 @@ class AuditFiles:
     def _shutdown(self) -> None:
         """Last checkpoint; the journal is deleted only when every task file is synced."""
         journal = self._journal
-        if journal is not None:
-            journal.close(remove=not self._retire and self._try_checkpoint())
+        if journal is not None and (self._retire or not self._try_checkpoint(closing=True)):
+            journal.close(remove=False)
+        if self._spare is not None:
+            with contextlib.suppress(OSError):
+                self._next_journal().close(remove=True)
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()

@@ -3,11 +3,12 @@ files the commit touches.
 
 A writer appends each batch's JSON lines to its own journal, `<audit dir>/journal/<id>.wal`, and
 syncs that one file; then it appends the same lines to the task files without syncing them. A
-checkpoint syncs the task files written since the previous one and empties the journal. While it
-lives, a writer holds an exclusive `flock` on its journal; at start-up a writer replays every
-journal nobody holds (its writer is gone: crashed, killed, or a disk error retired the journal):
-the records the task files lack are appended to them and synced, then the journal is deleted.
-A torn last line (a batch cut short by the crash) was never acknowledged and is ignored.
+checkpoint syncs the task files written since the previous one, moves on to a fresh journal and
+deletes the old one. While it lives, a writer holds an exclusive `flock` on its journal; at
+start-up a writer replays every journal nobody holds (its writer is gone: crashed, killed, or a
+disk error retired the journal): the records the task files lack are appended to them and
+synced, then the journal is deleted. Journals are zero-filled up front; a torn last line (a batch
+cut short by the crash) was never acknowledged and is ignored.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from pathlib import Path
 
 import structlog
 
-__all__ = ["JOURNAL_DIR", "Journal", "Sync", "datasync", "replay_orphans", "sync_dir"]
+__all__ = ["JOURNAL_DIR", "Journal", "Sync", "datasync", "journal_dir", "replay_orphans", "sync_dir", "write_all"]
 
 JOURNAL_DIR = "journal"
 Sync = Callable[[int], None]  # makes one descriptor's data durable (injectable, to count syncs)
@@ -55,47 +56,56 @@ def write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view):]
 
 
-class Journal:
-    """This process's journal, locked for as long as it is open."""
+def journal_dir(audit_dir: Path, sync: Sync) -> Path:
+    jdir = audit_dir / JOURNAL_DIR
+    if not jdir.is_dir():
+        jdir.mkdir(parents=True, exist_ok=True)
+        sync_dir(audit_dir, sync)
+    return jdir
 
-    def __init__(self, audit_dir: Path, sync: Sync) -> None:
-        self.dir = audit_dir / JOURNAL_DIR
-        fresh_dir = not self.dir.is_dir()
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.path = self.dir / f"{secrets.token_hex(8)}.wal"
+
+class Journal:
+    """A journal of this process, locked for as long as it is open. It is zero-filled up front, so
+    syncing a batch writes data blocks only, never the file's size or block map (which would cost
+    a filesystem commit per sync); it is never reused: a checkpoint moves on to a fresh one."""
+
+    def __init__(self, jdir: Path, capacity: int, sync: Sync) -> None:
+        tmp = jdir / f"{secrets.token_hex(8)}.new"  # named *.wal only once locked and filled
+        fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o640)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            zeros = bytes(min(capacity, 1 << 20))
+            for offset in range(0, capacity, len(zeros)):
+                os.pwrite(fd, zeros[: capacity - offset], offset)
+            sync(fd)
+            self.path = tmp.with_suffix(".wal")
+            os.rename(tmp, self.path)
+            sync_dir(jdir, sync)
+        except OSError:
+            os.close(fd)
+            tmp.unlink(missing_ok=True)
+            raise
+        self._fd = fd
         self._sync = sync
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, 0o640)
-        fcntl.flock(self._fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self.size = 0
-        sync_dir(self.dir, sync)
-        if fresh_dir:
-            sync_dir(audit_dir, sync)
 
     def write(self, data: bytes) -> None:
-        """Append a batch (not yet durable); a failed write is cut off so the next batch's lines
-        never run on from a fragment."""
-        try:
-            write_all(self._fd, data)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.ftruncate(self._fd, self.size)
-            raise
-        self.size += len(data)
+        """Write a batch after the last one (not yet durable)."""
+        view = memoryview(data)
+        while view:
+            n = os.pwrite(self._fd, view, self.size)
+            self.size += n
+            view = view[n:]
 
     def sync(self) -> None:
         self._sync(self._fd)
-
-    def reset(self) -> None:
-        """Empty the journal (every record in it is durable in its task file)."""
-        os.ftruncate(self._fd, 0)
-        self.size = 0
 
     def close(self, remove: bool) -> None:
         """Release the journal; kept (`remove=False`), it is replayed by the next writer to start."""
         if remove:
             self.path.unlink(missing_ok=True)
             with contextlib.suppress(OSError):  # a journal that comes back is replayed again: harmless
-                sync_dir(self.dir, self._sync)
+                sync_dir(self.path.parent, self._sync)
         os.close(self._fd)
 
 
@@ -106,7 +116,7 @@ def replay_orphans(audit_dir: Path, task_file: Callable[[str], Path], sync: Sync
     if not jdir.is_dir():
         return 0
     appended = 0
-    for path in sorted(jdir.glob("*.wal")):
+    for path in sorted(jdir.glob("*.wal")) + sorted(jdir.glob("*.new")):  # *.new: cut off while created
         fd = _lock_orphan(path)
         if fd is None:
             continue
@@ -140,7 +150,7 @@ def _lock_orphan(path: Path) -> int | None:
 
 
 def _replay(fd: int, task_file: Callable[[str], Path], sync: Sync) -> int:
-    data = os.pread(fd, os.fstat(fd).st_size, 0)
+    data = os.pread(fd, os.fstat(fd).st_size, 0).split(b"\0", 1)[0]  # JSON lines hold no NUL
     complete = data[: data.rfind(b"\n") + 1]  # a torn last line was never acknowledged
     by_task: dict[str, list[tuple[int, bytes]]] = {}
     for line in complete.splitlines(keepends=True):

@@ -48,7 +48,8 @@ async def main() -> None:
     def sync(fd: int) -> None:
         nonlocal journal_syncs
         datasync(fd)
-        if Path(os.readlink(f"/proc/self/fd/{fd}")).parent.name == JOURNAL_DIR:
+        path = Path(os.readlink(f"/proc/self/fd/{fd}"))
+        if path.parent.name == JOURNAL_DIR and path.suffix == ".wal":
             journal_syncs += 1
             if journal_syncs == args.die_after_journal_sync:
                 os.kill(os.getpid(), signal.SIGKILL)
