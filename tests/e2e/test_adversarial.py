@@ -211,8 +211,10 @@ async def test_every_swap_of_the_three_token_types(world: World) -> None:
     # the task token, Txn-Token and an IdP token are never credentials at introspection
     for name, token in {"task token": task_token, "txn token": w.txn, "idp token": idp,
                         "credential re-signed as txn": w.sign(TXN_TYP, claims_of(w.cred))}.items():
-        for kw in ({"data": {"token": token}}, {"json": {"token": token}}):
-            async with w.http.post(f"{w.url}/v1/credentials/introspect", **kw) as r:
+        for as_json in (False, True):
+            form = None if as_json else {"token": token}
+            async with w.http.post(f"{w.url}/v1/credentials/introspect", data=form,
+                                   json={"token": token} if as_json else None) as r:
                 assert r.status == 200 and await r.json() == {"active": False}, name
     # a task token, credential or IdP token presented as a Txn-Token
     for name, token in {"task token": task_token, "credential": w.cred, "idp token": idp,

@@ -72,7 +72,7 @@ def context(call: dict[str, Any]) -> CallContext:
 
 def matching(policies: PolicySet, ctx: CallContext) -> set[str]:
     """The effects of the rules that match `ctx`, each rule evaluated alone."""
-    effects = set()
+    effects: set[str] = set()
     for rule in policies.candidates(ctx.tool, ctx.action):  # the rules naming this tool and action
         if rule.matches(ctx):
             effects.add(rule.effect)
