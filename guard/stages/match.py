@@ -78,7 +78,8 @@ def _json_body(call: ToolCall) -> Any:
 
 
 def match_action(call: ToolCall, tool: ToolSpec) -> Action:
-    """http: method + path template; mcp: the tools/call name. Arguments: path > query > body."""
+    """http: method + path template; mcp: the tools/call name. Arguments: the JSON body, query
+    string and path variables merged; a name given twice with different values is refused."""
     if call.kind == "mcp":
         name = call.mcp_action or ""
         mcp_args = call.mcp_args if call.mcp_args is not None else {}
@@ -88,11 +89,16 @@ def match_action(call: ToolCall, tool: ToolSpec) -> Action:
     if found is None:
         raise UnknownAction(f"{call.method} {call.path} matches no action of {tool.name}")
     name, path_vars = found
-    args: Any
-    if isinstance(body, dict):
-        args = {**body, **_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
-    elif body is None:
-        args = {**_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
-    else:
-        args = {"body": body, **_query_args(call.query), **{k: unquote(v) for k, v in path_vars.items()}}
+    sources: list[dict[str, Any]] = [
+        body if isinstance(body, dict) else ({} if body is None else {"body": body}),
+        _query_args(call.query),
+        {k: unquote(v) for k, v in path_vars.items()},
+    ]
+    args: dict[str, Any] = {}
+    for source in sources:
+        for key, value in source.items():
+            if key in args and args[key] != value:
+                # the guard and the tool could read different values: refuse, never guess
+                raise BadRequest(f"argument {key!r} is given twice with different values", call_id=call.call_id)
+            args[key] = value
     return Action(tool.name, name, args, args_digest(tool.name, name, args))

@@ -423,3 +423,16 @@ async def test_jwks_url_is_cached_and_refetched_for_an_unknown_kid(
                          headers=bearer(rotated.token(AGENT, headers={"kid": "k9"}))) as r:
         assert r.status == 401  # still unknown: refused, and no refetch storm
     assert len(jwks_server.requests) == 2
+
+
+async def test_conflicting_arguments_are_refused(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    # the rule reads $.tags; a tool reading the query's copy would see another value
+    async with http.post(f"{guard.url}/tools/echo/items?tags=public", json={"tags": ["secret"]}, headers=h) as r:
+        assert r.status == 400 and "tags" in (await r.json(content_type=None))["detail"]
+    async with http.get(f"{guard.url}/tools/echo/items/1?id=2", headers=h) as r:
+        assert r.status == 400
+    async with http.get(f"{guard.url}/tools/echo/items/1?id=1", headers=h) as r:
+        assert r.status == 200  # the same value twice is not a conflict
+    assert [s.path_qs for s in upstream.requests] == ["/items/1?id=1"]
