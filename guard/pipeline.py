@@ -26,7 +26,7 @@ from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
-from guard.stages.task import admit, admit_and_record, finish_quietly, load_active_task
+from guard.stages.task import TaskCache, admit, admit_and_record, finish_quietly, load_active_task
 from guard.stores.base import Store
 from guard.tokens import GuardKeys
 
@@ -55,6 +55,7 @@ class Deps:
     http: aiohttp.ClientSession
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
+    tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -89,13 +90,18 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
     tool = resolve_tool(call, policies)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = deps.tasks.get(caller, policies)  # status is checked at admission, atomically
+    cached = state is not None
+    if state is None:
+        state = await _read_task(caller, deps)
     action_name = call.mcp_action
     try:
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         action = match_action(call, tool)
         action_name = action.name
         decision = policies.evaluate(_context(policies, caller, state, action))
+        if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
+            state, cached = await _read_task(caller, deps), False
         approval_id = None
         if decision.effect == "deny":
             raise Denied(_deny_detail(decision), rule_id=decision.rule_id)
@@ -114,6 +120,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         draft = deps.audit.draft(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
         record = await admit_and_record(deps.store, caller, limits, draft)  # one atomic store operation
     except GuardError as err:
+        if cached:  # read afresh: an ended task answers task_inactive unrecorded, as when read first
+            await _read_task(caller, deps)
         err.extra.setdefault("task_id", caller.task_id)
         err.extra.setdefault("call_id", call.call_id)
         await record_refusal(deps.audit, call, caller, action_name, err)
@@ -134,6 +142,14 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
              action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
+
+
+async def _read_task(caller: Caller, deps: Deps) -> TaskState:
+    """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
+    deps.tasks.drop(caller.task_id)
+    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    deps.tasks.put(state)
+    return state
 
 
 async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Authorized:

@@ -10,9 +10,10 @@ from guard.audit import AuditLog
 from guard.calls import Caller
 from guard.domain import Admission, AuditRecord, CallLimits, TaskState
 from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive
+from guard.policy import PolicySet
 from guard.stores.base import Store
 
-__all__ = ["admit", "admit_and_record", "expire_if_due", "finish_quietly", "load_active_task"]
+__all__ = ["TaskCache", "admit", "admit_and_record", "expire_if_due", "finish_quietly", "load_active_task"]
 
 log = structlog.get_logger("guard.task")
 
@@ -36,6 +37,38 @@ async def load_active_task(caller: Caller, store: Store, audit: AuditLog, now: f
     if state.task.status != "active":
         raise TaskInactive(f"task is {state.task.status}", task_id=caller.task_id)
     return state
+
+
+class TaskCache:
+    """Recently called tasks, by id, so the allow path needs no store read before admission.
+
+    Only what never changes is used from here (agent, purpose, labels, tools, requested_by,
+    expiry): status, expiry, idle time, budget and rates are checked atomically at admission on
+    every call, and any refusal reads the task afresh. When a policy looks at a task's history,
+    every call reads the task (its history changes with each call)."""
+
+    MAX = 10_000
+
+    def __init__(self) -> None:
+        self._states: dict[str, TaskState] = {}
+        self._policies: PolicySet | None = None
+        self._history = True
+
+    def get(self, caller: Caller, policies: PolicySet) -> TaskState | None:
+        if policies is not self._policies:
+            self._policies, self._history = policies, any(r.history is not None for r in policies.rules)
+        if self._history:
+            return None
+        state = self._states.get(caller.task_id)
+        return state if state is not None and state.task.agent == caller.agent else None
+
+    def put(self, state: TaskState) -> None:
+        if len(self._states) >= self.MAX:
+            self._states.pop(next(iter(self._states)))
+        self._states[state.task.task_id] = state
+
+    def drop(self, task_id: str) -> None:
+        self._states.pop(task_id, None)
 
 
 async def admit(store: Store, caller: Caller, limits: CallLimits) -> int:
