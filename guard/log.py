@@ -57,6 +57,6 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.PrintLoggerFactory(sys.stderr),
+        logger_factory=structlog.WriteLoggerFactory(sys.stderr),  # one write per line, no print()
         cache_logger_on_first_use=True,
     )

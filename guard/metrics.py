@@ -56,6 +56,7 @@ class Metrics:
         self.policy_reloads = Counter("guard_policy_reloads", "Policy reloads, by result", ["result"], registry=r)
         self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
         self._labels: set[tuple[str, str]] = set()
+        self._decided: dict[tuple[str, str, str], Any] = {}  # (tool, action, effect) -> its counter child
 
     def _pair(self, tool: Any, action: Any) -> tuple[str, str]:
         pair = (str(tool or "-"), str(action or "-"))
@@ -70,8 +71,14 @@ class Metrics:
         """Count what an audit record says about a call (called for every appended record)."""
         event = rec.get("event")
         if event == "call_decided":
-            tool, action = self._pair(rec.get("tool"), rec.get("action"))
-            self.calls.labels(tool, action, str(rec.get("effect") or "-")).inc()
+            key = (str(rec.get("tool") or "-"), str(rec.get("action") or "-"), str(rec.get("effect") or "-"))
+            child = self._decided.get(key)
+            if child is None:
+                tool, action = self._pair(key[0], key[1])
+                child = self.calls.labels(tool, action, key[2])
+                if len(self._decided) < 4 * _MAX_LABEL_SETS:
+                    self._decided[key] = child
+            child.inc()
         elif event == "webhook_failed":  # one per failed delivery attempt (guard.webhooks)
             self.webhook_failures.labels(webhook=str(rec.get("webhook") or "-")).inc()
         elif event == "webhook_failed":
