@@ -17,7 +17,7 @@ demo: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check guard tests examples benchmarks
-	$(BIN)/mypy guard
+	$(BIN)/mypy guard tests examples benchmarks
 
 test: lint
 	$(BIN)/pytest -q -m "not slow"

@@ -44,7 +44,7 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"a demo service exited early; see var/demo-logs/ ({proc.args})")
+            raise SystemExit(f"a demo service exited early; see var/demo-logs/ ({proc.args!r})")
         if busy(port):
             return
         time.sleep(0.1)

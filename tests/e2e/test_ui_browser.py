@@ -80,7 +80,13 @@ async def test_review_page(
 
     page = await browser.new_page(viewport={"width": 1280, "height": 800})
     dialogs: list[str] = []
-    page.on("dialog", lambda d: (dialogs.append(d.message), asyncio.ensure_future(d.dismiss())))
+    dismissals: list[asyncio.Future[Any]] = []
+
+    def on_dialog(dialog: Any) -> None:
+        dialogs.append(dialog.message)
+        dismissals.append(asyncio.ensure_future(dialog.dismiss()))
+
+    page.on("dialog", on_dialog)
     resp = await page.goto(f"{guard.url}/ui")
     assert resp is not None and resp.status == 200
     csp = resp.headers["content-security-policy"]
