@@ -38,43 +38,62 @@ local function approval(apr, id)
 end
 """
 
+# The admission steps shared by ADMIT_CALL and ADMIT_AND_RECORD. `f` is the task hash's
+# (status, expires_at, idle_s, last_call_at, calls, max_calls); a refusal is {0, reason, rule_id,
+# retry_after, calls}; rate i has its key at KEYS[kbase + i] and (rule_id, calls, per_s) at
+# ARGV[abase + 3i - 2 .. abase + 3i].
+_ADMISSION = """
+local function refuse_inactive(f, now, inflight, parent)
+  if f[1] ~= 'active' or now >= tonumber(f[2]) or (f[3] ~= '' and now - tonumber(f[4]) >= tonumber(f[3])) then
+    return {0, 'task_inactive', '', '', f[5]}
+  end
+  if parent ~= '' and redis.call('SISMEMBER', inflight, parent) == 0 then
+    return {0, 'txn_inactive', '', '', f[5]}
+  end
+  return nil
+end
+local function refuse_over_limits(f, now, nrates, kbase, abase)
+  if f[6] ~= '' and tonumber(f[5]) >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
+  for i = 1, nrates do
+    local key, limit, per = KEYS[kbase + i], tonumber(ARGV[abase + 3 * i - 1]), tonumber(ARGV[abase + 3 * i])
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
+    if redis.call('ZCARD', key) >= limit then
+      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+      local retry = per
+      if oldest[2] then retry = tonumber(oldest[2]) + per - now end
+      return {0, 'rate_limited', ARGV[abase + 3 * i - 2], num(retry), f[5]}
+    end
+  end
+  return nil
+end
+local function count_call(nrates, kbase, abase, now_s, call_id, entry)
+  for i = 1, nrates do
+    local key, per = KEYS[kbase + i], tonumber(ARGV[abase + 3 * i])
+    redis.call('ZADD', key, now_s, call_id)
+    redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
+  end
+  local calls = redis.call('HINCRBY', KEYS[1], 'calls', 1)
+  redis.call('HSET', KEYS[1], 'last_call_at', now_s)
+  redis.call('SADD', KEYS[2], entry)
+  redis.call('SADD', KEYS[3], call_id)
+  return calls
+end
+"""
+
 # KEYS: task, hist, inflight, rate keys… ARGV: now, call_id, history_entry, parent_call_id ('' none),
 # count ('1'/'0'), then (rule_id, calls, per_s) for each rate.
 # Returns {ok, reason, rule_id, retry_after, calls}.
-ADMIT_CALL = _NUM + """
+ADMIT_CALL = _NUM + _ADMISSION + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'idle_s', 'last_call_at', 'calls', 'max_calls')
 if not f[1] then return {0, 'not_found', '', '', '0'} end
 local now = tonumber(ARGV[1])
-local calls = tonumber(f[5])
-if f[1] ~= 'active' or now >= tonumber(f[2]) or (f[3] ~= '' and now - tonumber(f[4]) >= tonumber(f[3])) then
-  return {0, 'task_inactive', '', '', f[5]}
-end
-if ARGV[4] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
-  return {0, 'txn_inactive', '', '', f[5]}
-end
+local refusal = refuse_inactive(f, now, KEYS[3], ARGV[4])
+if refusal then return refusal end
 if ARGV[5] ~= '1' then return {1, '', '', '', f[5]} end
-if f[6] ~= '' and calls >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
 local nrates = (#ARGV - 5) / 3
-for i = 1, nrates do
-  local key, limit, per = KEYS[3 + i], tonumber(ARGV[4 + 3 * i]), tonumber(ARGV[5 + 3 * i])
-  redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
-  if redis.call('ZCARD', key) >= limit then
-    local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-    local retry = per
-    if oldest[2] then retry = tonumber(oldest[2]) + per - now end
-    return {0, 'rate_limited', ARGV[3 + 3 * i], num(retry), f[5]}
-  end
-end
-for i = 1, nrates do
-  local key, per = KEYS[3 + i], tonumber(ARGV[5 + 3 * i])
-  redis.call('ZADD', key, ARGV[1], ARGV[2])
-  redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
-end
-calls = redis.call('HINCRBY', KEYS[1], 'calls', 1)
-redis.call('HSET', KEYS[1], 'last_call_at', ARGV[1])
-redis.call('SADD', KEYS[2], ARGV[3])
-redis.call('SADD', KEYS[3], ARGV[2])
-return {1, '', '', '', tostring(calls)}
+refusal = refuse_over_limits(f, now, nrates, 3, 5)
+if refusal then return refusal end
+return {1, '', '', '', tostring(count_call(nrates, 3, 5, ARGV[1], ARGV[2], ARGV[3]))}
 """
 
 # ADMIT_CALL and APPEND_AUDIT of the decision record in one script (one round trip).
@@ -84,46 +103,23 @@ return {1, '', '', '', tostring(calls)}
 # retry_after, calls}. When the chain's tail is not (seq - 1, prev_hash) it changes nothing either
 # and answers {2, tail seq, tail hash, '', calls}, so the caller rehashes and runs it again.
 # Admitted and appended: {1, '', '', '', calls}.
-ADMIT_AND_RECORD = _NUM + """
+ADMIT_AND_RECORD = _NUM + _ADMISSION + """
 local f = redis.call('HMGET', KEYS[1], 'status', 'expires_at', 'idle_s', 'last_call_at', 'calls', 'max_calls')
 if not f[1] then return {0, 'not_found', '', '', '0'} end
 local now = tonumber(ARGV[1])
-local calls = tonumber(f[5])
-if f[1] ~= 'active' or now >= tonumber(f[2]) or (f[3] ~= '' and now - tonumber(f[4]) >= tonumber(f[3])) then
-  return {0, 'task_inactive', '', '', f[5]}
-end
-if ARGV[4] ~= '' and redis.call('SISMEMBER', KEYS[3], ARGV[4]) == 0 then
-  return {0, 'txn_inactive', '', '', f[5]}
-end
+local refusal = refuse_inactive(f, now, KEYS[3], ARGV[4])
+if refusal then return refusal end
 local count = ARGV[5] == '1'
 local nrates = (#ARGV - 9) / 3
 if count then
-  if f[6] ~= '' and calls >= tonumber(f[6]) then return {0, 'budget_exhausted', '', '', f[5]} end
-  for i = 1, nrates do
-    local key, limit, per = KEYS[5 + i], tonumber(ARGV[8 + 3 * i]), tonumber(ARGV[9 + 3 * i])
-    redis.call('ZREMRANGEBYSCORE', key, '-inf', num(now - per))
-    if redis.call('ZCARD', key) >= limit then
-      local oldest = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
-      local retry = per
-      if oldest[2] then retry = tonumber(oldest[2]) + per - now end
-      return {0, 'rate_limited', ARGV[7 + 3 * i], num(retry), f[5]}
-    end
-  end
+  refusal = refuse_over_limits(f, now, nrates, 5, 9)
+  if refusal then return refusal end
 end
 local tail = redis.call('HMGET', KEYS[5], 'seq', 'hash')
 local tseq, thash = tail[1] or '0', tail[2] or string.rep('0', 64)
 if tonumber(tseq) ~= tonumber(ARGV[6]) - 1 or thash ~= ARGV[7] then return {2, tseq, thash, '', f[5]} end
-if count then
-  for i = 1, nrates do
-    local key, per = KEYS[5 + i], tonumber(ARGV[9 + 3 * i])
-    redis.call('ZADD', key, ARGV[1], ARGV[2])
-    redis.call('PEXPIRE', key, math.ceil(per * 1000) + 1000)
-  end
-  calls = redis.call('HINCRBY', KEYS[1], 'calls', 1)
-  redis.call('HSET', KEYS[1], 'last_call_at', ARGV[1])
-  redis.call('SADD', KEYS[2], ARGV[3])
-  redis.call('SADD', KEYS[3], ARGV[2])
-end
+local calls = f[5]
+if count then calls = count_call(nrates, 5, 9, ARGV[1], ARGV[2], ARGV[3]) end
 redis.call('RPUSH', KEYS[4], ARGV[9])
 redis.call('HSET', KEYS[5], 'seq', ARGV[6], 'hash', ARGV[8])
 return {1, '', '', '', tostring(calls)}

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import aiohttp
+
+T = TypeVar("T")
 
 AGENT = "spiffe://acme/agent/researcher"
 OTHER = "spiffe://acme/agent/other"
@@ -55,3 +60,15 @@ async def create_task(session: aiohttp.ClientSession, url: str, idp_token: str, 
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
+    """Poll `probe` until it returns something truthy (a bounded wait, not a timed assertion)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.1)

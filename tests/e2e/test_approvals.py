@@ -6,10 +6,10 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import aiohttp
 import pytest
@@ -17,12 +17,11 @@ from aiohttp import web
 
 from guard.webhooks import sign, verify
 from tests.conftest import PY, ROOT, Guard, Proc, Upstream, free_port, spawn, wait_port
-from tests.e2e.helpers import AGENT, bearer, create_task
+from tests.e2e.helpers import AGENT, bearer, create_task, until
 
 SECRET = "finance-webhook-secret"
 OPS_SECRET = "ops-webhook-secret"
 REQUESTER = "alice@acme.example"
-T = TypeVar("T")
 
 
 def policy(upstream_url: str) -> dict[str, Any]:
@@ -86,16 +85,6 @@ class Receiver:
         return [json.loads(body) for _, body in self.requests]
 
 
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy (a bounded wait, not a timed assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @dataclass

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import quote
 
 import aiohttp
@@ -16,12 +15,11 @@ import pytest
 from aiohttp import web
 
 from tests.conftest import Guard, RedisServer, Seen, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task
+from tests.e2e.helpers import AGENT, bearer, create_task, until
 
 ROGUE = "spiffe://elsewhere/agent/crawler"
 BILLING = "spiffe://acme/agent/billing-eu"
 ADMIN = "ops@acme.example"
-T = TypeVar("T")
 
 
 def inventory_policy(upstream_url: str) -> dict[str, Any]:
@@ -39,16 +37,6 @@ def inventory_policy(upstream_url: str) -> dict[str, Any]:
     }
 
 
-async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: float = 30.0) -> T:
-    """Poll `probe` until it returns something truthy (a bounded wait, not a timed assertion)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = await probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.1)
 
 
 @pytest.fixture
