@@ -119,7 +119,9 @@ async def test_review_page(
     await page.select_option("#filter-status", "active")
     await page.fill("#filter-agent", AGENT)
     await page.click("#filters button[type=submit]")
-    await page.wait_for_function("document.querySelectorAll('tr.task-row').length === 2")
+    # a locator wait, not wait_for_function: the page's CSP (rightly) forbids the eval that polls it
+    await page.locator("tr.task-row").nth(1).wait_for()
+    assert await page.locator("tr.task-row").count() == 2
 
     # the task page: timeline, chain and the verified state
     await page.click(f"a[href='#/task/{task['task_id']}']")
