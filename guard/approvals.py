@@ -118,6 +118,12 @@ class Approvals:
                 if not waiters:
                     del self._waiters[approval_id]
 
+    async def pending(self, task_id: str | None = None) -> list[Approval]:
+        """Approvals still awaiting a decision: pending and not past `expires_at` (a store marks
+        an expired one only when something next touches it)."""
+        now = time.time()
+        return [a for a in await self.store.list_approvals(task_id, "pending") if a.expires_at > now]
+
     def describe(self, approval: Approval) -> dict[str, Any]:
         return {
             "approval_id": approval.approval_id,

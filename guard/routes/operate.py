@@ -42,9 +42,7 @@ async def metrics(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     m = deps.metrics
     try:
-        now = time.time()
-        pending = await deps.store.list_approvals(None, "pending")
-        m.pending_approvals.set(sum(1 for a in pending if a.expires_at > now))
+        m.pending_approvals.set(len(await deps.approvals.pending()))
     except StoreUnavailable:
         m.store_errors.labels("list_approvals").inc()
     resp = web.Response(body=generate_latest(m.registry))

@@ -13,9 +13,7 @@ from aiohttp import web
 
 from guard.audit import list_trails, parse_since
 from guard.auth import ADMIN, APPROVER, AUDITOR, principal, require_role
-from guard.domain import Approval
 from guard.errors import BadRequest, NotFound
-from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response
 from guard.routes.tasks import task_view
 
@@ -35,10 +33,6 @@ SECURITY_HEADERS = {
 _STATUSES = ("active", "completed", "revoked", "expired")
 
 
-async def _pending(deps: Deps, now: float) -> list[Approval]:
-    return [a for a in await deps.store.list_approvals(None, "pending") if a.expires_at > now]
-
-
 @routes.get("/v1/tasks")
 async def list_tasks(request: web.Request) -> web.Response:
     """Admin, auditor: `?status=&agent=&limit=`, newest first, with pending approvals per task."""
@@ -53,7 +47,7 @@ async def list_tasks(request: web.Request) -> web.Response:
         raise BadRequest("limit: must be an integer") from e
     now = time.time()
     pending: dict[str, list[str]] = defaultdict(list)
-    for a in await _pending(deps, now):
+    for a in await deps.approvals.pending():
         pending[a.task_id].append(a.approval_id)
     states = await deps.store.list_tasks(None, request.query.get("agent") or None)
     rows = [task_view(s, pending[s.task.task_id], now) for s in states]
@@ -68,8 +62,7 @@ async def list_approvals(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     require_role(await principal(request, deps.identity, deps.keys), APPROVER, ADMIN)
     status = request.query.get("status", "pending")
-    now = time.time()
-    approvals = await _pending(deps, now) if status == "pending" else await deps.store.list_approvals(None, status)
+    approvals = await deps.approvals.pending() if status == "pending" else await deps.store.list_approvals(None, status)
     out = []
     for a in sorted(approvals, key=lambda a: a.created_at):
         item = deps.approvals.describe(a)

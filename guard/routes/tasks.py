@@ -125,9 +125,7 @@ async def get_task(request: web.Request) -> web.Response:
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         require_role(who, ADMIN, AUDITOR)
-    now = time.time()
-    pending = [a.approval_id for a in await deps.store.list_approvals(state.task.task_id, "pending")
-               if a.expires_at > now]
+    pending = [a.approval_id for a in await deps.approvals.pending(state.task.task_id)]
     return json_response(task_view(state, pending))
 
 
