@@ -436,3 +436,17 @@ async def test_conflicting_arguments_are_refused(guard: Guard, upstream: Upstrea
     async with http.get(f"{guard.url}/tools/echo/items/1?id=1", headers=h) as r:
         assert r.status == 200  # the same value twice is not a conflict
     assert [s.path_qs for s in upstream.requests] == ["/items/1?id=1"]
+
+
+async def test_keys_init_creates_the_key_the_guard_then_signs_with(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    g: Guard = guard_factory(echo_policy(upstream.url), start=False)
+    first = g.cli("keys", "init")
+    assert first.returncode == 0 and first.stdout.startswith("created:")
+    kid = first.stdout.split("kid ")[1].split(",")[0]
+    again = g.cli("keys", "init")
+    assert again.returncode == 0 and again.stdout.startswith("exists:") and f"kid {kid}," in again.stdout
+    g.start()
+    async with http.get(f"{g.url}/.well-known/jwks.json") as r:
+        assert [k["kid"] for k in (await r.json())["keys"]] == [kid]
