@@ -210,6 +210,7 @@ class PolicySet:
         self._action_keys = frozenset(a for _, a in self._index)
         self._exact_agents = {a.pattern: a for a in reversed(agents) if not is_glob(a.pattern)}
         self._glob_agents = tuple(a for a in agents if is_glob(a.pattern))
+        self._glob_hits: dict[str, AgentEntry | None] = {}
 
     @property
     def has_inventory(self) -> bool:
@@ -220,7 +221,12 @@ class PolicySet:
         exact = self._exact_agents.get(sub)
         if exact is not None:
             return exact
-        return next((a for a in self._glob_agents if a.matches(sub)), None)
+        if sub in self._glob_hits:  # the set never changes: match each sub against the globs once
+            return self._glob_hits[sub]
+        entry = next((a for a in self._glob_agents if a.matches(sub)), None)
+        if len(self._glob_hits) < 10_000:
+            self._glob_hits[sub] = entry
+        return entry
 
     def candidates(self, tool: str, action: str) -> tuple[Rule, ...]:
         """The rules that could apply to this tool and action, in file order."""
