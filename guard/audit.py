@@ -25,7 +25,7 @@ from typing import Any
 import structlog
 
 from guard.canonical import canonical_json, sha256_hex
-from guard.domain import AuditRecord
+from guard.domain import AgentEvent, AuditRecord
 from guard.errors import AuditUnavailable
 from guard.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
 from guard.stores.base import Store
@@ -351,8 +351,11 @@ class AuditLog:
         if self.observer is not None:
             self.observer(record.fields)
 
-    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
-        record = await self.store.append_audit(task_id, self.draft(task_id, event, agent, **fields))
+    async def append(self, task_id: str, event: str, agent: str, agent_event: AgentEvent | None = None,
+                     **fields: Any) -> AuditRecord:
+        """Chain a record in the store, then keep it; `agent_event` is counted in the same store
+        operation (see Store.append_audit)."""
+        record = await self.store.append_audit(task_id, self.draft(task_id, event, agent, **fields), agent_event)
         await self.keep(record)
         return record
 

@@ -124,9 +124,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
             await _read_task(caller, deps)
         err.extra.setdefault("task_id", caller.task_id)
         err.extra.setdefault("call_id", call.call_id)
-        await record_refusal(deps.audit, call, caller, action_name, err)
-        if err.code != "approval_required":
-            await deps.store.record_agent_event(caller.agent, "call_denied", time.time())
+        await record_refusal(deps.audit, call, caller, action_name, err, count_denied=err.code != "approval_required")
         raise
     try:
         await deps.audit.keep(record)  # the decision is durable before anything is forwarded
@@ -228,12 +226,13 @@ def _audit_fields(
 
 
 async def record_refusal(
-    audit: AuditLog, call: ToolCall, caller: Caller, action: str | None, err: GuardError
+    audit: AuditLog, call: ToolCall, caller: Caller, action: str | None, err: GuardError, count_denied: bool = False
 ) -> None:
-    """The audit record (and log line) of a refused call of a known task."""
+    """The audit record (and log line) of a refused call of a known task; `count_denied` also
+    counts it in the agent's inventory entry, in the same store operation."""
     effect = "step_up" if err.code == "approval_required" else "deny"
     await audit.append(
-        caller.task_id, "call_decided", caller.agent,
+        caller.task_id, "call_decided", caller.agent, agent_event="call_denied" if count_denied else None,
         call_id=call.call_id, tool=call.tool, action=action, effect=effect,
         rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
         chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,

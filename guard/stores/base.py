@@ -119,7 +119,11 @@ class Store(Protocol):
         """The delivery succeeded or is no longer needed."""
 
     # -- audit -------------------------------------------------------------
-    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
-        """Append to the task's chain: fills seq, prev_hash and hash."""
+    async def append_audit(
+        self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
+    ) -> AuditRecord:
+        """Append to the task's chain: fills seq, prev_hash and hash. With `agent_event`, the
+        record's agent also gets that inventory event (as record_agent_event at the record's
+        `ts`), in the same round trip; it is counted once, however often the append is retried."""
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]: ...

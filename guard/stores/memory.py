@@ -292,7 +292,11 @@ class MemoryStore:
         self._deliveries.pop(delivery_id, None)
 
     # -- audit -------------------------------------------------------------
-    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+    async def append_audit(
+        self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
+    ) -> AuditRecord:
+        if agent_event is not None:
+            self._agent_event(str(fields["agent"]), agent_event, float(fields["ts"]), None)
         if self._audit_dir is not None:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             record = chain_record(fields, seq + 1, prev)

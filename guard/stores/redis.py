@@ -417,12 +417,9 @@ class RedisStore:
     @staticmethod
     def _agent_cmds(pipe: Any, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
         key = _agent_key(agent)
-        pipe.hincrby(key, _COUNTER[kind], 1)
-        pipe.hsetnx(key, "first_seen", _num(now))
-        pipe.hset(key, "last_seen", _num(now))
-        if kind == "call_allowed" and tool is not None:
-            pipe.sadd(f"{key}:tools", tool)
-        pipe.sadd(AGENTS, agent)
+        used = tool if kind == "call_allowed" and tool is not None else ""
+        pipe.eval(lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used)
+        pipe.sadd(AGENTS, agent)  # another hash slot than the agent's keys
 
     async def agent_stats(self) -> dict[str, AgentStats]:
         agents = await self._members(AGENTS)
@@ -492,16 +489,30 @@ class RedisStore:
             else:
                 self._audit_locks[task_id] = (lock, users - 1)
 
-    async def append_audit(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
+    async def append_audit(
+        self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
+    ) -> AuditRecord:
         """Chain the record on the tail last seen; when another instance appended meanwhile,
-        the script answers the current tail and the record is chained again on it."""
+        the script answers the current tail and the record is chained again on it. The agent
+        event rides in the first attempt's pipeline (it runs whatever the script answers)."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail")]
-        async with self._audit_lock(task_id):
+        sha = self._scripts["APPEND_AUDIT"].sha
+        async with self._audit_lock(task_id), self._fail_closed("append_audit"):
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
                 body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
-                out = await self._script("APPEND_AUDIT", keys, [record.seq, prev, record.hash, body])
+                pipe = self._r.pipeline(transaction=False)
+                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body)
+                if agent_event is not None:
+                    self._agent_cmds(pipe, str(fields["agent"]), agent_event, float(fields["ts"]), None)
+                    agent_event = None
+                out = (await pipe.execute(raise_on_error=False))[0]
+                if isinstance(out, NoScriptError):
+                    await self._r.script_load(lua.APPEND_AUDIT)
+                    continue  # the script did not run: send it again
+                if isinstance(out, Exception):
+                    raise out
                 if out[0] == 1:
                     self._remember_tail(task_id, record.seq, record.hash)
                     return record

@@ -473,3 +473,18 @@ async def test_record_and_finish_ends_the_call_and_counts_it_for_the_agent(store
     assert records[-1] == last.fields
     stats = (await peer.agent_stats())[task.agent]
     assert (stats.calls, stats.tools_used) == (1, frozenset({"vault"}))
+
+
+async def test_append_with_agent_event_counts_it_once_even_when_the_append_is_retried(
+    store: Store, peer: Store
+) -> None:
+    task = await new_task(store)
+    await store.append_audit(task.task_id, draft(task, "call_decided", "c1"))  # store learns the tail
+    await peer.append_audit(task.task_id, draft(task, "call_decided", "c2"))  # the tail moves: store retries
+    refusal = {**draft(task, "call_decided", "c3"), "ts": 1234.5}
+    rec = await store.append_audit(task.task_id, refusal, agent_event="call_denied")
+    records = [r.fields for r in await peer.read_audit(task.task_id)]
+    assert [r["call_id"] for r in records] == ["c1", "c2", "c3"] and verify_chain(records).verified
+    assert rec.fields == records[-1]
+    stats = (await peer.agent_stats())[task.agent]
+    assert (stats.denied, stats.calls, stats.last_seen) == (1, 0, 1234.5)
