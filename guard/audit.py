@@ -351,10 +351,12 @@ class AuditLog:
         if self.observer is not None:
             self.observer(record.fields)
 
-    async def append(self, task_id: str, event: str, agent: str, agent_event: AgentEvent | None = None,
-                     **fields: Any) -> AuditRecord:
-        """Chain a record in the store, then keep it; `agent_event` is counted in the same store
-        operation (see Store.append_audit)."""
+    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
+        return await self.append_and_count(task_id, event, agent, None, **fields)
+
+    async def append_and_count(self, task_id: str, event: str, agent: str, agent_event: AgentEvent | None,
+                               **fields: Any) -> AuditRecord:
+        """append, with `agent_event` counted for the agent in the same store operation."""
         record = await self.store.append_audit(task_id, self.draft(task_id, event, agent, **fields), agent_event)
         await self.keep(record)
         return record

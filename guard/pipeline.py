@@ -231,8 +231,8 @@ async def record_refusal(
     """The audit record (and log line) of a refused call of a known task; `count_denied` also
     counts it in the agent's inventory entry, in the same store operation."""
     effect = "step_up" if err.code == "approval_required" else "deny"
-    await audit.append(
-        caller.task_id, "call_decided", caller.agent, agent_event="call_denied" if count_denied else None,
+    await audit.append_and_count(
+        caller.task_id, "call_decided", caller.agent, "call_denied" if count_denied else None,
         call_id=call.call_id, tool=call.tool, action=action, effect=effect,
         rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
         chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,
