@@ -54,12 +54,15 @@ def record_hash(fields: dict[str, Any]) -> str:
 
 
 def chain_record(fields: dict[str, Any], seq: int, prev_hash: str) -> AuditRecord:
-    """Link a draft into a chain (used by every store backend)."""
+    """Link a draft into a chain (used by every store backend). Its stored line is the canonical
+    JSON that was hashed with `hash` appended, so the record is serialized once."""
     rec = {k: v for k, v in fields.items() if v is not None}
+    rec.pop("hash", None)
     rec["seq"] = seq
     rec["prev_hash"] = prev_hash
-    rec["hash"] = record_hash(rec)
-    return AuditRecord(rec)
+    body = canonical_json(rec)
+    rec["hash"] = digest = sha256_hex(body)
+    return AuditRecord(rec, b"%s,\"hash\":\"%s\"}" % (body[:-1], digest.encode()))
 
 
 @dataclass(frozen=True, slots=True)
@@ -235,8 +238,7 @@ class AuditFiles:
         (as a failed file sync always did); the batch fails either way."""
         by_task: dict[str, list[bytes]] = {}
         for rec in records:
-            line = json.dumps(rec.fields, separators=(",", ":"), ensure_ascii=False) + "\n"
-            by_task.setdefault(str(rec.fields["task_id"]), []).append(line.encode())
+            by_task.setdefault(str(rec.fields["task_id"]), []).append(rec.json_line() + b"\n")
         journal = self._journal
         if journal is None:
             self._write_tasks(by_task)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -249,9 +250,18 @@ class Delivery:
 
 @dataclass(frozen=True, slots=True)
 class AuditRecord:
-    """One chained audit record; `fields` holds the JSON object including seq, prev_hash, hash."""
+    """One chained audit record; `fields` holds the JSON object including seq, prev_hash, hash.
+    `line` is its JSON as stored (the canonical form that was hashed, then `hash`), when the
+    record was chained here: it is serialized once, not again by each place that stores it."""
 
     fields: dict[str, Any]
+    line: bytes | None = field(default=None, compare=False, repr=False)
+
+    def json_line(self) -> bytes:
+        """The record as one JSON object (no newline)."""
+        if self.line is not None:
+            return self.line
+        return json.dumps(self.fields, separators=(",", ":"), ensure_ascii=False).encode()
 
     @property
     def seq(self) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import time
 from collections.abc import MutableMapping
 from typing import Any
 
@@ -17,6 +18,20 @@ _SECRET_KEYS = frozenset(
     {"token", "task_token", "authorization", "secret", "password", "credential", "txn_token",
      "cookie", "args", "arguments", "body", "api_key", "signature"}
 )
+
+
+_second: list[Any] = [None, ""]  # the last whole second stamped, and its ISO 8601 prefix
+
+
+def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`timestamp` as ISO 8601 UTC with microseconds (as structlog's TimeStamper(fmt="iso",
+    utc=True) writes it), formatting the date and time once per second, not on every line."""
+    now = time.time()
+    sec = int(now)
+    if _second[0] != sec:
+        _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
+    event["timestamp"] = f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
+    return event
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -44,12 +59,7 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ProtocolErrorFilter) for f in server_log.filters):
         server_log.addFilter(ProtocolErrorFilter())
-    processors: list[Any] = [
-        structlog.contextvars.merge_contextvars,
-        structlog.processors.add_log_level,
-        structlog.processors.TimeStamper(fmt="iso", utc=True),
-        redact,
-    ]
+    processors: list[Any] = [structlog.processors.add_log_level, _timestamp, redact]
     if json_logs:
         processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
     else:

@@ -57,6 +57,7 @@ class Metrics:
         self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
         self._labels: set[tuple[str, str]] = set()
         self._decided: dict[tuple[str, str, str], Any] = {}  # (tool, action, effect) -> its counter child
+        self._forwarded: dict[Any, tuple[Any, Any]] = {}  # tool -> its latency and overhead children
 
     def _pair(self, tool: Any, action: Any) -> tuple[str, str]:
         pair = (str(tool or "-"), str(action or "-"))
@@ -81,14 +82,17 @@ class Metrics:
             child.inc()
         elif event == "webhook_failed":  # one per failed delivery attempt (guard.webhooks)
             self.webhook_failures.labels(webhook=str(rec.get("webhook") or "-")).inc()
-        elif event == "webhook_failed":
-            self.webhook_failures.labels(str(rec.get("webhook") or "-")).inc()
         elif event == "call_forwarded":
             latency_ms = rec.get("latency_ms")
             if not isinstance(latency_ms, int | float):
                 return
-            tool = self._pair(rec.get("tool"), None)[0]
-            self.upstream_latency.labels(tool).observe(latency_ms / 1000)
+            children = self._forwarded.get(rec.get("tool"))
+            if children is None:
+                tool = self._pair(rec.get("tool"), None)[0]
+                children = (self.upstream_latency.labels(tool), self.overhead.labels(tool))
+                if len(self._forwarded) < _MAX_LABEL_SETS:
+                    self._forwarded[rec.get("tool")] = children
+            children[0].observe(latency_ms / 1000)
             started = request_started.get()
             if started is not None:
-                self.overhead.labels(tool).observe(max(0.0, time.perf_counter() - started - latency_ms / 1000))
+                children[1].observe(max(0.0, time.perf_counter() - started - latency_ms / 1000))

@@ -264,7 +264,7 @@ class RedisStore:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                body = record.json_line()
                 args = [*admit, record.seq, prev, record.hash, body, *rates]
                 ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_AND_RECORD", keys, args)
                 if ok == 2:
@@ -288,7 +288,7 @@ class RedisStore:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                body = record.json_line()
                 pipe = self._r.pipeline(transaction=False)
                 pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body, call_id)
                 self._queue_agent_call(pipe, task_id, call_id)
@@ -501,7 +501,7 @@ class RedisStore:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                body = json.dumps(record.fields, separators=(",", ":"), ensure_ascii=False)
+                body = record.json_line()
                 pipe = self._r.pipeline(transaction=False)
                 pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body)
                 if agent_event is not None:
