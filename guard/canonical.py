@@ -5,13 +5,36 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Callable
+from functools import partial
+from json.encoder import c_encode_basestring, c_make_encoder  # type: ignore[attr-defined]
 from typing import Any
 
-__all__ = ["args_digest", "b64url", "call_digest", "canonical_json", "sha256_hex", "strict_loads"]
+__all__ = [
+    "args_digest", "b64url", "call_digest", "canonical_json", "compact_json", "json_encoder", "sha256_hex",
+    "strict_loads",
+]
+
+
+def _no_default(value: Any) -> Any:
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
+
+
+def json_encoder(sort_keys: bool, default: Callable[[Any], Any] = _no_default) -> Callable[[Any], str]:
+    """A compact (`,` and `:`), UTF-8 (not ASCII-escaped) JSON encoder, built once: the same
+    C encoder `json.dumps` uses, without building a JSONEncoder on every call."""
+    if c_make_encoder is None:  # an interpreter without the C accelerator
+        return partial(json.dumps, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, default=default)
+    encode = c_make_encoder(None, default, c_encode_basestring, None, ":", ",", sort_keys, False, True)
+    return lambda value: "".join(encode(value, 0))
+
+
+compact_json = json_encoder(sort_keys=False)
+_canonical = json_encoder(sort_keys=True)
 
 
 def canonical_json(value: Any) -> bytes:
-    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    return _canonical(value).encode()
 
 
 def b64url(data: bytes) -> str:

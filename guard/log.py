@@ -12,6 +12,8 @@ from typing import Any
 import structlog
 from aiohttp.http_exceptions import HttpProcessingError
 
+from guard.canonical import json_encoder
+
 __all__ = ["ProtocolErrorFilter", "configure_logging", "redact"]
 
 _SECRET_KEYS = frozenset(
@@ -32,6 +34,20 @@ def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMappi
         _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
     event["timestamp"] = f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
     return event
+
+
+def _log_default(value: Any) -> Any:
+    structlog_form = getattr(value, "__structlog__", None)
+    return structlog_form() if callable(structlog_form) else repr(value)
+
+
+_log_json = json_encoder(sort_keys=False, default=_log_default)
+
+
+def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+    """One compact JSON object per line (what structlog's JSONRenderer writes, without the
+    spaces, and with non-ASCII text as UTF-8), from an encoder built once."""
+    return _log_json(event)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
@@ -61,7 +77,7 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
         server_log.addFilter(ProtocolErrorFilter())
     processors: list[Any] = [structlog.processors.add_log_level, _timestamp, redact]
     if json_logs:
-        processors += [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+        processors += [structlog.processors.format_exc_info, _render_json]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     structlog.configure(

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from guard.canonical import b64url
+from guard.canonical import b64url, compact_json
 from guard.errors import Unauthenticated
 
 __all__ = [
@@ -176,7 +176,7 @@ class GuardKeys:
 
     def sign(self, typ: str, claims: dict[str, Any]) -> str:
         header = self.current.headers[typ]
-        payload = b64url(json.dumps(claims, separators=(",", ":")).encode())
+        payload = b64url(compact_json(claims).encode())
         signing_input = f"{header}.{payload}".encode("ascii")
         return f"{header}.{payload}.{b64url(self.current.sign(signing_input))}"
 
