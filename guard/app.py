@@ -3,7 +3,6 @@ the store, the audit writer and the shared upstream client."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from guard.approvals import Approvals
 from guard.audit import AuditFiles, AuditLog
+from guard.canonical import compact_json
 from guard.config import Config
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound
 from guard.identity import Identity
@@ -47,7 +47,7 @@ class HTTPProblem(GuardError):
 
 def problem_response(err: GuardError) -> web.Response:
     return web.Response(
-        body=json.dumps(err.problem(), separators=(",", ":")).encode(),
+        body=compact_json(err.problem()).encode(),
         status=getattr(err, "http_status", err.status),
         content_type="application/problem+json",
         headers=err.headers,

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
+from guard.canonical import args_digest
 from guard.domain import TaskState
 
 __all__ = ["Action", "Authorized", "Caller", "Minted", "ToolCall"]
@@ -45,12 +47,17 @@ class Caller:
     via: Literal["task_token", "txn_token"]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Action:
     tool: str
     name: str
     args: Any
-    digest: str  # binds approvals: tool, action, canonical args
+
+    @cached_property
+    def digest(self) -> str:
+        """Binds approvals and the decision record to tool, action and canonical args (computed
+        when first needed: a refused call never needs it)."""
+        return args_digest(self.tool, self.name, self.args)
 
 
 @dataclass(frozen=True, slots=True)

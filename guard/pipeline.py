@@ -14,7 +14,6 @@ import structlog
 from guard.approvals import Approvals
 from guard.audit import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
-from guard.canonical import args_digest
 from guard.config import Config
 from guard.domain import CallLimits, TaskState
 from guard.errors import Denied, GuardError
@@ -174,7 +173,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         err.extra.setdefault("call_id", call.call_id)
         await record_refusal(deps.audit, call, caller, method, err)
         raise
-    action = Action(tool.name, method, None, args_digest(tool.name, method, None))
+    action = Action(tool.name, method, None)
     minted = mint_credentials(
         call, caller, state, action, tool, deps.keys,
         ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,

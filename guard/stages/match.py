@@ -8,7 +8,7 @@ from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
 from guard.calls import Action, ToolCall
-from guard.canonical import args_digest, strict_loads
+from guard.canonical import strict_loads
 from guard.errors import BadRequest, UnknownAction, UnknownTool
 from guard.policy import PolicySet, ToolSpec
 
@@ -83,7 +83,7 @@ def match_action(call: ToolCall, tool: ToolSpec) -> Action:
     if call.kind == "mcp":
         name = call.mcp_action or ""
         mcp_args = call.mcp_args if call.mcp_args is not None else {}
-        return Action(tool.name, name, mcp_args, args_digest(tool.name, name, mcp_args))
+        return Action(tool.name, name, mcp_args)
     body = _json_body(call)
     found = tool.match_action(call.method, call.path)
     if found is None:
@@ -101,4 +101,4 @@ def match_action(call: ToolCall, tool: ToolSpec) -> Action:
                 # the guard and the tool could read different values: refuse, never guess
                 raise BadRequest(f"argument {key!r} is given twice with different values", call_id=call.call_id)
             args[key] = value
-    return Action(tool.name, name, args, args_digest(tool.name, name, args))
+    return Action(tool.name, name, args)

@@ -240,12 +240,23 @@ class MemoryStore:
     def _agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
         a = self._agents.get(agent) or AgentStats(agent)
         counter = _COUNTER[kind]
-        changes: dict[str, Any] = {counter: getattr(a, counter) + 1, "last_seen": max(now, a.last_seen or now)}
-        if a.first_seen is None:
-            changes["first_seen"] = now
-        if kind == "call_allowed" and tool is not None:
-            changes["tools_used"] = a.tools_used | {tool}
-        self._agents[agent] = dataclasses.replace(a, **changes)
+        tools = a.tools_used
+        if kind == "call_allowed" and tool is not None and tool not in tools:
+            tools = tools | {tool}
+        self._agents[agent] = AgentStats(  # built directly: dataclasses.replace costs more than the rest
+            agent=agent,
+            first_seen=a.first_seen if a.first_seen is not None else now,
+            last_seen=max(now, a.last_seen or now),
+            tasks_created=a.tasks_created + (counter == "tasks_created"),
+            calls=a.calls + (counter == "calls"),
+            denied=a.denied + (counter == "denied"),
+            attempts=a.attempts + (counter == "attempts"),
+            tools_used=tools,
+            suspended=a.suspended,
+            suspended_reason=a.suspended_reason,
+            suspended_by=a.suspended_by,
+            suspended_at=a.suspended_at,
+        )
 
     async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
         self._agent_event(agent, kind, now, tool)
