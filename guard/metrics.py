@@ -14,7 +14,7 @@ What is counted where:
   (request start, taken by `guard.routes.operate.metrics_middleware`, to the audited forward minus upstream latency).
 - `guard_webhook_delivery_failures_total{webhook}`: from the `webhook_failed` audit records
   (each failed attempt), so deliveries need no extra call; others may `.inc()` it directly.
-- `guard_errors_total{code}` and `guard_store_errors_total`: problem-details answers, by code.
+- `guard_errors_total{code}` (`count_error`) and `guard_store_errors_total`: problem-details answers, by code.
 - `guard_pending_approvals`: read from the store when `/metrics` is scraped.
 - `guard_policy_reloads_total{result}`: `ok` or `failed` (see `guard.reload`).
 """
@@ -58,6 +58,14 @@ class Metrics:
         self._labels: set[tuple[str, str]] = set()
         self._decided: dict[tuple[str, str, str], Any] = {}  # (tool, action, effect) -> its counter child
         self._forwarded: dict[Any, tuple[Any, Any]] = {}  # tool -> its latency and overhead children
+        self._errors: dict[str, Any] = {}  # code -> its counter child
+
+    def count_error(self, code: str) -> None:
+        """One problem-details answer with this code (codes are the guard's own: a bounded set)."""
+        child = self._errors.get(code)
+        if child is None:
+            child = self._errors[code] = self.errors.labels(code)
+        child.inc()
 
     def _pair(self, tool: Any, action: Any) -> tuple[str, str]:
         pair = (str(tool or "-"), str(action or "-"))

@@ -29,7 +29,7 @@ async def metrics_middleware(request: web.Request, handler: Handler) -> web.Stre
     except GuardError as err:
         deps = request.app.get(DEPS)
         if deps is not None:
-            deps.metrics.errors.labels(err.code).inc()
+            deps.metrics.count_error(err.code)
             if isinstance(err, StoreUnavailable):
                 deps.metrics.store_errors.labels("request").inc()
         raise

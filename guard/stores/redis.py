@@ -115,6 +115,9 @@ class RedisStore:
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+        # agents this process has added to the agents set: each is added once, not on every event;
+        # forgotten on any store error (a Redis restart may have lost the set), so re-added then
+        self._listed: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------
     async def connect(self) -> None:
@@ -133,6 +136,7 @@ class RedisStore:
         try:
             yield
         except (TimeoutError, RedisError, OSError) as e:
+            self._listed.clear()
             detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
             log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
             if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
@@ -414,12 +418,15 @@ class RedisStore:
             self._agent_cmds(pipe, agent, kind, now, tool)
             await pipe.execute()
 
-    @staticmethod
-    def _agent_cmds(pipe: Any, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
+    def _agent_cmds(self, pipe: Any, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
         key = _agent_key(agent)
         used = tool if kind == "call_allowed" and tool is not None else ""
         pipe.eval(lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used)
-        pipe.sadd(AGENTS, agent)  # another hash slot than the agent's keys
+        if agent not in self._listed:  # the agents set is another hash slot than the agent's keys
+            pipe.sadd(AGENTS, agent)
+            if len(self._listed) >= 100_000:
+                self._listed.clear()
+            self._listed.add(agent)
 
     async def agent_stats(self) -> dict[str, AgentStats]:
         agents = await self._members(AGENTS)
