@@ -13,12 +13,15 @@ import asyncio
 import contextlib
 import json
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -133,10 +136,13 @@ class AuditFiles:
     Each batch of queued records is appended to this process's journal and synced once, however
     many tasks it spans; then the same lines go to the task files (unsynced) and the records'
     futures resolve. The task files are synced at checkpoints (the journal past CHECKPOINT_BYTES,
-    and a clean close), after which the journal is deleted for a fresh one. Journals left by writers
-    that are gone
-    are replayed into the task files by `start()`, before anything is served. Without `fsync`
-    there is no journal and nothing is synced.
+    and a clean close), after which the journal is deleted for a fresh one. Journals left by
+    writers that are gone are replayed into the task files by `start()`, before anything is
+    served. Without `fsync` there is no journal and nothing is synced.
+
+    One writer thread owns the files: the event loop hands it a batch (everything queued since
+    the last one) and it hands back the outcome with one `call_soon_threadsafe`, so a batch costs
+    the loop one wakeup, not a task, an event and an executor round trip.
     """
 
     MAX_OPEN = 256  # file descriptors kept open between batches
@@ -149,9 +155,16 @@ class AuditFiles:
         self.dir.mkdir(parents=True, exist_ok=True)
         self.fsync = fsync
         self._sync = sync
+        # on the event loop: records waiting for the writer, and whether it holds a batch now
         self._queue: list[tuple[AuditRecord, asyncio.Future[None]]] = []
-        self._wakeup = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
+        self._busy = False
+        self._scheduled = False  # a _dispatch is due in this loop iteration
+        self._idle: asyncio.Future[None] | None = None  # close() waits on it for the batch in hand
+        self._loop: asyncio.AbstractEventLoop | None = None
+        # the writer thread's inbox: jobs run one after the other, None ends the thread
+        self._inbox: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._thread: threading.Thread | None = None
+        # the writer thread's own state
         self._fds: dict[str, int] = {}
         self._jdir = self.dir / JOURNAL_DIR
         self._journal: Journal | None = None
@@ -159,7 +172,6 @@ class AuditFiles:
         self._dirty: set[str] = set()  # task files written since the last checkpoint
         self._new_files = False
         self._retire = False  # a task-file write failed: the journal holds records they lack
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="audit-writer")
         self._syncers = ThreadPoolExecutor(self.SYNC_THREADS, thread_name_prefix="audit-sync")
         self._closed = False
 
@@ -169,52 +181,97 @@ class AuditFiles:
         if self.fsync:
             self._jdir = journal_dir(self.dir, self._sync)
             self._journal = self._new_journal()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop = asyncio.get_running_loop()
+        self._thread = threading.Thread(target=self._writer, name="audit-writer", daemon=True)
+        self._thread.start()
 
     async def close(self) -> None:
+        """Write what was submitted, then the last checkpoint; submissions after this fail."""
         self._closed = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        await asyncio.get_running_loop().run_in_executor(self._writer, self._shutdown)
-        self._writer.shutdown(wait=True)
+        if self._thread is None:
+            return
+        loop = asyncio.get_running_loop()
+        while self._busy or self._queue:
+            self._idle = loop.create_future()
+            await self._idle
+        done: asyncio.Future[None] = loop.create_future()
+
+        def shutdown() -> None:
+            try:
+                self._shutdown()
+            except Exception as e:
+                loop.call_soon_threadsafe(done.set_exception, e)
+            else:
+                loop.call_soon_threadsafe(done.set_result, None)
+
+        self._inbox.put(shutdown)
+        self._inbox.put(None)
+        await done
+        self._thread.join()
         self._syncers.shutdown(wait=True)
 
     def submit(self, record: AuditRecord) -> asyncio.Future[None]:
-        """Queue a record; the future resolves once it is on disk."""
+        """Queue a record; the future resolves once it is on disk. Everything queued in the same
+        loop iteration, or while the writer holds a batch, forms one batch (group commit)."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
             fut.set_exception(AuditUnavailable("audit writer closed"))
             return fut
         self._queue.append((record, fut))
-        self._wakeup.set()
+        self._schedule()
         return fut
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            batch, self._queue = self._queue, []
-            if batch:
-                try:
-                    await loop.run_in_executor(self._writer, self._write_batch, [r for r, _ in batch])
-                except OSError as e:
-                    log.error("audit_write_failed", error=str(e.strerror))
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_exception(AuditUnavailable("audit write failed"))
+    def _schedule(self) -> None:
+        if not self._busy and not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._dispatch)
+
+    def _dispatch(self) -> None:
+        """On the event loop, at most once per iteration: the queue goes to the writer thread."""
+        self._scheduled = False
+        if self._busy or not self._queue:
+            return
+        batch, self._queue = self._queue, []
+        self._busy = True
+        self._inbox.put(partial(self._commit, batch))
+
+    def _writer(self) -> None:
+        while (job := self._inbox.get()) is not None:
+            job()
+
+    def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
+        """In the writer thread: write the batch, hand its outcome to the loop, then checkpoint
+        (or prepare the next journal) before taking the next batch."""
+        error: str | None = None
+        try:
+            self._write_batch([r for r, _ in batch])
+        except OSError as e:
+            error = str(e.strerror)
+        except Exception as e:  # a bug must fail the batch closed, not strand its callers
+            error = type(e).__name__
+        assert self._loop is not None
+        self._loop.call_soon_threadsafe(self._settle, batch, error)
+        journal = self._journal
+        if journal is not None and journal.size >= self.CHECKPOINT_BYTES:
+            self._try_checkpoint()
+        elif journal is not None and journal.size >= self.CHECKPOINT_BYTES // 2 and self._spare is None:
+            self._spare = self._syncers.submit(self._new_journal)
+
+    def _settle(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]], error: str | None) -> None:
+        """On the event loop: resolve a written batch's futures and hand over the next one."""
+        if error is not None:
+            log.error("audit_write_failed", error=error)
+        for _, fut in batch:
+            if not fut.done():
+                if error is None:
+                    fut.set_result(None)
                 else:
-                    for _, fut in batch:
-                        if not fut.done():
-                            fut.set_result(None)
-                journal = self._journal
-                if journal is not None and journal.size >= self.CHECKPOINT_BYTES:
-                    await loop.run_in_executor(self._writer, self._try_checkpoint)
-                elif journal is not None and journal.size >= self.CHECKPOINT_BYTES // 2 and self._spare is None:
-                    self._spare = self._syncers.submit(self._new_journal)
-            if self._closed and not self._queue:
-                return
+                    fut.set_exception(AuditUnavailable("audit write failed"))
+        self._busy = False
+        if self._queue:
+            self._schedule()
+        elif self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
 
     def _fd(self, task_id: str) -> int:
         fd = self._fds.get(task_id)
