@@ -34,6 +34,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any, TypeVar
 
+import hiredis
 import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
@@ -94,11 +95,23 @@ def _opt_float(s: str | None) -> float | None:
     return float(s) if s else None
 
 
+class _HiredisPacking(aioredis.Connection):
+    """redis-py's asyncio connection packs commands in Python (about 14 us for a script call of
+    ours); hiredis, which already parses the replies, packs the same bytes in about 2 us."""
+
+    def pack_command(self, *args: Any) -> list[bytes]:
+        if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD": the words go separately
+            args = (*args[0].split(), *args[1:])
+        return [hiredis.pack_command(args)]
+
+
 class RedisStore:
     def __init__(self, url: str) -> None:
         self.url = url
+        packing: dict[str, Any] = {"connection_class": _HiredisPacking} if url.startswith("redis://") else {}
         self._r: aioredis.Redis = aioredis.from_url(
             url,
+            **packing,
             decode_responses=True,
             socket_connect_timeout=0.5,
             socket_timeout=1.0,
