@@ -30,8 +30,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import hiredis
@@ -95,6 +94,53 @@ def _opt_float(s: str | None) -> float | None:
     return float(s) if s else None
 
 
+class _FailClosed:
+    """`async with store._fail_closed(op)`: a Redis or socket error becomes StoreUnavailable.
+    (A class, not @asynccontextmanager: it is entered on every call.)"""
+
+    __slots__ = ("op", "store")
+
+    def __init__(self, store: RedisStore, op: str) -> None:
+        self.store, self.op = store, op
+
+    async def __aenter__(self) -> None:
+        return None
+
+    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        if e is not None and isinstance(e, TimeoutError | RedisError | OSError):
+            await self.store._failed(self.op, e)  # raises StoreUnavailable
+
+
+class _TaskLock:
+    """One asyncio.Lock per task, kept only while someone holds or waits for it."""
+
+    __slots__ = ("lock", "locks", "task_id")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], task_id: str) -> None:
+        self.locks, self.task_id = locks, task_id
+
+    async def __aenter__(self) -> None:
+        lock, users = self.locks.get(self.task_id) or (asyncio.Lock(), 0)
+        self.locks[self.task_id] = (lock, users + 1)
+        self.lock = lock
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self.locks[self.task_id]
+        if users <= 1:
+            del self.locks[self.task_id]
+        else:
+            self.locks[self.task_id] = (lock, users - 1)
+
+
 class _HiredisPacking(aioredis.Connection):
     """redis-py's asyncio connection packs commands in Python (about 14 us for a script call of
     ours); hiredis, which already parses the replies, packs the same bytes in about 2 us."""
@@ -144,17 +190,17 @@ class RedisStore:
         except (RedisError, OSError) as e:
             log.warning("store_unreachable", error=type(e).__name__)
 
-    @asynccontextmanager
-    async def _fail_closed(self, op: str) -> AsyncIterator[None]:
-        try:
-            yield
-        except (TimeoutError, RedisError, OSError) as e:
-            self._listed.clear()
-            detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
-            log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
-            if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
-                await self._r.connection_pool.disconnect()
-            raise StoreUnavailable("the state store is unreachable") from e
+    def _fail_closed(self, op: str) -> _FailClosed:
+        return _FailClosed(self, op)
+
+    async def _failed(self, op: str, e: BaseException) -> None:
+        """A store operation failed: forget what Redis may have lost, and say so."""
+        self._listed.clear()
+        detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
+        log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
+        if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
+            await self._r.connection_pool.disconnect()
+        raise StoreUnavailable("the state store is unreachable") from e
 
     async def _read(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """An idempotent read: one more try on a fresh connection after a transient error."""
@@ -494,20 +540,9 @@ class RedisStore:
             await pipe.execute()
 
     # -- audit -------------------------------------------------------------
-    @asynccontextmanager
-    async def _audit_lock(self, task_id: str) -> AsyncIterator[None]:
+    def _audit_lock(self, task_id: str) -> _TaskLock:
         """Appends of one task from this process go one at a time (others may still race)."""
-        lock, users = self._audit_locks.get(task_id) or (asyncio.Lock(), 0)
-        self._audit_locks[task_id] = (lock, users + 1)
-        try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._audit_locks[task_id]
-            if users <= 1:
-                del self._audit_locks[task_id]
-            else:
-                self._audit_locks[task_id] = (lock, users - 1)
+        return _TaskLock(self._audit_locks, task_id)
 
     async def append_audit(
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
