@@ -161,7 +161,25 @@ class _Winners:
         return Decision("deny", None, "chain_loop" if loop else "no_rule")
 
 
+# (id(rule), rates) -> (rule, its decision). Keyed by identity (hashing a rule hashes all its
+# fields); the entry holds the rule, so its id cannot be reused by another rule meanwhile.
+_DECISIONS: dict[tuple[int, tuple[tuple[str, int, float], ...]], tuple[Rule, Decision]] = {}
+
+
 def _decided_by(rule: Rule, rates: tuple[tuple[str, int, float], ...]) -> Decision:
+    """The decision a rule makes (built once per rule and rates: decisions are immutable)."""
+    key = (id(rule), rates)
+    hit = _DECISIONS.get(key)
+    if hit is not None:
+        return hit[1]
+    decision = _decision(rule, rates)
+    if len(_DECISIONS) >= 10_000:  # rules of reloaded policy sets: stay bounded
+        _DECISIONS.clear()
+    _DECISIONS[key] = (rule, decision)
+    return decision
+
+
+def _decision(rule: Rule, rates: tuple[tuple[str, int, float], ...]) -> Decision:
     return Decision(
         effect=rule.effect,
         rule_id=rule.id,

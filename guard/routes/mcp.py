@@ -8,7 +8,6 @@ JSON-RPC error whose `data` is the problem details, so MCP clients show it to th
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from functools import lru_cache
 
@@ -77,7 +76,8 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
 
 def _to_origin(auth: Authorized, timeout_s: float | None = None) -> Authorized:
     origin, _, _ = _split_upstream(auth.upstream)
-    return dataclasses.replace(auth, upstream=origin, timeout_s=timeout_s or auth.timeout_s)
+    return Authorized(auth.call, auth.caller, auth.state, auth.action, auth.rule_id, origin,  # not replace(): per call
+                      timeout_s or auth.timeout_s, auth.minted, auth.audit_fields)
 
 
 def _rpc_response(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
