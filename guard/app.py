@@ -3,6 +3,7 @@ the store, the audit writer and the shared upstream client."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -14,15 +15,14 @@ from guard.approvals import Approvals
 from guard.audit import AuditFiles, AuditLog
 from guard.canonical import compact_json
 from guard.config import Config
-from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound
+from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
-from guard.metrics import Metrics
+from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
 from guard.reload import PolicyReloader
 from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
 from guard.routes.common import DEPS
-from guard.routes.operate import metrics_middleware
 from guard.stores import open_store
 from guard.tokens import GuardKeys, load_or_create_key
 
@@ -56,10 +56,17 @@ def problem_response(err: GuardError) -> web.Response:
 
 @web.middleware
 async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The outermost middleware: every error leaves as RFC 9457 problem details."""
+    """The one middleware: every error leaves as RFC 9457 problem details (counted by code),
+    and the request's start is marked for the overhead histogram (guard.metrics)."""
+    token = request_started.set(time.perf_counter())
     try:
         return await handler(request)
     except GuardError as err:
+        deps = request.app.get(DEPS)
+        if deps is not None:
+            deps.metrics.count_error(err.code)
+            if isinstance(err, StoreUnavailable):
+                deps.metrics.store_errors.labels("request").inc()
         return problem_response(err)
     except web.HTTPNotFound:
         return problem_response(NotFound("no such endpoint"))
@@ -72,6 +79,8 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
     except Exception:
         log.exception("request_failed", path=request.path)
         return problem_response(GuardError("internal error"))
+    finally:
+        request_started.reset(token)
 
 
 def load_checked_policies(cfg: Config) -> PolicySet:
@@ -98,7 +107,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
     if cfg.dev_mode:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
-    app = web.Application(middlewares=[problem_middleware, metrics_middleware],
+    app = web.Application(middlewares=[problem_middleware],
                           client_max_size=cfg.limits.max_body_bytes)
     holder = PolicyHolder(policies)
     metrics = Metrics()

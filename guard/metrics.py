@@ -11,7 +11,7 @@ What is counted where:
   audit records (`observe_record`), so every decided or forwarded call is counted exactly once,
   whatever route it came through (http or MCP).
 - `guard_overhead_seconds{tool}`: time spent in the guard before the upstream answered
-  (request start, taken by `guard.routes.operate.metrics_middleware`, to the audited forward minus upstream latency).
+  (request start, taken by `guard.app.problem_middleware`, to the audited forward minus upstream latency).
 - `guard_webhook_delivery_failures_total{webhook}`: from the `webhook_failed` audit records
   (each failed attempt), so deliveries need no extra call; others may `.inc()` it directly.
 - `guard_errors_total{code}` (`count_error`) and `guard_store_errors_total`: problem-details answers, by code.
