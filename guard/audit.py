@@ -17,7 +17,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -210,15 +210,19 @@ class AuditFiles:
         self._thread.join()
         self._syncers.shutdown(wait=True)
 
-    def submit(self, record: AuditRecord) -> asyncio.Future[None]:
+    def submit(self, record: AuditRecord, start: bool = False) -> asyncio.Future[None]:
         """Queue a record; the future resolves once it is on disk. Everything queued in the same
-        loop iteration, or while the writer holds a batch, forms one batch (group commit)."""
+        loop iteration, or while the writer holds a batch, forms one batch (group commit);
+        `start` hands an idle writer the queue at once instead."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if self._closed:
             fut.set_exception(AuditUnavailable("audit writer closed"))
             return fut
         self._queue.append((record, fut))
-        self._schedule()
+        if start:
+            self._dispatch()
+        else:
+            self._schedule()
         return fut
 
     def _schedule(self) -> None:
@@ -227,7 +231,7 @@ class AuditFiles:
             asyncio.get_running_loop().call_soon(self._dispatch)
 
     def _dispatch(self) -> None:
-        """On the event loop, at most once per iteration: the queue goes to the writer thread."""
+        """On the event loop: the queue goes to the writer thread, unless it holds a batch."""
         self._scheduled = False
         if self._busy or not self._queue:
             return
@@ -237,7 +241,10 @@ class AuditFiles:
 
     def _writer(self) -> None:
         while (job := self._inbox.get()) is not None:
-            job()
+            try:
+                job()
+            except Exception as e:  # the thread lives on: a dead writer would strand every caller
+                log.error("audit_writer_error", error=type(e).__name__)
 
     def _commit(self, batch: list[tuple[AuditRecord, asyncio.Future[None]]]) -> None:
         """In the writer thread: write the batch, hand its outcome to the loop, then checkpoint
@@ -405,8 +412,17 @@ class AuditLog:
 
     async def keep(self, record: AuditRecord) -> None:
         """A record the store has chained: its durable copy (awaited) and the observer."""
-        if self.files is not None:
-            await self.files.submit(record)
+        await self.keep_started(record)
+
+    def keep_started(self, record: AuditRecord) -> Awaitable[None]:
+        """keep, with the write started now (an idle writer takes the record at once): the
+        caller may do other work before it awaits the record being durable."""
+        durable = self.files.submit(record, start=True) if self.files is not None else None
+        return self._kept(record, durable)
+
+    async def _kept(self, record: AuditRecord, durable: asyncio.Future[None] | None) -> None:
+        if durable is not None:
+            await durable
         if self.observer is not None:
             self.observer(record.fields)
 

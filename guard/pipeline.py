@@ -125,14 +125,19 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         err.extra.setdefault("call_id", call.call_id)
         await record_refusal(deps.audit, call, caller, action_name, err, count_denied=err.code != "approval_required")
         raise
+    # The decision is durable before anything is forwarded; the credentials are signed while
+    # the writer makes it so (they go nowhere unless it is).
+    durable = deps.audit.keep_started(record)
     try:
-        await deps.audit.keep(record)  # the decision is durable before anything is forwarded
-        minted = mint_credentials(
-            call, caller, state, action, tool, deps.keys,
-            ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
-            txn_ttl_s=tool.timeout_s + 30,
-            environ=deps.cfg.environ,
-        )
+        try:
+            minted = mint_credentials(
+                call, caller, state, action, tool, deps.keys,
+                ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
+                txn_ttl_s=tool.timeout_s + 30,
+                environ=deps.cfg.environ,
+            )
+        finally:
+            await durable
     except BaseException:
         await finish_quietly(deps.store, caller.task_id, call.call_id)
         raise
