@@ -346,18 +346,32 @@ class RedisStore:
         """One script appends the record and ends the call; the agent's counter of the call goes
         in the same pipeline (one round trip; on Redis Cluster the client splits it by slot)."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail"), _k(task_id, "inflight")]
-        sha = self._scripts["RECORD_AND_FINISH"].sha
-        async with self._audit_lock(task_id), self._fail_closed("record_and_finish"):
+        return await self._append_chained(
+            "record_and_finish", "RECORD_AND_FINISH", task_id, fields, keys, [call_id],
+            lambda pipe: self._queue_agent_call(pipe, task_id, call_id))
+
+    async def _append_chained(
+        self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
+        also: Callable[[Any], None] | None,
+    ) -> AuditRecord:
+        """Chain the record on the tail last seen and run `script` (KEYS: audit list, tail, ...;
+        ARGV: seq, prev_hash, hash, line, *args) in a pipeline, with the commands `also` adds to
+        the first attempt (they run whatever the script answers, so they are sent once). When
+        another instance appended meanwhile, the script changes nothing and answers the current
+        tail, and the record is chained again on it."""
+        sha = self._scripts[script].sha
+        async with self._audit_lock(task_id), self._fail_closed(op):
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                body = record.json_line()
                 pipe = self._r.pipeline(transaction=False)
-                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body, call_id)
-                self._queue_agent_call(pipe, task_id, call_id)
+                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, record.json_line(), *args)
+                if also is not None:
+                    also(pipe)
+                    also = None
                 out = (await pipe.execute(raise_on_error=False))[0]
                 if isinstance(out, NoScriptError):
-                    await self._r.script_load(lua.RECORD_AND_FINISH)
+                    await self._r.script_load(getattr(lua, script))
                     continue  # the script did not run: send it again
                 if isinstance(out, Exception):
                     raise out
@@ -547,32 +561,13 @@ class RedisStore:
     async def append_audit(
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
     ) -> AuditRecord:
-        """Chain the record on the tail last seen; when another instance appended meanwhile,
-        the script answers the current tail and the record is chained again on it. The agent
-        event rides in the first attempt's pipeline (it runs whatever the script answers)."""
+        """See _append_chained; the agent event rides in the same pipeline."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail")]
-        sha = self._scripts["APPEND_AUDIT"].sha
-        async with self._audit_lock(task_id), self._fail_closed("append_audit"):
-            seq, prev = self._tails.get(task_id, (0, GENESIS))
-            for _ in range(AUDIT_ATTEMPTS):
-                record = chain_record(fields, seq + 1, prev)
-                body = record.json_line()
-                pipe = self._r.pipeline(transaction=False)
-                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, body)
-                if agent_event is not None:
-                    self._agent_cmds(pipe, str(fields["agent"]), agent_event, float(fields["ts"]), None)
-                    agent_event = None
-                out = (await pipe.execute(raise_on_error=False))[0]
-                if isinstance(out, NoScriptError):
-                    await self._r.script_load(lua.APPEND_AUDIT)
-                    continue  # the script did not run: send it again
-                if isinstance(out, Exception):
-                    raise out
-                if out[0] == 1:
-                    self._remember_tail(task_id, record.seq, record.hash)
-                    return record
-                seq, prev = int(out[1]), str(out[2])
-        raise StoreUnavailable("the audit trail is too contended to append to")
+        also: Callable[[Any], None] | None = None
+        if agent_event is not None:
+            agent, event, now = str(fields["agent"]), agent_event, float(fields["ts"])
+            also = lambda pipe: self._agent_cmds(pipe, agent, event, now, None)  # noqa: E731
+        return await self._append_chained("append_audit", "APPEND_AUDIT", task_id, fields, keys, [], also)
 
     def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:
         if len(self._tails) >= 10_000 and task_id not in self._tails:
