@@ -22,17 +22,21 @@ _SECRET_KEYS = frozenset(
 )
 
 
-_second: list[Any] = [None, ""]  # the last whole second stamped, and its ISO 8601 prefix
+_second: tuple[int, str] = (-1, "")  # the last whole second stamped, and its ISO 8601 prefix
 
 
 def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """`timestamp` as ISO 8601 UTC with microseconds (as structlog's TimeStamper(fmt="iso",
-    utc=True) writes it), formatting the date and time once per second, not on every line."""
+    utc=True) writes it), formatting the date and time once per second, not on every line.
+    (The cache is one tuple, swapped whole: threads that log see either second, never a mix.)"""
+    global _second
     now = time.time()
     sec = int(now)
-    if _second[0] != sec:
-        _second[:] = [sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))]
-    event["timestamp"] = f"{_second[1]}.{int((now - sec) * 1_000_000):06d}Z"
+    cached, prefix = _second
+    if cached != sec:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+        _second = (sec, prefix)
+    event["timestamp"] = f"{prefix}.{int((now - sec) * 1_000_000):06d}Z"
     return event
 
 

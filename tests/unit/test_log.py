@@ -1,0 +1,49 @@
+"""What the guard's log lines look like to whoever ships them: one JSON object per line."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import sys
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import pytest
+import structlog
+
+from guard.log import configure_logging
+
+ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
+
+
+@pytest.fixture
+def stderr(monkeypatch: pytest.MonkeyPatch) -> Iterator[io.StringIO]:
+    buf = io.StringIO()
+    monkeypatch.setattr(sys, "stderr", buf)
+    configure_logging(json_logs=True)
+    yield buf
+    structlog.reset_defaults()
+
+
+def test_a_decision_is_one_compact_json_line_with_an_iso_utc_timestamp(stderr: io.StringIO) -> None:
+    before = datetime.now(UTC)
+    structlog.get_logger("guard.test").info("call_decided", task_id="task_1", call_id="call_1",
+                                            purpose="résumé\x1b[2J", token="eyJ.secret.sig")
+    lines = stderr.getvalue().splitlines()
+    assert len(lines) == 1
+    line = lines[0]
+    assert ", " not in line and '": ' not in line  # compact
+    assert "résumé" in line and "\\u001b" in line and "\x1b" not in line  # UTF-8 kept, control escaped
+    rec = json.loads(line)
+    assert (rec["event"], rec["level"], rec["task_id"], rec["call_id"]) == ("call_decided", "info", "task_1", "call_1")
+    assert rec["token"] == "[redacted]" and "eyJ.secret.sig" not in line
+    assert ISO_UTC.match(rec["timestamp"]), rec["timestamp"]
+    stamped = datetime.strptime(rec["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+    assert abs((stamped - before).total_seconds()) < 5
+
+
+def test_values_json_cannot_encode_are_logged_as_their_repr(stderr: io.StringIO) -> None:
+    structlog.get_logger("guard.test").warning("odd", value={1, 2}.__class__)
+    rec = json.loads(stderr.getvalue())
+    assert rec["value"] == "<class 'set'>"
