@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test test-long lint bench clean
+.PHONY: demo test test-fast test-long lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
@@ -19,9 +19,15 @@ lint: $(STAMP)
 	$(BIN)/ruff check guard tests examples benchmarks
 	$(BIN)/mypy guard tests examples benchmarks
 
+# the whole suite: lint, then every test (the load, soak and crash tests take a few minutes more)
 test: lint
+	$(BIN)/pytest -q
+
+# for a quick local run: the suite without the tests marked slow
+test-fast: lint
 	$(BIN)/pytest -q -m "not slow"
 
+# only the load, soak and crash tests
 test-long: $(STAMP)
 	$(BIN)/pytest -q -m slow
 

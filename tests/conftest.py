@@ -84,8 +84,22 @@ def spawn(args: list[str], cwd: Path, log_name: str, env: dict[str, str] | None 
 # the guard
 
 
+class _Process:
+    """Stop (SIGTERM, then SIGKILL) or kill a process the test started, if it runs."""
+
+    proc: Proc | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+
 @dataclass
-class Guard:
+class Guard(_Process):
     """A real `guard serve` process in its own folder."""
 
     dir: Path
@@ -107,14 +121,6 @@ class Guard:
             except (RuntimeError, TimeoutError) as e:
                 raise RuntimeError(f"guard did not start: {e}\n{self.proc.log()}") from e
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
 
     def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
         return subprocess.run([PY, "-m", "guard", "--config", str(self.config_path), *args], cwd=self.dir,
@@ -285,7 +291,7 @@ def upstream_factory() -> Iterator[Callable[[], Upstream]]:
 
 
 @dataclass
-class RedisServer:
+class RedisServer(_Process):
     dir: Path
     port: int
     proc: Proc | None = None
@@ -308,14 +314,6 @@ class RedisServer:
                 break
             time.sleep(0.05)
         return self
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.stop()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
 
 
 def redis_missing_reason() -> str | None:
