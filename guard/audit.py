@@ -411,8 +411,9 @@ class AuditLog:
         return {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
 
     async def keep(self, record: AuditRecord) -> None:
-        """A record the store has chained: its durable copy (awaited) and the observer."""
-        await self.keep_started(record)
+        """A record the store has chained: its durable copy (awaited; records kept in the same
+        loop iteration share one write) and the observer."""
+        await self._kept(record, self.files.submit(record) if self.files is not None else None)
 
     def keep_started(self, record: AuditRecord) -> Awaitable[None]:
         """keep, with the write started now (an idle writer takes the record at once): the

@@ -9,6 +9,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from guard.audit import AuditFiles, list_trails, read_trail, verify_chain
@@ -89,6 +90,25 @@ async def test_a_batch_spanning_50_tasks_costs_one_journal_sync(tmp_path: Path) 
     assert {p.name for p in syncs.paths} >= {f"task-{t}.jsonl" for t in range(50)}
     assert journals(tmp_path) == []
     assert_trails(tmp_path, 50, 2)
+
+
+async def test_a_started_record_is_written_while_the_loop_is_still_busy(tmp_path: Path) -> None:
+    """The decision record is handed to an idle writer at once (keep_started), so it reaches the
+    journal while the caller is still signing the credentials; a record submitted plainly waits
+    for the loop to come round."""
+    files = AuditFiles(tmp_path)
+    files.start()
+    (plain,), (started,) = records(1, 2)
+    waiting = files.submit(plain)
+    time.sleep(0.3)  # the event loop is busy (a blocking call, on purpose)
+    assert sum(len(journaled(p)) for p in journals(tmp_path)) == 0  # not handed over yet
+    await waiting
+    early = files.submit(started, start=True)
+    time.sleep(0.3)
+    assert sum(len(journaled(p)) for p in journals(tmp_path)) == 2  # written without the loop
+    await early
+    await files.close()
+    assert_trails(tmp_path, 1, 2)
 
 
 async def test_the_journal_is_emptied_at_checkpoints(tmp_path: Path) -> None:
