@@ -7,7 +7,7 @@ Rules are indexed by (tool, action) at load, so a call only looks at the rules t
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
@@ -18,6 +18,7 @@ from guard.policy.model import AgentEntry, CallContext, Decision, Effect, RateSp
 __all__ = ["ChainMatch", "Globs", "HistoryMatch", "PolicySet", "Rule", "TaskMatch"]
 
 _GLOB_CHARS = frozenset("*?[")
+Rates = tuple[tuple[str, int, float], ...]  # (rule id, calls, per seconds) of the rate limits that apply
 
 
 def is_glob(pattern: str) -> bool:
@@ -153,33 +154,15 @@ class _Winners:
         if rule.effect != "deny" and rule.rate is not None:
             self.rates.append((rule.id, rule.rate.calls, rule.rate.per_s))
 
-    def decision(self, loop: bool) -> Decision:
+    def decision(self, loop: bool, decided_by: Callable[[Rule, Rates], Decision]) -> Decision:
         for effect in ("deny", "step_up", "allow"):
             rule = self.first.get(effect)
             if rule is not None:
-                return _decided_by(rule, tuple(self.rates) if effect != "deny" else ())
+                return decided_by(rule, tuple(self.rates) if effect != "deny" else ())
         return Decision("deny", None, "chain_loop" if loop else "no_rule")
 
 
-# (id(rule), rates) -> (rule, its decision). Keyed by identity (hashing a rule hashes all its
-# fields); the entry holds the rule, so its id cannot be reused by another rule meanwhile.
-_DECISIONS: dict[tuple[int, tuple[tuple[str, int, float], ...]], tuple[Rule, Decision]] = {}
-
-
-def _decided_by(rule: Rule, rates: tuple[tuple[str, int, float], ...]) -> Decision:
-    """The decision a rule makes (built once per rule and rates: decisions are immutable)."""
-    key = (id(rule), rates)
-    hit = _DECISIONS.get(key)
-    if hit is not None:
-        return hit[1]
-    decision = _decision(rule, rates)
-    if len(_DECISIONS) >= 10_000:  # rules of reloaded policy sets: stay bounded
-        _DECISIONS.clear()
-    _DECISIONS[key] = (rule, decision)
-    return decision
-
-
-def _decision(rule: Rule, rates: tuple[tuple[str, int, float], ...]) -> Decision:
+def _decision(rule: Rule, rates: Rates) -> Decision:
     return Decision(
         effect=rule.effect,
         rule_id=rule.id,
@@ -229,6 +212,8 @@ class PolicySet:
         self._exact_agents = {a.pattern: a for a in reversed(agents) if not is_glob(a.pattern)}
         self._glob_agents = tuple(a for a in agents if is_glob(a.pattern))
         self._glob_hits: dict[str, AgentEntry | None] = {}
+        # (id of one of this set's rules, rates) -> the decision: immutable, so built once per pair
+        self._decisions: dict[tuple[int, Rates], Decision] = {}
 
     @property
     def has_inventory(self) -> bool:
@@ -262,9 +247,17 @@ class PolicySet:
                 continue
             if rule.matches(ctx):
                 if rule.effect == "deny":
-                    return _decided_by(rule, ())
+                    return self._decided_by(rule, ())
                 winners.add(rule)
-        return winners.decision(loop)
+        return winners.decision(loop, self._decided_by)
+
+    def _decided_by(self, rule: Rule, rates: Rates) -> Decision:
+        decision = self._decisions.get((id(rule), rates))
+        if decision is None:
+            if len(self._decisions) >= 10_000:  # combinations of rates: stay bounded
+                self._decisions.clear()
+            decision = self._decisions[(id(rule), rates)] = _decision(rule, rates)
+        return decision
 
     def could_allow(
         self,
