@@ -97,6 +97,11 @@ class _Process:
         if self.proc is not None:
             self.proc.kill()
 
+    def send_signal(self, sig: int) -> None:
+        """SIGSTOP, SIGCONT…: a process that hangs without going away."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)
+
 
 @dataclass
 class Guard(_Process):

@@ -21,8 +21,13 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
 
-Every Redis error becomes StoreUnavailable (503) within the socket timeouts. Only idempotent
-reads are retried (once, after a reconnect); a script that may have run is never retried.
+Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
+deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
+retried (once, after a reconnect); a script that may have run is never retried.
+
+The commands of a call (admission, its records, its finish) go over one connection that the
+calls of this process share (redis_mux: one write per loop iteration for all of them). Everything
+else goes through redis-py's client and its connection pool.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ from guard.domain import (
 from guard.errors import StoreUnavailable
 from guard.stores import redis_lua as lua
 from guard.stores.base import DecideOutcome
+from guard.stores.redis_mux import Multiplexer
 
 __all__ = ["RedisStore"]
 
@@ -95,18 +101,24 @@ def _opt_float(s: str | None) -> float | None:
 
 
 class _FailClosed:
-    """`async with store._fail_closed(op)`: a Redis or socket error becomes StoreUnavailable.
-    (A class, not @asynccontextmanager: it is entered on every call.)"""
+    """`async with store._fail_closed(op)`: the operation has `op_timeout` seconds, and a Redis
+    or socket error, or running out of time, becomes StoreUnavailable. (A class, not
+    @asynccontextmanager: it is entered on every call.)"""
 
-    __slots__ = ("op", "store")
+    __slots__ = ("deadline", "op", "store")
 
     def __init__(self, store: RedisStore, op: str) -> None:
         self.store, self.op = store, op
+        self.deadline = asyncio.timeout(store.op_timeout)
 
     async def __aenter__(self) -> None:
-        return None
+        await self.deadline.__aenter__()
 
     async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        try:
+            await self.deadline.__aexit__(kind, e, tb)
+        except TimeoutError as expired:  # the deadline cancelled the operation
+            e = expired
         if e is not None and isinstance(e, TimeoutError | RedisError | OSError):
             await self.store._failed(self.op, e)  # raises StoreUnavailable
 
@@ -164,6 +176,12 @@ class RedisStore:
             health_check_interval=5,
             retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
         )
+        # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
+        # and write: its write timeout costs a task per command on Python 3.11.
+        kwargs = self._r.connection_pool.connection_kwargs
+        self.op_timeout: float = float(kwargs.get("socket_timeout") or 1.0)
+        kwargs["socket_timeout"] = None
+        self._mux = Multiplexer(self._r.connection_pool.make_connection)
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
@@ -174,9 +192,6 @@ class RedisStore:
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-        # agents this process has added to the agents set: each is added once, not on every event;
-        # forgotten on any store error (a Redis restart may have lost the set), so re-added then
-        self._listed: set[str] = set()
 
     # -- plumbing ------------------------------------------------------------
     async def connect(self) -> None:
@@ -186,7 +201,8 @@ class RedisStore:
             async for attempt in AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(0.1, max=1),
                                                retry=retry_if_exception_type(_TRANSIENT), reraise=True):
                 with attempt:
-                    await self._r.ping()
+                    async with asyncio.timeout(self.op_timeout):
+                        await self._r.ping()
         except (RedisError, OSError) as e:
             log.warning("store_unreachable", error=type(e).__name__)
 
@@ -194,13 +210,34 @@ class RedisStore:
         return _FailClosed(self, op)
 
     async def _failed(self, op: str, e: BaseException) -> None:
-        """A store operation failed: forget what Redis may have lost, and say so."""
-        self._listed.clear()
+        """A store operation failed: say so."""
         detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
         log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
         if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
+            await self._mux.reset()
             await self._r.connection_pool.disconnect()
+        elif isinstance(e, TimeoutError):  # Redis stopped answering: do not wait on that connection
+            await self._mux.reset()
         raise StoreUnavailable("the state store is unreachable") from e
+
+    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """The replies of the commands, sent together on the shared connection (an error reply in
+        its place as its exception). Call it inside _fail_closed: the deadline bounds the wait."""
+        return await self._mux.send(commands)
+
+    async def _eval(self, script: str, keys: list[str], args: list[Any],
+                    also: list[tuple[Any, ...]] | None = None) -> Any:
+        """EVALSHA a script of redis_lua, and the commands `also` in the same round trip (they run
+        whatever the script answers). A Redis that lost its scripts (NOSCRIPT: nothing ran) gets
+        the script loaded and the call sent again. An error reply of the script raises."""
+        command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
+        out = await self._send([command, *(also or ())])
+        if isinstance(out[0], NoScriptError):
+            await self._send([("SCRIPT", "LOAD", getattr(lua, script))])
+            out = await self._send([command])
+        if isinstance(out[0], Exception):
+            raise out[0]
+        return out[0]
 
     async def _read(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
         """An idempotent read: one more try on a fresh connection after a transient error."""
@@ -225,6 +262,7 @@ class RedisStore:
         await self._read("ping", self._r.ping)
 
     async def close(self) -> None:
+        await self._mux.close()
         await self._r.aclose()
 
     # -- tasks -------------------------------------------------------------
@@ -296,11 +334,10 @@ class RedisStore:
         return Admission(bool(ok), reason or None, rule_id or None, _opt_float(retry_after), int(calls or 0))
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
+        commands: list[tuple[Any, ...]] = [("SREM", _k(task_id, "inflight"), call_id)]
+        self._queue_agent_call(commands, task_id, call_id)
         async with self._fail_closed("finish_call"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.srem(_k(task_id, "inflight"), call_id)
-            self._queue_agent_call(pipe, task_id, call_id)
-            await pipe.execute()
+            await self._send(commands)
 
     async def call_in_flight(self, task_id: str, call_id: str) -> bool:
         async def fetch() -> bool:
@@ -323,13 +360,12 @@ class RedisStore:
         for rule_id, calls, per_s in limits.rates:
             keys.append(_k(task_id, f"rate:{rule_id}"))
             rates += [rule_id, calls, _num(float(per_s))]
-        async with self._audit_lock(task_id):
+        async with self._audit_lock(task_id), self._fail_closed("admit_and_record"):
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                body = record.json_line()
-                args = [*admit, record.seq, prev, record.hash, body, *rates]
-                ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_AND_RECORD", keys, args)
+                args = [*admit, record.seq, prev, record.hash, record.json_line(), *rates]
+                ok, reason, rule_id, retry_after, calls = await self._eval("ADMIT_AND_RECORD", keys, args)
                 if ok == 2:
                     seq, prev = int(reason), str(rule_id)
                     continue
@@ -346,47 +382,38 @@ class RedisStore:
         """One script appends the record and ends the call; the agent's counter of the call goes
         in the same pipeline (one round trip; on Redis Cluster the client splits it by slot)."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail"), _k(task_id, "inflight")]
-        return await self._append_chained(
-            "record_and_finish", "RECORD_AND_FINISH", task_id, fields, keys, [call_id],
-            lambda pipe: self._queue_agent_call(pipe, task_id, call_id))
+        also: list[tuple[Any, ...]] = []
+        self._queue_agent_call(also, task_id, call_id)
+        return await self._append_chained("record_and_finish", "RECORD_AND_FINISH", task_id, fields, keys,
+                                          [call_id], also)
 
     async def _append_chained(
         self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
-        also: Callable[[Any], None] | None,
+        also: list[tuple[Any, ...]],
     ) -> AuditRecord:
         """Chain the record on the tail last seen and run `script` (KEYS: audit list, tail, ...;
-        ARGV: seq, prev_hash, hash, line, *args) in a pipeline, with the commands `also` adds to
+        ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the round trip of
         the first attempt (they run whatever the script answers, so they are sent once). When
         another instance appended meanwhile, the script changes nothing and answers the current
         tail, and the record is chained again on it."""
-        sha = self._scripts[script].sha
         async with self._audit_lock(task_id), self._fail_closed(op):
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             for _ in range(AUDIT_ATTEMPTS):
                 record = chain_record(fields, seq + 1, prev)
-                pipe = self._r.pipeline(transaction=False)
-                pipe.evalsha(sha, len(keys), *keys, record.seq, prev, record.hash, record.json_line(), *args)
-                if also is not None:
-                    also(pipe)
-                    also = None
-                out = (await pipe.execute(raise_on_error=False))[0]
-                if isinstance(out, NoScriptError):
-                    await self._r.script_load(getattr(lua, script))
-                    continue  # the script did not run: send it again
-                if isinstance(out, Exception):
-                    raise out
+                out = await self._eval(script, keys, [record.seq, prev, record.hash, record.json_line(), *args], also)
+                also = []
                 if out[0] == 1:
                     self._remember_tail(task_id, record.seq, record.hash)
                     return record
                 seq, prev = int(out[1]), str(out[2])
         raise StoreUnavailable("the audit trail is too contended to append to")
 
-    def _queue_agent_call(self, pipe: Any, task_id: str, call_id: str) -> None:
-        """Add the pending inventory counter of this call, if any, to a pipeline."""
+    def _queue_agent_call(self, commands: list[tuple[Any, ...]], task_id: str, call_id: str) -> None:
+        """Add the commands of this call's pending inventory counter, if any."""
         pending = self._agent_calls.pop((task_id, call_id), None)
         if pending is not None:
             agent, tool = pending
-            self._agent_cmds(pipe, agent, "call_allowed", time.time(), tool)
+            self._agent_cmds(commands, agent, "call_allowed", time.time(), tool)
 
     def _defer_agent_call(self, task_id: str, call_id: str, agent: str, history_entry: str) -> None:
         if len(self._agent_calls) >= 100_000:  # calls never finished (a bug elsewhere): stay bounded
@@ -486,20 +513,19 @@ class RedisStore:
 
     # -- agents (the inventory) ---------------------------------------------
     async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
+        commands: list[tuple[Any, ...]] = []
+        self._agent_cmds(commands, agent, kind, now, tool)
         async with self._fail_closed("record_agent_event"):
-            pipe = self._r.pipeline(transaction=False)
-            self._agent_cmds(pipe, agent, kind, now, tool)
-            await pipe.execute()
+            await self._send(commands)
 
-    def _agent_cmds(self, pipe: Any, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
+    def _agent_cmds(self, commands: list[tuple[Any, ...]], agent: str, kind: AgentEvent, now: float,
+                    tool: str | None) -> None:
         key = _agent_key(agent)
         used = tool if kind == "call_allowed" and tool is not None else ""
-        pipe.eval(lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used)
-        if agent not in self._listed:  # the agents set is another hash slot than the agent's keys
-            pipe.sadd(AGENTS, agent)
-            if len(self._listed) >= 100_000:
-                self._listed.clear()
-            self._listed.add(agent)
+        commands.append(("EVAL", lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used))
+        # on every event, not once per process: Redis may lose the set (a restart without its
+        # append-only file) while this process sees no error; another hash slot than the agent's
+        commands.append(("SADD", AGENTS, agent))
 
     async def agent_stats(self) -> dict[str, AgentStats]:
         agents = await self._members(AGENTS)
@@ -563,10 +589,9 @@ class RedisStore:
     ) -> AuditRecord:
         """See _append_chained; the agent event rides in the same pipeline."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail")]
-        also: Callable[[Any], None] | None = None
+        also: list[tuple[Any, ...]] = []
         if agent_event is not None:
-            agent, event, now = str(fields["agent"]), agent_event, float(fields["ts"])
-            also = lambda pipe: self._agent_cmds(pipe, agent, event, now, None)  # noqa: E731
+            self._agent_cmds(also, str(fields["agent"]), agent_event, float(fields["ts"]), None)
         return await self._append_chained("append_audit", "APPEND_AUDIT", task_id, fields, keys, [], also)
 
     def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:

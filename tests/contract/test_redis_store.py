@@ -3,10 +3,21 @@ what Redis lost."""
 
 from __future__ import annotations
 
-import pytest
+import asyncio
+import signal
+import time
 
+import pytest
+import redis.asyncio as redis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from guard.audit import verify_chain
+from guard.domain import Task
 from guard.errors import StoreUnavailable
 from guard.stores import open_store
+from guard.stores.redis_mux import Multiplexer
+from guard.tokens import new_id
 from tests.conftest import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -34,5 +45,66 @@ async def test_an_agent_is_listed_again_after_redis_lost_its_data(redis_server: 
         stats = await store.agent_stats()
         assert set(stats) == {"spiffe://a/listed"}
         assert (stats["spiffe://a/listed"].denied, stats["spiffe://a/listed"].first_seen) == (1, 12.0)
+    finally:
+        await store.close()
+
+
+async def test_concurrent_callers_each_get_their_own_replies(redis_server: RedisServer) -> None:
+    """The calls of a process share one connection: replies are handed out in the order the
+    commands went out, also when some callers gave up and an error reply comes in between."""
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    mux = Multiplexer(r.connection_pool.make_connection)
+    try:
+        await r.set("a-string", "x")
+        futures = [mux.send([("ECHO", f"first {i}"), ("INCR", "a-string"), ("ECHO", f"last {i}")])
+                   for i in range(200)]
+        for f in futures[::3]:
+            f.cancel()  # a caller whose deadline passed, or whose client went away
+        for i, f in enumerate(futures):
+            if i % 3:
+                first, error, last = await f
+                assert (first, last) == (f"first {i}", f"last {i}")
+                assert isinstance(error, ResponseError) and "not an integer" in str(error)
+        assert await mux.send([("ECHO", "after")]) == ["after"]
+    finally:
+        await mux.close()
+        await r.aclose()
+
+
+async def test_a_restarted_redis_fails_the_callers_waiting_and_serves_the_next(redis_server: RedisServer) -> None:
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    mux = Multiplexer(r.connection_pool.make_connection)
+    try:
+        assert await mux.send([("PING",)]) == ["PONG"]
+        redis_server.send_signal(signal.SIGSTOP)  # answers nothing, connection open
+        waiting = mux.send([("ECHO", "lost")])
+        await asyncio.sleep(0.2)
+        redis_server.kill()
+        with pytest.raises(RedisConnectionError):
+            await asyncio.wait_for(waiting, 10)
+        redis_server.start()
+        assert await mux.send([("ECHO", "back")]) == ["back"]  # a new connection, made by itself
+    finally:
+        await mux.close()
+        await r.aclose()
+
+
+async def test_a_hung_redis_fails_closed_within_the_deadline_and_is_used_again(redis_server: RedisServer) -> None:
+    store = await open_store(f"{redis_server.url}?socket_timeout=0.3")
+    now = time.time()
+    task = Task(new_id("task"), "spiffe://a/hung", "hung redis", None, "active", now, now + 600)
+    try:
+        await store.create_task(task)
+        redis_server.send_signal(signal.SIGSTOP)
+        try:
+            with pytest.raises(StoreUnavailable):  # the store's deadline, not wait_for's (a hang fails)
+                await asyncio.wait_for(store.append_audit(task.task_id, {"event": "x", "task_id": task.task_id}), 10)
+        finally:
+            redis_server.send_signal(signal.SIGCONT)
+        record = await store.append_audit(task.task_id, {"event": "y", "task_id": task.task_id})
+        trail = await store.read_audit(task.task_id)
+        # the command sent before the stop may have run when Redis resumed: then y follows it
+        assert [r.fields["event"] for r in trail] == (["x", "y"] if record.seq == 2 else ["y"])
+        assert verify_chain(r.fields for r in trail).verified
     finally:
         await store.close()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -100,3 +101,29 @@ async def test_a_guard_started_while_redis_is_down_serves_once_it_is_up(
     async with http.get(f"{g.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
         assert r.status == 200
     assert len(upstream.requests) == 1
+
+
+async def test_a_redis_that_stops_answering_fails_closed_and_is_used_again(
+    guard_factory: Any, upstream: Upstream, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """SIGSTOP: the connection stays open and nothing answers. Each call gets 503 once the
+    store's deadline (here the URL's 0.3 s) passes, nothing is forwarded, and once Redis answers
+    again the same process serves."""
+    g: Guard = guard_factory(echo_policy(upstream.url), subdir="hung",
+                             config={"store": {"url": f"{redis_server.url}?socket_timeout=0.3"}})
+    task = await create_task(http, g.url, g.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{g.url}/tools/echo/items/1", headers=h) as r:
+        assert r.status == 200
+    redis_server.send_signal(signal.SIGSTOP)
+    try:
+        answers = await asyncio.gather(*(http.get(f"{g.url}/tools/echo/items/{i}", headers=h) for i in range(2, 6)))
+        for r in answers:
+            assert (r.status, await problem_code(r)) == (503, "store_unavailable")
+            r.release()
+    finally:
+        redis_server.send_signal(signal.SIGCONT)
+    assert [s.path_qs for s in upstream.requests] == ["/items/1"]
+    async with http.get(f"{g.url}/tools/echo/items/7", headers=h) as r:
+        assert r.status == 200
+    assert [s.path_qs for s in upstream.requests] == ["/items/1", "/items/7"]

@@ -1,0 +1,124 @@
+"""The Redis connection the calls of this process share (the commands of a call's hot path).
+
+Redis answers the commands of one connection in the order they were sent, so concurrent calls
+can share it: the commands queued during one event-loop iteration go out in one write, and one
+reader hands each caller its replies in turn. Under load that is one write and one read for many
+calls instead of one of each per call, and no pool lock, retry wrapper or pipeline object.
+
+It is built on redis-py's own connection (connecting, AUTH/SELECT, TLS, reply parsing with
+hiredis). Any failure of the connection fails every caller waiting on it and drops it; the next
+command connects afresh. Nothing is ever re-sent here: a command that may have run is not repeated.
+A caller that gives up (its deadline, its client gone) leaves its reply to be read and dropped,
+so the replies of the others stay in step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+__all__ = ["Multiplexer"]
+
+Command = tuple[Any, ...]
+
+
+class _Waiter:
+    __slots__ = ("future", "replies", "wanted")
+
+    def __init__(self, future: asyncio.Future[list[Any]], wanted: int) -> None:
+        self.future, self.wanted = future, wanted
+        self.replies: list[Any] = []
+
+
+class Multiplexer:
+    def __init__(self, connect: Callable[[], aioredis.Connection]) -> None:
+        self._connect = connect
+        self._conn: aioredis.Connection | None = None
+        self._unsent: list[bytes] = []  # packed commands queued since the last write
+        self._waiting: deque[_Waiter] = deque()  # callers in the order their commands go out
+        self._writer: asyncio.Task[None] | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    def send(self, commands: list[Command]) -> asyncio.Future[list[Any]]:
+        """Queue the commands (they go out together, in order); the future is their replies, an
+        error reply in its place as its exception, or the exception that broke the connection."""
+        loop = asyncio.get_running_loop()
+        waiter = _Waiter(loop.create_future(), len(commands))
+        self._waiting.append(waiter)
+        self._unsent.append(b"".join(hiredis.pack_command(c) for c in commands))
+        if self._writer is None:
+            self._writer = loop.create_task(self._write())
+        return waiter.future
+
+    async def _write(self) -> None:
+        """Write what is queued, until nothing is; one write per loop iteration at most."""
+        try:
+            await asyncio.sleep(0)  # let the callers of this iteration queue theirs
+            while self._unsent:
+                batch, self._unsent = b"".join(self._unsent), []
+                conn = self._conn
+                if conn is None:
+                    conn = self._conn = self._connect()
+                elif self._reader is None and conn.is_connected and await conn.can_read():
+                    await conn.disconnect()  # closed by the server while idle: reconnect
+                await conn.send_packed_command(batch, check_health=False)
+                if self._reader is None:
+                    self._reader = asyncio.get_running_loop().create_task(self._read(conn))
+        except asyncio.CancelledError:
+            await self._fail(RedisConnectionError("the connection was reset"))
+            raise
+        except Exception as e:
+            await self._fail(e)
+        finally:
+            if self._writer is asyncio.current_task():
+                self._writer = None
+
+    async def _read(self, conn: aioredis.Connection) -> None:
+        """Hand out replies in order while anyone waits for one."""
+        try:
+            while self._waiting:
+                try:
+                    reply = await conn.read_response()
+                except ResponseError as e:  # a whole error reply: the next one follows
+                    reply = e
+                waiter = self._waiting[0]
+                waiter.replies.append(reply)
+                if len(waiter.replies) == waiter.wanted:
+                    self._waiting.popleft()
+                    if not waiter.future.done():
+                        waiter.future.set_result(waiter.replies)
+        except Exception as e:
+            await self._fail(e)
+        finally:
+            if self._reader is asyncio.current_task():
+                self._reader = None
+
+    async def _fail(self, error: Exception) -> None:
+        """Drop the connection; everyone waiting gets the error."""
+        waiting, self._waiting, self._unsent = self._waiting, deque(), []
+        conn, self._conn = self._conn, None
+        reader, self._reader = self._reader, None
+        if reader is not None and reader is not asyncio.current_task():
+            reader.cancel()
+        for waiter in waiting:
+            if not waiter.future.done():
+                waiter.future.set_exception(error)
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+
+    async def reset(self) -> None:
+        """Drop the connection now (a deadline passed, a failover): callers still waiting fail."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+        await self._fail(RedisConnectionError("the connection was reset"))
+
+    async def close(self) -> None:
+        await self.reset()
