@@ -49,10 +49,11 @@ class Multiplexer:
     def send(self, commands: list[Command]) -> asyncio.Future[list[Any]]:
         """Queue the commands (they go out together, in order); the future is their replies, an
         error reply in its place as its exception, or the exception that broke the connection."""
+        packed = b"".join(hiredis.pack_command(c) for c in commands)  # raises before anything is queued
         loop = asyncio.get_running_loop()
         waiter = _Waiter(loop.create_future(), len(commands))
         self._waiting.append(waiter)
-        self._unsent.append(b"".join(hiredis.pack_command(c) for c in commands))
+        self._unsent.append(packed)
         if self._writer is None:
             self._writer = loop.create_task(self._write())
         return waiter.future
@@ -72,10 +73,12 @@ class Multiplexer:
                 if self._reader is None:
                     self._reader = asyncio.get_running_loop().create_task(self._read(conn))
         except asyncio.CancelledError:
-            await self._fail(RedisConnectionError("the connection was reset"))
+            if self._writer is asyncio.current_task():  # not by reset(), which failed everyone already
+                await self._fail(RedisConnectionError("the connection was closed"))
             raise
         except Exception as e:
-            await self._fail(e)
+            if self._writer is asyncio.current_task():
+                await self._fail(e)
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
@@ -95,7 +98,8 @@ class Multiplexer:
                     if not waiter.future.done():
                         waiter.future.set_result(waiter.replies)
         except Exception as e:
-            await self._fail(e)
+            if self._reader is asyncio.current_task():  # not the reader of a connection dropped already
+                await self._fail(e)
         finally:
             if self._reader is asyncio.current_task():
                 self._reader = None
