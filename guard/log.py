@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
+import atexit
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import MutableMapping
@@ -14,7 +17,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from guard.canonical import json_encoder
 
-__all__ = ["ProtocolErrorFilter", "configure_logging", "redact"]
+__all__ = ["LineWriter", "ProtocolErrorFilter", "configure_logging", "redact"]
 
 _SECRET_KEYS = frozenset(
     {"token", "task_token", "authorization", "secret", "password", "credential", "txn_token",
@@ -62,6 +65,63 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
     return event
 
 
+class LineWriter:
+    """structlog's logger: JSON lines to a file descriptor. Lines logged on the event loop are
+    written together once per turn of the loop (a busy guard logs a line per call: one write per
+    turn instead of one per line); lines from anywhere else are written at once. Each write holds
+    whole lines and at most PIPE_BUF bytes when it can, so lines of several workers sharing one
+    pipe never interleave mid-line."""
+
+    CHUNK = 4096  # PIPE_BUF on Linux: a write this small to a pipe is atomic
+
+    def __init__(self, fd: int) -> None:
+        self._fd = fd
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose lines are gathered
+        self._lines: list[bytes] = []
+
+    def msg(self, message: str) -> None:
+        line = f"{message}\n".encode()
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            loop = None
+        if loop is None or (loop is not self._loop and self._loop is not None and self._loop.is_running()):
+            self._write([line])  # off the loop (a thread, the CLI): at once
+            return
+        if loop is not self._loop:
+            self.flush()  # what a loop that has stopped left behind
+            self._loop = loop
+        if not self._lines:
+            loop.call_soon(self.flush)
+        self._lines.append(line)
+
+    debug = info = warning = warn = error = err = critical = exception = fatal = failure = log = msg
+
+    def flush(self) -> None:
+        lines, self._lines = self._lines, []
+        self._write(lines)
+
+    def _write(self, lines: list[bytes]) -> None:
+        chunk: list[bytes] = []
+        size = 0
+        for line in lines:
+            if chunk and size + len(line) > self.CHUNK:
+                self._write_all(b"".join(chunk))
+                chunk, size = [], 0
+            chunk.append(line)
+            size += len(line)
+        if chunk:
+            self._write_all(b"".join(chunk))
+
+    def _write_all(self, data: bytes) -> None:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+        except OSError:
+            pass  # a closed or full log stream must not fail the call that logs
+
+
 class ProtocolErrorFilter(logging.Filter):
     """aiohttp logs a malformed request (smuggling shapes, bad header characters, over-long
     lines) with the offending bytes, which may hold a token: keep only the error's type."""
@@ -75,6 +135,28 @@ class ProtocolErrorFilter(logging.Filter):
         return True
 
 
+_writers: dict[int, LineWriter] = {}
+
+
+def _writer_for(stream: Any) -> Any:
+    """The stream's LineWriter (one per descriptor); structlog's own WriteLogger for a stream
+    that has no descriptor (captured by a test, say)."""
+    try:
+        fd = stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return structlog.WriteLogger(stream)
+    stream.flush()
+    if fd not in _writers:
+        _writers[fd] = LineWriter(fd)
+    return _writers[fd]
+
+
+@atexit.register
+def _flush_writers() -> None:
+    for writer in _writers.values():
+        writer.flush()
+
+
 def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ProtocolErrorFilter) for f in server_log.filters):
@@ -84,9 +166,10 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
         processors += [structlog.processors.format_exc_info, _render_json]
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
+    writer = _writer_for(sys.stderr)  # the stream of now (as structlog's WriteLoggerFactory(sys.stderr))
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelName(level)),
-        logger_factory=structlog.WriteLoggerFactory(sys.stderr),  # one write per line, no print()
+        logger_factory=lambda *_: writer,
         cache_logger_on_first_use=True,
     )

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
+import os
 import re
 import sys
 from collections.abc import Iterator
@@ -12,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from guard.log import configure_logging
+from guard.log import LineWriter, configure_logging
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -47,3 +49,38 @@ def test_values_json_cannot_encode_are_logged_as_their_repr(stderr: io.StringIO)
     structlog.get_logger("guard.test").warning("odd", value={1, 2}.__class__)
     rec = json.loads(stderr.getvalue())
     assert rec["value"] == "<class 'set'>"
+
+
+def _read_all(fd: int) -> bytes:
+    os.set_blocking(fd, False)
+    try:
+        return os.read(fd, 1 << 20)
+    except BlockingIOError:
+        return b""
+
+
+async def test_lines_logged_in_one_turn_of_the_loop_come_out_together_whole_and_in_order() -> None:
+    r, w = os.pipe()
+    try:
+        writer = LineWriter(w)
+        for i in range(3):
+            writer.info(json.dumps({"event": "call_decided", "n": i}))
+        assert _read_all(r) == b""  # gathered until the loop comes round
+        await asyncio.sleep(0)
+        lines = _read_all(r).decode().splitlines()
+        assert [json.loads(line)["n"] for line in lines] == [0, 1, 2]
+        await asyncio.to_thread(writer.info, '{"event":"from_a_thread"}')  # off the loop: at once
+        assert _read_all(r) == b'{"event":"from_a_thread"}\n'
+    finally:
+        os.close(r)
+        os.close(w)
+
+
+def test_off_the_loop_a_line_is_written_at_once() -> None:
+    r, w = os.pipe()
+    try:
+        LineWriter(w).warning('{"event":"cli"}')
+        assert _read_all(r) == b'{"event":"cli"}\n'
+    finally:
+        os.close(r)
+        os.close(w)
