@@ -20,6 +20,8 @@ M = TypeVar("M", bound=BaseModel)
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The whole body, refused with 413 as soon as it is known to exceed `limit`."""
+    if not request.body_exists:  # no Content-Length (or zero) and not chunked: nothing to wait for
+        return b""
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"body over {limit} bytes")
     timeout_s = request.app[DEPS].cfg.limits.read_timeout_s
