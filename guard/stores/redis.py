@@ -380,7 +380,7 @@ class RedisStore:
 
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
         """One script appends the record and ends the call; the agent's counter of the call goes
-        in the same pipeline (one round trip; on Redis Cluster the client splits it by slot)."""
+        in the same round trip (separate commands: another hash slot, not atomic with it)."""
         keys = [_k(task_id, "audit"), _k(task_id, "audit:tail"), _k(task_id, "inflight")]
         also: list[tuple[Any, ...]] = []
         self._queue_agent_call(also, task_id, call_id)
