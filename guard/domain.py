@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any, Literal
+
+from guard.canonical import compact_json
 
 TaskStatus = Literal["active", "completed", "revoked", "expired"]
 Effect = Literal["allow", "deny", "step_up"]
@@ -261,7 +262,7 @@ class AuditRecord:
         """The record as one JSON object (no newline)."""
         if self.line is not None:
             return self.line
-        return json.dumps(self.fields, separators=(",", ":"), ensure_ascii=False).encode()
+        return compact_json(self.fields).encode()
 
     @property
     def seq(self) -> int:

@@ -250,7 +250,7 @@ return {0, seq, hash}
 
 # The inventory counters of one agent event, one command instead of four. KEYS: agent hash, its
 # tools set. ARGV: counter field, now, tool ('' for none). Sent with EVAL (never NOSCRIPT), so it
-# can ride in a pipeline beside another script without being re-sent.
+# can ride in the round trip of another script's EVALSHA and never needs sending again.
 AGENT_EVENT = """
 redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
 redis.call('HSETNX', KEYS[1], 'first_seen', ARGV[2])
