@@ -16,8 +16,9 @@ import pytest
 from aiohttp import web
 
 from guard.webhooks import sign, verify
-from tests.conftest import PY, ROOT, Guard, Proc, Upstream, free_port, spawn, wait_port
+from tests.conftest import PY, ROOT, Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, until
+from tests.support.process import Proc, free_port, spawn, wait_port
 
 SECRET = "finance-webhook-secret"
 OPS_SECRET = "ops-webhook-secret"

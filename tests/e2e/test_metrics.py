@@ -9,8 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Guard, Upstream, free_port
+from tests.conftest import Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.process import free_port
 
 
 @pytest.fixture

@@ -18,8 +18,9 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.conftest import PY, Guard, Upstream, free_port, spawn, wait_port
+from tests.conftest import PY, Guard, Upstream
 from tests.e2e.helpers import AGENT, OTHER, bearer, create_task, echo_policy
+from tests.support.process import free_port, spawn, wait_port
 
 
 def claims_of(token: str) -> dict[str, Any]:

@@ -11,8 +11,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import PY, Guard, RedisServer, Upstream, spawn, wait_port
+from tests.conftest import PY, Guard, RedisServer, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.process import spawn, wait_port
 
 
 def children_of(pid: int) -> list[int]:
