@@ -3,6 +3,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+OIDC := tests/support/oidc
 
 .PHONY: demo test test-fast test-long lint bench clean
 
@@ -19,12 +20,18 @@ lint: $(STAMP)
 	$(BIN)/ruff check guard tests examples benchmarks
 	$(BIN)/mypy guard tests examples benchmarks
 
+# the test-local npm prefix of the real OAuth/OpenID provider the tests start (skipped without node/npm)
+$(OIDC)/node_modules/.installed: $(OIDC)/package.json $(OIDC)/package-lock.json
+	@if command -v npm >/dev/null 2>&1; then \
+	  npm ci --prefix $(OIDC) --no-audit --no-fund --loglevel=error && touch $@; \
+	else echo "npm not found: the tests that need oidc-provider will skip (CI=true fails them)"; fi
+
 # the whole suite: lint, then every test (the load, soak and crash tests take a few minutes more)
-test: lint
+test: lint $(OIDC)/node_modules/.installed
 	$(BIN)/pytest -q
 
 # for a quick local run: the suite without the tests marked slow
-test-fast: lint
+test-fast: lint $(OIDC)/node_modules/.installed
 	$(BIN)/pytest -q -m "not slow"
 
 # only the load, soak and crash tests

@@ -13,7 +13,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Proc", "free_port", "spawn", "wait_port"]
+__all__ = ["Proc", "free_port", "require", "spawn", "wait_port"]
 
 
 def free_port() -> int:
@@ -68,3 +68,14 @@ def spawn(args: list[str], cwd: Path, log_name: str, env: dict[str, str] | None 
     popen = subprocess.Popen(args, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     f.close()
     return Proc(popen, log_path)
+
+
+def require(reason: str | None) -> None:
+    """Skip the test when a real component is missing (`reason`), except under CI=true, where it fails."""
+    if reason is None:
+        return
+    import pytest
+
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"CI=true but {reason}")
+    pytest.skip(reason)
