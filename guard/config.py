@@ -229,5 +229,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     for i, hook in enumerate(cfg.approvals.webhooks):
         if not env.get(hook.secret_env):
             raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+    secret = cfg.sso.client_secret if cfg.sso is not None else None
+    if secret is not None and (secret.env is None) == (secret.file is None):
+        raise ConfigError(source, "sso.client_secret", "name exactly one source: env or file")
+    if secret is not None and secret.env is not None and not env.get(secret.env):
+        raise ConfigError(source, "sso.client_secret.env", f"{secret.env} is not set")
     # secrets named by *_env keys (webhooks, static credentials) are looked up in this snapshot
     return cfg.model_copy(update={"environ": env})

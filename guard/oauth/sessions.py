@@ -4,6 +4,7 @@ digest, and a CSRF token per session that every form post must carry."""
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import ipaddress
 import secrets
@@ -16,12 +17,17 @@ from aiohttp import web
 
 from guard.config import Config
 from guard.errors import Forbidden
-from guard.oauth.grants import digest
 from guard.stores import Store
+from guard.tokens import Principal
 
-__all__ = ["LOGIN_COOKIE", "Person", "Sessions", "safe_next"]
+__all__ = ["CSRF_HEADER", "LOGIN_COOKIE", "SESSIONS", "Person", "Sessions", "safe_next", "session_principal"]
 
 LOGIN_COOKIE = "guard_login"  # binds a sign-in in progress to the browser that started it
+CSRF_HEADER = "X-CSRF-Token"  # what the review page sends with a signed-in API request that changes state
+
+
+def digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
 
 
 @dataclass(frozen=True, slots=True)
@@ -99,8 +105,25 @@ class Sessions:
 
     def check_post(self, request: web.Request, expected: str | None, given: str | None) -> None:
         """A form post: same origin (when the browser says), and the CSRF token of the session."""
-        origin = request.headers.get("Origin")
-        if origin is not None and origin != self.origin:
+        origin = request.headers.get("Origin")  # "null" under Referrer-Policy: no-referrer: the token decides
+        if origin is not None and origin not in (self.origin, "null"):
             raise Forbidden("cross-site form post refused")
         if not expected or not given or not hmac.compare_digest(expected.encode(), given.encode()):
             raise Forbidden("missing or wrong CSRF token")
+
+
+SESSIONS = web.AppKey("sessions", Sessions)
+
+
+async def session_principal(request: web.Request) -> Principal | None:
+    """The signed-in person behind an API request without a bearer token (the review page), or
+    None. A request that changes state must carry the session's CSRF token in X-CSRF-Token."""
+    sessions = request.app.get(SESSIONS)
+    if sessions is None:
+        return None
+    person = await sessions.current(request)
+    if person is None:
+        return None
+    if request.method not in ("GET", "HEAD", "OPTIONS"):
+        sessions.check_post(request, person.csrf, request.headers.get(CSRF_HEADER))
+    return Principal(person.sub, person.roles, f"session:{person.via}", {"sub": person.sub, "via": person.via})

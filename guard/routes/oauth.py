@@ -17,7 +17,7 @@ from guard.oauth.errors import OAuthError
 from guard.oauth.grants import AuthorizationServer, Consent, RedirectError
 from guard.oauth.metadata import resource_metadata, server_metadata
 from guard.oauth.pages import consent_page, message_page
-from guard.oauth.sessions import Person, Sessions
+from guard.oauth.sessions import SESSIONS, Person, Sessions
 from guard.oauth.sso import Sso
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_body
@@ -47,7 +47,9 @@ async def context(app: web.Application) -> AsyncIterator[None]:
 
     server = AuthorizationServer(deps.cfg, deps.store, deps.keys, deps.audit, deps.policies, end)
     sso = Sso(deps.cfg, deps.store, deps.http) if deps.cfg.sso is not None else None
-    app[OAUTH] = OAuthDeps(server, Sessions(deps.cfg, deps.store), sso)
+    sessions = Sessions(deps.cfg, deps.store)
+    app[OAUTH] = OAuthDeps(server, sessions, sso)
+    app[SESSIONS] = sessions  # the API's principal() accepts a signed-in person (guard.auth)
     yield
 
 

@@ -11,10 +11,10 @@ from urllib.parse import urlencode
 
 from aiohttp import web
 
-from guard.errors import Forbidden, GuardError, NotFound
+from guard.errors import Forbidden, GuardError, NotFound, Unauthenticated
 from guard.oauth.pages import delegations_page, dev_login_page, message_page
 from guard.oauth.sessions import LOGIN_COOKIE, safe_next
-from guard.routes.common import DEPS
+from guard.routes.common import DEPS, json_response
 from guard.routes.oauth import OAUTH, html_response
 from guard.routes.tasks import end_task, task_view
 
@@ -91,6 +91,17 @@ async def dev_login(request: web.Request) -> web.Response:
     await oauth.sessions.start(resp, user.strip(), roles, "development")
     resp.del_cookie(LOGIN_COOKIE, path="/")
     return resp
+
+
+@routes.get("/login/session")
+async def session(request: web.Request) -> web.Response:
+    """Who is signed in, for the review page: the person, their roles and the CSRF token its
+    API requests carry. Same-origin only (no CORS), never cached."""
+    person = await request.app[OAUTH].sessions.current(request)
+    if person is None:
+        raise Unauthenticated("not signed in")
+    return json_response({"sub": person.sub, "roles": sorted(person.roles), "via": person.via,
+                          "csrf": person.csrf}, headers={"Cache-Control": "no-store"})
 
 
 @routes.post("/logout")
