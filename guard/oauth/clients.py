@@ -64,14 +64,18 @@ def is_metadata_url(client_id: str) -> bool:
 
 
 def redirect_pattern(pattern: str) -> re.Pattern[str]:
-    """A redirect URI pattern: `*` stands for any run of characters other than / ? #."""
-    return re.compile("".join("[^/?#]*" if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
+    """A redirect URI pattern: `*` stands for any run of characters other than / ? # @ \\ and
+    white space (so it cannot reach into the path, the query, or smuggle in a user-info part)."""
+    star = r"[^/?#@\\\s]*"
+    return re.compile("".join(star if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
 
 
 def _check_redirect_uri(uri: str) -> None:
     parts = urlsplit(uri)
     if parts.fragment or "#" in uri:
         raise OAuthError("invalid_redirect_uri", "a redirect URI has no fragment")
+    if parts.username is not None or parts.password is not None or "\\" in uri:
+        raise OAuthError("invalid_redirect_uri", "a redirect URI has no user-info part")
     if parts.scheme == "https" or (parts.scheme == "http" and _loopback_host(parts.hostname or "")):
         return
     if parts.scheme in ("http", "https", "javascript", "data", "file", ""):

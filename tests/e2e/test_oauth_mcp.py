@@ -212,13 +212,17 @@ async def test_stolen_code_without_the_verifier_is_refused(
         assert r.status == 200, tokens
         assert r.headers["Cache-Control"] == "no-store"
     assert tokens["token_type"] == "Bearer" and tokens["refresh_token"]
+    # the access token is for /mcp/files only (RFC 8707): another MCP endpoint of guard refuses it
+    listing = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
+    headers = {"Authorization": f"Bearer {tokens['access_token']}", "Accept": "application/json, text/event-stream"}
+    async with http.post(f"{guard.url}/mcp/notes", json=listing, headers=headers) as r:
+        assert r.status == 401 and "another resource" in (await r.json())["detail"]
+    async with http.post(f"{guard.url}/mcp/files", json=listing, headers=headers) as r:
+        assert r.status != 401 and "Guard-Call-Id" in r.headers  # accepted and forwarded (the server wants a session)
     # a code used twice revokes what it gave
     async with http.post(token, data={**stolen, "code_verifier": verifier}) as r:
         assert (await r.json())["error"] == "invalid_grant"
-    body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
-    async with http.post(f"{guard.url}/mcp/files", json=body,
-                         headers={"Authorization": f"Bearer {tokens['access_token']}",
-                                  "Accept": "application/json, text/event-stream"}) as r:
+    async with http.post(f"{guard.url}/mcp/files", json=listing, headers=headers) as r:
         assert r.status == 401
 
 
