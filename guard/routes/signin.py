@@ -58,6 +58,8 @@ async def callback(request: web.Request) -> web.Response:
     if "error" in request.query:
         return html_response(message_page("Not signed in", f"The identity provider answered: "
                                           f"{request.query.get('error', '')}"), 401)
+    if request.query.get("iss", oauth.sso.sso.issuer) != oauth.sso.sso.issuer:  # RFC 9207: not our IdP's answer
+        return html_response(message_page("Not signed in", "The answer came from another identity provider."), 400)
     if not _bound(request, state):
         return html_response(message_page("Not signed in", "This sign-in was not started in this browser."), 400)
     try:

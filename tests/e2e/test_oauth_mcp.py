@@ -96,10 +96,10 @@ async def test_discovery(guard_factory: Any, mcp_server: str, http: aiohttp.Clie
 
 
 async def test_sdk_registers_is_authorized_calls_and_refreshes(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
+    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson], store_url: str
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), {**OPEN, "oauth": {
-        "registration": {"mode": "open"}, "access_ttl_s": 2}})
+    guard: Guard = guard_factory(oauth_files_policy(mcp_server), {
+        "store": {"url": store_url}, "oauth": {"registration": {"mode": "open"}, "access_ttl_s": 2}})
     alice = FormPerson(guard, decide={"decision": "approve", "purpose": "weekly report", "tools": ["files"],
                                       "max_calls": "50", "labels": "team=research"})
     person.append(alice)

@@ -3,9 +3,12 @@ patterns of dynamic registration, resources and the 401 challenge."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from guard.config import Config
+from guard.config import Config, load_config
+from guard.errors import ConfigError
 from guard.oauth.clients import redirect_pattern
 from guard.oauth.metadata import resource_url, server_metadata, tool_of_resource, www_authenticate
 from guard.oauth.sessions import safe_next
@@ -54,3 +57,19 @@ def test_challenge_and_metadata() -> None:
     assert "registration_endpoint" not in meta
     open_cfg = Config.model_validate({"public_url": "https://g.example", "oauth": {"registration": {"mode": "open"}}})
     assert server_metadata(open_cfg)["registration_endpoint"] == "https://g.example/oauth/register"
+
+
+def test_sso_client_secret_must_be_found_at_load(tmp_path: Path) -> None:
+    path = tmp_path / "guard.yaml"
+    path.write_text("sso: {issuer: https://idp.example, client_id: guard, client_secret: {env: SSO_SECRET}}\n")
+    with pytest.raises(ConfigError) as missing:
+        load_config(path, env={})
+    assert missing.value.key == "sso.client_secret.env" and "SSO_SECRET is not set" in str(missing.value)
+    assert load_config(path, env={"SSO_SECRET": "s"}).sso is not None
+    path.write_text("sso: {issuer: https://idp.example, client_id: guard, client_secret: {}}\n")
+    with pytest.raises(ConfigError):
+        load_config(path, env={})
+    path.write_text("oauth: {registration: {mode: maybe}}\n")
+    with pytest.raises(ConfigError) as bad:
+        load_config(path, env={})
+    assert bad.value.key == "oauth.registration.mode"
