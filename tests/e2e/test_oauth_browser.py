@@ -183,6 +183,17 @@ async def test_sign_in_consent_calls_and_my_delegations(
     assert "signed in as " + ALICE in (await page.locator("#who").text_content() or "")
     assert await page.locator(f"tr.task-row[data-task-id='{task_id}'] td.purpose").text_content() == HOSTILE
     assert await page.evaluate("sessionStorage.length") == 0
+    # the API takes the session for what the page does, but a request that changes state needs its CSRF token
+    decide = """async (csrf) => {
+        const headers = {"Content-Type": "application/json"};
+        if (csrf) headers["X-CSRF-Token"] = csrf;
+        const r = await fetch("/v1/approvals/apr_nosuch/decision",
+                              {method: "POST", headers, body: JSON.stringify({decision: "approve"})});
+        return [r.status, (await r.json()).code];
+    }"""
+    assert await page.evaluate(decide, None) == [403, "forbidden"]
+    csrf = await page.evaluate("fetch('/login/session').then((r) => r.json()).then((s) => s.csrf)")
+    assert await page.evaluate(decide, csrf) == [404, "not_found"]  # past authentication: no such approval
 
     # alice ends the delegation: the client's next call is a 401, and its refresh fails
     await page.goto(f"{guard.url}/delegations")
