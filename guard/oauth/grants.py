@@ -34,7 +34,7 @@ from guard.domain import Task
 from guard.errors import Unauthenticated
 from guard.oauth.clients import ClientRegistry
 from guard.oauth.errors import OAuthError
-from guard.oauth.metadata import as_issuer, tool_of_resource
+from guard.oauth.metadata import as_issuer, resource_url, tool_of_resource
 from guard.pipeline import PolicyHolder
 from guard.stores import Store
 from guard.tokens import TASK_TYP, GuardKeys, jti, new_id
@@ -149,10 +149,11 @@ class AuthorizationServer:
         return PendingRequest.from_json(data) if data is not None else None
 
     def tools_offered(self, agent: str) -> list[str]:
-        """What a person may grant a client: the policy's tools, capped by its inventory entry."""
+        """What a person may grant a client: the policy's MCP tools (the resources an access token
+        can name), capped by the client's inventory entry."""
         policies = self.policies.current
         entry = policies.agent_entry(agent)
-        tools = sorted(policies.tools)
+        tools = sorted(name for name, spec in policies.tools.items() if spec.kind == "mcp")
         return [t for t in tools if entry is None or entry.tools is None or t in entry.tools]
 
     async def refusal_for_agent(self, pending: PendingRequest) -> str | None:
@@ -250,6 +251,8 @@ class AuthorizationServer:
             raise OAuthError("invalid_grant", "the refresh token is unknown or expired")
         if form.get("client_id") != current["client_id"]:
             raise OAuthError("invalid_grant", "the refresh token was issued to another client")
+        if "resource" in form and form["resource"] != current["resource"]:
+            raise OAuthError("invalid_target", "resource differs from the one this grant is for")
         new = secrets.token_urlsafe(32)
         outcome, data = await self.store.rotate_refresh(digest(old), digest(new), self.cfg.oauth.refresh_ttl_s)
         if outcome == "reused" and data is not None:
@@ -267,8 +270,9 @@ class AuthorizationServer:
             raise OAuthError("invalid_grant", "the delegation has ended")
         task = state.task
         exp = int(min(task.expires_at, now + self.cfg.oauth.access_ttl_s))
-        token = self.keys.sign(TASK_TYP, {
-            "iss": self.keys.issuer, "aud": ["guard", resource], "sub": task.agent, "txn": task.task_id,
+        granted = [resource_url(self.cfg, t) for t in task.tools or () if resource_url(self.cfg, t) != resource]
+        token = self.keys.sign(TASK_TYP, {  # aud: guard, and every MCP endpoint the person granted
+            "iss": self.keys.issuer, "aud": ["guard", resource, *granted], "sub": task.agent, "txn": task.task_id,
             "client_id": client_id, "iat": int(now), "exp": exp, "jti": jti()})
         if refresh is None:
             refresh = secrets.token_urlsafe(32)

@@ -31,7 +31,9 @@ REDIRECT = "http://127.0.0.1:{port}/callback"
 def oauth_files_policy(upstream: str, **extra: Any) -> dict[str, Any]:
     return {
         "tools": {"files": {"kind": "mcp", "upstream": upstream},
-                  "notes": {"kind": "mcp", "upstream": upstream}},
+                  "notes": {"kind": "mcp", "upstream": upstream},
+                  "echo": {"kind": "http", "upstream": "http://127.0.0.1:9", "actions": {
+                      "read": {"method": "GET", "path": "/items/{id}"}}}},
         "rules": [
             {"id": "client-reads", "effect": "allow",
              "match": {"agent": ["client:*"], "tool": "files", "action": ["search_files", "read_file", "whoami"]}},

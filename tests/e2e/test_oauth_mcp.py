@@ -284,12 +284,19 @@ async def test_revocation_completes_the_task(
     guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
 ) -> None:
     guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
-    alice = FormPerson(guard)
+    alice = FormPerson(guard, decide={"decision": "approve", "tools": ["files", "notes"]})
     person.append(alice)
     storage = MemoryTokens()
     async with mcp_client(guard, provider(guard, storage, alice.authorize)) as client:
         await client.list_tools()
     assert storage.tokens is not None and storage.client is not None
+    assert 'value="echo"' not in alice.consent_html  # only MCP endpoints can be granted to an MCP client
+    # alice granted both MCP endpoints: the one token works at each
+    headers = {"Authorization": f"Bearer {storage.tokens.access_token}",
+               "Accept": "application/json, text/event-stream"}
+    async with http.post(f"{guard.url}/mcp/notes", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"},
+                         headers=headers) as r:
+        assert r.status != 401 and "Guard-Call-Id" in r.headers
     async with http.post(f"{guard.url}/oauth/revoke", data={"token": storage.tokens.refresh_token or "",
                                                             "token_type_hint": "refresh_token"}) as r:
         assert r.status == 200
