@@ -102,11 +102,11 @@ def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
 def _delegated(request: web.Request, deps: Deps) -> bool:
     """True for an access token of guard's authorization server (its `aud` lists the resources it is
     for): one for another MCP endpoint is refused (RFC 8707)."""
-    token = request.headers.get("Authorization", "")[7:].strip()
-    header = deps.keys.peek_header(token) if token else None
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if header is None or header.get("typ") != TASK_TYP:
         return False
-    claims = deps.keys.verify(token, TASK_TYP, audience="guard", cache=True)
+    claims = deps.keys.verify(token.strip(), TASK_TYP, audience="guard", cache=True)
     aud = claims.get("aud")
     if not isinstance(aud, list):
         return False
