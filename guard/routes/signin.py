@@ -9,6 +9,7 @@ import secrets
 import time
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import web
 
 from guard.errors import Forbidden, GuardError, NotFound, Unauthenticated
@@ -37,7 +38,11 @@ async def login(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
     next_path = safe_next(request.query.get("next"))
     if oauth.sso is not None:
-        url, state = await oauth.sso.begin(next_path)
+        try:
+            url, state = await oauth.sso.begin(next_path)
+        except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+            return html_response(message_page("Sign-in unavailable", "The identity provider does not answer; "
+                                              "try again later."), 502)
         resp = web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
     elif deps.cfg.dev_mode:
         state = secrets.token_urlsafe(32)
@@ -66,6 +71,9 @@ async def callback(request: web.Request) -> web.Response:
         person, roles, next_path = await oauth.sso.finish(state, request.query.get("code", ""))
     except GuardError as e:
         return html_response(message_page("Not signed in", e.detail), 401)
+    except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
+        return html_response(message_page("Sign-in unavailable", "The identity provider does not answer; "
+                                          "try again later."), 502)
     resp = web.Response(status=303, headers={"Location": safe_next(next_path), "Cache-Control": "no-store"})
     await oauth.sessions.start(resp, person, roles, "sso")
     resp.del_cookie(LOGIN_COOKIE, path="/")

@@ -269,3 +269,12 @@ async def test_consent_post_needs_the_session_csrf_token(
 async def refused_or_hung(guard: Guard, client: httpx2.AsyncClient) -> None:
     with contextlib.suppress(BaseException):  # cancelled while waiting for a redirect that never comes
         await client.post(f"{guard.url}/mcp/files", json={"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+
+
+async def test_sign_in_with_the_idp_down_says_so(signed_in_guard: Any, http: aiohttp.ClientSession) -> None:
+    guard, idp = signed_in_guard()
+    idp.stop()
+    async with http.get(f"{guard.url}/login", allow_redirects=False) as r:
+        assert r.status == 502 and "identity provider does not answer" in await r.text()
+    async with http.get(f"{guard.url}/delegations", allow_redirects=False) as r:
+        assert r.status == 303 and r.headers["Location"].startswith("/login")
