@@ -32,6 +32,7 @@ AGENTS = [
     ("research agent: allowed, denied, unknown action, chained, budget", "examples.agent"),
     ("billing agent: step-up approved over the signed webhook", "examples.billing_agent"),
     ("MCP agent: the files MCP server through guard", "examples.mcp_agent"),
+    ("MCP client with no token: a person's consent (development sign-in) creates the task", "examples.oauth_agent"),
 ]
 
 

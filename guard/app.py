@@ -21,7 +21,8 @@ from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
 from guard.reload import PolicyReloader
-from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
+from guard.routes import agents, approvals, credentials, mcp, operate, review, signin, system, tasks, tools
+from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
 from guard.stores import open_store
 from guard.tokens import GuardKeys, load_or_create_key
@@ -140,6 +141,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     app.cleanup_ctx.append(lifecycle)
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
-    for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals):
+    app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
+    for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals, oauth_routes, signin):
         app.router.add_routes(module.routes)
     return app

@@ -6,6 +6,7 @@ from aiohttp import web
 
 from guard.errors import Forbidden, Unauthenticated
 from guard.identity import Identity
+from guard.oauth.sessions import session_principal
 from guard.tokens import TASK_TYP, GuardKeys, Principal
 
 __all__ = ["ADMIN", "APPROVER", "AUDITOR", "bearer", "principal", "require_role"]
@@ -32,6 +33,9 @@ async def principal(
     limited to its own task (claims["txn"])."""
     token = bearer(request)
     if token is None:
+        signed_in = await session_principal(request)  # a person signed in on the review page
+        if signed_in is not None:
+            return signed_in
         raise Unauthenticated("missing bearer token")
     if allow_task_token:
         header = keys.peek_header(token)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -96,6 +96,44 @@ class LimitsCfg(_Section):
     read_timeout_s: float = Field(15.0, gt=0)
 
 
+class RegistrationCfg(_Section):
+    mode: Literal["off", "open"] = "off"  # open: RFC 7591 dynamic client registration
+    redirect_uris: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:*/callback",
+                                                              "http://localhost:*/callback"])
+
+
+class OAuthCfg(_Section):
+    """guard as the authorization server of /mcp/{tool} (guard.oauth)."""
+
+    registration: RegistrationCfg = Field(default_factory=RegistrationCfg)
+    metadata_documents: bool = True  # client_id as an https URL (Client ID Metadata Document)
+    code_ttl_s: int = Field(60, gt=0, le=600)
+    consent_ttl_s: int = Field(600, gt=0)  # an authorization request waits this long for sign-in and consent
+    access_ttl_s: int = Field(900, gt=0)  # an access token lives at most this long (and never past its task)
+    refresh_ttl_s: int = Field(86400, gt=0)  # a refresh token lives at most this long (and never past its task)
+    client_ttl_s: int = Field(30 * 86400, gt=0)  # a dynamically registered client is kept this long
+    metadata_max_bytes: int = Field(5120, gt=0)
+    metadata_timeout_s: float = Field(5.0, gt=0)
+
+
+class SecretSource(_Section):
+    env: str | None = None
+    file: str | None = None
+
+
+class SsoCfg(_Section):
+    """OpenID Connect sign-in for people (the consent page, /ui, my delegations)."""
+
+    issuer: str
+    client_id: str
+    client_secret: SecretSource | None = None  # none: a public client (PKCE only)
+    scopes: list[str] = Field(default_factory=lambda: ["openid", "email"])
+    roles_claim: str = "roles"
+    user_claim: str = "email"  # who the person is in tasks and audit (falls back to sub)
+    algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA", "PS256"])
+    session_ttl_s: int = Field(1800, gt=0)
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -109,6 +147,8 @@ class Config(_Section):
     dev_key_file: str = "./var/dev-issuer-key.json"
     approvals: ApprovalsCfg = Field(default_factory=ApprovalsCfg)  # type: ignore[arg-type]
     limits: LimitsCfg = Field(default_factory=LimitsCfg)  # type: ignore[arg-type]
+    oauth: OAuthCfg = Field(default_factory=OAuthCfg)  # type: ignore[arg-type]
+    sso: SsoCfg | None = None
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
@@ -189,5 +229,10 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     for i, hook in enumerate(cfg.approvals.webhooks):
         if not env.get(hook.secret_env):
             raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+    secret = cfg.sso.client_secret if cfg.sso is not None else None
+    if secret is not None and (secret.env is None) == (secret.file is None):
+        raise ConfigError(source, "sso.client_secret", "name exactly one source: env or file")
+    if secret is not None and secret.env is not None and not env.get(secret.env):
+        raise ConfigError(source, "sso.client_secret.env", f"{secret.env} is not set")
     # secrets named by *_env keys (webhooks, static credentials) are looked up in this snapshot
     return cfg.model_copy(update={"environ": env})

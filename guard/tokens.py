@@ -214,7 +214,8 @@ class GuardKeys:
                 raise Unauthenticated("token not yet valid")
         if claims.get("iss") != self.issuer:
             raise Unauthenticated("wrong issuer")
-        if audience is not None and claims.get("aud") != audience:
+        aud = claims.get("aud")  # a list (OAuth access tokens: guard and the resource) must include it
+        if audience is not None and aud != audience and not (isinstance(aud, list) and audience in aud):
             raise Unauthenticated("wrong audience")
         if cache:
             if len(self._cache) >= self.CACHE_MAX:

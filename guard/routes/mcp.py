@@ -9,6 +9,7 @@ JSON-RPC error whose `data` is the problem details, so MCP clients show it to th
 from __future__ import annotations
 
 import time
+from collections.abc import Awaitable, Callable
 from functools import lru_cache
 
 import structlog
@@ -18,7 +19,7 @@ from yarl import URL
 
 from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
-from guard.errors import GuardError, Unauthenticated, UnknownTool
+from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.mcp import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -31,11 +32,12 @@ from guard.mcp import (
     parse_message,
     tools_filter,
 )
+from guard.oauth.metadata import resource_url, www_authenticate
 from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
 from guard.routes.common import DEPS, read_body
 from guard.routes.tools import parse_prefer_wait, run_forward
 from guard.stages.forward import BodyRewriter, Rewrite
-from guard.tokens import new_id
+from guard.tokens import TASK_TYP, new_id
 
 __all__ = ["routes"]
 
@@ -97,7 +99,53 @@ def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
     return _rpc_response(error_body(msg.rpc_id, code, err.detail, err.problem()), 200, headers)
 
 
+def _delegated(request: web.Request, deps: Deps) -> bool:
+    """True for an access token of guard's authorization server (its `aud` lists the resources it is
+    for): one for another MCP endpoint is refused (RFC 8707)."""
+    scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+    header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
+    if header is None or header.get("typ") != TASK_TYP:
+        return False
+    claims = deps.keys.verify(token.strip(), TASK_TYP, audience="guard", cache=True)
+    aud = claims.get("aud")
+    if not isinstance(aud, list):
+        return False
+    if resource_url(deps.cfg, request.match_info["tool"]) not in aud:
+        raise Unauthenticated("this access token is for another resource")
+    return True
+
+
+def _challenged(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
+                ) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    """A 401 names the protected resource metadata (RFC 9728), so an MCP client can find guard's
+    authorization server; an access token whose task has ended is a 401 too (invalid_token)."""
+
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        deps = request.app[DEPS]
+        tool = request.match_info["tool"]
+        try:
+            request["delegated"] = _delegated(request, deps)
+            return await handler(request)
+        except Unauthenticated as err:
+            err.headers["WWW-Authenticate"] = www_authenticate(deps.cfg, tool, "invalid_token"
+                                                               if request.headers.get("Authorization") else None)
+            raise
+        except TaskInactive as err:
+            if request.get("delegated"):
+                raise _inactive(deps, tool, err) from err
+            raise
+
+    return wrapped
+
+
+def _inactive(deps: Deps, tool: str, err: GuardError) -> Unauthenticated:
+    out = Unauthenticated("the delegation has ended: authorize again", **err.extra)
+    out.headers["WWW-Authenticate"] = www_authenticate(deps.cfg, tool, "invalid_token")
+    return out
+
+
 @routes.post("/mcp/{tool}")
+@_challenged
 async def mcp_post(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     body = await read_body(request, deps.cfg.limits.max_body_bytes)
@@ -120,6 +168,8 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
+        if isinstance(err, TaskInactive) and request.get("delegated"):
+            raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
 
@@ -147,6 +197,7 @@ def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
 
 @routes.get("/mcp/{tool}")
 @routes.delete("/mcp/{tool}")
+@_challenged
 async def mcp_session(request: web.Request) -> web.StreamResponse:
     """GET: the server-to-client SSE stream; DELETE: end of session. Both pass through."""
     deps = request.app[DEPS]

@@ -16,9 +16,10 @@ from guard.domain import (
     TaskState,
 )
 
-__all__ = ["DecideOutcome", "Store"]
+__all__ = ["DecideOutcome", "RefreshOutcome", "Store"]
 
 DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
+RefreshOutcome = Literal["rotated", "reused", "unknown"]
 
 
 class Store(Protocol):
@@ -127,3 +128,21 @@ class Store(Protocol):
         `ts`), in the same round trip; it is counted once, however often the append is retried."""
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]: ...
+
+    # -- OAuth grants and people's sessions (guard.oauth) ----------------------
+    async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        """Store a small JSON object under (kind, key) for `ttl_s` seconds (an authorization
+        request, a code, a registered client, a sign-in session). Keys are digests, never secrets."""
+
+    async def get_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        """The object under (kind, key), or None when missing or expired."""
+
+    async def take_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        """Atomically read and delete: the first caller gets the object, every later one None
+        (single-use codes, sign-in states, logout)."""
+
+    async def rotate_refresh(self, old: str, new: str, ttl_s: float) -> tuple[RefreshOutcome, dict[str, Any] | None]:
+        """A refresh token's digest `old` is used once: when it is the current one of its family,
+        mark it used and store its object under `new` ("rotated", the object). When it was used
+        before: ("reused", the object), and nothing changes. Unknown or expired: ("unknown", None).
+        A family's first token is stored with put_grant("refresh", digest, object, ttl)."""

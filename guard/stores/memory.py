@@ -23,7 +23,7 @@ from guard.domain import (
     Task,
     TaskState,
 )
-from guard.stores.base import DecideOutcome
+from guard.stores.base import DecideOutcome, RefreshOutcome
 
 __all__ = ["MemoryStore"]
 
@@ -65,6 +65,7 @@ class MemoryStore:
         self._latest_by_call: dict[tuple[str, str], str] = {}
         self._deliveries: dict[str, Delivery] = {}
         self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
+        self._grants: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (kind, key) -> (expiry, obj)
 
     async def ping(self) -> None:
         return None
@@ -327,3 +328,42 @@ class MemoryStore:
         if row is not None:
             return list(row.audit)
         return list(self._orphans.get(task_id, []))
+
+    # -- OAuth grants and sessions -------------------------------------------
+    def _grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        hit = self._grants.get((kind, key))
+        if hit is None:
+            return None
+        if hit[0] <= time.time():
+            del self._grants[(kind, key)]
+            return None
+        return hit[1]
+
+    async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        now = time.time()
+        if len(self._grants) > 10_000:  # drop the expired ones now and then: memory stays bounded by use
+            for k in [k for k, (exp, _) in self._grants.items() if exp <= now]:
+                del self._grants[k]
+        self._grants[(kind, key)] = (now + ttl_s, dict(data))
+
+    async def get_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        hit = self._grant(kind, key)
+        return dict(hit) if hit is not None else None
+
+    async def take_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        hit = self._grant(kind, key)
+        if hit is None:
+            return None
+        del self._grants[(kind, key)]
+        return dict(hit)
+
+    async def rotate_refresh(self, old: str, new: str, ttl_s: float) -> tuple[RefreshOutcome, dict[str, Any] | None]:
+        hit = self._grant("refresh", old)
+        if hit is None:
+            return "unknown", None
+        if self._grant("refresh_used", old) is not None:
+            return "reused", dict(hit)
+        exp = time.time() + ttl_s
+        self._grants[("refresh_used", old)] = (exp, {})
+        self._grants[("refresh", new)] = (exp, dict(hit))
+        return "rotated", dict(hit)

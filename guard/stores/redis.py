@@ -20,6 +20,8 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
                           `…:tasks` set of the agent's task ids
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
+    guard:{oauth}:<kind>:<key>  string (JSON, expiring): OAuth requests, codes, clients, sessions,
+                          refresh tokens (keys are digests); `…:refresh_used:<key>` a used refresh token
 
 Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
 deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
@@ -62,7 +64,7 @@ from guard.domain import (
 )
 from guard.errors import StoreUnavailable
 from guard.stores import redis_lua as lua
-from guard.stores.base import DecideOutcome
+from guard.stores.base import DecideOutcome, RefreshOutcome
 from guard.stores.redis_mux import Multiplexer
 
 __all__ = ["RedisStore"]
@@ -186,7 +188,7 @@ class RedisStore:
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
-                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
+                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH")
         }
         self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
         # inventory counters of admitted calls, sent in the round trip that finishes the call
@@ -607,6 +609,32 @@ class RedisStore:
         return [AuditRecord(json.loads(line)) for line in lines]
 
 
+    # -- OAuth grants and sessions -------------------------------------------
+    async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        async with self._fail_closed("put_grant"):
+            await self._r.set(_grant_key(kind, key), json.dumps(data), px=_ttl_ms(ttl_s))
+
+    async def get_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        async def fetch() -> str | None:
+            value = await self._r.get(_grant_key(kind, key))
+            return None if value is None else str(value)
+
+        raw = await self._read("get_grant", fetch)
+        return json.loads(raw) if raw is not None else None
+
+    async def take_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        async with self._fail_closed("take_grant"):
+            raw = await self._r.getdel(_grant_key(kind, key))
+        return json.loads(raw) if raw is not None else None
+
+    async def rotate_refresh(self, old: str, new: str, ttl_s: float) -> tuple[RefreshOutcome, dict[str, Any] | None]:
+        keys = [_grant_key("refresh", old), _grant_key("refresh_used", old), _grant_key("refresh", new)]
+        outcome, raw = await self._script("ROTATE_REFRESH", keys, [_ttl_ms(ttl_s)])
+        if outcome == "unknown":
+            return "unknown", None
+        return ("reused" if outcome == "reused" else "rotated"), json.loads(raw)
+
+
 def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats:
     return AgentStats(
         agent=agent,
@@ -622,3 +650,11 @@ def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats
         suspended_by=row.get("suspended_by"),
         suspended_at=_opt_float(row.get("suspended_at")),
     )
+
+
+def _grant_key(kind: str, key: str) -> str:
+    return f"guard:{{oauth}}:{kind}:{key}"
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))

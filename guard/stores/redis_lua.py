@@ -26,6 +26,7 @@ __all__ = [
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
     "RECORD_AND_FINISH",
+    "ROTATE_REFRESH",
     "SET_SUSPENDED",
 ]
 
@@ -295,4 +296,16 @@ for i = 1, #leases, 2 do
   end
 end
 return out
+"""
+
+
+# KEYS: the refresh token's object, its used mark, the next token's object. ARGV: ttl in ms.
+# A token used before answers "reused" and changes nothing (the caller revokes the family's task).
+ROTATE_REFRESH = """
+local obj = redis.call('GET', KEYS[1])
+if not obj then return {'unknown', ''} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {'reused', obj} end
+redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
+redis.call('SET', KEYS[3], obj, 'PX', ARGV[1])
+return {'rotated', obj}
 """

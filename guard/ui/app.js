@@ -22,6 +22,19 @@ function el(tag, attrs, ...children) {
 
 function token() { return sessionStorage.getItem(TOKEN_KEY); }
 
+// a person signed in through guard's sign-in (/login): the session cookie authenticates, and the
+// session's CSRF token goes with every request that changes something
+let signedIn = null;
+
+async function loadSession() {
+  try {
+    const resp = await fetch("/login/session", { credentials: "same-origin", cache: "no-store" });
+    signedIn = resp.ok ? await resp.json() : null;
+  } catch (e) {
+    signedIn = null;
+  }
+}
+
 function showError(message) {
   const box = document.getElementById("error");
   box.textContent = message || "";
@@ -30,10 +43,13 @@ function showError(message) {
 
 async function api(path, options) {
   const t = token();
-  if (!t) throw new Error("paste a token first");
-  const headers = { Authorization: "Bearer " + t, Accept: "application/json" };
+  if (!t && !signedIn) throw new Error("sign in or paste a token first");
+  const headers = { Accept: "application/json" };
+  if (t) headers.Authorization = "Bearer " + t;
+  else headers["X-CSRF-Token"] = signedIn.csrf;
   if (options && options.body) headers["Content-Type"] = "application/json";
-  const resp = await fetch(path, { ...options, headers, credentials: "omit", cache: "no-store" });
+  const credentials = t ? "omit" : "same-origin";
+  const resp = await fetch(path, { ...options, headers, credentials, cache: "no-store" });
   const type = resp.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await resp.json() : await resp.text();
   if (!resp.ok) {
@@ -56,6 +72,12 @@ function whoAmI() {
   const who = document.getElementById("who");
   const t = token();
   who.textContent = "";
+  document.getElementById("sign-in").hidden = Boolean(signedIn);
+  document.getElementById("sign-out").hidden = !signedIn;
+  if (!t && signedIn) {
+    who.textContent = "signed in as " + signedIn.sub + (signedIn.roles.length ? " (" + signedIn.roles.join(", ") + ")" : "");
+    return;
+  }
   if (!t) return;
   try {
     const part = t.split(".")[1].replace(/-/g, "+").replace(/_/g, "/");
@@ -247,8 +269,8 @@ async function route() {
   for (const a of document.querySelectorAll("nav a")) {
     a.classList.toggle("current", path.startsWith(a.getAttribute("href").slice(1)));
   }
-  if (!token()) {
-    main.replaceChildren(el("p", { class: "hint" }, "Paste a token with the guard:auditor, guard:admin or guard:approver role."));
+  if (!token() && !signedIn) {
+    main.replaceChildren(el("p", { class: "hint" }, "Sign in, or paste a token with the guard:auditor, guard:admin or guard:approver role."));
     return;
   }
   try {
@@ -275,6 +297,15 @@ document.getElementById("forget").addEventListener("click", () => {
   whoAmI();
   route();
 });
+document.getElementById("sign-out").addEventListener("click", async () => {
+  const body = new URLSearchParams({ csrf: signedIn ? signedIn.csrf : "" });
+  await fetch("/logout", { method: "POST", body, credentials: "same-origin" });
+  signedIn = null;
+  whoAmI();
+  route();
+});
 window.addEventListener("hashchange", route);
-whoAmI();
-route();
+loadSession().then(() => {
+  whoAmI();
+  route();
+});

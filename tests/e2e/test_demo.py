@@ -25,5 +25,6 @@ def test_demo_runs_every_agent_to_its_expected_answers() -> None:
     text = out.stdout
     for expected in ("[allow]", "[denied]", "[unknown_action]", "[budget_exhausted]", "chained POST",
                      "[approval_required]", "[held, then allow]", "audit: ", "verified: True",
-                     "demo finished: every agent got the answers it expected"):
+                     "demo finished: every agent got the answers it expected",
+                     "approved: agent client:client_", "[revoked] the next call answers 401"):
         assert expected in text, expected
