@@ -25,7 +25,8 @@ __all__ = ["main"]
 
 
 def _cfg(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    """The config of a command that serves nothing: the webhook secrets need not be set."""
+    return load_config(getattr(args, "config", None), secrets=False)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -57,7 +58,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from guard.log import configure_logging
     from guard.workers import check_workers, supervise
 
-    cfg = _cfg(args)
+    cfg = load_config(getattr(args, "config", None))
     limit_malloc_arenas()
     configure_logging(json_logs=not args.console_logs)
     refused = check_workers(cfg, args.workers)
@@ -218,9 +219,20 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the CLI takes `--config FILE`, so it may stand before or after any
+    subcommand (`guard serve --config f` is `guard --config f serve`). Subcommand parsers are
+    made from this class too (argparse builds them from the parent's type); their `--config`
+    has no default, so one given before the subcommand is not overwritten by its absence after."""
+
+    def __init__(self, *args: Any, config_default: Any = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=config_default, metavar="FILE",
+                          help="config file (default: $GUARD_CONFIG or the embedded default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="guard", description="zero-trust proxy between AI agents and their tools")
-    p.add_argument("--config", help="config file (default: $GUARD_CONFIG or the embedded default)")
+    p = _Parser(prog="guard", description="zero-trust proxy between AI agents and their tools", config_default=None)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the guard")
