@@ -113,7 +113,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     path = Path(args.path or cfg.policies)
     policies = load_policies(path)
-    results = run_policy_tests(policies, Path(args.tests) if args.tests else path / "tests")
+    results = run_policy_tests(policies, Path(args.tests) if args.tests else path / "tests",
+                               cfg.limits.max_chain_depth)
     failed = 0
     for r in results:
         mark = "ok  " if r.ok else "FAIL"
