@@ -52,8 +52,7 @@ async def tune_gc(_: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from guard import serving
     from guard.app import build_app
     from guard.log import configure_logging
     from guard.workers import check_workers, supervise
@@ -76,15 +75,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(
+    serving.run(
         app,
-        host=cfg.listen.host,
-        port=cfg.listen.port,
+        cfg.listen.host,
+        cfg.listen.port,
         access_log=None,
-        print=None,
-        # passed straight to aiohttp's request handler (run_app has no handler_args: a dict there
-        # is silently dropped). keepalive_timeout also bounds how long a connection may take to
-        # send a request's headers: aiohttp closes a connection still waiting for a whole request.
+        # passed straight to aiohttp's request handler. keepalive_timeout also bounds how long a
+        # connection may take to send a request's headers: aiohttp closes a connection still
+        # waiting for a whole request.
         keepalive_timeout=cfg.limits.read_timeout_s,
         max_field_size=8190,
         max_line_size=8190,
