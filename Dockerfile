@@ -1,7 +1,7 @@
 # guard: a slim image running `guard serve` as a non-root user.
 FROM python:3.11-slim AS build
 WORKDIR /src
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY guard ./guard
 RUN pip install --no-cache-dir --prefix=/install .
 

@@ -7,10 +7,14 @@ OIDC := tests/support/oidc
 
 .PHONY: demo test test-fast test-long lint bench clean
 
+# -qq: errors still show; pip's own warnings (an unreachable index named in a global pip config,
+# for one) do not bury them
+PIP_QUIET := -qq --disable-pip-version-check
+
 $(STAMP): pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
+	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)

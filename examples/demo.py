@@ -2,7 +2,7 @@
 
 Everything runs on loopback with the demo ports (guard 8080, notes 9101, payments 9102, the MCP
 files server 9103, research 9104, the approver 9200) and is stopped by PID at the end. The audit
-trails stay under ./var/audit; `guard audit show <task_id>` prints one.
+trails stay under ./var/audit; it ends with the `guard audit show` line that prints one.
 """
 
 from __future__ import annotations
@@ -52,6 +52,17 @@ def wait_port(port: int, proc: subprocess.Popen[bytes], timeout: float = 20) -> 
     raise SystemExit(f"nothing listens on {port} after {timeout}s")
 
 
+def show_command() -> str:
+    """The command line that prints the newest task's trail, runnable as printed from the
+    repository root (the guard script installed next to this Python, and the demo config)."""
+    trails = sorted((ROOT / "var" / "audit").glob("task_*.jsonl"), key=lambda p: p.stat().st_mtime)
+    task = trails[-1].stem if trails else "<task_id>"
+    guard = Path(PY).parent / "guard"
+    if guard.is_relative_to(ROOT):
+        guard = guard.relative_to(ROOT)
+    return f"{guard} audit show {task} --config {CONFIG}"
+
+
 def main() -> int:
     taken = [port for _, _, port in SERVICES if busy(port)]
     if taken:
@@ -75,7 +86,8 @@ def main() -> int:
             print(f"\n=== {title}\n")
             result = subprocess.run([PY, "-m", module, "--config", CONFIG], cwd=ROOT, env=env, timeout=120)
             failed += result.returncode != 0
-        print(f"\naudit trails: {ROOT / 'var' / 'audit'}  (guard audit show <task_id> --config {CONFIG})")
+        print(f"\naudit trails: {ROOT / 'var' / 'audit'}")
+        print(f"read one:     {show_command()}")
         print(f"service logs: {logs}")
         verdict = "every agent got the answers it expected" if not failed else f"{failed} agent(s) surprised"
         print(f"demo finished: {verdict}")

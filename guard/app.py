@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
@@ -42,8 +43,16 @@ class HTTPProblem(GuardError):
 
     def problem(self) -> dict[str, object]:
         body = super().problem()
-        body.update(status=self.http_status, code="bad_request" if self.http_status < 500 else "internal")
+        code = "bad_request" if self.http_status < 500 else "internal"
+        body.update(type=f"urn:guard:error:{code}", status=self.http_status, code=code, title=_phrase(self.http_status))
         return body
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Bad request" if status < 500 else "Internal error"
 
 
 def problem_response(err: GuardError) -> web.Response:

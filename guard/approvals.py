@@ -30,10 +30,11 @@ CONNECTED_POLL_S = 0.5  # how often a hold looks whether its client is still the
 
 
 def effective_status(approval: Approval | None, now: float) -> str:
-    """The status with expiry applied as of `now` (a vanished approval counts as expired)."""
+    """The status with expiry applied as of `now`: a pending approval, or a granted one never
+    used, past its `expires_at` is expired (so is one that vanished)."""
     if approval is None:
         return "expired"
-    if approval.status == "pending" and approval.expires_at <= now:
+    if approval.status in ("pending", "approved") and approval.expires_at <= now:
         return "expired"
     return approval.status
 

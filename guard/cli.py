@@ -25,7 +25,8 @@ __all__ = ["main"]
 
 
 def _cfg(args: argparse.Namespace) -> Config:
-    return load_config(getattr(args, "config", None))
+    """The config of a command that serves nothing: the webhook secrets need not be set."""
+    return load_config(getattr(args, "config", None), secrets=False)
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -51,13 +52,12 @@ async def tune_gc(_: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from aiohttp import web
-
+    from guard import serving
     from guard.app import build_app
     from guard.log import configure_logging
     from guard.workers import check_workers, supervise
 
-    cfg = _cfg(args)
+    cfg = load_config(getattr(args, "config", None))
     limit_malloc_arenas()
     configure_logging(json_logs=not args.console_logs)
     refused = check_workers(cfg, args.workers)
@@ -75,15 +75,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    web.run_app(
+    serving.run(
         app,
-        host=cfg.listen.host,
-        port=cfg.listen.port,
+        cfg.listen.host,
+        cfg.listen.port,
         access_log=None,
-        print=None,
-        # passed straight to aiohttp's request handler (run_app has no handler_args: a dict there
-        # is silently dropped). keepalive_timeout also bounds how long a connection may take to
-        # send a request's headers: aiohttp closes a connection still waiting for a whole request.
+        # passed straight to aiohttp's request handler. keepalive_timeout also bounds how long a
+        # connection may take to send a request's headers: aiohttp closes a connection still
+        # waiting for a whole request.
         keepalive_timeout=cfg.limits.read_timeout_s,
         max_field_size=8190,
         max_line_size=8190,
@@ -112,7 +111,8 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     path = Path(args.path or cfg.policies)
     policies = load_policies(path)
-    results = run_policy_tests(policies, Path(args.tests) if args.tests else path / "tests")
+    results = run_policy_tests(policies, Path(args.tests) if args.tests else path / "tests",
+                               cfg.limits.max_chain_depth)
     failed = 0
     for r in results:
         mark = "ok  " if r.ok else "FAIL"
@@ -218,9 +218,20 @@ def cmd_dev_token(args: argparse.Namespace) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Every parser of the CLI takes `--config FILE`, so it may stand before or after any
+    subcommand (`guard serve --config f` is `guard --config f serve`). Subcommand parsers are
+    made from this class too (argparse builds them from the parent's type); their `--config`
+    has no default, so one given before the subcommand is not overwritten by its absence after."""
+
+    def __init__(self, *args: Any, config_default: Any = argparse.SUPPRESS, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--config", default=config_default, metavar="FILE",
+                          help="config file (default: $GUARD_CONFIG or the embedded default)")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="guard", description="zero-trust proxy between AI agents and their tools")
-    p.add_argument("--config", help="config file (default: $GUARD_CONFIG or the embedded default)")
+    p = _Parser(prog="guard", description="zero-trust proxy between AI agents and their tools", config_default=None)
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the guard")

@@ -11,6 +11,8 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
+from guard.config import load_config
+
 __all__ = ["add_agents_command", "format_inventory"]
 
 _COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "status")
@@ -60,6 +62,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
     if not args.token:
         print("error: an admin or auditor token is needed (--token or GUARD_TOKEN)", file=sys.stderr)
         return 1
+    if not args.url:  # the guard the config describes: its public_url, else its listen address
+        args.url = load_config(getattr(args, "config", None), secrets=False).base_url
     try:
         rows = _fetch(args.url, args.token)
     except urllib.error.HTTPError as e:
@@ -83,8 +87,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
 def add_agents_command(sub: Any) -> None:
     """Register `guard agents` on the CLI's subparsers."""
     a = sub.add_parser("agents", help="list the agent inventory of a running guard")
-    a.add_argument("--url", default=os.environ.get("GUARD_URL", "http://127.0.0.1:8080"),
-                   help="the guard's base URL (default $GUARD_URL or http://127.0.0.1:8080)")
+    a.add_argument("--url", default=os.environ.get("GUARD_URL"),
+                   help="the guard's base URL (default $GUARD_URL, else the config's public_url or listen address)")
     a.add_argument("--token", default=os.environ.get("GUARD_TOKEN"),
                    help="an admin or auditor token (default $GUARD_TOKEN)")
     a.add_argument("--json", action="store_true", help="print the raw JSON rows")

@@ -207,8 +207,10 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path | None = None, env: dict[str, str] | None = None) -> Config:
-    """Read the config file (or the embedded default), apply GUARD_* overrides, resolve secrets."""
+def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, secrets: bool = True) -> Config:
+    """Read the config file (or the embedded default), apply GUARD_* overrides, resolve secrets.
+    `secrets=False` (the CLI's commands other than `serve`) does not require the webhook secrets:
+    reading an audit trail or minting a dev token never signs a webhook."""
     env = dict(os.environ if env is None else env)
     path = path or env.get("GUARD_CONFIG")
     raw: dict[str, Any] = {}
@@ -226,7 +228,7 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
         raise ConfigError(source, key, err["msg"]) from e
     if cfg.store.url.startswith("memory://") and not cfg.audit.dir:
         raise ConfigError(source, "audit.dir", "the memory store keeps nothing durable: an audit folder is required")
-    for i, hook in enumerate(cfg.approvals.webhooks):
+    for i, hook in enumerate(cfg.approvals.webhooks if secrets else ()):
         if not env.get(hook.secret_env):
             raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
     secret = cfg.sso.client_secret if cfg.sso is not None else None

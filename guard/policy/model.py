@@ -26,7 +26,7 @@ __all__ = [
 ]
 
 Effect = Literal["allow", "deny", "step_up"]
-Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop"]
+Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep"]
 
 
 # --------------------------------------------------------------------------- YAML schema

@@ -94,8 +94,11 @@ def _check_case(policies: PolicySet, file: str, lines: LineMap, i: int, case: Ca
         raise _fail(file, lines, (i, "rule"), f"no rule has id {case.rule!r}")
 
 
-def _decide(policies: PolicySet, call: CaseCall) -> Decision:
-    """Decide like the guard does: inventory first, then the task's tools capped by the entry."""
+def _decide(policies: PolicySet, call: CaseCall, max_chain_depth: int | None = None) -> Decision:
+    """Decide like the guard does: the chain depth limit first (before any rule, the loop rule
+    included), the inventory, then the task's tools capped by the entry."""
+    if max_chain_depth is not None and len(call.chain) > max_chain_depth:
+        return Decision("deny", None, "chain_too_deep")
     entry = policies.agent_entry(call.agent)
     if policies.has_inventory and entry is None:
         return Decision("deny", None, "no_rule")
@@ -133,19 +136,20 @@ def _result(file: str, line: int | None, case: Case, decision: Decision, unregis
     return CaseResult(file, line, case.name, ok, case.expect, decision.effect, decision.rule_id, message)
 
 
-def run_file(policies: PolicySet, path: Path) -> list[CaseResult]:
+def run_file(policies: PolicySet, path: Path, max_chain_depth: int | None = None) -> list[CaseResult]:
     cases, lines = _read_cases(path)
     results: list[CaseResult] = []
     for i, case in enumerate(cases):
         _check_case(policies, str(path), lines, i, case)
         unregistered = policies.has_inventory and policies.agent_entry(case.call.agent) is None
-        decision = _decide(policies, case.call)
+        decision = _decide(policies, case.call, max_chain_depth)
         results.append(_result(str(path), lines.line((i,)), case, decision, unregistered))
     return results
 
 
-def run_policy_tests(policies: PolicySet, tests_dir: Path) -> list[CaseResult]:
-    """Run every `*.yaml` case file in `tests_dir` (sorted by name); a missing folder has no cases."""
+def run_policy_tests(policies: PolicySet, tests_dir: Path, max_chain_depth: int | None = None) -> list[CaseResult]:
+    """Run every `*.yaml` case file in `tests_dir` (sorted by name); a missing folder has no cases.
+    `max_chain_depth` (the config's `limits.max_chain_depth`) refuses a deeper chain as the guard does."""
     tests_dir = Path(tests_dir)
     files = [tests_dir] if tests_dir.is_file() else sorted(tests_dir.glob("*.yaml"))
-    return [result for f in files for result in run_file(policies, f)]
+    return [result for f in files for result in run_file(policies, f, max_chain_depth)]

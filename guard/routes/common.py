@@ -4,15 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from typing import Any, TypeVar
 
-from aiohttp import web
+from aiohttp import http_exceptions, web
 from pydantic import BaseModel, ValidationError
 
 from guard.errors import BadRequest, PayloadTooLarge
 from guard.pipeline import Deps
 
-__all__ = ["DEPS", "json_response", "read_body", "read_model"]
+__all__ = ["DEPS", "json_response", "parse_error_detail", "read_body", "read_model"]
 
 DEPS = web.AppKey("deps", Deps)
 M = TypeVar("M", bound=BaseModel)
@@ -30,6 +31,34 @@ async def read_body(request: web.Request, limit: int) -> bytes:
             return await _read_limited(request, limit)
     except TimeoutError:
         raise BadRequest(f"the body did not arrive within {timeout_s:g} s") from None
+    except web.RequestPayloadError as e:  # a body aiohttp could not decode (bad gzip, chunks…)
+        raise BadRequest(parse_error_detail(e.__cause__ or e)) from None
+
+
+# The kind of a parser error, for the ones whose message is not llhttp's "<reason>:\n\n  <input>".
+_KINDS: tuple[tuple[type[BaseException], str], ...] = (
+    (http_exceptions.InvalidURLError, "malformed request target"),
+    (http_exceptions.LineTooLong, "a request line or header is too long"),
+    (http_exceptions.InvalidHeader, "malformed header"),
+    (http_exceptions.BadHttpMethod, "not an HTTP/1.x request"),
+    (http_exceptions.BadStatusLine, "malformed request line"),
+    (http_exceptions.TransferEncodingError, "malformed chunked body"),
+    (http_exceptions.ContentLengthError, "the body does not match its Content-Length"),
+    (http_exceptions.ContentEncodingError, "the body does not decode with its Content-Encoding"),
+)
+# llhttp's reason (a fixed string of the parser), before the echo of the offending bytes
+_LLHTTP = re.compile(r"(?:Bad status line:\n  )?([A-Za-z][A-Za-z0-9 /`'-]{0,80}):\n\n  ")
+
+
+def parse_error_detail(exc: BaseException | None) -> str:
+    """What a client is told about a request aiohttp's parser refused: what kind of error,
+    never the input that caused it (a token in a bad header line, for one)."""
+    message = exc.message if isinstance(exc, http_exceptions.HttpProcessingError) else ""
+    m = _LLHTTP.match(str(message))
+    if m:
+        return f"malformed HTTP request: {m.group(1)}"
+    kind = next((text for cls, text in _KINDS if isinstance(exc, cls)), None)
+    return f"malformed HTTP request: {kind}" if kind else "malformed HTTP request"
 
 
 async def _read_limited(request: web.Request, limit: int) -> bytes:

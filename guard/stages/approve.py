@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from guard.approvals import Approvals
+from guard.approvals import Approvals, effective_status
 from guard.calls import Action, Caller, ToolCall
 from guard.domain import Approval, TaskState
 from guard.errors import ApprovalDenied, ApprovalRequired
@@ -25,8 +25,10 @@ async def settle_approval(
         await approvals.consumed(consumed, call.call_id, state)
         return consumed.approval_id
     latest = await store.latest_approval(caller.task_id, action.digest)
-    if latest is not None and latest.status in ("denied", "expired"):
-        raise ApprovalDenied(f"the approval for this call was {latest.status}", approval_id=latest.approval_id, **ids)
+    # denied, or past expires_at while pending or granted and never used: refused, never reopened
+    status = effective_status(latest, time.time()) if latest is not None else None
+    if latest is not None and status in ("denied", "expired"):
+        raise ApprovalDenied(f"the approval for this call was {status}", approval_id=latest.approval_id, **ids)
     if latest is None or latest.status != "pending":
         now = time.time()
         draft = Approval(

@@ -485,6 +485,33 @@ async def test_expired_approvals_are_refused(guard_factory: Any, upstream: Upstr
         assert f'guard_webhook_delivery_failures_total{{webhook="finance"}} {float(len(failed))}' in await r.text()
 
 
+async def test_a_granted_approval_never_used_expires_like_a_pending_one(
+    guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession, store_url: str
+) -> None:
+    """Approved but never used before `expires_at`: the identical call answers 403
+    approval_denied with that approval_id, and no new approval is opened."""
+    g = guard_factory(policy(upstream.url), guard_config(store_url, receiver.url, ttl_s=3), env=ENV)
+    w = World(g, http, upstream, receiver)
+    task = await w.task()
+    approval_id = await pending_approval(w, task, 800)
+    status, view = await w.decide(approval_id, "approve", "carol@acme.example")
+    assert (status, view["status"]) == (200, "approved")
+    expires_at = (await w.approval(approval_id))["expires_at"]
+
+    async def past_expiry() -> bool:
+        return bool(time.time() > expires_at + 0.2)
+
+    await until(past_expiry, "the granted approval's expires_at to pass")
+    for wait in (None, 2):  # a plain repeat, and one that asks to be held
+        status, err = await w.call(task, 800, wait=wait)
+        assert (status, err["code"], err.get("approval_id")) == (403, "approval_denied", approval_id), err
+    assert (await w.approval(approval_id))["status"] == "expired"
+    assert w.forwarded() == 0
+    assert len(await w.events(task["task_id"], "approval_requested")) == 1  # nothing reopened
+    refused = [r for r in await w.events(task["task_id"], "call_decided") if r.get("detail") == "approval_denied"]
+    assert [r["approval_id"] for r in refused] == [approval_id, approval_id]
+
+
 async def test_deliveries_are_retried_until_the_receiver_is_up(
     guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, store_url: str, tmp_path: Path
 ) -> None:

@@ -153,6 +153,28 @@ async def test_loop_refused_unless_a_rule_allows_it(env: Env) -> None:
     assert c["answer"]["results"][0]["status"] == 200  # c -> c: rule c-recurses says loop: true
 
 
+async def test_depth_limit_comes_before_the_loop_rule(env: Env) -> None:
+    """max_chain_depth is a hard limit checked before any rule: a looping chained call deeper than
+    it answers chain_too_deep, whether a rule would allow the loop (c-recurses) or not (b-calls-a)."""
+    task = await env.task()
+    allowed_loop = step("b", step("c", step("c", step("c"))))  # the third c is at depth 4
+    refused_loop = step("b", step("c", step("d", step("b"))))  # b again, at depth 4
+    status, a = await env.call(task, "a", [allowed_loop, refused_loop])
+    assert status == 200
+    c2 = a["results"][0]["answer"]["results"][0]["answer"]["results"][0]
+    assert c2["status"] == 200, c2  # c -> c at depth 3: the loop rule allows it
+    deep = [c2["answer"]["results"][0],
+            a["results"][1]["answer"]["results"][0]["answer"]["results"][0]["answer"]["results"][0]]
+    for refused in deep:
+        assert (refused["status"], refused["code"], refused["rule_id"]) == (403, "chain_too_deep", None), refused
+        assert refused["answer"]["detail"] == "chain depth 4 exceeds 3"
+    auditor = env.guard.token("auditor@acme.example", "guard:auditor")
+    async with env.http.get(f"{env.guard.url}/v1/tasks/{task['task_id']}/audit", headers=bearer(auditor)) as r:
+        records = (await r.json())["records"]
+    too_deep = [(r["tool"], r["chain"]) for r in records if r.get("detail") == "chain_too_deep"]
+    assert sorted(too_deep) == [("b", ["a", "b", "c", "d"]), ("c", ["a", "b", "c", "c"])]
+
+
 async def test_txn_token_replayed_after_its_call_finished(env: Env) -> None:
     task = await env.task()
     status, a = await env.call(task, "a")

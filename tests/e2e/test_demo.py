@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
+import shlex
 import subprocess
 import sys
 
@@ -28,3 +29,9 @@ def test_demo_runs_every_agent_to_its_expected_answers() -> None:
                      "demo finished: every agent got the answers it expected",
                      "approved: agent client:client_", "[revoked] the next call answers 401"):
         assert expected in text, expected
+    # the line the demo ends with runs as printed and shows a trail
+    line = next(ln for ln in text.splitlines() if ln.startswith("read one:")).removeprefix("read one:").strip()
+    assert "<" not in line, line
+    shown = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert shown.returncode == 0, shown.stdout + shown.stderr
+    assert "chain: verified" in shown.stdout

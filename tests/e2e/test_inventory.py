@@ -4,6 +4,8 @@ cap, counters shared by instances, the kill switch, restore and idle expiry."""
 from __future__ import annotations
 
 import asyncio
+import json
+import os
 import threading
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -88,6 +90,11 @@ async def test_unregistered_agent_is_refused_and_discovered(
     rogue_line = next(line for line in out.stdout.splitlines() if line.startswith(ROGUE))
     assert " NO " in rogue_line and " 2 " in rogue_line
     assert g.cli("agents", "--url", g.url, "--token", g.token(AGENT)).returncode == 1
+    # without --url or GUARD_URL: the guard the config describes (its listen address here)
+    assert "GUARD_URL" not in os.environ
+    from_config = g.cli("agents", "--token", admin, "--json")
+    assert from_config.returncode == 0, from_config.stderr
+    assert ROGUE in {row["agent"] for row in json.loads(from_config.stdout)}
 
 
 async def test_entry_tools_cap_every_task_and_counters(

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from guard.cli import main
 from guard.errors import ConfigError
 from guard.policy import PolicySet, load_policies, run_policy_tests
 
@@ -167,3 +168,44 @@ def test_bad_case_files(tmp_path: Path, policies: PolicySet, text: str, key: str
         run_policy_tests(policies, folder)
     assert err.value.file == str(folder / "cases.yaml")
     assert (err.value.key, err.value.line) == (key, line)
+
+
+LOOPS = POLICIES + """\
+  - {id: notes-recurses, effect: allow, match: {tool: notes, action: read, chain: {caller: notes, loop: true}}}
+"""
+
+
+def test_chain_depth_limit_comes_before_every_rule_the_loop_rule_included(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """As in the guard: a chain deeper than limits.max_chain_depth is refused (chain_too_deep)
+    even where a loop rule would allow it; `guard policy test` takes the limit from the config."""
+    pol = tmp_path / "policies"
+    pol.mkdir()
+    (pol / "p.yaml").write_text(LOOPS)
+    folder = cases(
+        pol,
+        f"""\
+        - name: a loop the rule allows, within the limit
+          call: {{agent: "{AGENT}", tool: notes, action: read, chain: [notes]}}
+          expect: allow
+          rule: notes-recurses
+        - name: the same loop one tool deeper than the limit
+          call: {{agent: "{AGENT}", tool: notes, action: read, chain: [notes, notes]}}
+          expect: allow
+        - name: a loop no rule allows, over the limit
+          call: {{agent: "{AGENT}", tool: notes, action: write, chain: [notes, notes]}}
+          expect: allow
+        """,
+    )
+    results = run_policy_tests(load_policies(pol), folder, max_chain_depth=1)
+    assert [r.message for r in results] == [
+        "",
+        "expected allow, got deny (chain_too_deep)",
+        "expected allow, got deny (chain_too_deep)",
+    ]
+    config = tmp_path / "guard.yaml"
+    config.write_text(f"policies: {pol}\nlimits: {{max_chain_depth: 1}}\naudit: {{dir: {tmp_path / 'a'}}}\n")
+    assert main(["policy", "test", "--config", str(config)]) == 1
+    out = capsys.readouterr().out
+    assert "FAIL" in out and "got deny (chain_too_deep)" in out and "1 passed, 2 failed" in out
