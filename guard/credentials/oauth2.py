@@ -16,11 +16,13 @@ once (a network error or a 5xx); a tool call never is.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import hashlib
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import quote_plus
 
 import aiohttp
 import structlog
@@ -142,10 +144,12 @@ class OAuthProvider:
         return token, time.time() + lifetime
 
     async def _post(self, url: str, form: dict[str, str]) -> dict[str, Any]:
-        auth = await self._client_auth(form)
+        headers = {"Accept": "application/json"}
+        basic = await self._client_auth(form)
+        if basic is not None:
+            headers["Authorization"] = basic
         try:
-            async with self.http.post(url, data=form, auth=auth, timeout=self._timeout,
-                                      headers={"Accept": "application/json"}) as resp:
+            async with self.http.post(url, data=form, timeout=self._timeout, headers=headers) as resp:
                 if resp.status >= 500:
                     raise _Retryable(f"{resp.status}")
                 if resp.status >= 400:  # the body may echo what we sent: only its error code is logged
@@ -162,7 +166,8 @@ class OAuthProvider:
         except ValueError as e:
             raise CredentialUnavailable("the tool's authorization server answered something else than JSON") from e
 
-    async def _client_auth(self, form: dict[str, str]) -> aiohttp.BasicAuth | None:
+    async def _client_auth(self, form: dict[str, str]) -> str | None:
+        """Adds the client's authentication to `form`, or returns its Basic Authorization header."""
         method = self.spec.client_auth
         if method == "private_key_jwt":
             now = int(time.time())
@@ -178,7 +183,8 @@ class OAuthProvider:
             form["client_id"] = self.spec.client_id
             form["client_secret"] = secret
             return None
-        return aiohttp.BasicAuth(_form_encode(self.spec.client_id), _form_encode(secret))
+        pair = f"{_form_encode(self.spec.client_id)}:{_form_encode(secret)}".encode()
+        return "Basic " + base64.b64encode(pair).decode()
 
     def _subject_token(self, req: CredentialRequest) -> str:
         now = int(time.time())
@@ -228,6 +234,4 @@ def _reuse_until(issued_at: float, expires_at: float, data: dict[str, Any]) -> f
 
 def _form_encode(value: str) -> str:
     """RFC 6749 §2.3.1: client_id and secret are form-encoded before Basic authentication."""
-    from urllib.parse import quote_plus
-
     return quote_plus(value)
