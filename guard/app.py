@@ -147,7 +147,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         async def expire(state: TaskState, now: float) -> TaskState:
             return await expire_if_due(state, store, audit, now)
 
-        credentials = Credentials(cfg, keys, store, audit, http, metrics, expire, config_dir)
+        credentials = Credentials(cfg, keys, store, audit, http, metrics, expire, lambda: holder.current.tools,
+                                  config_dir)
         credentials.start()
         app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
                          metrics=metrics, credentials=credentials)

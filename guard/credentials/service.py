@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -47,11 +47,12 @@ __all__ = ["SWEEP_S", "Credentials"]
 log = structlog.get_logger("guard.credentials")
 SWEEP_S = 0.5  # how often tasks holding credentials are checked for expiry
 Expire = Callable[[TaskState, float], Awaitable[TaskState]]
+Tools = Callable[[], Mapping[str, ToolSpec]]  # the tools of the policy set in force
 
 
 class Credentials:
     def __init__(self, cfg: Config, keys: GuardKeys, store: Store, audit: AuditLog, http: aiohttp.ClientSession,
-                 metrics: Metrics, expire: Expire, base: Path | None = None) -> None:
+                 metrics: Metrics, expire: Expire, tools: Tools, base: Path | None = None) -> None:
         self.cfg = cfg
         self.keys = keys
         self.store = store
@@ -59,6 +60,7 @@ class Credentials:
         self.http = http
         self.metrics = metrics
         self.expire = expire
+        self.tools = tools
         self.vault = Vault(cfg.secrets.vault, http, keys, base) if cfg.secrets.vault is not None else None
         self.holdings = Holdings(store, keys)
         self._providers: dict[str, tuple[ToolSpec, Provider]] = {}
@@ -144,16 +146,18 @@ class Credentials:
             await self._revoke(holding)
 
     async def _revoke(self, holding: Holding) -> None:
-        held = self._providers.get(holding.tool)
+        """Revoke through the tool's provider (built here if this instance never served the tool)."""
+        tool = self.tools().get(holding.tool)
         what = {"kind": holding.kind, "tool": holding.tool,
                 ("lease" if holding.kind == "lease" else "token_id"): holding.describe()}
         try:
-            if held is None:
-                raise CredentialUnavailable(f"no provider for tool {holding.tool} (removed from the policies?)")
+            if tool is None:
+                raise CredentialUnavailable(f"no tool {holding.tool} in the policies any more")
+            provider = self.provider(tool)
             async for attempt in AsyncRetrying(stop=stop_after_attempt(5), wait=wait_exponential(0.2, max=2),
                                                reraise=True):
                 with attempt:
-                    await held[1].revoke(holding)
+                    await provider.revoke(holding)
         except Exception as e:  # every failure is audited, never dropped
             log.error("credential_revoke_failed", task_id=holding.task_id, error=type(e).__name__, **what)
             with contextlib.suppress(Exception):
