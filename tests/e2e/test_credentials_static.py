@@ -175,3 +175,31 @@ async def test_guard_logs_in_with_its_own_jwt(guard_factory: Any, upstream: Upst
     assert status == 200, body
     assert _header(upstream, "X-Api-Key") == "jwt-read"
     assert "vault_logged_in" in g.log()
+
+
+async def test_token_file_rotation_is_picked_up(guard_factory: Any, upstream: Upstream, openbao: OpenBao,
+                                                tmp_path: Path, http: aiohttp.ClientSession) -> None:
+    """An agent sink rewrites guard's token file and the old token is revoked: guard carries on."""
+    openbao.api("POST", "secret/data/tools/notes", {"data": {"api_key": "token-file-read"}})
+    _reader_policy(openbao)
+
+    def new_token() -> str:
+        return str(openbao.api("POST", "auth/token/create", {"policies": ["guard-notes"], "ttl": "1h"})["auth"]
+                   ["client_token"])
+
+    first = new_token()
+    token_file = openbao.write_token_file(tmp_path / "bao-token", first)
+    g: Guard = guard_factory(
+        tool_policy(upstream.url, {"mode": "static", "secret": {"vault": "secret/data/tools/notes#api_key"}}),
+        {"secrets": {"vault": {"url": openbao.url, "cache_s": 0,
+                               "auth": {"method": "token", "token_file": str(token_file)}}}})
+    task = await create_task(http, g.url, g.token(AGENT))
+    assert (await _call(http, g, task))[0] == 200
+    second = new_token()
+    openbao.write_token_file(token_file, second)
+    openbao.api("POST", "auth/token/revoke", {"token": first})
+    status, body = await _call(http, g, task)
+    assert status == 200, body
+    assert _header(upstream, "X-Api-Key") == "token-file-read"
+    written = everything_written(g)
+    assert first not in written and second not in written
