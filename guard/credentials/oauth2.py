@@ -70,7 +70,8 @@ class OAuthProvider:
         self.holdings = holdings
         self.secret = secret
         self.still_active = still_active
-        self._local: dict[tuple[str, str], tuple[float, Issued]] = {}  # (task_id | "*", scopes) -> (reuse until, …)
+        # task_id ("*" when shared) -> scopes -> (reuse until, the headers)
+        self._local: dict[str, dict[str, tuple[float, Issued]]] = {}
         self._inflight: dict[tuple[str, str], asyncio.Future[Issued]] = {}
         self._timeout = aiohttp.ClientTimeout(total=10)
 
@@ -78,7 +79,7 @@ class OAuthProvider:
     async def issue(self, req: CredentialRequest) -> Issued:
         scopes = " ".join(sorted(set(self.spec.scopes_for(req.action.name))))
         key = (req.state.task.task_id if self.spec.per_task else "*", scopes)
-        hit = self._local.get(key)
+        hit = self._local.get(key[0], {}).get(scopes)
         if hit is not None and hit[0] > time.time():
             return hit[1]
         return await shared(self._inflight, key, lambda: self._take(req, scopes, key))
@@ -112,7 +113,7 @@ class OAuthProvider:
     def _remember(self, key: tuple[str, str], token: str, issued_at: float, expires_at: float) -> Issued:
         issued = Issued({self.header: self.format.replace("{secret}", token)},
                         {"mode": self.mode, "source": self.spec.token_url, "token_id": token_id(token)})
-        self._local[key] = (_reuse_until(issued_at, expires_at, {}), issued)
+        self._local.setdefault(key[0], {})[key[1]] = (_reuse_until(issued_at, expires_at, {}), issued)
         return issued
 
     # -- the token request --------------------------------------------------------------------
@@ -216,12 +217,14 @@ class OAuthProvider:
         log.warning("token_revoke_failed", task_id=task_id, tool=self.tool, token_id=token_id(token))
 
     def forget(self, task_id: str) -> None:
-        for key in [k for k in self._local if k[0] == task_id]:
-            del self._local[key]
+        self._local.pop(task_id, None)
 
     def prune(self, now: float) -> None:
-        for key in [k for k, (until, _) in self._local.items() if until <= now]:
-            del self._local[key]
+        for owner, tokens in list(self._local.items()):
+            for scopes in [s for s, (until, _) in tokens.items() if until <= now]:
+                del tokens[scopes]
+            if not tokens:
+                del self._local[owner]
 
     async def close(self) -> None:
         return None
