@@ -219,6 +219,8 @@ def _oauth(src: _Source, loc: Loc, cred: CredentialModel) -> OAuthSpec:
     else:
         secret = _secret(src, (*loc, "client_secret"), cred.client_secret)
     per_task = True if cred.per_task is None else cred.per_task
+    if cred.mode == "token_exchange" and not per_task:
+        src.fail((*loc, "per_task"), "an exchanged token names one agent and task: it cannot be shared (per_task)")
     if per_task and not cred.revocation_url:
         src.fail((*loc, "revocation_url"), "per_task tokens are revoked when the task ends: revocation_url is "
                  "needed (or per_task: false)")

@@ -33,13 +33,13 @@ async def http() -> Any:
 class ToolAS:
     """The tool's authorization server, and what the tests ask it."""
 
-    def __init__(self, tmp: Path, guard: Guard, clients: list[dict[str, Any]], port: int) -> None:
+    def __init__(self, tmp: Path, guard: Guard, clients: list[dict[str, Any]], port: int, ttl_s: int = 600) -> None:
         require(oidc_provider_missing_reason())
         clients = [*clients, {"client_id": "notes-api", "client_secret": RS_SECRET, "grant_types": [],
                               "redirect_uris": [], "response_types": [],
                               "token_endpoint_auth_method": "client_secret_basic"}]
         self.provider = OidcProvider(tmp / "as", "tool_as.mjs", {
-            "clients": clients, "resources": {RESOURCE: {"scope": "notes:read notes:write", "ttl_s": 600}},
+            "clients": clients, "resources": {RESOURCE: {"scope": "notes:read notes:write", "ttl_s": ttl_s}},
             "subject": {"issuer": "urn:guard", "jwks_uri": f"{guard.url}/.well-known/jwks.json"}}, port=port)
 
     def start(self) -> ToolAS:
@@ -226,5 +226,29 @@ async def test_token_exchange_names_agent_and_task(
         forwarded = [r for r in await audit_of(http, g, task["task_id"]) if r["event"] == "call_forwarded"]
         assert {r["credential"]["mode"] for r in forwarded} == {"token_exchange"}
         assert token not in everything_written(g)
+    finally:
+        tool_as.stop()
+
+
+async def test_a_task_token_is_reused_until_shortly_before_it_expires(
+    guard_factory: Any, upstream: Upstream, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    as_port = free_port()
+    g: Guard = guard_factory(tool_policy(upstream.url, oauth_credential(as_port)), start=False)
+    tool_as = ToolAS(tmp_path, g, [guard_client(g)], as_port, ttl_s=4).start()  # tokens live 4 s
+    try:
+        g.start()
+        task = await create_task(http, g.url, g.token(AGENT))
+        assert await _get(http, g, task, 1) == 200 and await _get(http, g, task, 2) == 200
+        (first,) = set(token_of(upstream, task["task_id"], "/notes/"))
+
+        async def replaced() -> bool:
+            return await _get(http, g, task, 3) == 200 and len(set(token_of(upstream, task["task_id"], "/notes/"))) > 1
+
+        await until(replaced, "a new token once the first is near its expiry")
+        assert first not in token_of(upstream, task["task_id"], "/notes/")[-1:]
+        issued = [i for i in await tool_as.issued(http) if i["client"] == "guard-notes"]
+        assert len(issued) == 2
+        assert (await tool_as.introspect(http, first))["active"] is False
     finally:
         tool_as.stop()

@@ -29,6 +29,7 @@ CREDENTIAL_ERRORS = [
     (f"{{mode: oauth2, {OAUTH}, client_secret: {{env: S}}}}", "tools.bad.credential.client_secret"),
     ("{mode: oauth2, token_url: 'http://as/token', client_id: c}", "tools.bad.credential.revocation_url"),
     (f"{{mode: token_exchange, {OAUTH}}}", "tools.bad.credential.audience"),
+    (f"{{mode: token_exchange, {OAUTH}, audience: x, per_task: false}}", "tools.bad.credential.per_task"),
     (f"{{mode: oauth2, {OAUTH}, audience: x}}", "tools.bad.credential.audience"),
     ("{mode: vault_lease, path: database/creds/ro}", "tools.bad.credential.headers"),
     ("{mode: vault_lease, path: 'not a path', headers: {X-U: '{username}'}}", "tools.bad.credential.path"),
