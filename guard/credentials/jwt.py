@@ -37,7 +37,8 @@ class JwtProvider:
                 "exp": now + req.ttl_s,
             },
         )
-        return Issued({self.header: f"Bearer {token}"}, None, cred_jti)
+        return Issued({self.header: f"Bearer {token}"}, {"mode": "jwt", "source": "guard", "token_id": cred_jti},
+                      cred_jti)
 
     async def revoke(self, holding: Holding) -> None:
         return None

@@ -6,7 +6,7 @@ from guard.credentials.base import CredentialRequest, Holding, Issued
 
 __all__ = ["NoneProvider"]
 
-_NOTHING = Issued({})
+_NOTHING = Issued({}, {"mode": "none", "source": "none"})
 
 
 class NoneProvider:

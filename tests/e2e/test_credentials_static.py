@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import jwt
 import pytest
 
 from tests.conftest import Guard, Upstream
@@ -26,6 +27,10 @@ async def http() -> Any:
 async def _call(http: aiohttp.ClientSession, g: Guard, task: dict[str, Any], n: int = 1) -> tuple[int, Any]:
     async with http.get(f"{g.url}/tools/notes/notes/{n}", headers=bearer(task["task_token"])) as r:
         return r.status, await r.json(content_type=None)
+
+
+def claims_of(token: str) -> dict[str, Any]:
+    return dict(jwt.decode(token, options={"verify_signature": False}))
 
 
 def _header(upstream: Upstream, name: str) -> str:
@@ -203,3 +208,18 @@ async def test_token_file_rotation_is_picked_up(guard_factory: Any, upstream: Up
     assert _header(upstream, "X-Api-Key") == "token-file-read"
     written = everything_written(g)
     assert first not in written and second not in written
+
+
+async def test_jwt_and_none_say_what_went_out(guard_factory: Any, upstream: Upstream,
+                                              http: aiohttp.ClientSession) -> None:
+    policy = tool_policy(upstream.url, {"mode": "jwt"})
+    policy["tools"]["open"] = {**policy["tools"]["notes"], "credential": {"mode": "none"}}
+    policy["rules"].append({"id": "open", "effect": "allow", "match": {"tool": "open"}})
+    g: Guard = guard_factory(policy)
+    task = await create_task(http, g.url, g.token(AGENT))
+    assert (await _call(http, g, task))[0] == 200
+    jti = claims_of(_header(upstream, "Authorization").removeprefix("Bearer "))["jti"]
+    async with http.get(f"{g.url}/tools/open/notes/1", headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    creds = [r["credential"] for r in await audit_of(http, g, task["task_id"]) if r["event"] == "call_forwarded"]
+    assert creds == [{"mode": "jwt", "source": "guard", "token_id": jti}, {"mode": "none", "source": "none"}]
