@@ -12,12 +12,14 @@ import base64
 import json
 import os
 
+from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from guard.credentials.base import Holding
+from guard.errors import CredentialUnavailable
 from guard.stores.base import Store
 from guard.tokens import GuardKeys
 
@@ -50,15 +52,20 @@ class Holdings:
         d = json.loads(self._aead.decrypt(raw[:12], raw[12:], task_id.encode()))
         return Holding(d["task_id"], d["agent"], d["tool"], d["kind"], float(d["expires_at"]), d["data"])
 
+    def _readable(self, task_id: str, sealed: str) -> Holding:
+        try:
+            return self.unseal(task_id, sealed)
+        except (InvalidTag, ValueError, KeyError):
+            raise CredentialUnavailable("a credential held for this task cannot be read here "
+                                        "(sealed with another signing key?)", task_id=task_id) from None
+
     async def held(self, task_id: str, slot: str) -> tuple[Holding, str] | None:
         sealed = await self.store.held_credential(task_id, slot)
-        return None if sealed is None else (self.unseal(task_id, sealed), sealed)
+        return None if sealed is None else (self._readable(task_id, sealed), sealed)
 
     async def hold(self, h: Holding, slot: str, previous: str | None) -> tuple[Holding, bool]:
         """Keep `h` in `slot` unless another instance got there first: (the holding in force, ours)."""
         mine = self.seal(h)
         held = await self.store.hold_credential(h.task_id, slot, mine, previous)
-        return (h, True) if held == mine else (self.unseal(h.task_id, held), False)
+        return (h, True) if held == mine else (self._readable(h.task_id, held), False)
 
-    async def claim(self, task_id: str) -> list[Holding]:
-        return [self.unseal(task_id, sealed) for sealed in (await self.store.claim_credentials(task_id)).values()]

@@ -433,9 +433,9 @@ class RedisStore:
 
     async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
         key = _k(task_id, "creds")
-        async with self._fail_closed("hold_credential"):
-            held = await self._eval("HOLD_CREDENTIAL", [key], [slot, value, previous or ""])
-            await self._send([("SADD", CREDENTIAL_TASKS, task_id)])  # the sweep's index (another slot)
+        async with self._fail_closed("hold_credential"):  # the sweep's index rides in the same round trip
+            held = await self._eval("HOLD_CREDENTIAL", [key], [slot, value, previous or ""],
+                                    also=[("SADD", CREDENTIAL_TASKS, task_id)])
         return str(held)
 
     async def held_credential(self, task_id: str, slot: str) -> str | None:
@@ -447,8 +447,8 @@ class RedisStore:
 
     async def claim_credentials(self, task_id: str) -> dict[str, str]:
         async with self._fail_closed("claim_credentials"):
-            flat = await self._eval("CLAIM_CREDENTIALS", [_k(task_id, "creds")], [])
-            await self._send([("SREM", CREDENTIAL_TASKS, task_id)])
+            flat = await self._eval("CLAIM_CREDENTIALS", [_k(task_id, "creds")], [],
+                                    also=[("SREM", CREDENTIAL_TASKS, task_id)])
         return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
 
     async def credential_tasks(self) -> list[str]:
