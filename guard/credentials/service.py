@@ -46,6 +46,7 @@ __all__ = ["SWEEP_S", "Credentials"]
 
 log = structlog.get_logger("guard.credentials")
 SWEEP_S = 0.5  # how often tasks holding credentials are checked for expiry
+SWEEP_BATCH = 64  # tasks read from the store at once by a sweep
 Expire = Callable[[TaskState, float], Awaitable[TaskState]]
 Tools = Callable[[], Mapping[str, ToolSpec]]  # the tools of the policy set in force
 
@@ -136,14 +137,14 @@ class Credentials:
         except StoreUnavailable:
             log.warning("credential_release_deferred", task_id=task_id, reason="store_unavailable")
             return  # still in the store: the sweep tries again
+        holdings = []
         for slot, value in sealed.items():
             try:
-                holding = self.holdings.unseal(task_id, value)
+                holdings.append(self.holdings.unseal(task_id, value))
             except (InvalidTag, ValueError, KeyError):
                 log.error("credential_unreadable", task_id=task_id, slot=slot.split(":", 1)[0],
                           detail="sealed with another key: it cannot be revoked from here")
-                continue
-            await self._revoke(holding)
+        await asyncio.gather(*(self._revoke(h) for h in holdings))
 
     async def _revoke(self, holding: Holding) -> None:
         """Revoke through the tool's provider (built here if this instance never served the tool)."""
@@ -174,12 +175,16 @@ class Credentials:
         now = time.time()
         for provider in [p for _, p in self._providers.values()]:
             provider.prune(now)
-        for task_id in await self.store.credential_tasks():
-            state = await self.store.get_task(task_id)
-            if state is not None and state.task.status == "active":
-                state = await self.expire(state, now)
-            if state is None or state.task.status != "active":
-                await self.release_task(task_id)
+        task_ids = await self.store.credential_tasks()
+        for i in range(0, len(task_ids), SWEEP_BATCH):
+            await asyncio.gather(*(self._sweep_one(t, now) for t in task_ids[i:i + SWEEP_BATCH]))
+
+    async def _sweep_one(self, task_id: str, now: float) -> None:
+        state = await self.store.get_task(task_id)
+        if state is not None and state.task.status == "active":
+            state = await self.expire(state, now)
+        if state is None or state.task.status != "active":
+            await self.release_task(task_id)
 
     async def _sweep_forever(self) -> None:
         while True:
