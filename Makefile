@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OIDC := tests/support/oidc
 
-.PHONY: demo test test-fast test-long lint bench clean
+.PHONY: demo demo-vault test test-fast test-long lint bench clean
 
 # -qq: errors still show; pip's own warnings (an unreachable index named in a global pip config,
 # for one) do not bury them
@@ -19,6 +19,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/python -m examples.demo
+
+# guard brokering credentials from a real OpenBao (and PostgreSQL, when installed): a rotation, a revocation
+demo-vault: $(STAMP)
+	$(BIN)/python -m examples.demo_vault
 
 lint: $(STAMP)
 	$(BIN)/ruff check guard tests examples benchmarks

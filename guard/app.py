@@ -16,6 +16,8 @@ from guard.approvals import Approvals
 from guard.audit import AuditFiles, AuditLog
 from guard.canonical import compact_json
 from guard.config import Config
+from guard.credentials import Credentials
+from guard.domain import TaskState
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
 from guard.metrics import Metrics, request_started
@@ -25,10 +27,11 @@ from guard.reload import PolicyReloader
 from guard.routes import agents, approvals, credentials, mcp, operate, review, signin, system, tasks, tools
 from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
+from guard.stages.task import expire_if_due
 from guard.stores import open_store
 from guard.tokens import GuardKeys, load_or_create_key
 
-__all__ = ["build_app", "load_checked_policies", "problem_response"]
+__all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
 
 log = structlog.get_logger("guard.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -93,15 +96,28 @@ async def problem_middleware(request: web.Request, handler: Handler) -> web.Stre
         request_started.reset(token)
 
 
-def load_checked_policies(cfg: Config) -> PolicySet:
-    """Load and compile the policies; static credential secrets must be in the environment."""
-    policies = load_policies(cfg.policies)
+def check_credentials(cfg: Config, policies: PolicySet) -> None:
+    """What the policies' credential blocks need from guard.yaml and the environment: env
+    secrets set, and `secrets.vault` configured for vault secrets and leases."""
     for name, tool in policies.tools.items():
-        if tool.credential.mode == "static" and not cfg.environ.get(tool.credential.secret_env or ""):
-            raise ConfigError(
-                str(cfg.policies), f"tools.{name}.credential.secret_env",
-                f"{tool.credential.secret_env} is not set in the environment",
-            )
+        spec = tool.credential
+        refs = [(r, key) for r, key in ((spec.secret, "secret"),
+                                        (spec.oauth.client_secret if spec.oauth else None, "client_secret")) if r]
+        for ref, key in refs:
+            if ref.kind == "env" and not cfg.environ.get(ref.ref):
+                key = "secret_env" if spec.secret_env else f"{key}.env"
+                raise ConfigError(str(cfg.policies), f"tools.{name}.credential.{key}",
+                                  f"{ref.ref} is not set in the environment")
+        needs_vault = spec.mode == "vault_lease" or any(ref.kind == "vault" for ref, _ in refs)
+        if needs_vault and cfg.secrets.vault is None:
+            raise ConfigError(str(cfg.policies), f"tools.{name}.credential",
+                              f"mode {spec.mode} reads from OpenBao/Vault: configure secrets.vault in {cfg.source}")
+
+
+def load_checked_policies(cfg: Config) -> PolicySet:
+    """Load and compile the policies; what their credentials need must be configured."""
+    policies = load_policies(cfg.policies)
+    check_credentials(cfg, policies)
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
         missing = sorted(set(rule.approvers) - configured)
@@ -114,7 +130,8 @@ def load_checked_policies(cfg: Config) -> PolicySet:
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     policies = policies or load_checked_policies(cfg)
     keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
-    identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
+    config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
+    identity = Identity(cfg, config_dir)
     if cfg.dev_mode:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],
@@ -136,11 +153,19 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         identity.http = http
         approvals_ = Approvals(cfg, store, audit)
         await approvals_.start()  # resumes pending webhook deliveries
+
+        async def expire(state: TaskState, now: float) -> TaskState:
+            return await expire_if_due(state, store, audit, now)
+
+        credentials = Credentials(cfg, keys, store, audit, http, metrics, expire, lambda: holder.current.tools,
+                                  config_dir)
+        credentials.start()
         app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
-                         metrics=metrics)
+                         metrics=metrics, credentials=credentials)
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
+        await credentials.close()
         await approvals_.close()
         await http.close()
         if files is not None:

@@ -64,6 +64,7 @@ class Action:
 class Minted:
     headers: dict[str, str]  # credential header (if any), Txn-Token, Guard-Task-Id, Guard-Call-Id
     credential_jti: str | None
+    audit: dict[str, Any] | None = None  # call_forwarded's `credential`: {mode, source, version|token_id|lease}
 
 
 @dataclass(frozen=True, slots=True)

@@ -98,6 +98,9 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     cfg = _cfg(args)
     path = args.path or cfg.policies
     policies, warnings = check_policies(path)
+    from guard.app import check_credentials
+
+    check_credentials(cfg, policies)  # what the credential blocks need from guard.yaml (secrets.vault)
     for w in warnings:
         print(f"warning: {w}")
     print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")

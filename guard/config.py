@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from guard.errors import ConfigError
 
@@ -134,6 +134,37 @@ class SsoCfg(_Section):
     session_ttl_s: int = Field(1800, gt=0)
 
 
+class VaultAuthCfg(_Section):
+    """guard's own login to OpenBao / Vault: a token file, AppRole, or a JWT guard signs itself."""
+
+    method: Literal["token", "approle", "jwt"] = "token"
+    token_file: str | None = None  # token: re-read when it changes
+    role_id_file: str | None = None  # approle
+    secret_id_file: str | None = None
+    role: str | None = None  # jwt: the role of the jwt auth mount
+    mount: str | None = None  # the auth mount (default: approle, jwt)
+    audience: str = "openbao"  # jwt: aud of the login JWT (the role's bound_audiences)
+
+    @model_validator(mode="after")
+    def _needs(self) -> VaultAuthCfg:
+        needs = {"token": ("token_file",), "approle": ("role_id_file", "secret_id_file"), "jwt": ("role",)}
+        missing = [k for k in needs[self.method] if not getattr(self, k)]
+        if missing:
+            raise ValueError(f"auth method {self.method} needs {', '.join(missing)}")
+        return self
+
+
+class VaultCfg(_Section):
+    url: str
+    auth: VaultAuthCfg
+    cache_s: float = Field(60.0, ge=0)  # a KV read is reused this long
+    timeout_s: float = Field(5.0, gt=0)  # each request to OpenBao
+
+
+class SecretsCfg(_Section):
+    vault: VaultCfg | None = None
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -149,6 +180,7 @@ class Config(_Section):
     limits: LimitsCfg = Field(default_factory=LimitsCfg)  # type: ignore[arg-type]
     oauth: OAuthCfg = Field(default_factory=OAuthCfg)  # type: ignore[arg-type]
     sso: SsoCfg | None = None
+    secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 

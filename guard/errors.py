@@ -24,6 +24,7 @@
     ├── UpstreamUnavailable          502 upstream_unavailable
     ├── StoreUnavailable             503 store_unavailable
     ├── AuditUnavailable             503 audit_unavailable
+    ├── CredentialUnavailable        503 credential_unavailable
     └── UpstreamTimeout              504 upstream_timeout
 
 ConfigError is separate: it is raised at load time and never reaches HTTP.
@@ -43,6 +44,7 @@ __all__ = [
     "BudgetExhausted",
     "ChainTooDeep",
     "ConfigError",
+    "CredentialUnavailable",
     "Denied",
     "DuplicateDecision",
     "Forbidden",
@@ -190,6 +192,10 @@ class StoreUnavailable(GuardError):
 
 class AuditUnavailable(GuardError):
     status, code, title = 503, "audit_unavailable", "Audit trail unavailable"
+
+
+class CredentialUnavailable(GuardError):
+    status, code, title = 503, "credential_unavailable", "Credential unavailable"
 
 
 class UpstreamTimeout(GuardError):

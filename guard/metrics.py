@@ -16,6 +16,7 @@ What is counted where:
   (each failed attempt), so deliveries need no extra call; others may `.inc()` it directly.
 - `guard_errors_total{code}` (`count_error`) and `guard_store_errors_total`: problem-details answers, by code.
 - `guard_pending_approvals`: read from the store when `/metrics` is scraped.
+- `guard_credential_errors_total{tool,mode}`: calls refused with credential_unavailable (guard.credentials).
 - `guard_policy_reloads_total{result}`: `ok` or `failed` (see `guard.reload`).
 """
 
@@ -54,6 +55,8 @@ class Metrics:
                                     ["operation"], registry=r)
         self.errors = Counter("guard_errors", "Problem-details answers, by code", ["code"], registry=r)
         self.policy_reloads = Counter("guard_policy_reloads", "Policy reloads, by result", ["result"], registry=r)
+        self.credential_errors = Counter("guard_credential_errors", "Calls refused because a credential provider "
+                                         "could not answer", ["tool", "mode"], registry=r)
         self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
         self._labels: set[tuple[str, str]] = set()
         self._decided: dict[tuple[str, str, str], Any] = {}  # (tool, action, effect) -> its counter child

@@ -15,8 +15,9 @@ from guard.approvals import Approvals
 from guard.audit import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
+from guard.credentials import Credentials
 from guard.domain import CallLimits, TaskState
-from guard.errors import Denied, GuardError
+from guard.errors import CredentialUnavailable, Denied, GuardError
 from guard.identity import Identity
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
@@ -55,6 +56,12 @@ class Deps:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
+    credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
+
+    @property
+    def creds(self) -> Credentials:
+        assert self.credentials is not None, "build_app sets deps.credentials"
+        return self.credentials
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -130,14 +137,19 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     durable = deps.audit.keep_started(record)
     try:
         try:
-            minted = mint_credentials(
-                call, caller, state, action, tool, deps.keys,
+            minted = await mint_credentials(
+                call, caller, state, action, tool, deps.keys, deps.creds,
                 ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
                 txn_ttl_s=tool.timeout_s + 30,
-                environ=deps.cfg.environ,
             )
         finally:
             await durable
+    except CredentialUnavailable as err:  # fail closed: nothing forwarded, the refusal audited
+        await deps.audit.append_and_finish(
+            caller.task_id, call.call_id, "call_failed", caller.agent, tool=action.tool, action=action.name,
+            chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,
+            credential={"mode": tool.credential.mode})
+        raise
     except BaseException:
         await finish_quietly(deps.store, caller.task_id, call.call_id)
         raise
@@ -179,12 +191,16 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         await record_refusal(deps.audit, call, caller, method, err)
         raise
     action = Action(tool.name, method, None)
-    minted = mint_credentials(
-        call, caller, state, action, tool, deps.keys,
-        ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
-        txn_ttl_s=tool.timeout_s + 30,
-        environ=deps.cfg.environ,
-    )
+    try:
+        minted = await mint_credentials(
+            call, caller, state, action, tool, deps.keys, deps.creds,
+            ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
+            txn_ttl_s=tool.timeout_s + 30,
+        )
+    except GuardError as err:
+        await finish_quietly(deps.store, caller.task_id, call.call_id)
+        await record_refusal(deps.audit, call, caller, method, err)
+        raise
     return Authorized(call, caller, state, action, None, tool.upstream, tool.timeout_s, minted)
 
 

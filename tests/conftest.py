@@ -21,6 +21,7 @@ import yaml
 from aiohttp import web
 
 from tests.support.openbao import OpenBao, openbao_missing_reason
+from tests.support.postgres import Postgres, postgres_missing_reason
 from tests.support.process import Proc, free_port, require, spawn, wait_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -300,6 +301,15 @@ def openbao(tmp_path: Path) -> Iterator[OpenBao]:
     bao = OpenBao(tmp_path / "openbao").start()
     yield bao
     bao.stop()
+
+
+@pytest.fixture
+def postgres() -> Iterator[Postgres]:
+    """A private PostgreSQL cluster on a free port (superuser `postgres`, password `.password`)."""
+    require(postgres_missing_reason())
+    pg = Postgres().start()
+    yield pg
+    pg.stop()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,16 +24,22 @@ from guard.policy.model import (
     ActionModel,
     ActionSpec,
     AgentEntry,
+    CredentialModel,
     CredentialSpec,
+    LeaseSpec,
     MatchModel,
+    OAuthSpec,
     PolicyFileModel,
     RateSpec,
     RuleModel,
+    SecretRef,
+    SecretSourceModel,
     ToolModel,
     ToolSpec,
 )
 
 __all__ = [
+    "VAULT_REF",
     "LineMap",
     "Loc",
     "check_policies",
@@ -164,12 +170,113 @@ def _policy_files(path: Path) -> list[Path]:
 # --------------------------------------------------------------------------- tools
 
 
+_MODE_KEYS: dict[str, frozenset[str]] = {
+    "jwt": frozenset({"header", "ttl_s"}),
+    "none": frozenset(),
+    "static": frozenset({"header", "secret_env", "secret", "format"}),
+    "oauth2": frozenset({"header", "format", "token_url", "revocation_url", "client_id", "client_auth",
+                         "client_secret", "resource", "scopes", "per_task"}),
+    "vault_lease": frozenset({"path", "headers"}),
+}
+_MODE_KEYS["token_exchange"] = _MODE_KEYS["oauth2"] | {"audience"}
+VAULT_REF = re.compile(r"^(?P<mount>[^#\s]+?)/data/(?P<path>[^#\s]+)#(?P<field>[^#\s]+)$")
+_LEASE_PATH = re.compile(r"^[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.@-]+)+$")
+
+
+def _secret(src: _Source, loc: Loc, model: SecretSourceModel) -> SecretRef:
+    given = [(k, v) for k, v in (("env", model.env), ("file", model.file), ("vault", model.vault)) if v]
+    if len(given) != 1:
+        src.fail(loc, "a secret source is exactly one of env, file, vault")
+    kind, ref = given[0]
+    if kind == "vault" and not VAULT_REF.match(ref):
+        src.fail((*loc, "vault"), f"{ref!r} is not MOUNT/data/PATH#FIELD (a KV v2 secret and its field)")
+    return SecretRef(kind, ref)  # type: ignore[arg-type]
+
+
+def _format(src: _Source, loc: Loc, fmt: str | None) -> str:
+    if fmt is None:
+        return "{secret}"
+    if "{secret}" not in fmt or fmt.replace("{secret}", "").count("{") or fmt.replace("{secret}", "").count("}"):
+        src.fail((*loc, "format"), "format must contain {secret} and no other {…}")
+    return fmt
+
+
+def _oauth(src: _Source, loc: Loc, cred: CredentialModel) -> OAuthSpec:
+    for key in ("token_url", "client_id"):
+        if not getattr(cred, key):
+            src.fail((*loc, key), f"{cred.mode} needs {key}")
+    for key in ("token_url", "revocation_url"):
+        url = urlparse(getattr(cred, key) or "http://x")
+        if url.scheme not in ("http", "https") or not url.netloc:
+            src.fail((*loc, key), f"{key} must be an http(s) URL")
+    client_auth = cred.client_auth or "private_key_jwt"
+    secret = None
+    if client_auth == "private_key_jwt":
+        if cred.client_secret is not None:
+            src.fail((*loc, "client_secret"), "private_key_jwt signs with the guard's key: remove client_secret")
+    elif cred.client_secret is None:
+        src.fail((*loc, "client_secret"), f"{client_auth} needs client_secret")
+    else:
+        secret = _secret(src, (*loc, "client_secret"), cred.client_secret)
+    per_task = True if cred.per_task is None else cred.per_task
+    if cred.mode == "token_exchange" and not per_task:
+        src.fail((*loc, "per_task"), "an exchanged token names one agent and task: it cannot be shared (per_task)")
+    if per_task and not cred.revocation_url:
+        src.fail((*loc, "revocation_url"), "per_task tokens are revoked when the task ends: revocation_url is "
+                 "needed (or per_task: false)")
+    if cred.mode == "token_exchange" and not cred.audience and not cred.resource:
+        src.fail((*loc, "audience"), "token_exchange needs audience (or resource)")
+    assert cred.token_url is not None and cred.client_id is not None
+    return OAuthSpec(
+        token_url=cred.token_url, client_id=cred.client_id, client_auth=client_auth,
+        revocation_url=cred.revocation_url, client_secret=secret, resource=cred.resource,
+        audience=cred.audience, scopes={k: tuple(v) for k, v in (cred.scopes or {}).items()}, per_task=per_task,
+    )
+
+
+def _lease(src: _Source, loc: Loc, cred: CredentialModel) -> LeaseSpec:
+    if not cred.path or not _LEASE_PATH.match(cred.path):
+        src.fail((*loc, "path"), "vault_lease needs path: a dynamic secrets path such as database/creds/ROLE")
+    if not cred.headers:
+        src.fail((*loc, "headers"), "vault_lease needs headers, e.g. {X-Db-User: \"{username}\"}")
+    assert cred.path is not None and cred.headers is not None
+    for name, template in cred.headers.items():
+        try:
+            template.format_map(_AnyField())
+        except (ValueError, IndexError, AttributeError) as e:
+            src.fail((*loc, "headers", name), f"bad template {template!r}: {e}")
+    return LeaseSpec(cred.path, dict(cred.headers))
+
+
+class _AnyField(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return ""
+
+
 def _credential(src: _Source, loc: Loc, tool: ToolModel) -> CredentialSpec:
     cred = tool.credential
-    if cred.mode == "static" and not cred.secret_env:
-        src.fail((*loc, "credential", "secret_env"), "a static credential needs secret_env")
+    loc = (*loc, "credential")
+    allowed = _MODE_KEYS[cred.mode] | {"mode"}
+    for key in sorted(cred.model_fields_set - allowed):
+        src.fail((*loc, key), f"{key} does not apply to mode {cred.mode}")
+    secret = None
+    if cred.mode == "static":
+        if cred.secret_env and cred.secret is not None:
+            src.fail((*loc, "secret"), "give secret or secret_env, not both")
+        if cred.secret is not None:
+            secret = _secret(src, (*loc, "secret"), cred.secret)
+        elif cred.secret_env:
+            secret = SecretRef("env", cred.secret_env)
+        else:
+            src.fail((*loc, "secret_env"), "a static credential needs secret (env, file or vault) or secret_env")
+    default_fmt = "Bearer {secret}" if cred.mode in ("oauth2", "token_exchange") else None
     default = _STATIC_HEADER if cred.mode == "static" else "Authorization"
-    return CredentialSpec(cred.mode, cred.header or default, cred.secret_env, cred.ttl_s)
+    return CredentialSpec(
+        cred.mode, cred.header or default, cred.secret_env, cred.ttl_s, secret,
+        _format(src, loc, cred.format or default_fmt),
+        _oauth(src, loc, cred) if cred.mode in ("oauth2", "token_exchange") else None,
+        _lease(src, loc, cred) if cred.mode == "vault_lease" else None,
+    )
 
 
 def _action(src: _Source, loc: Loc, name: str, model: ActionModel) -> ActionSpec:

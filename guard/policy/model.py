@@ -18,10 +18,14 @@ __all__ = [
     "ActionSpec",
     "AgentEntry",
     "CallContext",
+    "CredentialMode",
     "CredentialSpec",
     "Decision",
     "Effect",
+    "LeaseSpec",
+    "OAuthSpec",
     "RateSpec",
+    "SecretRef",
     "ToolSpec",
 ]
 
@@ -45,11 +49,35 @@ class _Schema(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+CredentialMode = Literal["jwt", "static", "none", "oauth2", "token_exchange", "vault_lease"]
+
+
+class SecretSourceModel(_Schema):
+    """Where a secret comes from: exactly one of env, file, vault."""
+
+    env: str | None = None
+    file: str | None = None
+    vault: str | None = None
+
+
 class CredentialModel(_Schema):
-    mode: Literal["jwt", "static", "none"] = "jwt"
+    mode: CredentialMode = "jwt"
     header: str | None = None
     secret_env: str | None = None
     ttl_s: int | None = Field(default=None, ge=1)
+    secret: SecretSourceModel | None = None  # static
+    format: str | None = None  # static, oauth2, token_exchange: how the value goes into `header`
+    token_url: str | None = None  # oauth2, token_exchange
+    revocation_url: str | None = None
+    client_id: str | None = None
+    client_auth: Literal["private_key_jwt", "client_secret_basic", "client_secret_post"] | None = None
+    client_secret: SecretSourceModel | None = None
+    resource: str | None = None
+    scopes: dict[str, list[str]] | None = None
+    per_task: bool | None = None
+    audience: str | None = None  # token_exchange
+    path: str | None = None  # vault_lease
+    headers: dict[str, str] | None = None  # vault_lease
 
 
 class ActionModel(_Schema):
@@ -158,11 +186,55 @@ class PolicyFileModel(_Schema):
 
 
 @dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A secret source: `kind` env | file | vault, and its `ref` (a variable name, a file path, or
+    `MOUNT/data/PATH#FIELD`)."""
+
+    kind: Literal["env", "file", "vault"]
+    ref: str
+
+    @property
+    def label(self) -> str:
+        """What the audit may say about it (never the value)."""
+        return f"{self.kind}:{self.ref}"
+
+
+@dataclass(frozen=True, slots=True)
+class OAuthSpec:
+    """oauth2 and token_exchange: where and how guard gets a token for the tool."""
+
+    token_url: str
+    client_id: str
+    client_auth: Literal["private_key_jwt", "client_secret_basic", "client_secret_post"]
+    revocation_url: str | None = None
+    client_secret: SecretRef | None = None
+    resource: str | None = None
+    audience: str | None = None
+    scopes: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    per_task: bool = True
+
+    def scopes_for(self, action: str) -> tuple[str, ...]:
+        return self.scopes.get(action, ())
+
+
+@dataclass(frozen=True, slots=True)
+class LeaseSpec:
+    """vault_lease: a dynamic secret at `path`, its fields put into `headers` templates."""
+
+    path: str
+    headers: Mapping[str, str]
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialSpec:
-    mode: Literal["jwt", "static", "none"] = "jwt"
+    mode: CredentialMode = "jwt"
     header: str = "Authorization"
     secret_env: str | None = None
     ttl_s: int | None = None
+    secret: SecretRef | None = None
+    format: str = "{secret}"
+    oauth: OAuthSpec | None = None
+    lease: LeaseSpec | None = None
 
 
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -134,6 +134,9 @@ async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: st
     ended = await deps.store.end_task(task_id, status, time.time(), reason)
     if ended is not None:
         await deps.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=reason, actor=actor)
+        # Leases and tokens held for the task are given back now. At merge this moves onto
+        # deps.task_ends (one subscriber for every end, on every instance); expiry is the sweep's.
+        deps.creds.release_soon(ended.task_id)
     return ended
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import structlog
 from aiohttp import web
@@ -62,8 +63,10 @@ async def run_forward(
     """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
     Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
-    base = {"tool": auth.action.tool, "action": auth.action.name,
+    base: dict[str, Any] = {"tool": auth.action.tool, "action": auth.action.name,
             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
+    if auth.minted.audit is not None:  # {mode, source, version | token_id | lease}: never the secret
+        base["credential"] = auth.minted.audit
     finished = False
 
     async def on_headers(status: int, latency_s: float, complete: bool) -> None:

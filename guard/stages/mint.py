@@ -1,34 +1,33 @@
-"""The credential swap: a fresh single-use credential and a Txn-Token for every forwarded call."""
+"""The credential swap: a Txn-Token for every forwarded call, and the tool's credential from its
+provider (guard.credentials: a single-use cred+jwt, a static secret, an OAuth token, a lease)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
 from guard.calls import Action, Caller, Minted, ToolCall
-from guard.canonical import call_digest
+from guard.credentials import CredentialRequest, Credentials
 from guard.domain import TaskState
-from guard.errors import GuardError
 from guard.policy import ToolSpec
-from guard.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
+from guard.tokens import TXN_TYP, GuardKeys
 
 __all__ = ["mint_credentials"]
 
 
-def mint_credentials(
+async def mint_credentials(
     call: ToolCall,
     caller: Caller,
     state: TaskState,
     action: Action,
     tool: ToolSpec,
     keys: GuardKeys,
+    credentials: Credentials,
     ttl_s: int,
     txn_ttl_s: float,
-    environ: Mapping[str, str],
 ) -> Minted:
+    """Raises CredentialUnavailable when the tool's provider cannot answer (nothing is forwarded)."""
     now = int(time.time())
     chain = [*caller.chain, tool.name]
-    scope = f"{tool.name}.{action.name}"
     task = state.task
     headers = {"Guard-Task-Id": task.task_id, "Guard-Call-Id": call.call_id}
     headers["Txn-Token"] = keys.sign(
@@ -38,7 +37,7 @@ def mint_credentials(
             "aud": keys.issuer,
             "sub": caller.agent,
             "txn": task.task_id,
-            "scope": scope,
+            "scope": f"{tool.name}.{action.name}",
             "req_wl": f"tool:{tool.name}",
             "tctx": {"purpose": task.purpose, "requested_by": task.requested_by, "chain": chain},
             "jti": call.call_id,
@@ -46,29 +45,6 @@ def mint_credentials(
             "exp": now + int(txn_ttl_s),
         },
     )
-    cred_jti: str | None = None
-    mode = tool.credential.mode
-    if mode == "jwt":
-        cred_jti = jti()
-        token = keys.sign(
-            CRED_TYP,
-            {
-                "iss": keys.issuer,
-                "aud": f"tool:{tool.name}",
-                "sub": caller.agent,
-                "txn": task.task_id,
-                "scope": scope,
-                "call_digest": call_digest(call.method, call.path_qs, call.body),
-                "chain": list(caller.chain),
-                "jti": cred_jti,
-                "iat": now,
-                "exp": now + ttl_s,
-            },
-        )
-        headers[tool.credential.header or "Authorization"] = f"Bearer {token}"
-    elif mode == "static":
-        secret = environ.get(tool.credential.secret_env or "")
-        if not secret:
-            raise GuardError("static credential is not configured", task_id=task.task_id, call_id=call.call_id)
-        headers[tool.credential.header or "X-Api-Key"] = secret
-    return Minted(headers, cred_jti)
+    issued = await credentials.issue(CredentialRequest(call, caller, state, action, tool, ttl_s))
+    headers.update(issued.headers)
+    return Minted(headers, issued.jti, issued.audit)

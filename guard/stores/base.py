@@ -70,6 +70,19 @@ class Store(Protocol):
     async def consume_credential(self, jti: str, exp: float) -> bool:
         """True the first time a jti is consumed, False ever after (until exp)."""
 
+    # -- per-task credentials (leases, tokens), kept with the task -----------
+    async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
+        """Compare-and-set the task's holding `slot` to `value` when it holds `previous` (None:
+        nothing); returns what the slot holds afterwards (ours, or another instance's)."""
+
+    async def held_credential(self, task_id: str, slot: str) -> str | None: ...
+
+    async def claim_credentials(self, task_id: str) -> dict[str, str]:
+        """Atomically take (and delete) every holding of the task: only one caller gets them."""
+
+    async def credential_tasks(self) -> list[str]:
+        """Tasks that may hold credentials (for the expiry sweep)."""
+
     # -- approvals ---------------------------------------------------------
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         """The pending approval for (task_id, call_digest) if there is one, else store this

@@ -66,6 +66,7 @@ class MemoryStore:
         self._deliveries: dict[str, Delivery] = {}
         self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
         self._grants: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (kind, key) -> (expiry, obj)
+        self._creds: dict[str, dict[str, str]] = {}  # per-task credential holdings, by slot
 
     async def ping(self) -> None:
         return None
@@ -165,6 +166,21 @@ class MemoryStore:
         return True
 
     # -- approvals ---------------------------------------------------------
+    async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
+        held = self._creds.setdefault(task_id, {})
+        if held.get(slot) == previous:
+            held[slot] = value
+        return held[slot]
+
+    async def held_credential(self, task_id: str, slot: str) -> str | None:
+        return self._creds.get(task_id, {}).get(slot)
+
+    async def claim_credentials(self, task_id: str) -> dict[str, str]:
+        return self._creds.pop(task_id, {})
+
+    async def credential_tasks(self) -> list[str]:
+        return sorted(self._creds)
+
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         key = (approval.task_id, approval.call_digest)
         aid = self._pending_by_call.get(key)

@@ -86,6 +86,9 @@ _COUNTER: dict[str, str] = {
 _TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
+CREDENTIAL_TASKS = "guard:creds:tasks"  # tasks holding per-task credentials (leases, tokens)
+
+
 def _k(task_id: str, part: str) -> str:
     return f"guard:{{{task_id}}}:{part}"
 
@@ -188,7 +191,8 @@ class RedisStore:
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
-                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH")
+                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH",
+                         "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS")
         }
         self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
         # inventory counters of admitted calls, sent in the round trip that finishes the call
@@ -428,6 +432,29 @@ class RedisStore:
         ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
         async with self._fail_closed("consume_credential"):
             return bool(await self._r.set(f"guard:cred:{jti}", "1", nx=True, px=ttl_ms))
+
+    async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
+        key = _k(task_id, "creds")
+        async with self._fail_closed("hold_credential"):  # the sweep's index rides in the same round trip
+            held = await self._eval("HOLD_CREDENTIAL", [key], [slot, value, previous or ""],
+                                    also=[("SADD", CREDENTIAL_TASKS, task_id)])
+        return str(held)
+
+    async def held_credential(self, task_id: str, slot: str) -> str | None:
+        async def fetch() -> str | None:
+            value = await self._r.hget(_k(task_id, "creds"), slot)
+            return None if value is None else str(value)
+
+        return await self._read("held_credential", fetch)
+
+    async def claim_credentials(self, task_id: str) -> dict[str, str]:
+        async with self._fail_closed("claim_credentials"):
+            flat = await self._eval("CLAIM_CREDENTIALS", [_k(task_id, "creds")], [],
+                                    also=[("SREM", CREDENTIAL_TASKS, task_id)])
+        return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def credential_tasks(self) -> list[str]:
+        return await self._members(CREDENTIAL_TASKS)
 
     # -- approvals ---------------------------------------------------------
     @staticmethod

@@ -19,10 +19,12 @@ __all__ = [
     "ADMIT_CALL",
     "AGENT_EVENT",
     "APPEND_AUDIT",
+    "CLAIM_CREDENTIALS",
     "CLAIM_DELIVERIES",
     "CONSUME_APPROVAL",
     "DECIDE_APPROVAL",
     "END_TASK",
+    "HOLD_CREDENTIAL",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
     "RECORD_AND_FINISH",
@@ -308,4 +310,22 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {'reused', obj} end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('SET', KEYS[3], obj, 'PX', ARGV[1])
 return {'rotated', obj}
+"""
+
+# KEYS: task creds hash. ARGV: slot, value, previous ('' = none). Sets the slot to value when it
+# holds `previous` (compare-and-set); answers whatever the slot holds afterwards.
+HOLD_CREDENTIAL = """
+local cur = redis.call('HGET', KEYS[1], ARGV[1])
+if (cur == false and ARGV[3] == '') or cur == ARGV[3] then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+  return ARGV[2]
+end
+return cur
+"""
+
+# KEYS: task creds hash. Takes every holding of the task (field, value, …) and deletes them.
+CLAIM_CREDENTIALS = """
+local all = redis.call('HGETALL', KEYS[1])
+redis.call('DEL', KEYS[1])
+return all
 """

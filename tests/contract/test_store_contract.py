@@ -488,3 +488,19 @@ async def test_append_with_agent_event_counts_it_once_even_when_the_append_is_re
     assert rec.fields == records[-1]
     stats = (await peer.agent_stats())[task.agent]
     assert (stats.denied, stats.calls, stats.last_seen) == (1, 0, 1234.5)
+
+
+async def test_credential_holdings_compare_and_set_and_claim_once(store: Store, peer: Store) -> None:
+    task = await new_task(store)
+    assert await store.held_credential(task.task_id, "lease:db") is None
+    assert await store.hold_credential(task.task_id, "lease:db", "mine") == "mine"
+    assert await peer.hold_credential(task.task_id, "lease:db", "theirs") == "mine"  # the first one stays
+    assert await peer.hold_credential(task.task_id, "lease:db", "newer", previous="mine") == "newer"
+    assert await store.hold_credential(task.task_id, "lease:db", "stale", previous="mine") == "newer"
+    assert await store.hold_credential(task.task_id, "token:notes:r", "tok") == "tok"
+    assert task.task_id in await peer.credential_tasks()
+    claims = await asyncio.gather(store.claim_credentials(task.task_id), peer.claim_credentials(task.task_id))
+    assert sorted(len(c) for c in claims) == [0, 2]  # one claimer takes everything
+    assert max(claims, key=len) == {"lease:db": "newer", "token:notes:r": "tok"}
+    assert task.task_id not in await store.credential_tasks()
+    assert await store.held_credential(task.task_id, "lease:db") is None

@@ -24,3 +24,21 @@ def test_quick_benchmark_prints_every_target() -> None:
             assert any(f"| {scenario} " in r and f"| {target} " in r for r in rows), (scenario, target, out.stdout)
     assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout  # no unexpected answers
     assert "guard memory RSS after" in out.stdout and "targets:" in out.stdout
+
+
+@pytest.mark.slow
+def test_credentials_benchmark_prints_every_scenario() -> None:
+    from tests.support.oidc import oidc_provider_missing_reason
+    from tests.support.openbao import openbao_missing_reason
+    from tests.support.process import require
+
+    require(openbao_missing_reason() or oidc_provider_missing_reason())
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.credentials", "--quick", "--rounds", "1", "--duration", "1", "--connections", "4",
+         "--tasks", "2"], cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "scenario" not in line]
+    for scenario in ("jwt allow", "static from OpenBao", "oauth2 per task"):
+        row = next(r for r in rows if r.startswith(f"| {scenario} "))
+        assert row.rstrip(" |").endswith(" 0"), out.stdout  # no unexpected answers
+    assert "first call of a task, oauth2 per task" in out.stdout and "targets:" in out.stdout

@@ -35,3 +35,18 @@ def test_demo_runs_every_agent_to_its_expected_answers() -> None:
     shown = subprocess.run(shlex.split(line), cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert shown.returncode == 0, shown.stdout + shown.stderr
     assert "chain: verified" in shown.stdout
+
+
+def test_demo_vault_shows_a_rotation_and_a_revocation() -> None:
+    from tests.support.openbao import openbao_missing_reason
+    from tests.support.postgres import postgres_missing_reason
+    from tests.support.process import require
+
+    require(openbao_missing_reason() or postgres_missing_reason())
+    out = subprocess.run([sys.executable, "-m", "examples.demo_vault"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=300)
+    assert out.returncode == 0, out.stdout + out.stderr
+    for expected in ("notes got  'Bearer demo-key-1'", "notes got  'Bearer demo-key-2'", "'version': 2",
+                     "is gone: the lease was revoked", "credential_revoked",
+                     "demo-vault finished: rotation and revocation shown"):
+        assert expected in out.stdout, expected
