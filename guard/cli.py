@@ -75,8 +75,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from guard.mtls import SERVER_TLS
+
     web.run_app(
         app,
+        ssl_context=app[SERVER_TLS].base if SERVER_TLS in app else None,
         host=cfg.listen.host,
         port=cfg.listen.port,
         access_log=None,
@@ -102,6 +105,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}")
     print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")
+    if policies.agents:
+        bearer = [a.pattern for a in policies.agents if a.binding != "required"]
+        print(f"bearer task tokens allowed for: {', '.join(bearer) or 'no agent'}"
+              + ("" if not bearer else " (binding: required refuses them)"))
     return 0
 
 

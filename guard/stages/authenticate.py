@@ -1,7 +1,9 @@
-"""Who is calling: a task token, or the Txn-Token of a call still in flight (a chained call)."""
+"""Who is calling: a task token, or the Txn-Token of a call still in flight (a chained call),
+held by the workload it is bound to (guard.binding)."""
 
 from __future__ import annotations
 
+from guard.binding import bound_to
 from guard.calls import Caller, ToolCall
 from guard.errors import Unauthenticated
 from guard.tokens import TASK_TYP, TXN_TYP, GuardKeys
@@ -16,8 +18,11 @@ def authenticate(call: ToolCall, keys: GuardKeys) -> Caller:
         chain = tctx.get("chain") if isinstance(tctx, dict) else None
         if not isinstance(chain, list) or not chain or not all(isinstance(t, str) for t in chain):
             raise Unauthenticated("Txn-Token without a chain")
-        return Caller(str(claims["sub"]), str(claims["txn"]), tuple(chain), str(claims["jti"]), "txn_token")
+        binding, spiffe_id = bound_to(claims, call.presented)
+        return Caller(str(claims["sub"]), str(claims["txn"]), tuple(chain), str(claims["jti"]), "txn_token",
+                      binding, spiffe_id)
     if call.bearer is None:
         raise Unauthenticated("missing bearer token")
     claims = keys.verify(call.bearer, TASK_TYP, audience="guard", cache=True)
-    return Caller(str(claims["sub"]), str(claims["txn"]), (), None, "task_token")
+    binding, spiffe_id = bound_to(claims, call.presented)
+    return Caller(str(claims["sub"]), str(claims["txn"]), (), None, "task_token", binding, spiffe_id)

@@ -12,7 +12,15 @@ from guard.errors import GuardError
 from guard.policy import ToolSpec
 from guard.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
 
-__all__ = ["mint_credentials"]
+__all__ = ["mint_credentials", "txn_holder"]
+
+
+def txn_holder(caller: Caller, tool: ToolSpec) -> str | None:
+    """Whom a Txn-Token is bound to (cnf.spiffe_id): the tool it is sent to when the task is
+    bound and the tool's SVID was checked (`spiffe_id`), else the task's own workload."""
+    if tool.spiffe_id is not None and caller.binding != "bearer":
+        return tool.spiffe_id
+    return caller.spiffe_id
 
 
 def mint_credentials(
@@ -31,21 +39,22 @@ def mint_credentials(
     scope = f"{tool.name}.{action.name}"
     task = state.task
     headers = {"Guard-Task-Id": task.task_id, "Guard-Call-Id": call.call_id}
-    headers["Txn-Token"] = keys.sign(
-        TXN_TYP,
-        {
-            "iss": keys.issuer,
-            "aud": keys.issuer,
-            "sub": caller.agent,
-            "txn": task.task_id,
-            "scope": scope,
-            "req_wl": f"tool:{tool.name}",
-            "tctx": {"purpose": task.purpose, "requested_by": task.requested_by, "chain": chain},
-            "jti": call.call_id,
-            "iat": now,
-            "exp": now + int(txn_ttl_s),
-        },
-    )
+    txn: dict[str, object] = {
+        "iss": keys.issuer,
+        "aud": keys.issuer,
+        "sub": caller.agent,
+        "txn": task.task_id,
+        "scope": scope,
+        "req_wl": f"tool:{tool.name}",
+        "tctx": {"purpose": task.purpose, "requested_by": task.requested_by, "chain": chain},
+        "jti": call.call_id,
+        "iat": now,
+        "exp": now + int(txn_ttl_s),
+    }
+    holder = txn_holder(caller, tool)
+    if holder is not None:
+        txn["cnf"] = {"spiffe_id": holder}
+    headers["Txn-Token"] = keys.sign(TXN_TYP, txn)
     cred_jti: str | None = None
     mode = tool.credential.mode
     if mode == "jwt":
@@ -60,6 +69,7 @@ def mint_credentials(
                 "scope": scope,
                 "call_digest": call_digest(call.method, call.path_qs, call.body),
                 "chain": list(caller.chain),
+                "binding": caller.binding,
                 "jti": cred_jti,
                 "iat": now,
                 "exp": now + ttl_s,
