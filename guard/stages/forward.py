@@ -25,7 +25,7 @@ HOP_BY_HOP = frozenset(
 _NEVER_UPSTREAM = HOP_BY_HOP | {
     "authorization", "cookie", "host", "content-length", "txn-token", "guard-task-id",
     "guard-call-id", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-    "prefer", "expect",
+    "prefer", "expect", "dpop",
 }
 _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
 
