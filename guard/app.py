@@ -19,6 +19,7 @@ from guard.config import Config
 from guard.dpop import DpopVerifier
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
+from guard.keyring import load_keys, policy_retain_s, watch_keys
 from guard.metrics import Metrics, request_started
 from guard.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
 from guard.pipeline import Deps, PolicyHolder
@@ -27,7 +28,6 @@ from guard.reload import PolicyReloader
 from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
 from guard.routes.common import DEPS
 from guard.stores import open_store
-from guard.tokens import GuardKeys, load_or_create_key
 
 __all__ = ["build_app", "load_checked_policies", "problem_response"]
 
@@ -119,7 +119,8 @@ def _server_tls(cfg: Config) -> ServerTLS | None:
 
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     policies = policies or load_checked_policies(cfg)
-    keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
+    keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
+    keys = load_keys(cfg, keep_s)
     identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
     if cfg.dev_mode:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
@@ -162,6 +163,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
 
     app.cleanup_ctx.append(lifecycle)
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
+    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals):

@@ -250,3 +250,75 @@ async def test_the_guard_certificate_is_reloaded_without_dropping_connections(
     kept.close()
     errors = [line for line in tg.guard.log().splitlines() if "tls_reload_failed" in line]
     assert len(errors) == 1 and "guard.pem" in errors[0], errors
+
+
+def tool_upstream(ca: Pki, certs: Path, spiffe_id: str, name: str) -> tuple[Upstream, list[int]]:
+    """A tool over TLS with an SVID of `spiffe_id`, asking for the guard's certificate; the list
+    collects the serial numbers of the client certificates it was shown."""
+    from cryptography import x509
+
+    cert, key = ca.issue(spiffe_id).write(certs, name)
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(cert), str(key))
+    ctx.load_verify_locations(str(certs / "bundle.pem"))
+    ctx.verify_mode = ssl.CERT_REQUIRED
+    serials: list[int] = []
+
+    def record(request: Any, seen: Any) -> None:
+        sslobj = request.transport.get_extra_info("ssl_object")
+        serials.append(x509.load_der_x509_certificate(sslobj.getpeercert(binary_form=True)).serial_number)
+
+    up = Upstream(ssl_context=ctx, handler=record).start()
+    return up, serials
+
+
+async def test_the_guard_reaches_tools_over_mtls_and_checks_their_spiffe_id(
+        guard_factory: Any, tmp_path: Path, ca: Pki, upstream: Upstream) -> None:
+    certs = tmp_path / "certs"
+    certs.mkdir()
+    ca.write_bundle(certs / "bundle.pem")
+    guard_svid = ca.issue("spiffe://acme/guard")
+    guard_svid.write(certs, "guard-client")
+    notes, serials = tool_upstream(ca, certs, "spiffe://acme/tool/notes", "notes")
+    impostor, impostor_serials = tool_upstream(ca, certs, "spiffe://acme/tool/other", "impostor")
+    tls = {"ca_file": str(certs / "bundle.pem"), "cert_file": str(certs / "guard-client.pem"),
+           "key_file": str(certs / "guard-client.key")}
+    actions = {"read": {"method": "GET", "path": "/notes/{id}"}}
+    policy = {
+        "tools": {
+            "notes": {"kind": "http", "upstream": notes.url, "actions": actions, "tls": tls,
+                      "spiffe_id": "spiffe://acme/tool/notes"},
+            "spoofed": {"kind": "http", "upstream": impostor.url, "actions": actions, "tls": tls,
+                        "spiffe_id": "spiffe://acme/tool/notes"},
+        },
+        "rules": [{"id": "reads", "effect": "allow", "match": {"action": "read"}}],
+    }
+    g = guard_factory(policy)
+    try:
+        async with aiohttp.ClientSession() as s:
+            async with s.post(f"{g.url}/v1/tasks", json={"purpose": "notes"},
+                              headers=bearer(g.token("spiffe://acme/agent/reports"))) as r:
+                task = await r.json()
+            async with s.get(f"{g.url}/tools/notes/notes/1", headers=bearer(task["task_token"])) as r:
+                assert r.status == 200, await r.text()
+            assert serials == [guard_svid.serial]  # the tool saw the guard's SVID
+            async with s.get(f"{g.url}/tools/spoofed/notes/1", headers=bearer(task["task_token"])) as r:
+                body = await problem(r)
+                assert r.status == 502 and body["code"] == "upstream_unavailable"
+                assert "spiffe://acme/tool/other" in body["detail"]
+            assert impostor.requests == [] and impostor_serials == []  # nothing was sent to it
+            failed = [rec for rec in read_trail(g.audit_dir(), task["task_id"]) if rec["event"] == "call_failed"]
+            assert len(failed) == 1 and "spiffe://acme/tool/other" in failed[0]["reason"]
+
+            renewed = ca.issue("spiffe://acme/guard")
+            renewed.write(certs, "guard-client")  # the guard's SVID rotates: re-read, no restart
+
+            async def shows_renewed() -> bool:
+                async with s.get(f"{g.url}/tools/notes/notes/2", headers=bearer(task["task_token"])) as r:
+                    assert r.status == 200
+                return serials[-1] == renewed.serial
+
+            assert await until(shows_renewed, "the tool to see the renewed SVID", timeout=15)
+    finally:
+        notes.stop()
+        impostor.stop()
