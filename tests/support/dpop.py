@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 __all__ = ["DpopKey"]
@@ -26,11 +27,20 @@ def _b64(data: bytes) -> str:
 class DpopKey:
     """An ES256 key pair; `proof()` signs a proof with its public JWK in the header."""
 
-    def __init__(self) -> None:
-        self.key = ec.generate_private_key(ec.SECP256R1())
+    def __init__(self, pem: bytes | None = None) -> None:
+        if pem is None:
+            self.key = ec.generate_private_key(ec.SECP256R1())
+        else:
+            loaded = serialization.load_pem_private_key(pem, None)
+            assert isinstance(loaded, ec.EllipticCurvePrivateKey)
+            self.key = loaded
         nums = self.key.public_key().public_numbers()
         self.jwk = {"kty": "EC", "crv": "P-256", "x": _b64(nums.x.to_bytes(32, "big")),
                     "y": _b64(nums.y.to_bytes(32, "big"))}
+
+    def pem(self) -> bytes:
+        return self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                      serialization.NoEncryption())
 
     @property
     def jkt(self) -> str:
