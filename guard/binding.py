@@ -18,17 +18,18 @@ from aiohttp import web
 from guard.auth import principal
 from guard.calls import PLAIN, Caller, Presented, ToolCall
 from guard.config import X509IssuerCfg
-from guard.dpop import InvalidDpopProof
+from guard.dpop import InvalidDpopProof, authorization
 from guard.errors import Unauthenticated
 from guard.mtls import FileWatch, peer_svid, spiffe_matches
 from guard.policy import PolicySet
 from guard.stores.base import Store
-from guard.tokens import Principal
+from guard.tokens import TASK_TYP, Principal
 
 if TYPE_CHECKING:
     from guard.pipeline import Deps
 
-__all__ = ["X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound", "task_creator"]
+__all__ = ["X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound", "task_creator",
+           "task_principal"]
 
 Binding = Literal["bearer", "mtls", "dpop"]
 ANOTHER_WORKLOAD = "token bound to another workload"
@@ -89,6 +90,25 @@ async def consume_proof(caller: Caller, call: ToolCall, store: Store) -> None:
     if not await store.consume_dpop_jti(seen.dpop_replay_key, seen.dpop_exp):
         raise InvalidDpopProof("DPoP proof replayed: its jti was used before",
                                task_id=caller.task_id, call_id=call.call_id)
+
+
+async def task_principal(request: web.Request, deps: Deps) -> Principal:
+    """`principal(allow_task_token=True)` for the task endpoints, where a bound task token must
+    come from its holder too (its connection's SPIFFE ID, a fresh DPoP proof)."""
+    token, scheme = authorization(request)
+    header = deps.keys.peek_header(token) if token is not None else None
+    if token is None or header is None or header.get("typ") != TASK_TYP:
+        if scheme == "dpop":
+            raise InvalidDpopProof("only a DPoP-bound task token goes with the DPoP scheme")
+        return await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    claims = deps.keys.verify(token, TASK_TYP, audience="guard", cache=True)
+    seen = presented(request, deps, token, scheme)
+    binding, _ = bound_to(claims, seen)
+    if binding == "dpop":
+        assert seen.dpop_replay_key is not None
+        if not await deps.store.consume_dpop_jti(seen.dpop_replay_key, seen.dpop_exp):
+            raise InvalidDpopProof("DPoP proof replayed: its jti was used before")
+    return Principal(str(claims["sub"]), frozenset(), deps.keys.issuer, claims)
 
 
 class X509Issuers:

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from guard.audit import verify_chain
 from guard.auth import ADMIN, AUDITOR, principal, require_role
-from guard.binding import binding_of, task_creator
+from guard.binding import binding_of, task_creator, task_principal
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.pipeline import Deps
@@ -124,7 +124,7 @@ async def create_task(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await task_principal(request, deps)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         require_role(who, ADMIN, AUDITOR)
@@ -143,7 +143,7 @@ async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: st
 @routes.post("/v1/tasks/{task_id}/complete")
 async def complete_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await task_principal(request, deps)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)

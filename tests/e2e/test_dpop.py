@@ -162,3 +162,20 @@ async def test_a_proof_used_at_one_instance_is_refused_at_another(
     fresh = key.proof("GET", f"{public}/tools/echo/items/1", token)
     async with http.get(f"{b.url}/tools/echo/items/1", headers=dpop(token, fresh)) as r:
         assert r.status == 200
+
+
+async def test_the_task_endpoints_take_a_dpop_bound_token_only_with_a_proof(
+        guard: Guard, http: aiohttp.ClientSession) -> None:
+    key = DpopKey()
+    task = await dpop_task(http, guard, key)
+    token = task["task_token"]
+    url = f"{guard.url}/v1/tasks/{task['task_id']}"
+    async with http.get(url, headers=bearer(token)) as r:
+        await refusal(r)
+    async with http.get(url, headers=dpop(token, key.proof("GET", url, token))) as r:
+        assert r.status == 200 and (await r.json())["task_id"] == task["task_id"]
+    done = f"{url}/complete"
+    async with http.post(done, headers=dpop(token, DpopKey().proof("POST", done, token))) as r:
+        assert "another key" in await refusal(r)
+    async with http.post(done, headers=dpop(token, key.proof("POST", done, token))) as r:
+        assert r.status == 200 and (await r.json())["status"] == "completed"

@@ -368,3 +368,49 @@ def test_the_commands_of_docs_workload_identity_work(openbao: OpenBao, tmp_path:
         assert "rotated" in sh(rotate)
     finally:
         proc.stop()
+
+
+async def test_txn_tokens_and_task_endpoints_of_a_bound_task_need_its_workload(
+        guard_factory: Any, tmp_path: Path, ca: Pki, upstream: Upstream) -> None:
+    import threading
+
+    base = echo_policy(upstream.url)
+    tools = {**base["tools"], "notes": {"kind": "http", "upstream": upstream.url,
+                                        "actions": {"read": {"method": "GET", "path": "/notes/{id}"}}}}
+    rules = [*base["rules"], {"id": "notes", "effect": "allow", "match": {"tool": "notes"}}]
+    tg = tls_guard(guard_factory, tmp_path, ca, upstream, tools=tools, rules=rules)
+    release = threading.Event()
+
+    async def hold(request: Any, seen: Any) -> None:
+        if request.path == "/items/held":
+            while not release.is_set():
+                await asyncio.sleep(0.05)
+
+    upstream.handler = hold
+    async with tg.session(tg.agent(REPORTS, "reports")) as agent, \
+            tg.session(tg.agent("spiffe://acme/agent/other", "other")) as other:
+        task = await new_task(agent, tg.url)
+        token = task["task_token"]
+        async with other.get(f"{tg.url}/v1/tasks/{task['task_id']}", headers=bearer(token)) as r:
+            assert r.status == 401 and (await problem(r))["detail"] == "token bound to another workload"
+        async with agent.get(f"{tg.url}/v1/tasks/{task['task_id']}", headers=bearer(token)) as r:
+            assert r.status == 200
+        held = asyncio.ensure_future(agent.get(f"{tg.url}/tools/echo/items/held", headers=bearer(token)))
+        seen = await until(lambda: _first(upstream, "/items/held"), "the held call upstream")
+        txn = seen.headers["Txn-Token"]
+        assert claims_of(txn)["cnf"] == {"spiffe_id": REPORTS}
+        async with other.get(f"{tg.url}/tools/notes/notes/1", headers={"Txn-Token": txn}) as r:
+            assert r.status == 401 and (await problem(r))["detail"] == "token bound to another workload"
+        async with agent.get(f"{tg.url}/tools/notes/notes/1", headers={"Txn-Token": txn}) as r:
+            assert r.status == 200, await r.text()
+        release.set()
+        async with await held as r:
+            assert r.status == 200
+        async with other.post(f"{tg.url}/v1/tasks/{task['task_id']}/complete", headers=bearer(token)) as r:
+            assert r.status == 401
+        async with agent.post(f"{tg.url}/v1/tasks/{task['task_id']}/complete", headers=bearer(token)) as r:
+            assert r.status == 200 and (await r.json())["status"] == "completed"
+
+
+async def _first(upstream: Upstream, path: str) -> Any:
+    return next((s for s in upstream.requests if s.path_qs == path), None)
