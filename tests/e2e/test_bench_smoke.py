@@ -24,3 +24,15 @@ def test_quick_benchmark_prints_every_target() -> None:
             assert any(f"| {scenario} " in r and f"| {target} " in r for r in rows), (scenario, target, out.stdout)
     assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout  # no unexpected answers
     assert "guard memory RSS after" in out.stdout and "targets:" in out.stdout
+
+
+@pytest.mark.slow
+def test_identity_benchmark_prints_every_scenario_and_both_ratios() -> None:
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.identity", "--rounds", "1", "--duration", "1", "--connections", "4", "--tasks", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "scenario" not in line]
+    for scenario in ("bearer (TLS)", "mTLS-bound", "bearer (HTTP)", "DPoP-bound"):
+        assert any(r.startswith(f"| {scenario} |") and r.endswith("| 0 |") for r in rows), (scenario, out.stdout)
+    assert "mTLS-bound ÷ bearer (TLS):" in out.stdout and "DPoP-bound ÷ bearer (HTTP):" in out.stdout

@@ -97,3 +97,20 @@ def test_an_eddsa_proof_and_the_public_url_as_htu() -> None:
                         "jti": "j1"}, key, algorithm="EdDSA", headers={"typ": "dpop+jwt", "jwk": jwk})
     assert DpopVerifier("https://guard.acme.example").verify(
         proof, "POST", "https://guard.acme.example/v1/tasks", None).jkt == jwk_thumbprint(jwk)
+
+
+def test_a_txn_token_is_bound_to_the_checked_tool_of_a_bound_task_else_to_the_task_workload() -> None:
+    from guard.calls import Caller
+    from guard.policy.model import CredentialSpec, ToolSpec
+    from guard.stages.mint import txn_holder
+
+    checked = ToolSpec("notes", "http", "https://notes", CredentialSpec(), spiffe_id="spiffe://acme/tool/notes")
+    plain = ToolSpec("echo", "http", "http://echo", CredentialSpec())
+    mtls = Caller("spiffe://acme/agent/a", "task_1", (), None, "task_token", "mtls", "spiffe://acme/agent/a")
+    dpop = Caller("dev-agent", "task_2", (), None, "task_token", "dpop", None)
+    bearer = Caller("dev-agent", "task_3", (), None, "task_token")
+    assert txn_holder(mtls, checked) == "spiffe://acme/tool/notes"
+    assert txn_holder(mtls, plain) == "spiffe://acme/agent/a"
+    assert txn_holder(dpop, checked) == "spiffe://acme/tool/notes"
+    assert txn_holder(dpop, plain) is None
+    assert txn_holder(bearer, checked) is None  # an unbound task's chains keep working as before
