@@ -414,3 +414,29 @@ async def test_txn_tokens_and_task_endpoints_of_a_bound_task_need_its_workload(
 
 async def _first(upstream: Upstream, path: str) -> Any:
     return next((s for s in upstream.requests if s.path_qs == path), None)
+
+
+async def test_a_new_trust_bundle_takes_effect_for_new_connections(
+        guard_factory: Any, tmp_path: Path, ca: Pki, other_ca: Pki, upstream: Upstream) -> None:
+    tg = tls_guard(guard_factory, tmp_path, ca, upstream)
+    ours = tg.agent(REPORTS, "reports")
+    theirs_cert, theirs_key = other_ca.issue(REPORTS).write(tg.certs, "theirs")
+    theirs = client_context(tg.bundle, theirs_cert, theirs_key)
+    async with tg.session(ours) as s:
+        await new_task(s, tg.url)
+    async with tg.session(tg.agent("spiffe://acme/tool/notes", "tool")) as s, \
+            s.post(f"{tg.url}/v1/tasks", json={"purpose": "x"}) as r:
+        assert r.status == 401 and "no x509 issuer admits spiffe://acme/tool/notes" in (await problem(r))["detail"]
+    other_ca.write_bundle(tg.certs / "bundle.pem")  # the operator moves the agents to the other CA
+
+    async def theirs_admitted() -> bool:
+        try:
+            async with tg.session(theirs) as s, s.post(f"{tg.url}/v1/tasks", json={"purpose": "x"}) as r:
+                return r.status == 201
+        except aiohttp.ClientError:
+            return False
+
+    assert await until(theirs_admitted, "the other CA's SVID to be admitted", timeout=15)
+    with pytest.raises(aiohttp.ClientError):  # and the old CA's no longer are
+        async with tg.session(ours) as s, s.post(f"{tg.url}/v1/tasks", json={"purpose": "x"}) as r:
+            raise AssertionError(f"answered {r.status}")
