@@ -61,7 +61,7 @@ class Deps:
     tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.mtls)
     dpop: DpopVerifier = field(default_factory=lambda: DpopVerifier(None))
     x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
-    tool_tls: ToolContexts = field(default_factory=lambda: ToolContexts())  # what the guard shows tools
+    tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
