@@ -107,8 +107,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")
     if policies.agents:
         bearer = [a.pattern for a in policies.agents if a.binding != "required"]
-        print(f"bearer task tokens allowed for: {', '.join(bearer) or 'no agent'}"
-              + ("" if not bearer else " (binding: required refuses them)"))
+        bound = [a.pattern for a in policies.agents if a.binding == "required"]
+        print(f"bearer task tokens allowed for: {', '.join(bearer) or 'no agent'}")
+        if bound:
+            print(f"bearer task tokens refused for (binding: required): {', '.join(bound)}")
     return 0
 
 
