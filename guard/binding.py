@@ -28,8 +28,10 @@ from guard.tokens import TASK_TYP, Principal
 if TYPE_CHECKING:
     from guard.pipeline import Deps
 
-__all__ = ["X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound", "task_creator",
-           "task_principal"]
+__all__ = [
+    "Binding", "X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound",
+    "task_creator", "task_principal",
+]
 
 Binding = Literal["bearer", "mtls", "dpop"]
 ANOTHER_WORKLOAD = "token bound to another workload"

@@ -119,6 +119,9 @@ async def test_an_svid_creates_a_task_bound_to_it_and_only_that_workload_may_use
                 assert r.status == 401 and body["code"] == "unauthenticated"
                 assert body["detail"] == "token bound to another workload"
     assert len(upstream.requests) == 1
+    refusals = [line for line in tg.guard.log().splitlines() if "token_binding_refused" in line]
+    assert len(refusals) == 2 and all(task["task_id"] in line for line in refusals)
+    assert "spiffe://acme/agent/other" in refusals[0] and task["task_token"] not in tg.guard.log()
     records = decided(tg.guard, task["task_id"])
     assert [r["binding"] for r in records] == ["mtls"]
     created = next(r for r in read_trail(tg.guard.audit_dir(), task["task_id"]) if r["event"] == "task_created")
