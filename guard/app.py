@@ -14,13 +14,17 @@ from aiohttp import web
 
 from guard.approvals import Approvals
 from guard.audit import AuditFiles, AuditLog
+from guard.binding import X509Issuers
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
 from guard.domain import TaskState
+from guard.dpop import DpopVerifier
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
+from guard.keyring import load_keys, policy_retain_s, watch_keys
 from guard.metrics import Metrics, request_started
+from guard.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
 from guard.reload import PolicyReloader
@@ -29,7 +33,6 @@ from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
 from guard.stages.task import expire_if_due
 from guard.stores import open_store
-from guard.tokens import GuardKeys, load_or_create_key
 
 __all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
 
@@ -127,9 +130,23 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     return policies
 
 
+def _server_tls(cfg: Config) -> ServerTLS | None:
+    """listen.tls, its files read now: a bad one stops the start, naming it."""
+    t = cfg.listen.tls
+    if t is None:
+        return None
+    import ssl
+
+    try:
+        return ServerTLS(t.cert_file, t.key_file, t.client_ca_file, t.client_auth)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        raise ConfigError(cfg.source, "listen.tls", f"cannot load the certificate, key or bundle: {e}") from e
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     policies = policies or load_checked_policies(cfg)
-    keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
+    keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
+    keys = load_keys(cfg, keep_s)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
     identity = Identity(cfg, config_dir)
     if cfg.dev_mode:
@@ -138,6 +155,12 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
                           client_max_size=cfg.limits.max_body_bytes)
     holder = PolicyHolder(policies)
     metrics = Metrics()
+    tls = _server_tls(cfg)
+    tool_tls = ToolContexts()
+    if tls is not None:
+        app[SERVER_TLS] = tls
+        if tls.required:
+            app.middlewares.append(require_client_cert(tls))
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         store = await open_store(cfg.store.url, cfg.audit.dir)
@@ -161,7 +184,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
                                   config_dir)
         credentials.start()
         app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
-                         metrics=metrics, credentials=credentials)
+                         metrics=metrics, credentials=credentials, tls=tls, dpop=DpopVerifier(cfg.public_url),
+                         x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
@@ -173,6 +197,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         await store.close()
 
     app.cleanup_ctx.append(lifecycle)
+    app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
+    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)

@@ -10,7 +10,22 @@ from typing import Any, Literal
 from guard.canonical import args_digest
 from guard.domain import TaskState
 
-__all__ = ["Action", "Authorized", "Caller", "Minted", "ToolCall"]
+__all__ = ["PLAIN", "Action", "Authorized", "Caller", "Minted", "Presented", "ToolCall"]
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """What the caller proved besides holding a token (guard.binding): the SPIFFE ID of its
+    connection's verified client certificate, and a verified DPoP proof (replay not yet checked)."""
+
+    scheme: Literal["bearer", "dpop"] = "bearer"  # of the Authorization header
+    spiffe_id: str | None = None
+    dpop_jkt: str | None = None
+    dpop_replay_key: str | None = None
+    dpop_exp: float = 0.0
+
+
+PLAIN = Presented()
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,6 +47,7 @@ class ToolCall:
     mcp_args: Any = None  # MCP: params.arguments
     counted: bool = True  # False for MCP traffic that is not a tools/call
     connected: Callable[[], bool] | None = None  # False once the client went away (ends a hold)
+    presented: Presented = PLAIN  # mTLS identity and DPoP proof of the request
 
     @property
     def path_qs(self) -> str:
@@ -45,6 +61,8 @@ class Caller:
     chain: tuple[str, ...]  # tools that led here (empty for a direct call)
     parent_call_id: str | None  # the call whose Txn-Token was presented
     via: Literal["task_token", "txn_token"]
+    binding: Literal["bearer", "mtls", "dpop"] = "bearer"  # how its token is bound to it
+    spiffe_id: str | None = None  # the workload the token is bound to (cnf.spiffe_id)
 
 
 @dataclass(frozen=True)

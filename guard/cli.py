@@ -1,4 +1,4 @@
-"""guard serve | policy check | policy test | audit show|verify|export | agents | keys init | dev-token"""
+"""guard serve | policy check | policy test | audit show|verify|export | agents | keys init|rotate | dev-token"""
 
 from __future__ import annotations
 
@@ -75,10 +75,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
+    from guard.mtls import SERVER_TLS
+
     serving.run(
         app,
         cfg.listen.host,
         cfg.listen.port,
+        ssl_context=app[SERVER_TLS].base if SERVER_TLS in app else None,
         access_log=None,
         # passed straight to aiohttp's request handler. keepalive_timeout also bounds how long a
         # connection may take to send a request's headers: aiohttp closes a connection still
@@ -104,6 +107,12 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     for w in warnings:
         print(f"warning: {w}")
     print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")
+    if policies.agents:
+        bearer = [a.pattern for a in policies.agents if a.binding != "required"]
+        bound = [a.pattern for a in policies.agents if a.binding == "required"]
+        print(f"bearer task tokens allowed for: {', '.join(bearer) or 'no agent'}")
+        if bound:
+            print(f"bearer task tokens refused for (binding: required): {', '.join(bound)}")
     return 0
 
 
@@ -203,13 +212,27 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from guard.tokens import GuardKeys, load_or_create_key
+    from guard.keyring import read_ring
+    from guard.tokens import GuardKeys
 
     cfg = _cfg(args)
     existed = Path(cfg.signing.key_file).exists()
-    keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
+    keys = GuardKeys(read_ring(cfg.signing.key_file, cfg.signing.algorithm).current, cfg.issuer)
     state = "exists" if existed else "created"
     print(f"{state}: {cfg.signing.key_file} (kid {keys.current.kid}, {keys.current.alg})")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from guard.keyring import policy_retain_s, rotate
+    from guard.policy import load_policies
+
+    cfg = _cfg(args)
+    done = rotate(cfg.signing.key_file, cfg.signing.algorithm, policy_retain_s(cfg, load_policies(cfg.policies)))
+    assert done is not None
+    until = datetime.fromtimestamp(done.previous_until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"rotated: {cfg.signing.key_file}: kid {done.kid} signs from now on; "
+          f"kid {done.previous_kid} verifies until {until}, then leaves JWKS")
     return 0
 
 
@@ -267,6 +290,8 @@ def build_parser() -> argparse.ArgumentParser:
     keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
     ki = keys.add_parser("init", help="create the signing key if missing")
     ki.set_defaults(func=cmd_keys_init)
+    kr = keys.add_parser("rotate", help="a new signing key; the previous one verifies until its tokens expired")
+    kr.set_defaults(func=cmd_keys_rotate)
 
     add_agents_command(sub)
 

@@ -18,9 +18,19 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+class ListenTLS(_Section):
+    """The guard's door over TLS (guard.mtls); every file is re-read when it changes."""
+
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # the trust bundle client certificates (X.509-SVIDs) chain to
+    client_auth: Literal["optional", "required"] = "optional"
+
+
 class Listen(_Section):
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=0, le=65535)
+    tls: ListenTLS | None = None
 
 
 class StoreCfg(_Section):
@@ -42,6 +52,7 @@ class AuditCfg(_Section):
 class SigningCfg(_Section):
     key_file: str = "./var/signing-key.json"
     algorithm: str = "EdDSA"
+    rotate_s: float | None = Field(None, gt=0)  # automatic rotation (guard.keyring); None: `guard keys rotate`
 
     @field_validator("algorithm")
     @classmethod
@@ -51,8 +62,16 @@ class SigningCfg(_Section):
         return v
 
 
+class X509IssuerCfg(_Section):
+    """Agents proving who they are with an X.509-SVID over mTLS (guard.mtls)."""
+
+    trust_bundle_file: str
+    spiffe_id: str = Field(min_length=1)  # the SPIFFE IDs admitted, a glob: spiffe://acme/agent/*
+
+
 class IssuerCfg(_Section):
-    issuer: str
+    issuer: str = ""  # empty only for an x509 entry
+    x509: X509IssuerCfg | None = None
     audience: str = "guard"
     jwks_file: str | None = None
     jwks_url: str | None = None
@@ -72,6 +91,12 @@ class IssuerCfg(_Section):
         if not v:
             raise ValueError("at least one algorithm")
         return v
+
+    @model_validator(mode="after")
+    def _kind(self) -> IssuerCfg:
+        if bool(self.issuer) == (self.x509 is not None):
+            raise ValueError("an issuer entry has either `issuer` (tokens) or `x509` (SVIDs over mTLS)")
+        return self
 
 
 class WebhookCfg(_Section):
@@ -171,7 +196,7 @@ class Config(_Section):
     issuer: str = "urn:guard"
     store: StoreCfg = Field(default_factory=StoreCfg)
     audit: AuditCfg = Field(default_factory=AuditCfg)
-    signing: SigningCfg = Field(default_factory=SigningCfg)
+    signing: SigningCfg = Field(default_factory=SigningCfg)  # type: ignore[arg-type]
     policies: str = "./policies"
     issuers: list[IssuerCfg] = Field(default_factory=list)
     dev_issuer: bool | None = None  # None: on exactly when no issuers are configured
@@ -186,11 +211,16 @@ class Config(_Section):
 
     @property
     def base_url(self) -> str:
-        return self.public_url or f"http://{self.listen.host}:{self.listen.port}"
+        scheme = "https" if self.listen.tls is not None else "http"
+        return self.public_url or f"{scheme}://{self.listen.host}:{self.listen.port}"
 
     @property
     def dev_mode(self) -> bool:
         return self.dev_issuer if self.dev_issuer is not None else not self.issuers
+
+    @property
+    def x509_issuers(self) -> list[X509IssuerCfg]:
+        return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
 _SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits")

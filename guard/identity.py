@@ -96,7 +96,7 @@ class Identity:
 
     def __init__(self, cfg: Config, base_dir: Path | None = None) -> None:
         base = base_dir or Path.cwd()
-        self.issuers: dict[str, _Issuer] = {i.issuer: _Issuer(i, base) for i in cfg.issuers}
+        self.issuers: dict[str, _Issuer] = {i.issuer: _Issuer(i, base) for i in cfg.issuers if i.x509 is None}
         self.http: aiohttp.ClientSession | None = None
         self.dev: GuardKeys | None = None
         if cfg.dev_mode:

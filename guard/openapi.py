@@ -53,7 +53,8 @@ SCHEMAS: dict[str, Any] = {
     "TaskCreate": _obj({"purpose": S, "requested_by": S, "ttl_s": I, "max_calls": I,
                         "tools": {"type": "array", "items": S},
                         "labels": {"type": "object", "additionalProperties": S}}, ("purpose",)),
-    "TaskCreated": _obj({"task_id": S, "task_token": S, "status": S, "expires_at": N, "agent": S},
+    "TaskCreated": _obj({"task_id": S, "task_token": S, "status": S, "expires_at": N, "agent": S,
+                         "binding": {"enum": ["bearer", "mtls", "dpop"]}, "token_type": {"enum": ["Bearer", "DPoP"]}},
                         ("task_id", "task_token", "status", "expires_at", "agent")),
     "Task": _obj({"task_id": S, "agent": S, "purpose": S, "requested_by": NS,
                   "status": {"enum": ["active", "completed", "revoked", "expired"]}, "created_at": N,
@@ -194,6 +195,9 @@ def openapi_document() -> dict[str, Any]:
         "components": {
             "schemas": SCHEMAS,
             "responses": responses,
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+                                "dpop": {"type": "http", "scheme": "DPoP", "bearerFormat": "JWT",
+                                         "description": "A DPoP-bound task token with a DPoP proof (RFC 9449)"},
+                                "mtls": {"type": "mutualTLS", "description": "An X.509-SVID (listen.tls)"}},
         },
     }

@@ -13,13 +13,16 @@ import structlog
 
 from guard.approvals import Approvals
 from guard.audit import AuditLog
+from guard.binding import X509Issuers, consume_proof, refuse_unbound
 from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
 from guard.credentials import Credentials
 from guard.domain import CallLimits, TaskState
+from guard.dpop import DpopVerifier
 from guard.errors import CredentialUnavailable, Denied, GuardError
 from guard.identity import Identity
 from guard.metrics import Metrics
+from guard.mtls import ServerTLS, ToolContexts
 from guard.policy import CallContext, Decision, PolicySet
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
@@ -56,6 +59,10 @@ class Deps:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
+    tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.mtls)
+    dpop: DpopVerifier = field(default_factory=lambda: DpopVerifier(None))
+    x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
+    tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
     credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
 
     @property
@@ -95,6 +102,9 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     Raises a GuardError to refuse; every refusal that names a task is audited first."""
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
+    refuse_unbound(caller, call, policies)
+    if caller.binding == "dpop":
+        await consume_proof(caller, call, deps.store)
     tool = resolve_tool(call, policies)
     state = deps.tasks.get(caller, policies)  # status is checked at admission, atomically
     cached = state is not None
@@ -173,6 +183,9 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     rates; the caller audits the forward (`mcp_forwarded`)."""
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
+    refuse_unbound(caller, call, policies)
+    if caller.binding == "dpop":
+        await consume_proof(caller, call, deps.store)
     tool = resolve_tool(call, policies)
     state = await load_active_task(caller, deps.store, deps.audit, time.time())
     try:
@@ -239,6 +252,7 @@ def _audit_fields(
         "parent_call_id": caller.parent_call_id,
         "approval_id": approval_id,
         "args_digest": action.digest,
+        "binding": caller.binding,
     }
     if decision.audit_args == "full":
         fields["args"] = action.args
@@ -256,6 +270,7 @@ async def record_refusal(
         call_id=call.call_id, tool=call.tool, action=action, effect=effect,
         rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
         chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,
+        binding=caller.binding,
     )
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
              action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)

@@ -163,13 +163,16 @@ class GuardKeys:
 
     def __init__(self, key: PrivateKey, issuer: str, previous: list[PrivateKey] | None = None) -> None:
         self.issuer = issuer
-        self.current = _KeyPair(key)
-        pairs = [self.current] + [_KeyPair(k) for k in previous or []]
-        self._by_header: dict[tuple[str, str], _KeyPair] = {
-            (typ, pair.headers[typ]): pair for pair in pairs for typ in pair.headers
-        }
-        self._jwks = {"keys": [p.jwk for p in pairs]}
         self._cache: dict[str, dict[str, Any]] = {}
+        self.use(key, previous or [])
+
+    def use(self, key: PrivateKey, previous: list[PrivateKey]) -> None:
+        """Sign with `key` from now on; verify with it and `previous` (a rotation, no restart)."""
+        current = _KeyPair(key)
+        pairs = [current] + [_KeyPair(k) for k in previous]
+        by_header = {(typ, pair.headers[typ]): pair for pair in pairs for typ in pair.headers}
+        self.current, self._by_header, self._jwks = current, by_header, {"keys": [p.jwk for p in pairs]}
+        self.pairs = pairs  # the current key first, then those that still verify
 
     def jwks(self) -> dict[str, Any]:
         return self._jwks

@@ -166,13 +166,14 @@ class Upstream:
     status: int = 200
     handler: Callable[[web.Request, Seen], Any] | None = None
     delay_s: float = 0.0
+    ssl_context: Any = None  # an ssl.SSLContext: the tool listens with TLS (https://)
     _loop: asyncio.AbstractEventLoop | None = None
     _thread: threading.Thread | None = None
     _runner: web.AppRunner | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.ssl_context is not None else 'http'}://127.0.0.1:{self.port}"
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         body = await request.read()
@@ -200,7 +201,8 @@ class Upstream:
             app.router.add_route("*", "/{tail:.*}", self._handle)
             self._runner = web.AppRunner(app, access_log=None)
             loop.run_until_complete(self._runner.setup())
-            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port).start())
+            loop.run_until_complete(web.TCPSite(self._runner, "127.0.0.1", self.port,
+                                                ssl_context=self.ssl_context).start())
             ready.set()
             loop.run_forever()
             loop.run_until_complete(self._runner.cleanup())

@@ -3,7 +3,9 @@
 A holding may carry the secret itself (a lease's password, an access token): another instance
 must be able to reuse it for the same task and to revoke it when it ends the task. So it is
 sealed with AES-GCM under a key derived (HKDF) from the guard's signing key, which every instance
-of one deployment shares; the store never holds it in the clear.
+of one deployment shares; the store never holds it in the clear. A sealed holding names the `kid`
+of the key it was sealed under, so holdings sealed before a key rotation stay readable while the
+old key is still in the ring (as long as the tokens it signed, which outlive no task).
 """
 
 from __future__ import annotations
@@ -21,13 +23,12 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from guard.credentials.base import Holding
 from guard.errors import CredentialUnavailable
 from guard.stores.base import Store
-from guard.tokens import GuardKeys
+from guard.tokens import GuardKeys, PrivateKey
 
 __all__ = ["Holdings"]
 
 
-def _seal_key(keys: GuardKeys) -> bytes:
-    key = keys.current.key
+def _seal_key(key: PrivateKey) -> bytes:
     if isinstance(key, ed25519.Ed25519PrivateKey):
         material = key.private_bytes(serialization.Encoding.Raw, serialization.PrivateFormat.Raw,
                                      serialization.NoEncryption())
@@ -39,17 +40,31 @@ def _seal_key(keys: GuardKeys) -> bytes:
 class Holdings:
     def __init__(self, store: Store, keys: GuardKeys) -> None:
         self.store = store
-        self._aead = AESGCM(_seal_key(keys))
+        self.keys = keys
+        self._aeads: dict[str, AESGCM] = {}  # by kid, derived once
+
+    def _aead(self, kid: str) -> AESGCM:
+        pair = next((p for p in self.keys.pairs if p.kid == kid), None)
+        if pair is None:  # never sealed here, or its key has left the ring
+            self._aeads.pop(kid, None)
+            raise ValueError("no key in the ring has this kid")
+        aead = self._aeads.get(kid)
+        if aead is None:
+            aead = self._aeads[kid] = AESGCM(_seal_key(pair.key))
+        return aead
 
     def seal(self, h: Holding) -> str:
         nonce = os.urandom(12)
         plain = json.dumps({"task_id": h.task_id, "agent": h.agent, "tool": h.tool, "kind": h.kind,
                             "expires_at": h.expires_at, "data": h.data}, separators=(",", ":")).encode()
-        return base64.b64encode(nonce + self._aead.encrypt(nonce, plain, h.task_id.encode())).decode()
+        kid = self.keys.current.kid
+        sealed = self._aead(kid).encrypt(nonce, plain, h.task_id.encode())
+        return f"{kid}.{base64.b64encode(nonce + sealed).decode()}"
 
     def unseal(self, task_id: str, sealed: str) -> Holding:
-        raw = base64.b64decode(sealed)
-        d = json.loads(self._aead.decrypt(raw[:12], raw[12:], task_id.encode()))
+        kid, _, b64 = sealed.partition(".")
+        raw = base64.b64decode(b64)
+        d = json.loads(self._aead(kid).decrypt(raw[:12], raw[12:], task_id.encode()))
         return Holding(d["task_id"], d["agent"], d["tool"], d["kind"], float(d["expires_at"]), d["data"])
 
     def _readable(self, task_id: str, sealed: str) -> Holding:

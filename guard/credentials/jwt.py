@@ -32,6 +32,7 @@ class JwtProvider:
                 "scope": f"{tool.name}.{req.action.name}",
                 "call_digest": call_digest(call.method, call.path_qs, call.body),
                 "chain": list(req.caller.chain),
+                "binding": req.caller.binding,
                 "jti": cred_jti,
                 "iat": now,
                 "exp": now + req.ttl_s,

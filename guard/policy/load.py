@@ -315,7 +315,23 @@ def _tool(src: _Source, name: str, tool: ToolModel) -> ToolSpec:
         actions=actions,
         deny_methods=tuple(tool.deny_methods or ()),
         timeout_s=tool.timeout_s,
+        tls=(tool.tls.ca_file, tool.tls.cert_file, tool.tls.key_file) if tool.tls is not None else None,
+        spiffe_id=_tool_spiffe_id(src, loc, tool),
     )
+
+
+def _tool_spiffe_id(src: _Source, loc: Loc, tool: ToolModel) -> str | None:
+    from guard.mtls import valid_spiffe_id
+
+    if tool.tls is not None and bool(tool.tls.cert_file) != bool(tool.tls.key_file):
+        src.fail((*loc, "tls"), "cert_file and key_file go together")
+    if tool.spiffe_id is None:
+        return None
+    if not valid_spiffe_id(tool.spiffe_id):
+        src.fail((*loc, "spiffe_id"), f"not a SPIFFE ID: {tool.spiffe_id!r}")
+    if not tool.upstream.startswith("https://"):
+        src.fail((*loc, "spiffe_id"), "a tool checked by SPIFFE ID needs an https:// upstream")
+    return tool.spiffe_id
 
 
 def _tools(sources: list[_Source]) -> dict[str, ToolSpec]:
@@ -348,7 +364,7 @@ def _agents(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[AgentEn
                     src.fail((*loc, "tools", i), f"unknown tool {tool!r}")
             seen[pattern] = src.file
             caps = tuple(model.tools) if model.tools is not None else None
-            entries.append(AgentEntry(pattern, model.owner, model.purpose, caps))
+            entries.append(AgentEntry(pattern, model.owner, model.purpose, caps, model.binding))
     return tuple(entries)
 
 

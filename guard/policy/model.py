@@ -85,6 +85,12 @@ class ActionModel(_Schema):
     path: str
 
 
+class ToolTLSModel(_Schema):
+    ca_file: str | None = None  # the tool's CA (default: the system's)
+    cert_file: str | None = None  # what the guard presents: its SVID, re-read on change
+    key_file: str | None = None
+
+
 class ToolModel(_Schema):
     kind: Literal["http", "mcp"]
     upstream: str
@@ -92,12 +98,15 @@ class ToolModel(_Schema):
     actions: dict[str, ActionModel] | None = None
     deny_methods: OptNames = None
     timeout_s: float = Field(default=30.0, gt=0)
+    tls: ToolTLSModel | None = None
+    spiffe_id: str | None = None  # the tool's certificate must carry this URI SAN (instead of a host name)
 
 
 class AgentModel(_Schema):
     owner: str
     purpose: str = ""
     tools: OptNames = None
+    binding: Literal["optional", "required"] = "optional"  # required: bearer task tokens refused
 
 
 class ConditionModel(_Schema):
@@ -281,6 +290,8 @@ class ToolSpec:
     actions: tuple[ActionSpec, ...] = ()
     deny_methods: tuple[str, ...] = ()
     timeout_s: float = 30.0
+    tls: tuple[str | None, str | None, str | None] | None = None  # (ca_file, cert_file, key_file)
+    spiffe_id: str | None = None
 
     def match_action(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
         """The first declared action whose method and whole path template match."""
@@ -300,6 +311,7 @@ class AgentEntry:
     owner: str
     purpose: str = ""
     tools: tuple[str, ...] | None = None
+    binding: Literal["optional", "required"] = "optional"
 
     def matches(self, sub: str) -> bool:
         return fnmatchcase(sub, self.pattern)

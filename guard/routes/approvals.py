@@ -12,6 +12,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guard.auth import ADMIN, APPROVER, principal, require_role
+from guard.binding import task_principal
 from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
@@ -52,7 +53,7 @@ async def _approval(deps: Deps, approval_id: str) -> Approval:
 @routes.get("/v1/approvals/{approval_id}")
 async def get_approval(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await task_principal(request, deps)  # a bound task token only from its holder
     a = await _approval(deps, request.match_info["approval_id"])
     state = await deps.store.get_task(a.task_id)
     txn = who.claims.get("txn")

@@ -62,4 +62,5 @@ async def introspect(request: web.Request) -> web.Response:
     out: dict[str, Any] = {"active": True, "token_type": CRED_TYP}
     for k in ("iss", "sub", "scope", "txn", "aud", "exp", "iat", "call_digest", "chain", "jti"):
         out[k] = claims.get(k)
+    out["binding"] = claims.get("binding", "bearer")  # how the calling agent's token was bound
     return json_response(out)

@@ -17,8 +17,9 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from guard.auth import bearer
+from guard.binding import presented
 from guard.calls import Authorized, ToolCall
+from guard.dpop import authorization
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.mcp import (
     INTERNAL_ERROR,
@@ -57,6 +58,7 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
     spec = deps.policies.current.tools.get(request.match_info["tool"])
     _, path, query = _split_upstream(spec.upstream) if spec is not None else ("", "/", "")
     is_call = msg is not None and msg.method == "tools/call"
+    token, scheme = authorization(request)
     return ToolCall(
         call_id=new_id("call"),
         kind="mcp",
@@ -65,8 +67,9 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
         path=path,
         query=query,
         body=body,
-        bearer=bearer(request),
+        bearer=token,
         txn_token=request.headers.get("Txn-Token"),
+        presented=presented(request, deps, token, scheme),
         prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s) if is_call else 0.0,
         content_type=request.headers.get("Content-Type", ""),
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,

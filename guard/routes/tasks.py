@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from guard.audit import verify_chain
 from guard.auth import ADMIN, AUDITOR, principal, require_role
+from guard.binding import binding_of, task_creator, task_principal
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.pipeline import Deps
@@ -74,7 +75,7 @@ def _is_owner(p: Principal, state: TaskState) -> bool:
 @routes.post("/v1/tasks")
 async def create_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
+    who, cnf = await task_creator(request, deps)
     body = await read_model(request, TaskRequest)
     policies = deps.policies.current
     if policies.has_inventory and policies.agent_entry(who.sub) is None:
@@ -101,19 +102,21 @@ async def create_task(request: web.Request) -> web.Response:
         idle_s=float(deps.cfg.limits.task_idle_s),
     )
     await deps.store.create_task(task)
-    await deps.audit.append(task.task_id, "task_created", task.agent, detail=f"ttl_s={ttl}")
+    await deps.audit.append(task.task_id, "task_created", task.agent, detail=f"ttl_s={ttl}",
+                            binding=binding_of(cnf))
     if await deps.store.is_suspended(task.agent):  # suspended meanwhile: the kill switch may have missed it
         await end_task(deps, task.task_id, "revoked", "guard", "agent suspended")
         raise AgentSuspended(f"agent {who.sub!r} is suspended")
     await deps.store.record_agent_event(task.agent, "task_created", now)
-    token = deps.keys.sign(
-        TASK_TYP,
-        {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
-         "iat": int(now), "exp": int(task.expires_at), "jti": jti()},
-    )
+    claims = {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
+              "iat": int(now), "exp": int(task.expires_at), "jti": jti()}
+    if cnf:
+        claims["cnf"] = cnf  # bound to its holder (guard.binding)
+    token = deps.keys.sign(TASK_TYP, claims)
     return json_response(
         {"task_id": task.task_id, "task_token": token, "status": task.status,
-         "expires_at": task.expires_at, "agent": task.agent},
+         "expires_at": task.expires_at, "agent": task.agent, "binding": binding_of(cnf),
+         "token_type": "DPoP" if "jkt" in cnf else "Bearer"},
         status=201,
     )
 
@@ -121,7 +124,7 @@ async def create_task(request: web.Request) -> web.Response:
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await task_principal(request, deps)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         require_role(who, ADMIN, AUDITOR)
@@ -143,7 +146,7 @@ async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: st
 @routes.post("/v1/tasks/{task_id}/complete")
 async def complete_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await task_principal(request, deps)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)

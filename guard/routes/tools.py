@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import re
+import ssl
 from typing import Any
 
 import structlog
 from aiohttp import web
 
-from guard.auth import bearer
+from guard.binding import presented
 from guard.calls import Authorized, ToolCall
-from guard.errors import BadRequest, GuardError
+from guard.dpop import authorization
+from guard.errors import BadRequest, GuardError, UpstreamUnavailable
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
 from guard.stages.forward import Rewrite, forward
@@ -39,6 +41,7 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
     if not raw_path.startswith(prefix + "/"):
         raise BadRequest("the tool path must be /tools/{tool}/{path}")
     path = check_tool_path(raw_path[len(prefix):])
+    token, scheme = authorization(request)
     call = ToolCall(
         call_id=new_id("call"),
         kind="http",
@@ -47,14 +50,29 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
         path=path,
         query=query,
         body=await read_body(request, deps.cfg.limits.max_body_bytes),
-        bearer=bearer(request),
+        bearer=token,
         txn_token=request.headers.get("Txn-Token"),
         prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s),
         content_type=request.headers.get("Content-Type", ""),
         connected=lambda: request.transport is not None and not request.transport.is_closing(),
+        presented=presented(request, deps, token, scheme),
     )
     auth = await authorize_call(call, deps)
     return await run_forward(request, auth, deps)
+
+
+def _tool_ssl(deps: Deps, auth: Authorized, base: dict[str, Any]) -> ssl.SSLContext | None:
+    """The TLS the tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""
+    spec = deps.policies.current.tools.get(auth.action.tool)
+    if spec is None or (spec.tls is None and spec.spiffe_id is None):
+        return None
+    try:
+        return deps.tool_tls.context(spec.tls, spec.spiffe_id)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        log.error("tool_tls_failed", task_id=auth.caller.task_id, call_id=auth.call.call_id, tool=spec.name,
+                  reason=str(e))
+        raise UpstreamUnavailable("the guard's TLS files for this tool cannot be read",
+                                  task_id=auth.caller.task_id, call_id=auth.call.call_id) from e
 
 
 async def run_forward(
@@ -82,11 +100,11 @@ async def run_forward(
         log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
 
     try:
-        return await forward(request, auth, deps.http, on_headers, rewrite)
+        return await forward(request, auth, deps.http, on_headers, rewrite, _tool_ssl(deps, auth, base))
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await deps.audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
-                                               detail=err.code, **base)
+                                               detail=err.code, **base, reason=err.detail)
             finished = True
         raise
     finally:

@@ -3,6 +3,7 @@ are not idempotent."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
@@ -24,7 +25,7 @@ HOP_BY_HOP = frozenset(
 _NEVER_UPSTREAM = HOP_BY_HOP | {
     "authorization", "cookie", "host", "content-length", "txn-token", "guard-task-id",
     "guard-call-id", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
-    "prefer", "expect",
+    "prefer", "expect", "dpop",
 }
 _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
 
@@ -69,6 +70,7 @@ async def forward(
     http: aiohttp.ClientSession,
     on_headers: OnHeaders,
     rewrite: Rewrite | None = None,
+    ssl_context: ssl.SSLContext | None = None,
 ) -> web.StreamResponse:
     """Send the call upstream; `on_headers(status, latency_s, complete)` runs (and writes the
     audit record) before anything is sent back to the agent. A small answer is read whole first
@@ -89,9 +91,12 @@ async def forward(
             allow_redirects=False,
             timeout=_timeout(auth.timeout_s),
             auto_decompress=False,
+            ssl=ssl_context if ssl_context is not None else True,
         )
     except TimeoutError as e:
         raise UpstreamTimeout("the tool did not answer in time", **_ids(auth)) from e
+    except aiohttp.ClientConnectorCertificateError as e:  # another identity: nothing was sent
+        raise UpstreamUnavailable(f"the tool's certificate was refused: {e.certificate_error}", **_ids(auth)) from e
     except aiohttp.ClientError as e:
         raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
     resp: web.StreamResponse | None = None

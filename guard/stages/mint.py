@@ -11,7 +11,15 @@ from guard.domain import TaskState
 from guard.policy import ToolSpec
 from guard.tokens import TXN_TYP, GuardKeys
 
-__all__ = ["mint_credentials"]
+__all__ = ["mint_credentials", "txn_holder"]
+
+
+def txn_holder(caller: Caller, tool: ToolSpec) -> str | None:
+    """Whom a Txn-Token is bound to (cnf.spiffe_id): the tool it is sent to when the task is
+    bound and the tool's SVID was checked (`spiffe_id`), else the task's own workload."""
+    if tool.spiffe_id is not None and caller.binding != "bearer":
+        return tool.spiffe_id
+    return caller.spiffe_id
 
 
 async def mint_credentials(
@@ -30,21 +38,23 @@ async def mint_credentials(
     chain = [*caller.chain, tool.name]
     task = state.task
     headers = {"Guard-Task-Id": task.task_id, "Guard-Call-Id": call.call_id}
-    headers["Txn-Token"] = keys.sign(
-        TXN_TYP,
-        {
-            "iss": keys.issuer,
-            "aud": keys.issuer,
-            "sub": caller.agent,
-            "txn": task.task_id,
-            "scope": f"{tool.name}.{action.name}",
-            "req_wl": f"tool:{tool.name}",
-            "tctx": {"purpose": task.purpose, "requested_by": task.requested_by, "chain": chain},
-            "jti": call.call_id,
-            "iat": now,
-            "exp": now + int(txn_ttl_s),
-        },
-    )
+    scope = f"{tool.name}.{action.name}"
+    txn: dict[str, object] = {
+        "iss": keys.issuer,
+        "aud": keys.issuer,
+        "sub": caller.agent,
+        "txn": task.task_id,
+        "scope": scope,
+        "req_wl": f"tool:{tool.name}",
+        "tctx": {"purpose": task.purpose, "requested_by": task.requested_by, "chain": chain},
+        "jti": call.call_id,
+        "iat": now,
+        "exp": now + int(txn_ttl_s),
+    }
+    holder = txn_holder(caller, tool)
+    if holder is not None:
+        txn["cnf"] = {"spiffe_id": holder}
+    headers["Txn-Token"] = keys.sign(TXN_TYP, txn)
     issued = await credentials.issue(CredentialRequest(call, caller, state, action, tool, ttl_s))
     headers.update(issued.headers)
     return Minted(headers, issued.jti, issued.audit)

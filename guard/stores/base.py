@@ -83,6 +83,10 @@ class Store(Protocol):
     async def credential_tasks(self) -> list[str]:
         """Tasks that may hold credentials (for the expiry sweep)."""
 
+    async def consume_dpop_jti(self, key: str, exp: float) -> bool:
+        """True the first time a DPoP proof (`key`: a digest of its key and jti) is used, False
+        ever after (until exp); kept apart from credential jtis."""
+
     # -- approvals ---------------------------------------------------------
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         """The pending approval for (task_id, call_digest) if there is one, else store this

@@ -60,6 +60,8 @@ class MemoryStore:
         self._tasks: dict[str, _TaskRow] = {}
         self._consumed: dict[str, float] = {}
         self._consumed_heap: list[tuple[float, str]] = []
+        self._dpop_seen: dict[str, float] = {}
+        self._dpop_heap: list[tuple[float, str]] = []
         self._approvals: dict[str, Approval] = {}
         self._pending_by_call: dict[tuple[str, str], str] = {}
         self._latest_by_call: dict[tuple[str, str], str] = {}
@@ -163,6 +165,17 @@ class MemoryStore:
             return False
         self._consumed[jti] = exp
         heapq.heappush(self._consumed_heap, (exp, jti))
+        return True
+
+    async def consume_dpop_jti(self, key: str, exp: float) -> bool:
+        now = time.time()
+        while self._dpop_heap and self._dpop_heap[0][0] < now:
+            _, old = heapq.heappop(self._dpop_heap)
+            self._dpop_seen.pop(old, None)
+        if key in self._dpop_seen:
+            return False
+        self._dpop_seen[key] = exp
+        heapq.heappush(self._dpop_heap, (exp, key))
         return True
 
     # -- approvals ---------------------------------------------------------

@@ -16,6 +16,7 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
     guard:tasks           set of every task id (list_tasks)
     guard:apr:<id>        string: the task id of an approval (get by id)
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
+    guard:dpop:<digest>   a used DPoP proof (digest of its key and jti), until it could no longer be fresh
     guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
                           `…:tasks` set of the agent's task ids
     guard:agents          set of every agent seen
@@ -455,6 +456,11 @@ class RedisStore:
 
     async def credential_tasks(self) -> list[str]:
         return await self._members(CREDENTIAL_TASKS)
+
+    async def consume_dpop_jti(self, key: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time()) * 1000))
+        async with self._fail_closed("consume_dpop_jti"):
+            return bool(await self._r.set(f"guard:dpop:{key}", "1", nx=True, px=ttl_ms))
 
     # -- approvals ---------------------------------------------------------
     @staticmethod

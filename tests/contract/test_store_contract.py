@@ -235,6 +235,17 @@ async def test_a_credential_is_consumed_once_under_concurrency(store: Store, pee
     assert await store.consume_credential(new_id("jti"), exp)
 
 
+async def test_a_dpop_proof_is_used_once_under_concurrency_and_apart_from_credentials(
+        store: Store, peer: Store) -> None:
+    key = new_id("dpop")
+    exp = time.time() + 30
+    results = await asyncio.gather(*((store if i % 2 else peer).consume_dpop_jti(key, exp) for i in range(20)))
+    assert results.count(True) == 1
+    assert not await peer.consume_dpop_jti(key, exp)
+    assert await store.consume_credential(key, exp)  # a credential jti of the same value is another thing
+    assert await store.consume_dpop_jti(new_id("dpop"), exp)
+
+
 # -- approvals -------------------------------------------------------------------------------------
 
 

@@ -42,3 +42,14 @@ def test_credentials_benchmark_prints_every_scenario() -> None:
         row = next(r for r in rows if r.startswith(f"| {scenario} "))
         assert row.rstrip(" |").endswith(" 0"), out.stdout  # no unexpected answers
     assert "first call of a task, oauth2 per task" in out.stdout and "targets:" in out.stdout
+
+
+def test_identity_benchmark_prints_every_scenario_and_both_ratios() -> None:
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.identity", "--rounds", "1", "--duration", "1", "--connections", "4", "--tasks", "2"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "scenario" not in line]
+    for scenario in ("bearer (TLS)", "mTLS-bound", "bearer (HTTP)", "DPoP-bound"):
+        assert any(r.startswith(f"| {scenario} |") and r.endswith("| 0 |") for r in rows), (scenario, out.stdout)
+    assert "mTLS-bound ÷ bearer (TLS):" in out.stdout and "DPoP-bound ÷ bearer (HTTP):" in out.stdout

@@ -1,0 +1,189 @@
+"""Rotating the guard's own signing key, with no restart (`guard keys rotate`, `signing.rotate_s`).
+
+The key file (`signing.key_file`) holds one private JWK until the first rotation; from then on
+a key ring:
+
+    {"keys": [{<private JWK>, "created_at": t},                  # signs
+              {<private JWK>, "created_at": t0, "rotated_at": t}, ...]}   # verify only
+
+After a rotation the new key signs; the previous one still verifies, and stays in JWKS, until
+every token it can have signed has expired plus the verification leeway (`retain_s`: the
+longest lifetime of a task token, credential or Txn-Token under this config and policies).
+
+Every instance reading the same file looks at it every `WATCH_S` and switches on its own, so
+instances sharing a key folder all sign with the new key within a few seconds; until then,
+tokens of either key verify everywhere (the new key is published as soon as it is read, the
+old one stays). With `signing.rotate_s`, the first instance to see the key older than that
+rotates it, under an exclusive lock on `<key_file>.lock`, so one rotation happens, not one
+per instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import json
+import os
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from guard.config import Config
+from guard.mtls import FileWatch
+from guard.policy import PolicySet
+from guard.tokens import LEEWAY_S, GuardKeys, PrivateKey, _jwk_of, _key_from_jwk, _KeyPair, load_or_create_key
+
+__all__ = ["KeyRing", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate", "watch_keys"]
+
+log = structlog.get_logger("guard.keyring")
+WATCH_S = 1.0
+
+
+@dataclass(frozen=True)
+class KeyRing:
+    current: PrivateKey
+    created_at: float
+    previous: tuple[tuple[PrivateKey, float], ...]  # (key, rotated_at), newest first
+
+
+@dataclass(frozen=True)
+class Rotated:
+    kid: str
+    previous_kid: str
+    previous_until: float  # when the previous key stops verifying and leaves JWKS
+
+
+def policy_retain_s(cfg: Config, policies: PolicySet) -> float:
+    """retain_s for these policies: their longest tool timeout and credential lifetime."""
+    ttls = [t.credential.ttl_s or 0 for t in policies.tools.values()]
+    ttls += [r.credential_ttl_s or 0 for r in policies.rules]
+    return retain_s(cfg, max((t.timeout_s for t in policies.tools.values()), default=30.0), max(ttls, default=0))
+
+
+def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credential_ttl_s: int = 0) -> float:
+    """How long a key verifies after it stopped signing: the longest token it may have signed
+    (task tokens live at most task_ttl_s; credentials their ttl; Txn-Tokens a tool's timeout + 30 s)
+    plus the verification leeway."""
+    limits = cfg.limits
+    longest = max(limits.task_ttl_s, limits.credential_ttl_s, longest_credential_ttl_s, longest_tool_timeout_s + 30)
+    return float(longest + LEEWAY_S)
+
+
+def read_ring(path: str | Path, algorithm: str) -> KeyRing:
+    """The ring at `path` (a lone private JWK counts as a ring of one), created on first use."""
+    p = Path(path)
+    if not p.exists():
+        load_or_create_key(p, algorithm)
+    data = json.loads(p.read_text(encoding="utf-8"))
+    if "keys" not in data:  # one key, never rotated
+        return KeyRing(_key_from_jwk(data), p.stat().st_mtime, ())
+    entries = data["keys"]
+    current = entries[0]
+    previous = tuple((_key_from_jwk(e), float(e["rotated_at"])) for e in entries[1:])
+    return KeyRing(_key_from_jwk(current), float(current.get("created_at", 0)), previous)
+
+
+def _write_ring(path: Path, ring: KeyRing) -> None:
+    entries: list[dict[str, Any]] = [{**_jwk_of(ring.current, private=True), "created_at": ring.created_at}]
+    entries += [{**_jwk_of(k, private=True), "rotated_at": at} for k, at in ring.previous]
+    tmp = path.with_name(path.name + ".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        json.dump({"keys": entries}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path.with_name(path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def _new_key(algorithm: str) -> PrivateKey:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
+    return ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
+
+
+def rotate(path: str | Path, algorithm: str, keep_s: float, older_than_s: float | None = None) -> Rotated | None:
+    """A new signing key; the current one verifies for `keep_s` more. With `older_than_s`, only
+    when the current key is at least that old (automatic rotation: None when not due)."""
+    p = Path(path)
+    with _locked(p):
+        ring = read_ring(p, algorithm)
+        now = time.time()
+        if older_than_s is not None and now - ring.created_at < older_than_s:
+            return None
+        kept = tuple((k, at) for k, at in ring.previous if at + keep_s > now)
+        new = KeyRing(_new_key(algorithm), now, ((ring.current, now), *kept))
+        _write_ring(p, new)
+    return Rotated(_KeyPair(new.current).kid, _KeyPair(ring.current).kid, now + keep_s)
+
+
+def _verifying(ring: KeyRing, keep_s: float, now: float) -> list[PrivateKey]:
+    return [k for k, at in ring.previous if at + keep_s > now]
+
+
+def load_keys(cfg: Config, keep_s: float) -> GuardKeys:
+    ring = read_ring(cfg.signing.key_file, cfg.signing.algorithm)
+    return GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
+
+
+async def watch_keys(cfg: Config, keys: GuardKeys, keep_s: float) -> AsyncIterator[None]:
+    """A cleanup context body: follow the key file (rotations by any instance or by hand),
+    drop previous keys whose time is over, and rotate when `signing.rotate_s` says so."""
+    path = cfg.signing.key_file
+    watch = FileWatch([path])
+    ring = read_ring(path, cfg.signing.algorithm)
+    state = {"kids": _kids(keys), "created_at": ring.created_at}
+
+    def step() -> KeyRing | None:
+        """In a thread (file reads, the rotation lock): the ring to use, None when nothing changed."""
+        rotate_s = cfg.signing.rotate_s
+        if rotate_s is not None and time.time() - float(state["created_at"]) >= rotate_s:  # type: ignore[arg-type]
+            done = rotate(path, cfg.signing.algorithm, keep_s, older_than_s=rotate_s)
+            if done is not None:
+                log.info("signing_key_rotated", kid=done.kid, previous_kid=done.previous_kid,
+                         previous_until=round(done.previous_until), by="rotate_s")
+        if not watch.changed() and len(keys.jwks()["keys"]) == 1:
+            return None
+        return read_ring(path, cfg.signing.algorithm)
+
+    async def loop() -> None:
+        while True:
+            await asyncio.sleep(WATCH_S)
+            try:
+                ring = await asyncio.to_thread(step)
+            except (OSError, ValueError, KeyError) as e:
+                log.error("signing_keys_reload_failed", file=path, reason=str(e),
+                          detail="the keys in use stay in force")
+                continue
+            if ring is None:
+                continue
+            state["created_at"] = ring.created_at
+            keys.use(ring.current, _verifying(ring, keep_s, time.time()))  # on the loop: one swap
+            kids = _kids(keys)
+            if kids != state["kids"]:
+                state["kids"] = kids
+                log.info("signing_keys_loaded", kid=keys.current.kid, verifying=kids[1:])
+
+    task = asyncio.create_task(loop())
+    yield
+    task.cancel()
+
+
+def _kids(keys: GuardKeys) -> list[str]:
+    return [str(k["kid"]) for k in keys.jwks()["keys"]]

@@ -1,0 +1,30 @@
+"""Holdings sealed before a signing-key rotation stay readable while the old key is in the ring."""
+
+from __future__ import annotations
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ed25519
+
+from guard.credentials.base import Holding
+from guard.credentials.holdings import Holdings
+from guard.errors import CredentialUnavailable
+from guard.stores.memory import MemoryStore
+from guard.tokens import GuardKeys
+
+
+async def test_a_holding_survives_a_key_rotation_until_its_key_leaves_the_ring() -> None:
+    old, new = ed25519.Ed25519PrivateKey.generate(), ed25519.Ed25519PrivateKey.generate()
+    keys = GuardKeys(old, "urn:guard")
+    holdings = Holdings(MemoryStore(), keys)
+    lease = Holding("task_1", "agent", "db", "lease", 2e9, {"lease_id": "database/creds/ro/abc", "password": "pw"})
+    held, ours = await holdings.hold(lease, "db", None)
+    assert ours and held == lease
+
+    keys.use(new, [old])  # rotated: the new key seals, the old one still verifies
+    again = await holdings.held("task_1", "db")
+    assert again is not None and again[0] == lease
+    assert "pw" not in again[1]  # the store holds it sealed
+
+    keys.use(new, [])  # the old key left the ring
+    with pytest.raises(CredentialUnavailable):
+        await holdings.held("task_1", "db")
