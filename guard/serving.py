@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ssl
 from typing import Any
 
 from aiohttp import web
@@ -84,14 +85,14 @@ class ProblemAppRunner(web.AppRunner):
 
 
 def run(app: web.Application, host: str, port: int, *, reuse_port: bool | None = None,
-        shutdown_timeout: float = 5, **handler_kwargs: Any) -> None:
+        ssl_context: ssl.SSLContext | None = None, shutdown_timeout: float = 5, **handler_kwargs: Any) -> None:
     """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (as `web.run_app` does)."""
 
     async def serve() -> None:
         runner = ProblemAppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout, **handler_kwargs)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_port=reuse_port).start()
+            await web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context).start()
             await asyncio.Event().wait()  # the signal handlers end this with GracefulExit
         finally:
             await runner.cleanup()
