@@ -11,20 +11,20 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from guard.approvals import Approvals
-from guard.audit import AuditFiles, AuditLog
+from guard.approvals.service import Approvals
+from guard.audit.writer import AuditFiles, AuditLog
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
-from guard.identity import Identity
+from guard.identity.issuers import Identity
+from guard.identity.tokens import GuardKeys, load_or_create_key
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
-from guard.reload import PolicyReloader
+from guard.policy.reload import PolicyReloader
 from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
 from guard.routes.common import DEPS
 from guard.stores import open_store
-from guard.tokens import GuardKeys, load_or_create_key
 
 __all__ = ["build_app", "load_checked_policies", "problem_response"]
 

@@ -11,13 +11,14 @@ from typing import Any
 import aiohttp
 import structlog
 
-from guard.approvals import Approvals
-from guard.audit import AuditLog
+from guard.approvals.service import Approvals
+from guard.audit.writer import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
 from guard.domain import CallLimits, TaskState
 from guard.errors import Denied, GuardError
-from guard.identity import Identity
+from guard.identity.issuers import Identity
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.stages.approve import settle_approval
@@ -27,7 +28,6 @@ from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, admit, admit_and_record, finish_quietly, load_active_task
 from guard.stores.base import Store
-from guard.tokens import GuardKeys
 
 __all__ = [
     "Deps", "PolicyHolder", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility",

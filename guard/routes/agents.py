@@ -9,9 +9,9 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.auth import ADMIN, AUDITOR, principal, require_role
 from guard.domain import AgentStats, TaskState
 from guard.errors import BadRequest
+from guard.identity.auth import ADMIN, AUDITOR, principal, require_role
 from guard.pipeline import Deps
 from guard.policy import AgentEntry, PolicySet
 from guard.routes.common import DEPS, json_response, read_model

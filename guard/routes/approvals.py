@@ -11,13 +11,13 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guard.auth import ADMIN, APPROVER, principal, require_role
+from guard.approvals.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
+from guard.identity.auth import ADMIN, APPROVER, principal, require_role
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_body
-from guard.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 
 __all__ = ["routes"]
 

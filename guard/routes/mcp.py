@@ -16,10 +16,11 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
 from guard.errors import GuardError, Unauthenticated, UnknownTool
-from guard.mcp import (
+from guard.identity.auth import bearer
+from guard.identity.tokens import new_id
+from guard.mcp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -35,7 +36,6 @@ from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_vis
 from guard.routes.common import DEPS, read_body
 from guard.routes.tools import parse_prefer_wait, run_forward
 from guard.stages.forward import BodyRewriter, Rewrite
-from guard.tokens import new_id
 
 __all__ = ["routes"]
 

@@ -8,14 +8,14 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.audit import verify_chain
-from guard.auth import ADMIN, AUDITOR, principal, require_role
+from guard.audit.writer import verify_chain
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
+from guard.identity.auth import ADMIN, AUDITOR, principal, require_role
+from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_model
 from guard.stages.task import expire_if_due
-from guard.tokens import TASK_TYP, Principal, jti, new_id
 
 __all__ = ["routes"]
 

@@ -7,15 +7,15 @@ import re
 import structlog
 from aiohttp import web
 
-from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
 from guard.errors import BadRequest, GuardError
+from guard.identity.auth import bearer
+from guard.identity.tokens import new_id
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
 from guard.stages.forward import Rewrite, forward
 from guard.stages.match import check_tool_path
 from guard.stages.task import finish_quietly
-from guard.tokens import new_id
 
 __all__ = ["parse_prefer_wait", "routes", "run_forward"]
 

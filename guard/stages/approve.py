@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import time
 
-from guard.approvals import Approvals
+from guard.approvals.service import Approvals
 from guard.calls import Action, Caller, ToolCall
 from guard.domain import Approval, TaskState
 from guard.errors import ApprovalDenied, ApprovalRequired
+from guard.identity.tokens import new_id
 from guard.policy import Decision
-from guard.tokens import new_id
 
 __all__ = ["settle_approval"]
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from guard.calls import Caller, ToolCall
 from guard.errors import Unauthenticated
-from guard.tokens import TASK_TYP, TXN_TYP, GuardKeys
+from guard.identity.tokens import TASK_TYP, TXN_TYP, GuardKeys
 
 __all__ = ["authenticate"]
 

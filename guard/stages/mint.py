@@ -9,8 +9,8 @@ from guard.calls import Action, Caller, Minted, ToolCall
 from guard.canonical import call_digest
 from guard.domain import TaskState
 from guard.errors import GuardError
+from guard.identity.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
 from guard.policy import ToolSpec
-from guard.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
 
 __all__ = ["mint_credentials"]
 

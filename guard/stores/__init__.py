@@ -14,7 +14,7 @@ async def open_store(url: str, audit_dir: str | None = None) -> Store:
         from guard.stores.memory import MemoryStore
 
         return MemoryStore(audit_dir)
-    from guard.stores.redis import RedisStore
+    from guard.stores.redis.store import RedisStore
 
     redis_store: Store = RedisStore(url)
     await redis_store.connect()  # type: ignore[attr-defined]

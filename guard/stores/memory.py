@@ -10,7 +10,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.audit import GENESIS, chain_record, read_trail
+from guard.audit.writer import GENESIS, chain_record, read_trail
 from guard.domain import (
     Admission,
     AgentEvent,

@@ -14,7 +14,7 @@ from typing import Any
 
 import aiohttp
 
-from guard.audit import read_trail, verify_chain
+from guard.audit.writer import read_trail, verify_chain
 from tests.conftest import Guard
 from tests.e2e.helpers import AGENT, bearer, create_task
 

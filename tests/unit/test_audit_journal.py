@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-from guard.audit import AuditFiles, list_trails, read_trail, verify_chain
-from guard.journal import JOURNAL_DIR, datasync
+from guard.audit.journal import JOURNAL_DIR, datasync
+from guard.audit.writer import AuditFiles, list_trails, read_trail, verify_chain
 from tests.conftest import ROOT
 from tests.unit.journal_writer import records
 

@@ -1,4 +1,4 @@
-"""guard/mcp.py: JSON-RPC parsing, header/body agreement and the tools/list rewriters."""
+"""guard/mcp/rpc.py: JSON-RPC parsing, header/body agreement and the tools/list rewriters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from guard.mcp import (
+from guard.mcp.rpc import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_REQUEST,

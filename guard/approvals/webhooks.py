@@ -22,12 +22,12 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, wait_random_exponential
 
-from guard.audit import AuditLog
+from guard.audit.writer import AuditLog
 from guard.config import Config
 from guard.domain import Approval, Delivery, TaskState
 from guard.errors import AuditUnavailable, StoreUnavailable
+from guard.identity.tokens import new_id
 from guard.stores.base import Store
-from guard.tokens import new_id
 
 __all__ = [
     "SIGNATURE_HEADER",

@@ -14,7 +14,7 @@ import structlog
 
 from guard.config import Config, IssuerCfg
 from guard.errors import Unauthenticated
-from guard.tokens import (
+from guard.identity.tokens import (
     DEV_ISSUER,
     GUARD_TYPS,
     MAX_TOKEN_BYTES,

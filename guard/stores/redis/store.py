@@ -1,6 +1,6 @@
 """The Redis store: one shared state for many guard instances, failing closed.
 
-Each check-and-update is one Lua script (guard/stores/redis_lua.py), run with EVALSHA. The keys
+Each check-and-update is one Lua script (guard/stores/redis/scripts.py), run with EVALSHA. The keys
 of one task share the hash tag `{<task_id>}`, so every script touches one slot:
 
     guard:{T}:task        hash: json (the task as created), status, ended_at, end_reason,
@@ -8,7 +8,7 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
     guard:{T}:hist        set of "tool.action" of allowed calls (policy `history`)
     guard:{T}:inflight    set of call ids in flight (their Txn-Tokens work)
     guard:{T}:rate:<rule> sorted set: call id scored by time, a sliding window per rule
-    guard:{T}:apr         hash: every approval of the task (see redis_lua)
+    guard:{T}:apr         hash: every approval of the task (see scripts.py)
     guard:{T}:apr:pending hash: call digest -> id of the pending approval
     guard:{T}:apr:latest  hash: call digest -> id of the latest approval
     guard:{T}:audit       list of the task's audit records (JSON), in seq order
@@ -26,7 +26,7 @@ deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent 
 retried (once, after a reconnect); a script that may have run is never retried.
 
 The commands of a call (admission, its records, its finish) go over one connection that the
-calls of this process share (redis_mux: one write per loop iteration for all of them). Everything
+calls of this process share (mux.py: one write per loop iteration for all of them). Everything
 else goes through redis-py's client and its connection pool.
 """
 
@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from guard.audit import GENESIS, chain_record
+from guard.audit.writer import GENESIS, chain_record
 from guard.domain import (
     Admission,
     AgentEvent,
@@ -61,9 +61,9 @@ from guard.domain import (
     TaskState,
 )
 from guard.errors import StoreUnavailable
-from guard.stores import redis_lua as lua
 from guard.stores.base import DecideOutcome
-from guard.stores.redis_mux import Multiplexer
+from guard.stores.redis import scripts as lua
+from guard.stores.redis.mux import Multiplexer
 
 __all__ = ["RedisStore"]
 
@@ -227,7 +227,7 @@ class RedisStore:
 
     async def _eval(self, script: str, keys: list[str], args: list[Any],
                     also: list[tuple[Any, ...]] | None = None) -> Any:
-        """EVALSHA a script of redis_lua, and the commands `also` in the same round trip (they run
+        """EVALSHA a script of scripts.py, and the commands `also` in the same round trip (they run
         whatever the script answers). A Redis that lost its scripts (NOSCRIPT: nothing ran) gets
         the script loaded and the call sent again. An error reply of the script raises."""
         command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)

@@ -15,12 +15,12 @@ from typing import Any
 
 import structlog
 
-from guard.audit import AuditLog
+from guard.approvals.notify import open_notifier
+from guard.approvals.webhooks import Webhooks
+from guard.audit.writer import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
-from guard.notify import open_notifier
 from guard.stores.base import Store
-from guard.webhooks import Webhooks
 
 __all__ = ["Approvals", "effective_status"]
 

@@ -4,7 +4,7 @@ Each task has its own chain: `hash` = sha256 over the canonical JSON of the reco
 `hash`; `prev_hash` = the previous record's hash (64 zeros first). The store assigns seq and
 links the chain; `AuditFiles` keeps a durable copy as one JSON line per record in
 `<dir>/<task_id>.jsonl`: each group commit is made durable by one sync of a write-ahead journal
-(guard/journal.py) before the caller is answered, the task files are synced at checkpoints.
+(guard/audit/journal.py) before the caller is answered, the task files are synced at checkpoints.
 """
 
 from __future__ import annotations
@@ -27,10 +27,10 @@ from typing import Any
 
 import structlog
 
+from guard.audit.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
 from guard.canonical import canonical_json, sha256_hex
 from guard.domain import AgentEvent, AuditRecord
 from guard.errors import AuditUnavailable
-from guard.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
 from guard.stores.base import Store
 
 __all__ = [

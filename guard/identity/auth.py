@@ -5,8 +5,8 @@ from __future__ import annotations
 from aiohttp import web
 
 from guard.errors import Forbidden, Unauthenticated
-from guard.identity import Identity
-from guard.tokens import TASK_TYP, GuardKeys, Principal
+from guard.identity.issuers import Identity
+from guard.identity.tokens import TASK_TYP, GuardKeys, Principal
 
 __all__ = ["ADMIN", "APPROVER", "AUDITOR", "bearer", "principal", "require_role"]
 

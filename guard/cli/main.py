@@ -14,10 +14,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from guard.audit import read_trail, verify_chain
-from guard.calltree import call_tree
-from guard.cli_agents import add_agents_command
-from guard.cli_audit import RemoteError, add_export_command, add_remote_args, describe_break, fetch_trail
+from guard.audit.calltree import call_tree
+from guard.audit.writer import read_trail, verify_chain
+from guard.cli.agents import add_agents_command
+from guard.cli.audit import RemoteError, add_export_command, add_remote_args, describe_break, fetch_trail
 from guard.config import Config, load_config
 from guard.errors import ConfigError
 
@@ -54,8 +54,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from aiohttp import web
 
     from guard.app import build_app
+    from guard.cli.workers import check_workers, supervise
     from guard.log import configure_logging
-    from guard.workers import check_workers, supervise
 
     cfg = _cfg(args)
     limit_malloc_arenas()
@@ -200,7 +200,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
-    from guard.tokens import GuardKeys, load_or_create_key
+    from guard.identity.tokens import GuardKeys, load_or_create_key
 
     cfg = _cfg(args)
     existed = Path(cfg.signing.key_file).exists()
@@ -211,7 +211,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
-    from guard.identity import dev_token
+    from guard.identity.issuers import dev_token
 
     cfg = _cfg(args)
     print(dev_token(cfg, args.sub, args.role or [], args.ttl))

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
-from guard.audit import Verification, parse_since, records_since
+from guard.audit.writer import Verification, parse_since, records_since
 from guard.config import Config
 from guard.errors import ConfigError
 
