@@ -12,7 +12,8 @@ import structlog
 from aiohttp import web
 
 from guard.approvals.service import Approvals
-from guard.audit.writer import AuditFiles, AuditLog
+from guard.audit.log import AuditLog
+from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable

@@ -12,7 +12,7 @@ import aiohttp
 import structlog
 
 from guard.approvals.service import Approvals
-from guard.audit.writer import AuditLog
+from guard.audit.log import AuditLog
 from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
 from guard.domain import CallLimits, TaskState

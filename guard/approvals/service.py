@@ -17,7 +17,7 @@ import structlog
 
 from guard.approvals.notify import open_notifier
 from guard.approvals.webhooks import Webhooks
-from guard.audit.writer import AuditLog
+from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
 from guard.stores.base import Store

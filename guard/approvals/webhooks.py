@@ -22,7 +22,7 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, wait_random_exponential
 
-from guard.audit.writer import AuditLog
+from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, Delivery, TaskState
 from guard.errors import AuditUnavailable, StoreUnavailable

@@ -1,133 +1,32 @@
-"""The tamper-evident audit trail: record hashing, chain verification, durable files.
+"""The durable audit folder: per-task JSON-lines files, group-committed through a write-ahead
+journal (guard/audit/journal.py). Each group commit is made durable by one sync of the journal
+before the caller is answered; the task files are synced at checkpoints.
 
-Each task has its own chain: `hash` = sha256 over the canonical JSON of the record without
-`hash`; `prev_hash` = the previous record's hash (64 zeros first). The store assigns seq and
-links the chain; `AuditFiles` keeps a durable copy as one JSON line per record in
-`<dir>/<task_id>.jsonl`: each group commit is made durable by one sync of a write-ahead journal
-(guard/audit/journal.py) before the caller is answered, the task files are synced at checkpoints.
+One job: the writer thread and its batches, which is why it runs past 250 lines.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import queue
-import re
 import threading
-import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import structlog
 
 from guard.audit.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
-from guard.canonical import canonical_json, sha256_hex
-from guard.domain import AgentEvent, AuditRecord
+from guard.audit.trails import trail_path
+from guard.domain import AuditRecord
 from guard.errors import AuditUnavailable
-from guard.stores.base import Store
 
-__all__ = [
-    "GENESIS",
-    "AuditFiles",
-    "AuditLog",
-    "Verification",
-    "chain_record",
-    "list_trails",
-    "parse_since",
-    "read_trail",
-    "record_hash",
-    "records_since",
-    "verify_chain",
-]
+__all__ = ["AuditFiles"]
 
-GENESIS = "0" * 64
-_TASK_ID = re.compile(r"^[A-Za-z0-9_-]{1,128}$")
 log = structlog.get_logger("guard.audit")
-
-
-def record_hash(fields: dict[str, Any]) -> str:
-    return sha256_hex(canonical_json({k: v for k, v in fields.items() if k != "hash"}))
-
-
-def chain_record(fields: dict[str, Any], seq: int, prev_hash: str) -> AuditRecord:
-    """Link a draft into a chain (used by every store backend). Its stored line is the canonical
-    JSON that was hashed with `hash` appended, so the record is serialized once."""
-    rec = {k: v for k, v in fields.items() if v is not None}
-    rec.pop("hash", None)
-    rec["seq"] = seq
-    rec["prev_hash"] = prev_hash
-    body = canonical_json(rec)
-    rec["hash"] = digest = sha256_hex(body)
-    return AuditRecord(rec, b"%s,\"hash\":\"%s\"}" % (body[:-1], digest.encode()))
-
-
-@dataclass(frozen=True, slots=True)
-class Verification:
-    verified: bool
-    count: int
-    first_bad_seq: int | None = None
-    reason: str | None = None
-
-
-def verify_chain(records: Iterable[dict[str, Any]]) -> Verification:
-    prev = GENESIS
-    n = 0
-    for expected_seq, rec in enumerate(records, start=1):
-        n = expected_seq
-        seq = rec.get("seq")
-        if seq != expected_seq:
-            return Verification(False, n, seq if isinstance(seq, int) else expected_seq, "sequence gap or reorder")
-        if rec.get("prev_hash") != prev:
-            return Verification(False, n, expected_seq, "prev_hash does not link to the previous record")
-        if rec.get("hash") != record_hash(rec):
-            return Verification(False, n, expected_seq, "hash does not match the record's content")
-        prev = rec["hash"]
-    return Verification(True, n)
-
-
-def trail_path(directory: str | Path, task_id: str) -> Path:
-    if not _TASK_ID.match(task_id):
-        raise ValueError("bad task id")
-    return Path(directory) / f"{task_id}.jsonl"
-
-
-def read_trail(directory: str | Path, task_id: str) -> list[dict[str, Any]]:
-    """The records of a task from the audit folder, in seq order (instances may interleave)."""
-    path = trail_path(directory, task_id)
-    if not path.exists():
-        return []
-    records: list[dict[str, Any]] = []
-    seen: set[int] = set()
-    with path.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                rec = {"seq": None, "unparseable_line": lineno}
-            seq = rec.get("seq")
-            if isinstance(seq, int) and seq in seen:
-                continue  # the same record written by a retry
-            if isinstance(seq, int):
-                seen.add(seq)
-            records.append(rec)
-    records.sort(key=lambda r: r["seq"] if isinstance(r.get("seq"), int) else 1 << 62)
-    return records
-
-
-def list_trails(directory: str | Path) -> Iterator[str]:
-    d = Path(directory)
-    if d.is_dir():
-        for p in sorted(d.glob("*.jsonl")):
-            yield p.stem
 
 
 class AuditFiles:
@@ -394,93 +293,3 @@ class AuditFiles:
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
-
-
-class AuditLog:
-    """Appends to the store's chain and, when configured, the durable folder; fails closed."""
-
-    def __init__(self, store: Store, files: AuditFiles | None,
-                 observer: Callable[[dict[str, Any]], None] | None = None) -> None:
-        self.store = store
-        self.files = files
-        self.observer = observer  # sees every durable record (metrics count calls from it)
-
-    @staticmethod
-    def draft(task_id: str, event: str, agent: str, **fields: Any) -> dict[str, Any]:
-        """A record before the store chains it (for the store's fused operations)."""
-        return {"ts": round(time.time(), 6), "task_id": task_id, "event": event, "agent": agent, **fields}
-
-    async def keep(self, record: AuditRecord) -> None:
-        """A record the store has chained: its durable copy (awaited; records kept in the same
-        loop iteration share one write) and the observer."""
-        await self._kept(record, self.files.submit(record) if self.files is not None else None)
-
-    def keep_started(self, record: AuditRecord) -> Awaitable[None]:
-        """keep, with the write started now (an idle writer takes the record at once): the
-        caller may do other work before it awaits the record being durable."""
-        durable = self.files.submit(record, start=True) if self.files is not None else None
-        return self._kept(record, durable)
-
-    async def _kept(self, record: AuditRecord, durable: asyncio.Future[None] | None) -> None:
-        if durable is not None:
-            await durable
-        if self.observer is not None:
-            self.observer(record.fields)
-
-    async def append(self, task_id: str, event: str, agent: str, **fields: Any) -> AuditRecord:
-        return await self.append_and_count(task_id, event, agent, None, **fields)
-
-    async def append_and_count(self, task_id: str, event: str, agent: str, agent_event: AgentEvent | None,
-                               **fields: Any) -> AuditRecord:
-        """append, with `agent_event` counted for the agent in the same store operation."""
-        record = await self.store.append_audit(task_id, self.draft(task_id, event, agent, **fields), agent_event)
-        await self.keep(record)
-        return record
-
-    async def append_and_finish(self, task_id: str, call_id: str, event: str, agent: str,
-                                **fields: Any) -> AuditRecord:
-        """The call's last record, chained in the same store operation that ends the call."""
-        draft = self.draft(task_id, event, agent, call_id=call_id, **fields)
-        record = await self.store.record_and_finish(task_id, call_id, draft)
-        await self.keep(record)
-        return record
-
-    async def records(self, task_id: str) -> list[dict[str, Any]]:
-        recs = [r.fields for r in await self.store.read_audit(task_id)]
-        if not recs and self.files is not None:
-            recs = read_trail(self.files.dir, task_id)
-        return recs
-
-
-def parse_since(value: str | None) -> float:
-    """Unix seconds or an ISO 8601 time (UTC when it names no zone); empty means the beginning."""
-    if not value:
-        return 0.0
-    try:
-        return float(value)
-    except ValueError:
-        pass
-    try:
-        dt = datetime.fromisoformat(value.replace("Z", "+00:00"))
-    except ValueError as e:
-        raise ValueError(f"since: {value!r} is neither unix seconds nor an ISO 8601 time") from e
-    return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
-
-
-def records_since(directory: str | Path, since: float) -> Iterator[list[dict[str, Any]]]:
-    """Per task (in task id order), the records of the audit folder with `ts >= since`.
-    Files not modified since `since` are skipped unread."""
-    for task_id in list_trails(directory):
-        try:
-            if trail_path(directory, task_id).stat().st_mtime < since:
-                continue
-        except (OSError, ValueError):
-            continue
-        records = [r for r in read_trail(directory, task_id) if _ts(r) >= since]
-        if records:
-            yield records
-
-
-def _ts(record: dict[str, Any]) -> float:
-    ts = record.get("ts")
-    return float(ts) if isinstance(ts, int | float) else 0.0

@@ -17,7 +17,8 @@ import urllib.request
 from collections.abc import Callable
 from typing import IO, Any
 
-from guard.audit.writer import Verification, parse_since, records_since
+from guard.audit.chain import Verification
+from guard.audit.trails import parse_since, records_since
 from guard.config import Config
 from guard.errors import ConfigError
 

@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 from guard.audit.calltree import call_tree
-from guard.audit.writer import read_trail, verify_chain
+from guard.audit.chain import verify_chain
+from guard.audit.trails import read_trail
 from guard.cli.agents import add_agents_command
 from guard.cli.audit import RemoteError, add_export_command, add_remote_args, describe_break, fetch_trail
 from guard.config import Config, load_config

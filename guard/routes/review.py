@@ -11,7 +11,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from guard.audit.writer import list_trails, parse_since
+from guard.audit.trails import list_trails, parse_since
 from guard.errors import BadRequest, NotFound
 from guard.identity.auth import ADMIN, APPROVER, AUDITOR, principal, require_role
 from guard.routes.common import DEPS, json_response

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.audit.writer import verify_chain
+from guard.audit.chain import verify_chain
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.identity.auth import ADMIN, AUDITOR, principal, require_role

@@ -6,7 +6,7 @@ from typing import Any
 
 import structlog
 
-from guard.audit.writer import AuditLog
+from guard.audit.log import AuditLog
 from guard.calls import Caller
 from guard.domain import Admission, AuditRecord, CallLimits, TaskState
 from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive

@@ -10,7 +10,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.audit.writer import GENESIS, chain_record, read_trail
+from guard.audit.chain import GENESIS, chain_record
+from guard.audit.trails import read_trail
 from guard.domain import (
     Admission,
     AgentEvent,

@@ -12,7 +12,7 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from guard.audit.writer import verify_chain
+from guard.audit.chain import verify_chain
 from guard.domain import Task
 from guard.errors import StoreUnavailable
 from guard.identity.tokens import new_id

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from guard.audit.writer import GENESIS, verify_chain
+from guard.audit.chain import GENESIS, verify_chain
 from guard.domain import Approval, CallLimits, Task, TaskState
 from guard.identity.tokens import new_id
 from guard.stores import Store, open_store

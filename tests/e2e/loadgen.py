@@ -14,7 +14,8 @@ from typing import Any
 
 import aiohttp
 
-from guard.audit.writer import read_trail, verify_chain
+from guard.audit.chain import verify_chain
+from guard.audit.trails import read_trail
 from tests.conftest import Guard
 from tests.e2e.helpers import AGENT, bearer, create_task
 

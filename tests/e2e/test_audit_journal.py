@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 
 from guard.audit.journal import JOURNAL_DIR
-from guard.audit.writer import list_trails, read_trail
+from guard.audit.trails import list_trails, read_trail
 from tests.conftest import Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 from tests.e2e.loadgen import Load, check_trails

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from guard.audit.writer import verify_chain
+from guard.audit.chain import verify_chain
 from tests.conftest import Guard, Seen, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 

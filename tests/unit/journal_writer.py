@@ -16,8 +16,9 @@ import signal
 import sys
 from pathlib import Path
 
+from guard.audit.chain import GENESIS, chain_record
 from guard.audit.journal import JOURNAL_DIR, datasync
-from guard.audit.writer import GENESIS, AuditFiles, chain_record
+from guard.audit.writer import AuditFiles
 from guard.domain import AuditRecord
 
 

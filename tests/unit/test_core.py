@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit.writer import GENESIS, chain_record, verify_chain
+from guard.audit.chain import GENESIS, chain_record, verify_chain
 from guard.canonical import args_digest, call_digest, canonical_json
 from guard.config import load_config
 from guard.errors import ConfigError, Unauthenticated

@@ -48,7 +48,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from guard.audit.writer import GENESIS, chain_record
+from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
     Admission,
     AgentEvent,
