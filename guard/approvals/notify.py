@@ -14,9 +14,11 @@ from typing import Any, Protocol
 
 import structlog
 
+from guard.stores.redis.keys import APPROVALS_CHANNEL
+
 __all__ = ["CHANNEL", "LocalNotifier", "Notifier", "RedisNotifier", "open_notifier"]
 
-CHANNEL = "guard:approvals"
+CHANNEL = APPROVALS_CHANNEL
 log = structlog.get_logger("guard.notify")
 OnDecided = Callable[[str], None]
 

@@ -1,25 +1,7 @@
 """The Redis store: one shared state for many guard instances, failing closed.
 
-Each check-and-update is one Lua script (guard/stores/redis/scripts.py), run with EVALSHA. The keys
-of one task share the hash tag `{<task_id>}`, so every script touches one slot:
-
-    guard:{T}:task        hash: json (the task as created), status, ended_at, end_reason,
-                          calls, last_call_at, expires_at, idle_s, max_calls, agent
-    guard:{T}:hist        set of "tool.action" of allowed calls (policy `history`)
-    guard:{T}:inflight    set of call ids in flight (their Txn-Tokens work)
-    guard:{T}:rate:<rule> sorted set: call id scored by time, a sliding window per rule
-    guard:{T}:apr         hash: every approval of the task (see scripts.py)
-    guard:{T}:apr:pending hash: call digest -> id of the pending approval
-    guard:{T}:apr:latest  hash: call digest -> id of the latest approval
-    guard:{T}:audit       list of the task's audit records (JSON), in seq order
-    guard:{T}:audit:tail  hash: seq, hash of the last record
-    guard:tasks           set of every task id (list_tasks)
-    guard:apr:<id>        string: the task id of an approval (get by id)
-    guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
-    guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
-                          `…:tasks` set of the agent's task ids
-    guard:agents          set of every agent seen
-    guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
+Each check-and-update is one Lua script (scripts.py), run with EVALSHA, on the keys of
+keys.py (those of one task share a hash slot).
 
 Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
 deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
@@ -35,18 +17,9 @@ from __future__ import annotations
 import asyncio
 import json
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
-import hiredis
-import redis.asyncio as aioredis
 import structlog
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
@@ -63,17 +36,23 @@ from guard.domain import (
 from guard.errors import StoreUnavailable
 from guard.stores.base import DecideOutcome
 from guard.stores.redis import scripts as lua
-from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.connection import RedisConnection
+from guard.stores.redis.keys import (
+    AGENTS,
+    DELIVERIES,
+    LEASES,
+    TASKS,
+    agent_key,
+    approval_key,
+    credential_key,
+    task_key,
+    task_keys,
+)
 
 __all__ = ["RedisStore"]
 
 log = structlog.get_logger("guard.store")
-T = TypeVar("T")
 
-TASKS = "guard:tasks"
-AGENTS = "guard:agents"
-DELIVERIES = "guard:{deliveries}"
-LEASES = "guard:{deliveries}:leases"
 AUDIT_ATTEMPTS = 32
 _COUNTER: dict[str, str] = {
     "task_created": "tasks_created",
@@ -81,15 +60,6 @@ _COUNTER: dict[str, str] = {
     "call_denied": "denied",
     "unregistered_attempt": "attempts",
 }
-_TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
-
-
-def _k(task_id: str, part: str) -> str:
-    return f"guard:{{{task_id}}}:{part}"
-
-
-def _agent_key(agent: str) -> str:
-    return f"guard:agent:{{{agent}}}"
 
 
 def _num(x: float | int | None) -> str:
@@ -98,29 +68,6 @@ def _num(x: float | int | None) -> str:
 
 def _opt_float(s: str | None) -> float | None:
     return float(s) if s else None
-
-
-class _FailClosed:
-    """`async with store._fail_closed(op)`: the operation has `op_timeout` seconds, and a Redis
-    or socket error, or running out of time, becomes StoreUnavailable. (A class, not
-    @asynccontextmanager: it is entered on every call.)"""
-
-    __slots__ = ("deadline", "op", "store")
-
-    def __init__(self, store: RedisStore, op: str) -> None:
-        self.store, self.op = store, op
-        self.deadline = asyncio.timeout(store.op_timeout)
-
-    async def __aenter__(self) -> None:
-        await self.deadline.__aenter__()
-
-    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
-        try:
-            await self.deadline.__aexit__(kind, e, tb)
-        except TimeoutError as expired:  # the deadline cancelled the operation
-            e = expired
-        if e is not None and isinstance(e, TimeoutError | RedisError | OSError):
-            await self.store._failed(self.op, e)  # raises StoreUnavailable
 
 
 class _TaskLock:
@@ -153,117 +100,15 @@ class _TaskLock:
             self.locks[self.task_id] = (lock, users - 1)
 
 
-class _HiredisPacking(aioredis.Connection):
-    """redis-py's asyncio connection packs commands in Python (about 14 us for a script call of
-    ours); hiredis, which already parses the replies, packs the same bytes in about 2 us."""
+class RedisStore(RedisConnection):
+    """The Store protocol on Redis (see guard/stores/base.py)."""
 
-    def pack_command(self, *args: Any) -> list[bytes]:
-        if isinstance(args[0], str) and " " in args[0]:  # "SCRIPT LOAD": the words go separately
-            args = (*args[0].split(), *args[1:])
-        return [hiredis.pack_command(args)]
-
-
-class RedisStore:
     def __init__(self, url: str) -> None:
-        self.url = url
-        packing: dict[str, Any] = {"connection_class": _HiredisPacking} if url.startswith("redis://") else {}
-        self._r: aioredis.Redis = aioredis.from_url(
-            url,
-            **packing,
-            decode_responses=True,
-            socket_connect_timeout=0.5,
-            socket_timeout=1.0,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
-        )
-        # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
-        # and write: its write timeout costs a task per command on Python 3.11.
-        kwargs = self._r.connection_pool.connection_kwargs
-        self.op_timeout: float = float(kwargs.get("socket_timeout") or 1.0)
-        kwargs["socket_timeout"] = None
-        self._mux = Multiplexer(self._r.connection_pool.make_connection)
-        self._scripts = {
-            name: self._r.register_script(getattr(lua, name))
-            for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
-                         "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
-                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
-        }
+        super().__init__(url)
         self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
         self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
-
-    # -- plumbing ------------------------------------------------------------
-    async def connect(self) -> None:
-        """Check that Redis answers (a few bounded tries); start anyway when it does not:
-        every request then answers 503 store_unavailable until it comes back."""
-        try:
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(0.1, max=1),
-                                               retry=retry_if_exception_type(_TRANSIENT), reraise=True):
-                with attempt:
-                    async with asyncio.timeout(self.op_timeout):
-                        await self._r.ping()
-        except (RedisError, OSError) as e:
-            log.warning("store_unreachable", error=type(e).__name__)
-
-    def _fail_closed(self, op: str) -> _FailClosed:
-        return _FailClosed(self, op)
-
-    async def _failed(self, op: str, e: BaseException) -> None:
-        """A store operation failed: say so."""
-        detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
-        log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
-        if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
-            await self._mux.reset()
-            await self._r.connection_pool.disconnect()
-        elif isinstance(e, TimeoutError):  # Redis stopped answering: do not wait on that connection
-            await self._mux.reset()
-        raise StoreUnavailable("the state store is unreachable") from e
-
-    async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """The replies of the commands, sent together on the shared connection (an error reply in
-        its place as its exception). Call it inside _fail_closed: the deadline bounds the wait."""
-        return await self._mux.send(commands)
-
-    async def _eval(self, script: str, keys: list[str], args: list[Any],
-                    also: list[tuple[Any, ...]] | None = None) -> Any:
-        """EVALSHA a script of scripts.py, and the commands `also` in the same round trip (they run
-        whatever the script answers). A Redis that lost its scripts (NOSCRIPT: nothing ran) gets
-        the script loaded and the call sent again. An error reply of the script raises."""
-        command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
-        out = await self._send([command, *(also or ())])
-        if isinstance(out[0], NoScriptError):
-            await self._send([("SCRIPT", "LOAD", getattr(lua, script))])
-            out = await self._send([command])
-        if isinstance(out[0], Exception):
-            raise out[0]
-        return out[0]
-
-    async def _read(self, op: str, fn: Callable[[], Awaitable[T]]) -> T:
-        """An idempotent read: one more try on a fresh connection after a transient error."""
-        async with self._fail_closed(op):
-            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), wait=wait_exponential(0.05, max=0.2),
-                                               retry=retry_if_exception_type(_TRANSIENT), reraise=True):
-                with attempt:
-                    return await fn()
-        raise AssertionError("unreachable")  # pragma: no cover
-
-    async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        async with self._fail_closed(name.lower()):
-            return await self._scripts[name](keys=keys, args=args)
-
-    async def _members(self, key: str) -> list[str]:
-        async def fetch() -> set[str]:
-            return {str(m) for m in await self._r.smembers(key)}
-
-        return sorted(await self._read("smembers", fetch))
-
-    async def ping(self) -> None:
-        await self._read("ping", self._r.ping)
-
-    async def close(self) -> None:
-        await self._mux.close()
-        await self._r.aclose()
 
     # -- tasks -------------------------------------------------------------
     async def create_task(self, task: Task) -> None:
@@ -275,9 +120,9 @@ class RedisStore:
         }
         async with self._fail_closed("create_task"):
             pipe = self._r.pipeline(transaction=False)
-            pipe.hset(_k(task.task_id, "task"), mapping=row)
+            pipe.hset(task_key(task.task_id, "task"), mapping=row)
             pipe.sadd(TASKS, task.task_id)
-            pipe.sadd(f"{_agent_key(task.agent)}:tasks", task.task_id)
+            pipe.sadd(f"{agent_key(task.agent)}:tasks", task.task_id)
             await pipe.execute()
 
     @staticmethod
@@ -294,8 +139,8 @@ class RedisStore:
         async def fetch() -> list[Any]:
             pipe = self._r.pipeline(transaction=False)
             for tid in task_ids:
-                pipe.hgetall(_k(tid, "task"))
-                pipe.smembers(_k(tid, "hist"))
+                pipe.hgetall(task_key(tid, "task"))
+                pipe.smembers(task_key(tid, "hist"))
             return list(await pipe.execute())
 
         out = await self._read("get_task", fetch) if task_ids else []
@@ -306,14 +151,14 @@ class RedisStore:
         return states[0] if states else None
 
     async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
-        keys = [_k(task_id, "task"), _k(task_id, "inflight"), _k(task_id, "apr:pending"), _k(task_id, "apr")]
+        keys = task_keys(task_id, "task", "inflight", "apr:pending", "apr")
         out = await self._script("END_TASK", keys, [status, _num(now), reason or ""])
         if not out:
             return None
         return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
-        ids = await self._members(TASKS if agent is None else f"{_agent_key(agent)}:tasks")
+        ids = await self._members(TASKS if agent is None else agent_key(agent, "tasks"))
         return [
             s for s in await self._states(ids)
             if (status is None or s.task.status == status) and (agent is None or s.task.agent == agent)
@@ -321,11 +166,11 @@ class RedisStore:
 
     # -- calls -------------------------------------------------------------
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
-        keys = [_k(task_id, "task"), _k(task_id, "hist"), _k(task_id, "inflight")]
+        keys = task_keys(task_id, "task", "hist", "inflight")
         args: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
                            "1" if limits.count else "0"]
         for rule_id, calls, per_s in limits.rates:
-            keys.append(_k(task_id, f"rate:{rule_id}"))
+            keys.append(task_key(task_id, f"rate:{rule_id}"))
             args += [rule_id, calls, _num(float(per_s))]
         ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_CALL", keys, args)
         if ok and limits.count and limits.agent is not None:
@@ -334,14 +179,14 @@ class RedisStore:
         return Admission(bool(ok), reason or None, rule_id or None, _opt_float(retry_after), int(calls or 0))
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
-        commands: list[tuple[Any, ...]] = [("SREM", _k(task_id, "inflight"), call_id)]
+        commands: list[tuple[Any, ...]] = [("SREM", task_key(task_id, "inflight"), call_id)]
         self._queue_agent_call(commands, task_id, call_id)
         async with self._fail_closed("finish_call"):
             await self._send(commands)
 
     async def call_in_flight(self, task_id: str, call_id: str) -> bool:
         async def fetch() -> bool:
-            return bool(await self._r.sismember(_k(task_id, "inflight"), call_id))
+            return bool(await self._r.sismember(task_key(task_id, "inflight"), call_id))
 
         return await self._read("call_in_flight", fetch)
 
@@ -352,13 +197,12 @@ class RedisStore:
         when another instance appended meanwhile, it changes nothing and answers the current
         tail, and the record is chained again on it. The agent's counter rides along with the
         call's finish (same round trip as its last record)."""
-        keys = [_k(task_id, "task"), _k(task_id, "hist"), _k(task_id, "inflight"),
-                _k(task_id, "audit"), _k(task_id, "audit:tail")]
+        keys = task_keys(task_id, "task", "hist", "inflight", "audit", "audit:tail")
         admit: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
                             "1" if limits.count else "0"]
         rates: list[Any] = []
         for rule_id, calls, per_s in limits.rates:
-            keys.append(_k(task_id, f"rate:{rule_id}"))
+            keys.append(task_key(task_id, f"rate:{rule_id}"))
             rates += [rule_id, calls, _num(float(per_s))]
         async with self._audit_lock(task_id), self._fail_closed("admit_and_record"):
             seq, prev = self._tails.get(task_id, (0, GENESIS))
@@ -381,7 +225,7 @@ class RedisStore:
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
         """One script appends the record and ends the call; the agent's counter of the call goes
         in the same round trip (separate commands: another hash slot, not atomic with it)."""
-        keys = [_k(task_id, "audit"), _k(task_id, "audit:tail"), _k(task_id, "inflight")]
+        keys = task_keys(task_id, "audit", "audit:tail", "inflight")
         also: list[tuple[Any, ...]] = []
         self._queue_agent_call(also, task_id, call_id)
         return await self._append_chained("record_and_finish", "RECORD_AND_FINISH", task_id, fields, keys,
@@ -425,7 +269,7 @@ class RedisStore:
     async def consume_credential(self, jti: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
         async with self._fail_closed("consume_credential"):
-            return bool(await self._r.set(f"guard:cred:{jti}", "1", nx=True, px=ttl_ms))
+            return bool(await self._r.set(credential_key(jti), "1", nx=True, px=ttl_ms))
 
     # -- approvals ---------------------------------------------------------
     @staticmethod
@@ -434,21 +278,17 @@ class RedisStore:
         d.update(status=status, decisions=json.loads(decisions))
         return Approval.from_json(d)
 
-    @staticmethod
-    def _apr_keys(task_id: str, *parts: str) -> list[str]:
-        return [_k(task_id, p) for p in parts]
-
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         tid, aid = approval.task_id, approval.approval_id
         async with self._fail_closed("open_approval"):
-            await self._r.set(f"guard:apr:{aid}", tid)  # findable by id before anyone can know the id
+            await self._r.set(approval_key(aid), tid)  # findable by id before anyone can know the id
         args = [aid, approval.call_digest, _num(approval.created_at), _num(approval.expires_at),
                 approval.required, json.dumps(approval.to_json())]
         created, j, status, decisions = await self._script(
-            "OPEN_APPROVAL", self._apr_keys(tid, "apr:pending", "apr:latest", "apr"), args)
+            "OPEN_APPROVAL", task_keys(tid, "apr:pending", "apr:latest", "apr"), args)
         if not created:
             async with self._fail_closed("open_approval"):
-                await self._r.delete(f"guard:apr:{aid}")
+                await self._r.delete(approval_key(aid))
         return self._approval(j, status, decisions), bool(created)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -458,14 +298,14 @@ class RedisStore:
         f = [f"{p}:{approval_id}" for p in ("j", "s", "d")]
 
         async def fetch() -> list[str | None]:
-            return [None if v is None else str(v) for v in await self._r.hmget(_k(tid, "apr"), f)]
+            return [None if v is None else str(v) for v in await self._r.hmget(task_key(tid, "apr"), f)]
 
         j, status, decisions = await self._read("get_approval", fetch)
         return self._approval(j, status or "", decisions or "[]") if j else None
 
     async def _approval_task(self, approval_id: str) -> str | None:
         async def fetch() -> str | None:
-            tid = await self._r.get(f"guard:apr:{approval_id}")
+            tid = await self._r.get(approval_key(approval_id))
             return str(tid) if tid is not None else None
 
         return await self._read("get_approval", fetch)
@@ -477,18 +317,18 @@ class RedisStore:
         if tid is None:
             return "not_found", None
         args = [approval_id, str(decision["approver"]), str(decision["decision"]), json.dumps(decision), _num(now)]
-        out = await self._script("DECIDE_APPROVAL", self._apr_keys(tid, "apr:pending", "apr"), args)
+        out = await self._script("DECIDE_APPROVAL", task_keys(tid, "apr:pending", "apr"), args)
         if out[0] == "not_found":
             return "not_found", None
         return out[0], self._approval(out[1], out[2], out[3])
 
     async def consume_approval(self, task_id: str, call_digest: str, now: float) -> Approval | None:
-        out = await self._script("CONSUME_APPROVAL", self._apr_keys(task_id, "apr:latest", "apr"),
+        out = await self._script("CONSUME_APPROVAL", task_keys(task_id, "apr:latest", "apr"),
                                  [call_digest, _num(now)])
         return self._approval(out[1], out[2], out[3]) if out else None
 
     async def latest_approval(self, task_id: str, call_digest: str) -> Approval | None:
-        keys = self._apr_keys(task_id, "apr:latest", "apr:pending", "apr")
+        keys = task_keys(task_id, "apr:latest", "apr:pending", "apr")
         out = await self._script("LATEST_APPROVAL", keys, [call_digest, _num(time.time())])
         return self._approval(out[1], out[2], out[3]) if out else None
 
@@ -498,7 +338,7 @@ class RedisStore:
         async def fetch() -> list[Any]:
             pipe = self._r.pipeline(transaction=False)
             for tid in tids:
-                pipe.hgetall(_k(tid, "apr"))
+                pipe.hgetall(task_key(tid, "apr"))
             return list(await pipe.execute())
 
         out: list[Approval] = []
@@ -520,7 +360,7 @@ class RedisStore:
 
     def _agent_cmds(self, commands: list[tuple[Any, ...]], agent: str, kind: AgentEvent, now: float,
                     tool: str | None) -> None:
-        key = _agent_key(agent)
+        key = agent_key(agent)
         used = tool if kind == "call_allowed" and tool is not None else ""
         commands.append(("EVAL", lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used))
         # on every event, not once per process: Redis may lose the set (a restart without its
@@ -533,25 +373,25 @@ class RedisStore:
         async def fetch() -> list[Any]:
             pipe = self._r.pipeline(transaction=False)
             for agent in agents:
-                pipe.hgetall(_agent_key(agent))
-                pipe.smembers(f"{_agent_key(agent)}:tools")
+                pipe.hgetall(agent_key(agent))
+                pipe.smembers(agent_key(agent, "tools"))
             return list(await pipe.execute())
 
         out = await self._read("agent_stats", fetch) if agents else []
         return {a: _agent_stats(a, row, tools) for a, row, tools in zip(agents, out[::2], out[1::2], strict=True)}
 
     async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
-        changed = await self._script("SET_SUSPENDED", [_agent_key(agent)], ["1", reason, actor, _num(now)])
+        changed = await self._script("SET_SUSPENDED", [agent_key(agent)], ["1", reason, actor, _num(now)])
         async with self._fail_closed("suspend_agent"):
             await self._r.sadd(AGENTS, agent)
         return bool(changed)
 
     async def restore_agent(self, agent: str) -> bool:
-        return bool(await self._script("SET_SUSPENDED", [_agent_key(agent)], ["0", "", "", ""]))
+        return bool(await self._script("SET_SUSPENDED", [agent_key(agent)], ["0", "", "", ""]))
 
     async def is_suspended(self, agent: str) -> bool:
         async def fetch() -> bool:
-            return await self._r.hget(_agent_key(agent), "suspended") == "1"
+            return await self._r.hget(agent_key(agent), "suspended") == "1"
 
         return await self._read("is_suspended", fetch)
 
@@ -588,7 +428,7 @@ class RedisStore:
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
     ) -> AuditRecord:
         """See _append_chained; the agent event rides in the same pipeline."""
-        keys = [_k(task_id, "audit"), _k(task_id, "audit:tail")]
+        keys = task_keys(task_id, "audit", "audit:tail")
         also: list[tuple[Any, ...]] = []
         if agent_event is not None:
             self._agent_cmds(also, str(fields["agent"]), agent_event, float(fields["ts"]), None)
@@ -601,7 +441,7 @@ class RedisStore:
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]:
         async def fetch() -> list[str]:
-            return [str(v) for v in await self._r.lrange(_k(task_id, "audit"), 0, -1)]
+            return [str(v) for v in await self._r.lrange(task_key(task_id, "audit"), 0, -1)]
 
         lines = await self._read("read_audit", fetch)
         return [AuditRecord(json.loads(line)) for line in lines]
