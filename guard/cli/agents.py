@@ -11,7 +11,7 @@ import urllib.request
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["add_agents_command", "format_inventory"]
+__all__ = ["add_commands", "format_inventory"]
 
 _COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "status")
 
@@ -80,7 +80,7 @@ def cmd_agents(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_agents_command(sub: Any) -> None:
+def add_commands(sub: Any) -> None:
     """Register `guard agents` on the CLI's subparsers."""
     a = sub.add_parser("agents", help="list the agent inventory of a running guard")
     a.add_argument("--url", default=os.environ.get("GUARD_URL", "http://127.0.0.1:8080"),

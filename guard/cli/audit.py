@@ -1,4 +1,4 @@
-"""`guard audit …` against a running guard (`--url` and a token) and `guard audit export`.
+"""`guard audit show | verify | export`: a task's timeline, its chain verified, records for a SIEM.
 
 Without `--url` the commands read the audit folder of the config; with it they read
 `GET /v1/tasks/{id}/audit` and `GET /v1/audit?since=` with an auditor or admin token
@@ -11,18 +11,20 @@ import argparse
 import json
 import os
 import sys
+import unicodedata
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable
+from datetime import UTC, datetime
 from typing import IO, Any
 
-from guard.audit.chain import Verification
-from guard.audit.trails import parse_since, records_since
-from guard.config import Config
+from guard.audit.calltree import call_tree
+from guard.audit.chain import Verification, verify_chain
+from guard.audit.trails import parse_since, read_trail, records_since
+from guard.config import load_config
 from guard.errors import ConfigError
 
-__all__ = ["RemoteError", "add_export_command", "add_remote_args", "describe_break", "fetch_trail"]
+__all__ = ["RemoteError", "add_commands", "describe_break", "fetch_trail", "format_timeline"]
 
 
 class RemoteError(Exception):
@@ -80,7 +82,7 @@ def _write_lines(out: IO[str], records: list[dict[str, Any]]) -> None:
     out.flush()
 
 
-def cmd_audit_export(args: argparse.Namespace, cfg_of: Callable[[argparse.Namespace], Config]) -> int:
+def cmd_audit_export(args: argparse.Namespace) -> int:
     try:
         since = parse_since(args.since)
     except ValueError as e:
@@ -94,7 +96,7 @@ def cmd_audit_export(args: argparse.Namespace, cfg_of: Callable[[argparse.Namesp
                     sys.stdout.write(line.decode())
                 sys.stdout.flush()
             return 0
-        cfg = cfg_of(args)
+        cfg = load_config(args.config)
         if not cfg.audit.dir:
             raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
         for records in records_since(cfg.audit.dir, since):
@@ -107,9 +109,96 @@ def cmd_audit_export(args: argparse.Namespace, cfg_of: Callable[[argparse.Namesp
     return 0
 
 
-def add_export_command(aud: Any, cfg_of: Callable[[argparse.Namespace], Config]) -> None:
+def _fmt_time(ts: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(ts), UTC).strftime("%H:%M:%S.%f")[:-3]
+    except (TypeError, ValueError):
+        return "?"
+
+
+def _printable(text: str) -> str:
+    """Escape control and format characters (ANSI escapes, CR, bidi overrides) so a hostile
+    value in a record cannot rewrite the reader's terminal."""
+    return "".join(
+        c if c.isprintable() and unicodedata.category(c) != "Cf" else f"\\u{ord(c):04x}" for c in text
+    )
+
+
+def format_timeline(records: list[dict[str, Any]]) -> list[str]:
+    """One line per record; a chained call is indented under the call that led to it."""
+    lines = []
+    for depth, r in call_tree(records):
+        what = f"{r.get('tool')}.{r.get('action')}" if r.get("tool") else ""
+        cols = [
+            _fmt_time(r.get("ts")),
+            f"#{r.get('seq')}",
+            "  " * depth + ("└ " if depth else "") + str(r.get("event")),
+            what,
+            str(r.get("effect") or ""),
+            f"rule={r['rule_id']}" if r.get("rule_id") else "",
+            f"status={r['status']}" if r.get("status") is not None else "",
+            f"{r['latency_ms']}ms" if r.get("latency_ms") is not None else "",
+            str(r.get("detail") or ""),
+        ]
+        lines.append(_printable("  ".join(c for c in cols if c)))
+    return lines
+
+
+def _trail(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.url:
+        try:
+            return fetch_trail(args.url, args.token, args.task)
+        except RemoteError as e:
+            print(f"error: {e}", file=sys.stderr)
+            raise SystemExit(1) from e
+    cfg = load_config(args.config)
+    if not cfg.audit.dir:
+        raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
+    records = read_trail(cfg.audit.dir, args.task)
+    if not records:
+        print(f"no audit trail for {args.task} in {cfg.audit.dir}", file=sys.stderr)
+        raise SystemExit(1)
+    return records
+
+
+def cmd_audit_show(args: argparse.Namespace) -> int:
+    records = _trail(args)
+    if args.json:
+        for r in records:
+            print(json.dumps(r, ensure_ascii=False))
+        return 0
+    day = datetime.fromtimestamp(float(records[0].get("ts") or 0), UTC).strftime("%Y-%m-%d")
+    print(f"task {_printable(args.task)}: {len(records)} records, times UTC from {day}")
+    for line in format_timeline(records):
+        print(line)
+    v = verify_chain(records)
+    print("chain: verified" if v.verified else _printable(f"chain: BROKEN: {describe_break(records, v)}"))
+    return 0
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    records = _trail(args)
+    v = verify_chain(records)
+    if v.verified:
+        print(f"verified: {v.count} records, chain intact")
+        return 0
+    print(_printable(f"BROKEN: {describe_break(records, v)}"))
+    return 2
+
+
+def add_commands(sub: Any) -> None:
+    aud = sub.add_parser("audit", help="read audit trails").add_subparsers(dest="audit_cmd", required=True)
+    sh = aud.add_parser("show", help="print a task's timeline")
+    sh.add_argument("task")
+    sh.add_argument("--json", action="store_true")
+    add_remote_args(sh)
+    sh.set_defaults(func=cmd_audit_show)
+    ve = aud.add_parser("verify", help="verify a task's hash chain (exit 2 naming the first bad record)")
+    ve.add_argument("task")
+    add_remote_args(ve)
+    ve.set_defaults(func=cmd_audit_verify)
     ex = aud.add_parser("export", help="stream audit records since a time, one JSON object a line (for a SIEM)")
     ex.add_argument("--since", default="", help="unix seconds or an ISO 8601 time (default: everything)")
     ex.add_argument("--format", choices=["ndjson"], default="ndjson")
     add_remote_args(ex)
-    ex.set_defaults(func=lambda args: cmd_audit_export(args, cfg_of))
+    ex.set_defaults(func=cmd_audit_export)
