@@ -1,8 +1,6 @@
-"""Approval webhooks: the `Guard-Signature` scheme, and background delivery with retries.
+"""Approval webhooks: background delivery of approval requests, with retries.
 
-A request to an approver's webhook carries `Guard-Signature: t=<unix seconds>,v1=<hex>`, where
-`<hex>` = HMAC-SHA256(secret, "<t>.<body>"). The same scheme signs decisions that an approver
-posts back. Deliveries are kept in the store until they succeed or their approval stops being
+Each request is signed (signature.py). Deliveries are kept in the store until they succeed or their approval stops being
 pending, so a restarted guard resumes them; each attempt and its outcome is audited.
 """
 
@@ -10,11 +8,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
-import hmac
 import json
 import time
-from collections.abc import Mapping
 from dataclasses import replace
 from typing import Any, Literal
 
@@ -22,6 +17,7 @@ import aiohttp
 import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, wait_random_exponential
 
+from guard.approvals.signature import SIGNATURE_HEADER, sign
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, Delivery, TaskState
@@ -29,87 +25,16 @@ from guard.errors import AuditUnavailable, StoreUnavailable
 from guard.identity.tokens import new_id
 from guard.stores.base import Store
 
-__all__ = [
-    "SIGNATURE_HEADER",
-    "TOLERANCE_S",
-    "SignatureError",
-    "Webhooks",
-    "approval_payload",
-    "sign",
-    "signed_at",
-    "signer_of",
-    "verify",
-]
+__all__ = ["Webhooks", "approval_payload"]
 
 log = structlog.get_logger("guard.webhooks")
 
-SIGNATURE_HEADER = "Guard-Signature"
-TOLERANCE_S = 300  # a signature whose t is further than this from our clock is refused
 LEASE_S = 30.0  # an instance holds the deliveries it works on this long, renewed every LEASE_S / 3
 ATTEMPT_TIMEOUT_S = 10.0
 BACKOFF_S = 0.5  # exponential backoff with full jitter: up to 0.5, 1, 2, 4 … s
 BACKOFF_MAX_S = 30.0
 
 Outcome = Literal["done", "failed"]
-
-
-class SignatureError(Exception):
-    """A `Guard-Signature` that is malformed, stale, or does not match."""
-
-
-def _mac(secret: str, t: int, body: bytes) -> str:
-    return hmac.new(secret.encode(), str(t).encode() + b"." + body, hashlib.sha256).hexdigest()
-
-
-def sign(secret: str, body: bytes, t: int | None = None) -> str:
-    """The `Guard-Signature` header value for `body`, timestamped `t` (default: now)."""
-    t = int(time.time()) if t is None else t
-    return f"t={t},v1={_mac(secret, t, body)}"
-
-
-def _parse(header: str) -> tuple[int, list[str]]:
-    t: int | None = None
-    macs: list[str] = []
-    for part in header.split(","):
-        key, _, value = part.strip().partition("=")
-        if key == "t" and value.isdigit() and len(value) < 16:
-            t = int(value)
-        elif key == "v1" and value:
-            macs.append(value)
-    if t is None or not macs:
-        raise SignatureError("malformed signature header")
-    return t, macs
-
-
-def signed_at(header: str) -> int:
-    """The `t` of a signature header (SignatureError when malformed)."""
-    return _parse(header)[0]
-
-
-def verify(header: str, body: bytes, secret: str, now: float | None = None, tolerance: float = TOLERANCE_S) -> None:
-    """Raise SignatureError unless `header` signs `body` with `secret` within `tolerance` s of `now`."""
-    t, macs = _parse(header)
-    now = time.time() if now is None else now
-    if abs(now - t) > tolerance:
-        raise SignatureError("signature timestamp outside the allowed window")
-    expected = _mac(secret, t, body)
-    if not any(hmac.compare_digest(expected.encode(), m.encode()) for m in macs):
-        raise SignatureError("signature does not match")
-
-
-def signer_of(header: str, body: bytes, secrets: Mapping[str, str], now: float | None = None) -> str:
-    """The name of the webhook whose secret signed `body`; SignatureError when none did."""
-    t, _ = _parse(header)
-    now = time.time() if now is None else now
-    if abs(now - t) > TOLERANCE_S:
-        raise SignatureError("signature timestamp outside the allowed window")
-    for name, secret in secrets.items():
-        try:
-            verify(header, body, secret, now)
-        except SignatureError:
-            continue
-        return name
-    raise SignatureError("signature does not match")
 
 
 def approval_payload(approval: Approval, state: TaskState, public_url: str) -> dict[str, Any]:

@@ -1,6 +1,5 @@
-"""JSON-RPC parsing, header/body agreement and tools/list filtering for MCP tools.
+"""JSON-RPC parsing and header/body agreement for MCP tools (pure functions, no network).
 
-Pure functions and small incremental body rewriters: nothing here touches the network.
 The guard decides on the JSON-RPC body, never on the `Mcp-Method`/`Mcp-Name` headers; a
 header that disagrees with the body is refused (-32020) so the upstream cannot be told a
 different story than the one the guard checked.
@@ -12,7 +11,6 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,17 +24,12 @@ __all__ = [
     "NAME_BEARING_METHODS",
     "PARSE_ERROR",
     "REFUSED",
-    "JsonToolsFilter",
     "RpcError",
     "RpcMessage",
-    "SseToolsFilter",
     "check_routing_headers",
     "decode_header_value",
     "error_body",
-    "filter_tools_result",
-    "header_values",
     "parse_message",
-    "tools_filter",
 ]
 
 PARSE_ERROR = -32700
@@ -49,7 +42,6 @@ REFUSED = -32001  # guard: the call was refused by policy; data = problem detail
 # Method -> params key mirrored in the Mcp-Name header (MCP 2026-07-28).
 NAME_BEARING_METHODS = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}
 _B64_SENTINEL = re.compile(r"^=\?base64\?(?P<payload>.*)\?=$")
-_MAX_FILTERED_BYTES = 16 * 1024 * 1024
 
 JsonId = str | int | float | None
 
@@ -161,119 +153,3 @@ def check_routing_headers(msg: RpcMessage, method_values: list[str], name_values
     body_value = msg.param_str(key) if key is not None else None
     if body_value is None or decode_header_value(name_values[0]) != body_value:
         raise RpcError(HEADER_MISMATCH, "Header mismatch: Mcp-Name does not match the body", msg.rpc_id)
-
-
-# ---------------------------------------------------------------------------------------------
-# tools/list filtering
-
-
-Visible = Callable[[str], bool]
-
-
-def filter_tools_result(message: Any, rpc_id: JsonId, visible: Visible) -> Any | None:
-    """The JSON-RPC response to tools/list `rpc_id` with only the visible tools (nextCursor and
-    everything else kept), or None when `message` is not that response."""
-    if not isinstance(message, dict) or message.get("id") != rpc_id or "result" not in message:
-        return None
-    result = message["result"]
-    if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
-        return None
-    tools = [t for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)
-             and visible(t["name"])]
-    return {**message, "result": {**result, "tools": tools}}
-
-
-def _dump(obj: Any) -> bytes:
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode()
-
-
-class JsonToolsFilter:
-    """Rewrites an `application/json` tools/list answer: buffered (it is one object), filtered,
-    emitted at the end. An answer that cannot be read is replaced by an error (fail closed)."""
-
-    def __init__(self, rpc_id: JsonId, visible: Visible, unreadable: bool = False) -> None:
-        self.rpc_id = rpc_id
-        self.visible = visible
-        self.chunks: list[bytes] = []
-        self.size = _MAX_FILTERED_BYTES + 1 if unreadable else 0
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.size += len(chunk)
-        if self.size <= _MAX_FILTERED_BYTES:
-            self.chunks.append(chunk)
-        return b""
-
-    def close(self) -> bytes:
-        try:
-            if self.size > _MAX_FILTERED_BYTES:
-                raise ValueError("too large")
-            message = json.loads(b"".join(self.chunks))
-        except (ValueError, UnicodeDecodeError):
-            return error_body(self.rpc_id, INTERNAL_ERROR, "guard could not read the tools/list answer")
-        if isinstance(message, dict) and "error" in message:
-            return _dump(message)
-        filtered = filter_tools_result(message, self.rpc_id, self.visible)
-        if filtered is None:
-            return error_body(self.rpc_id, INTERNAL_ERROR, "guard could not read the tools/list answer")
-        return _dump(filtered)
-
-
-_EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
-
-
-class SseToolsFilter:
-    """Rewrites a `text/event-stream` answer event by event: the event carrying the tools/list
-    response is filtered, every other event (progress, logs, pings) passes through unchanged."""
-
-    def __init__(self, rpc_id: JsonId, visible: Visible) -> None:
-        self.rpc_id = rpc_id
-        self.visible = visible
-        self.pending = b""
-
-    def feed(self, chunk: bytes) -> bytes:
-        self.pending += chunk
-        out: list[bytes] = []
-        while (m := _EVENT_END.search(self.pending)) is not None:
-            event, self.pending = self.pending[: m.start()], self.pending[m.end():]
-            out.append(self._event(event) + m.group(0))
-        if len(self.pending) > _MAX_FILTERED_BYTES:  # one event this big: refuse to pass it unread
-            self.pending = b""
-            out.append(b"data: " + error_body(self.rpc_id, INTERNAL_ERROR, "event too large") + b"\n\n")
-        return b"".join(out)
-
-    def close(self) -> bytes:
-        rest, self.pending = self.pending, b""
-        return self._event(rest) if rest.strip() else rest
-
-    def _event(self, event: bytes) -> bytes:
-        lines = re.split(rb"\r\n|\n|\r", event)
-        data = [ln[5:].removeprefix(b" ") for ln in lines if ln.startswith(b"data:")]
-        if not data:
-            return event
-        try:
-            message = json.loads(b"\n".join(data))
-        except (ValueError, UnicodeDecodeError):
-            return event
-        filtered = filter_tools_result(message, self.rpc_id, self.visible)
-        if filtered is None:
-            return event
-        kept = [ln for ln in lines if not ln.startswith(b"data:")]
-        return b"\n".join([*kept, b"data: " + _dump(filtered)])
-
-
-def tools_filter(
-    content_type: str, content_encoding: str, rpc_id: JsonId, visible: Visible
-) -> JsonToolsFilter | SseToolsFilter:
-    """The rewriter for a tools/list answer. Anything but an uncompressed event stream is read as
-    one JSON-RPC message; what cannot be read is replaced by an error, never passed unfiltered."""
-    ctype = content_type.split(";", 1)[0].strip().lower()
-    if ctype == "text/event-stream" and content_encoding.strip().lower() in ("", "identity"):
-        return SseToolsFilter(rpc_id, visible)
-    if content_encoding.strip().lower() not in ("", "identity"):
-        return JsonToolsFilter(rpc_id, lambda _name: False, unreadable=True)
-    return JsonToolsFilter(rpc_id, visible)
-
-
-def header_values(items: Iterable[tuple[str, str]], name: str) -> list[str]:
-    lname = name.lower()
-    return [v for k, v in items if k.lower() == lname]

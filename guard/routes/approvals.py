@@ -11,7 +11,7 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guard.approvals.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
+from guard.approvals.signature import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated

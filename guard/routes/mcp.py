@@ -30,8 +30,8 @@ from guard.mcp.rpc import (
     check_routing_headers,
     error_body,
     parse_message,
-    tools_filter,
 )
+from guard.mcp.tools_list import tools_filter
 from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
 from guard.routes.common import DEPS, read_body
 from guard.routes.tools import parse_prefer_wait, run_forward

@@ -21,7 +21,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from guard.approvals.webhooks import sign
+from guard.approvals.signature import sign
 from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
 from tests.conftest import Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy

@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from guard.approvals.webhooks import sign, verify
+from guard.approvals.signature import sign, verify
 from tests.conftest import PY, ROOT, Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, until
 from tests.support.process import Proc, free_port, spawn, wait_port

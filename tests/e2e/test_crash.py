@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guard.approvals.webhooks import sign
+from guard.approvals.signature import sign
 from tests.conftest import Guard, RedisServer, Upstream
 from tests.e2e.helpers import bearer, create_task, echo_policy
 from tests.e2e.loadgen import Load, check_trails, trails

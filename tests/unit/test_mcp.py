@@ -16,8 +16,8 @@ from guard.mcp.rpc import (
     RpcError,
     check_routing_headers,
     parse_message,
-    tools_filter,
 )
+from guard.mcp.tools_list import tools_filter
 
 
 def msg(**fields: Any) -> bytes:
