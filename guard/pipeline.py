@@ -13,9 +13,8 @@ import structlog
 
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
-from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
-from guard.domain import CallLimits, TaskState
+from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import Denied, GuardError
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys

@@ -14,18 +14,18 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from guard.domain import Effect
+
 __all__ = [
     "ActionSpec",
     "AgentEntry",
     "CallContext",
     "CredentialSpec",
     "Decision",
-    "Effect",
     "RateSpec",
     "ToolSpec",
 ]
 
-Effect = Literal["allow", "deny", "step_up"]
 Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop"]
 
 

@@ -16,7 +16,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from guard.calls import Authorized, ToolCall
+from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, Unauthenticated, UnknownTool
 from guard.identity.auth import bearer
 from guard.identity.tokens import new_id

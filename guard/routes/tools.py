@@ -7,7 +7,7 @@ import re
 import structlog
 from aiohttp import web
 
-from guard.calls import Authorized, ToolCall
+from guard.domain import Authorized, ToolCall
 from guard.errors import BadRequest, GuardError
 from guard.identity.auth import bearer
 from guard.identity.tokens import new_id

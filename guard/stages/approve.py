@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 
 from guard.approvals.service import Approvals
-from guard.calls import Action, Caller, ToolCall
-from guard.domain import Approval, TaskState
+from guard.domain import Action, Approval, Caller, TaskState, ToolCall
 from guard.errors import ApprovalDenied, ApprovalRequired
 from guard.identity.tokens import new_id
 from guard.policy import Decision

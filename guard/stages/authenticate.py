@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from guard.calls import Caller, ToolCall
+from guard.domain import Caller, ToolCall
 from guard.errors import Unauthenticated
 from guard.identity.tokens import TASK_TYP, TXN_TYP, GuardKeys
 

@@ -3,7 +3,7 @@ still be in flight (checked again, atomically, at admission)."""
 
 from __future__ import annotations
 
-from guard.calls import Caller
+from guard.domain import Caller
 from guard.errors import ChainTooDeep, TxnInactive
 from guard.stores.base import Store
 

@@ -12,7 +12,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from guard.calls import Authorized
+from guard.domain import Authorized
 from guard.errors import UpstreamTimeout, UpstreamUnavailable
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "upstream_headers"]

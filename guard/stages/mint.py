@@ -5,9 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Mapping
 
-from guard.calls import Action, Caller, Minted, ToolCall
 from guard.canonical import call_digest
-from guard.domain import TaskState
+from guard.domain import Action, Caller, Minted, TaskState, ToolCall
 from guard.errors import GuardError
 from guard.identity.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
 from guard.policy import ToolSpec

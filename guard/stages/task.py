@@ -7,8 +7,7 @@ from typing import Any
 import structlog
 
 from guard.audit.log import AuditLog
-from guard.calls import Caller
-from guard.domain import Admission, AuditRecord, CallLimits, TaskState
+from guard.domain import Admission, AuditRecord, Caller, CallLimits, TaskState
 from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive
 from guard.policy import PolicySet
 from guard.stores.base import Store

@@ -126,4 +126,6 @@ class Store(Protocol):
         record's agent also gets that inventory event (as record_agent_event at the record's
         `ts`), in the same round trip; it is counted once, however often the append is retried."""
 
-    async def read_audit(self, task_id: str) -> list[AuditRecord]: ...
+    async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        """The task's chain as this store keeps it (the memory store with a durable audit folder
+        keeps only tails: AuditLog reads the trail from the folder)."""

@@ -23,6 +23,7 @@ import structlog
 
 from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
+    AGENT_COUNTERS,
     Admission,
     AgentEvent,
     AgentStats,
@@ -54,12 +55,6 @@ __all__ = ["RedisStore"]
 log = structlog.get_logger("guard.store")
 
 AUDIT_ATTEMPTS = 32
-_COUNTER: dict[str, str] = {
-    "task_created": "tasks_created",
-    "call_allowed": "calls",
-    "call_denied": "denied",
-    "unregistered_attempt": "attempts",
-}
 
 
 def _num(x: float | int | None) -> str:
@@ -174,8 +169,7 @@ class RedisStore(RedisConnection):
             args += [rule_id, calls, _num(float(per_s))]
         ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_CALL", keys, args)
         if ok and limits.count and limits.agent is not None:
-            await self.record_agent_event(limits.agent, "call_allowed", limits.now,
-                                          limits.history_entry.split(".", 1)[0])
+            await self.record_agent_event(limits.agent, "call_allowed", limits.now, limits.tool)
         return Admission(bool(ok), reason or None, rule_id or None, _opt_float(retry_after), int(calls or 0))
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
@@ -218,7 +212,7 @@ class RedisStore(RedisConnection):
                     return refusal, None
                 self._remember_tail(task_id, record.seq, record.hash)
                 if limits.count and limits.agent is not None:
-                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.history_entry)
+                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.tool)
                 return Admission(True, calls=int(calls or 0)), record
         raise StoreUnavailable("the audit trail is too contended to append to")
 
@@ -259,11 +253,11 @@ class RedisStore(RedisConnection):
             agent, tool = pending
             self._agent_cmds(commands, agent, "call_allowed", time.time(), tool)
 
-    def _defer_agent_call(self, task_id: str, call_id: str, agent: str, history_entry: str) -> None:
+    def _defer_agent_call(self, task_id: str, call_id: str, agent: str, tool: str) -> None:
         if len(self._agent_calls) >= 100_000:  # calls never finished (a bug elsewhere): stay bounded
             log.warning("agent_counters_dropped", count=len(self._agent_calls))
             self._agent_calls.clear()
-        self._agent_calls[(task_id, call_id)] = (agent, history_entry.split(".", 1)[0])
+        self._agent_calls[(task_id, call_id)] = (agent, tool)
 
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
@@ -362,7 +356,7 @@ class RedisStore(RedisConnection):
                     tool: str | None) -> None:
         key = agent_key(agent)
         used = tool if kind == "call_allowed" and tool is not None else ""
-        commands.append(("EVAL", lua.AGENT_EVENT, 2, key, f"{key}:tools", _COUNTER[kind], _num(now), used))
+        commands.append(("EVAL", lua.AGENT_EVENT, 2, key, f"{key}:tools", AGENT_COUNTERS[kind], _num(now), used))
         # on every event, not once per process: Redis may lose the set (a restart without its
         # append-only file) while this process sees no error; another hash slot than the agent's
         commands.append(("SADD", AGENTS, agent))
