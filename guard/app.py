@@ -16,14 +16,15 @@ from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
+from guard.credentials import providers
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys, load_or_create_key
 from guard.metrics import Metrics, request_started
-from guard.pipeline import Deps, PolicyHolder
+from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
-from guard.policy.reload import PolicyReloader
-from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
+from guard.policy.reload import PolicyHolder, PolicyReloader
+from guard.routes import agents, approvals, audit, credentials, mcp, operate, system, tasks, tools, ui
 from guard.routes.common import DEPS
 from guard.stores import open_store
 
@@ -128,7 +129,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         approvals_ = Approvals(cfg, store, audit)
         await approvals_.start()  # resumes pending webhook deliveries
         app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
-                         metrics=metrics)
+                         metrics=metrics, credentials=providers(keys, cfg.environ))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
@@ -141,6 +142,6 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     app.cleanup_ctx.append(lifecycle)
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
-    for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals):
+    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit):
         app.router.add_routes(module.routes)
     return app

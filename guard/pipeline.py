@@ -1,9 +1,16 @@
-"""The one function that lists the stages of a call, in order."""
+"""A call's stages in order, read top to bottom (guard/stages/ holds each one):
+
+    authenticate → task → chain → match → evaluate → approve → admit (+ decision record) → mint
+    → forward → finish
+
+`authorize_call` runs them for an http tool call or an MCP tools/call; `authorize_passthrough` for
+other MCP traffic. Every refusal of a call whose task is known is audited by one context manager
+(`_Refusals`) before the error leaves."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -14,12 +21,14 @@ import structlog
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.config import Config
+from guard.credentials import CredentialProvider
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import Denied, GuardError
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
+from guard.policy.reload import PolicyHolder
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
@@ -28,18 +37,9 @@ from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, admit, admit_and_record, finish_quietly, load_active_task
 from guard.stores.base import Store
 
-__all__ = [
-    "Deps", "PolicyHolder", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility",
-]
+__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]
 
 log = structlog.get_logger("guard.pipeline")
-
-
-class PolicyHolder:
-    """The current compiled policy set; swapped whole on reload, read once per call."""
-
-    def __init__(self, policies: PolicySet) -> None:
-        self.current = policies
 
 
 @dataclass
@@ -54,6 +54,7 @@ class Deps:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
+    credentials: Mapping[str, CredentialProvider] = field(default_factory=dict)  # by credential mode
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -92,14 +93,14 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     cached = state is not None
     if state is None:
         state = await _read_task(caller, deps)
-    action_name = call.mcp_action
-    try:
+    async with _Refusals(deps, call, caller, call.mcp_action, count_denied=True) as refusal:
+        refusal.stale = cached
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         action = match_action(call, tool)
-        action_name = action.name
+        refusal.action = action.name
         decision = policies.evaluate(_context(policies, caller, state, action))
         if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
-            state, cached = await _read_task(caller, deps), False
+            state, refusal.stale = await _read_task(caller, deps), False
         approval_id = None
         if decision.effect == "deny":
             raise Denied(_deny_detail(decision), rule_id=decision.rule_id)
@@ -117,23 +118,15 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         fields = _audit_fields(call, caller, action, decision, approval_id)
         draft = deps.audit.draft(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
         record = await admit_and_record(deps.store, caller, limits, draft)  # one atomic store operation
-    except GuardError as err:
-        if cached:  # read afresh: an ended task answers task_inactive unrecorded, as when read first
-            await _read_task(caller, deps)
-        err.extra.setdefault("task_id", caller.task_id)
-        err.extra.setdefault("call_id", call.call_id)
-        await record_refusal(deps.audit, call, caller, action_name, err, count_denied=err.code != "approval_required")
-        raise
-    # The decision is durable before anything is forwarded; the credentials are signed while
+    # The decision is durable before anything is forwarded; the credentials are made while
     # the writer makes it so (they go nowhere unless it is).
     durable = deps.audit.keep_started(record)
     try:
         try:
-            minted = mint_credentials(
-                call, caller, state, action, tool, deps.keys,
+            minted = await mint_credentials(
+                call, caller, state, action, tool, deps.keys, deps.credentials[tool.credential.mode],
                 ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
                 txn_ttl_s=tool.timeout_s + 30,
-                environ=deps.cfg.environ,
             )
         finally:
             await durable
@@ -143,6 +136,32 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
              action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
+
+
+class _Refusals:
+    """`async with _Refusals(...) as refusal:` a GuardError raised inside is audited as the
+    refusal of `call` (naming `refusal.action` once known, with the task read afresh first when
+    `refusal.stale`) and goes on. (A class, not @asynccontextmanager: it is entered on every call.)"""
+
+    __slots__ = ("action", "call", "caller", "count_denied", "deps", "stale")
+
+    def __init__(self, deps: Deps, call: ToolCall, caller: Caller, action: str | None, count_denied: bool) -> None:
+        self.deps, self.call, self.caller, self.action = deps, call, caller, action
+        self.count_denied = count_denied
+        self.stale = False
+
+    async def __aenter__(self) -> _Refusals:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
+        if not isinstance(err, GuardError):
+            return
+        if self.stale:  # read afresh: an ended task answers task_inactive unrecorded, as when read first
+            await _read_task(self.caller, self.deps)
+        err.extra.setdefault("task_id", self.caller.task_id)
+        err.extra.setdefault("call_id", self.call.call_id)
+        await record_refusal(self.deps.audit, self.call, self.caller, self.action, err,
+                             count_denied=self.count_denied and err.code != "approval_required")
 
 
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
@@ -162,7 +181,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     caller = authenticate(call, deps.keys)
     tool = resolve_tool(call, policies)
     state = await load_active_task(caller, deps.store, deps.audit, time.time())
-    try:
+    async with _Refusals(deps, call, caller, method, count_denied=False):
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)
         if allowed is not None and tool.name not in allowed:
@@ -172,17 +191,11 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         limits = CallLimits(call_id=call.call_id, now=time.time(), history_entry=f"{tool.name}.{method}",
                             parent_call_id=caller.parent_call_id, count=False)
         await admit(deps.store, caller, limits)
-    except GuardError as err:
-        err.extra.setdefault("task_id", caller.task_id)
-        err.extra.setdefault("call_id", call.call_id)
-        await record_refusal(deps.audit, call, caller, method, err)
-        raise
     action = Action(tool.name, method, None)
-    minted = mint_credentials(
-        call, caller, state, action, tool, deps.keys,
+    minted = await mint_credentials(
+        call, caller, state, action, tool, deps.keys, deps.credentials[tool.credential.mode],
         ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
         txn_ttl_s=tool.timeout_s + 30,
-        environ=deps.cfg.environ,
     )
     return Authorized(call, caller, state, action, None, tool.upstream, tool.timeout_s, minted)
 

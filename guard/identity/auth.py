@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from aiohttp import web
+from collections.abc import Mapping
 
 from guard.errors import Forbidden, Unauthenticated
 from guard.identity.issuers import Identity
@@ -15,8 +15,9 @@ AUDITOR = "guard:auditor"
 APPROVER = "guard:approver"
 
 
-def bearer(request: web.Request) -> str | None:
-    value = request.headers.get("Authorization")
+def bearer(headers: Mapping[str, str]) -> str | None:
+    """The token of `Authorization: Bearer <token>` (None without the header; 401 when malformed)."""
+    value = headers.get("Authorization")
     if value is None:
         return None
     scheme, _, token = value.partition(" ")
@@ -26,11 +27,11 @@ def bearer(request: web.Request) -> str | None:
 
 
 async def principal(
-    request: web.Request, identity: Identity, keys: GuardKeys, allow_task_token: bool = False
+    headers: Mapping[str, str], identity: Identity, keys: GuardKeys, allow_task_token: bool = False
 ) -> Principal:
     """The authenticated caller. With `allow_task_token`, a task token stands for its agent,
     limited to its own task (claims["txn"])."""
-    token = bearer(request)
+    token = bearer(headers)
     if token is None:
         raise Unauthenticated("missing bearer token")
     if allow_task_token:

@@ -20,13 +20,19 @@ from aiohttp import web
 
 from guard.errors import ConfigError
 from guard.metrics import Metrics
-from guard.pipeline import PolicyHolder
 from guard.policy import PolicySet
 
-__all__ = ["PolicyReloader"]
+__all__ = ["PolicyHolder", "PolicyReloader"]
 
 log = structlog.get_logger("guard.reload")
 Snapshot = dict[str, tuple[int, int]]
+
+
+class PolicyHolder:
+    """The current compiled policy set; swapped whole on reload, read once per call."""
+
+    def __init__(self, policies: PolicySet) -> None:
+        self.current = policies
 
 
 def snapshot(folder: Path) -> Snapshot:

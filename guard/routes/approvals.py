@@ -1,4 +1,4 @@
-"""Approvals: read one, and decide it (as an approver with a JWT, or signed with a webhook secret)."""
+"""Approvals: list them, read one, and decide it (as an approver with a JWT, or signed with a webhook secret)."""
 
 from __future__ import annotations
 
@@ -15,9 +15,9 @@ from guard.approvals.signature import SIGNATURE_HEADER, TOLERANCE_S, SignatureEr
 from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
-from guard.identity.auth import ADMIN, APPROVER, principal, require_role
+from guard.identity.auth import ADMIN, APPROVER, require_role
 from guard.pipeline import Deps
-from guard.routes.common import DEPS, json_response, read_body
+from guard.routes.common import DEPS, authorized, json_response, read_body
 
 __all__ = ["routes"]
 
@@ -49,10 +49,30 @@ async def _approval(deps: Deps, approval_id: str) -> Approval:
     return a
 
 
+@routes.get("/v1/approvals")
+async def list_approvals(request: web.Request) -> web.Response:
+    """Approver, admin: `?status=pending` (the default) or any approval status, with task context."""
+    await authorized(request, APPROVER, ADMIN)
+    deps = request.app[DEPS]
+    status = request.query.get("status", "pending")
+    approvals = await deps.approvals.pending() if status == "pending" else await deps.store.list_approvals(None, status)
+    out = []
+    for a in sorted(approvals, key=lambda a: a.created_at):
+        item = deps.approvals.describe(a)
+        item.update(method=a.method, path=a.path, created_at=a.created_at, required=a.required)
+        state = await deps.store.get_task(a.task_id)
+        if state is not None:
+            t = state.task
+            item["task"] = {"task_id": t.task_id, "agent": t.agent, "purpose": t.purpose,
+                            "requested_by": t.requested_by}
+        out.append(item)
+    return json_response({"approvals": out})
+
+
 @routes.get("/v1/approvals/{approval_id}")
 async def get_approval(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await authorized(request, task_token=True)
     a = await _approval(deps, request.match_info["approval_id"])
     state = await deps.store.get_task(a.task_id)
     txn = who.claims.get("txn")
@@ -90,8 +110,7 @@ async def _decider(request: web.Request, deps: Deps, body: bytes, req: DecisionR
         if not req.approver:
             raise BadRequest("approver: a signed decision must name the approver")
         return Decider(req.approver, f"webhook:{webhook}", webhook)
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, APPROVER)
+    who = await authorized(request, APPROVER)
     return Decider(who.sub, "jwt", None)
 
 

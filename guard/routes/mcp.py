@@ -18,8 +18,6 @@ from yarl import URL
 
 from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, Unauthenticated, UnknownTool
-from guard.identity.auth import bearer
-from guard.identity.tokens import new_id
 from guard.mcp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -33,8 +31,9 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
-from guard.routes.common import DEPS, read_body
-from guard.routes.tools import parse_prefer_wait, run_forward
+from guard.routes.common import DEPS, connected, read_body
+from guard.stages.call import tool_call
+from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
 
 __all__ = ["routes"]
@@ -55,22 +54,12 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
     spec = deps.policies.current.tools.get(request.match_info["tool"])
     _, path, query = _split_upstream(spec.upstream) if spec is not None else ("", "/", "")
     is_call = msg is not None and msg.method == "tools/call"
-    return ToolCall(
-        call_id=new_id("call"),
-        kind="mcp",
-        tool=request.match_info["tool"],
-        method=request.method.upper(),
-        path=path,
-        query=query,
-        body=body,
-        bearer=bearer(request),
-        txn_token=request.headers.get("Txn-Token"),
-        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s) if is_call else 0.0,
-        content_type=request.headers.get("Content-Type", ""),
+    return tool_call(
+        "mcp", request.match_info["tool"], request.method, path, query, body, request.headers,
+        deps.cfg.approvals.max_wait_s, connected(request),
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,
         mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
         counted=is_call,
-        connected=lambda: request.transport is not None and not request.transport.is_closing(),
     )
 
 
@@ -113,10 +102,11 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     try:
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
-            return await run_forward(request, _to_origin(auth), deps)
+            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store)
         auth = await authorize_passthrough(call, deps, msg.label)
         rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-        return await run_forward(request, _to_origin(auth), deps, event="mcp_forwarded", rewrite=rewrite)
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        event="mcp_forwarded", rewrite=rewrite)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -154,4 +144,5 @@ async def mcp_session(request: web.Request) -> web.StreamResponse:
     auth = await authorize_passthrough(call, deps, request.method.upper())
     # the GET stream may sit idle for long: it may last as long as the task
     idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
-    return await run_forward(request, _to_origin(auth, idle), deps, event="mcp_forwarded")
+    return await forward_and_finish(request, _to_origin(auth, idle), deps.http, deps.audit, deps.store,
+                                    event="mcp_forwarded")

@@ -1,25 +1,26 @@
-"""Tasks: create, read, complete, revoke, and their audit trail."""
+"""Tasks: create, list, read, complete, revoke."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.audit.chain import verify_chain
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
-from guard.identity.auth import ADMIN, AUDITOR, principal, require_role
+from guard.identity.auth import ADMIN, AUDITOR, require_role
 from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
 from guard.pipeline import Deps
-from guard.routes.common import DEPS, json_response, read_model
+from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.stages.task import expire_if_due
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
+_STATUSES = ("active", "completed", "revoked", "expired")
 
 
 class TaskRequest(BaseModel):
@@ -74,7 +75,7 @@ def _is_owner(p: Principal, state: TaskState) -> bool:
 @routes.post("/v1/tasks")
 async def create_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
+    who = await authorized(request)
     body = await read_model(request, TaskRequest)
     policies = deps.policies.current
     if policies.has_inventory and policies.agent_entry(who.sub) is None:
@@ -118,10 +119,33 @@ async def create_task(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    """Admin, auditor: `?status=&agent=&limit=`, newest first, with pending approvals per task."""
+    await authorized(request, ADMIN, AUDITOR)
+    deps = request.app[DEPS]
+    status = request.query.get("status") or None
+    if status is not None and status not in _STATUSES:
+        raise BadRequest(f"status: must be one of {', '.join(_STATUSES)}")
+    try:
+        limit = max(1, min(int(request.query.get("limit", "200")), 1000))
+    except ValueError as e:
+        raise BadRequest("limit: must be an integer") from e
+    now = time.time()
+    pending: dict[str, list[str]] = defaultdict(list)
+    for a in await deps.approvals.pending():
+        pending[a.task_id].append(a.approval_id)
+    states = await deps.store.list_tasks(None, request.query.get("agent") or None)
+    rows = [task_view(s, pending[s.task.task_id], now) for s in states]
+    rows = [r for r in rows if status is None or r["status"] == status]
+    rows.sort(key=lambda r: r["created_at"], reverse=True)
+    return json_response({"tasks": rows[:limit], "total": len(rows)})
+
+
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await authorized(request, task_token=True)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         require_role(who, ADMIN, AUDITOR)
@@ -140,7 +164,7 @@ async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: st
 @routes.post("/v1/tasks/{task_id}/complete")
 async def complete_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys, allow_task_token=True)
+    who = await authorized(request, task_token=True)
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)
@@ -151,8 +175,7 @@ async def complete_task(request: web.Request) -> web.Response:
 @routes.post("/v1/tasks/{task_id}/revoke")
 async def revoke_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, ADMIN)
+    who = await authorized(request, ADMIN)
     body = await read_model(request, RevokeRequest)
     state = await _load(deps, request.match_info["task_id"])
     await end_task(deps, state.task.task_id, "revoked", who.sub, body.reason)
@@ -163,25 +186,3 @@ async def _view(deps: Deps, task_id: str) -> web.Response:
     state = await deps.store.get_task(task_id)
     assert state is not None
     return json_response(task_view(state, []))
-
-
-@routes.get("/v1/tasks/{task_id}/audit")
-async def task_audit(request: web.Request) -> web.StreamResponse:
-    deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, AUDITOR, ADMIN)
-    task_id = request.match_info["task_id"]
-    records = await deps.audit.records(task_id)
-    if not records:
-        raise NotFound("no audit trail for this task", task_id=task_id)
-    result = verify_chain(records)
-    if "application/x-ndjson" in request.headers.get("Accept", ""):
-        import json
-
-        lines = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        return web.Response(body=lines, content_type="application/x-ndjson")
-    out: dict[str, Any] = {"task_id": task_id, "verified": result.verified, "records": records}
-    if not result.verified:
-        out["first_bad_seq"] = result.first_bad_seq
-        out["reason"] = result.reason
-    return json_response(out)

@@ -2,35 +2,22 @@
 
 from __future__ import annotations
 
-import re
-
-import structlog
 from aiohttp import web
 
-from guard.domain import Authorized, ToolCall
-from guard.errors import BadRequest, GuardError
-from guard.identity.auth import bearer
-from guard.identity.tokens import new_id
-from guard.pipeline import Deps, authorize_call
-from guard.routes.common import DEPS, read_body
-from guard.stages.forward import Rewrite, forward
+from guard.errors import BadRequest
+from guard.pipeline import authorize_call
+from guard.routes.common import DEPS, connected, read_body
+from guard.stages.call import tool_call
+from guard.stages.finish import forward_and_finish
 from guard.stages.match import check_tool_path
-from guard.stages.task import finish_quietly
 
-__all__ = ["parse_prefer_wait", "routes", "run_forward"]
+__all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.tools")
-_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
-
-
-def parse_prefer_wait(request: web.Request, max_wait: float) -> float:
-    m = _WAIT.search(request.headers.get("Prefer", ""))
-    return min(float(m.group(1)), max_wait) if m else 0.0
 
 
 @routes.route("*", "/tools/{tool}/{path:.*}")
-async def tool_call(request: web.Request) -> web.StreamResponse:
+async def http_tool_call(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     tool = request.match_info["tool"]
     raw_path, _, query = request.raw_path.partition("?")
@@ -38,54 +25,8 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
     if not raw_path.startswith(prefix + "/"):
         raise BadRequest("the tool path must be /tools/{tool}/{path}")
     path = check_tool_path(raw_path[len(prefix):])
-    call = ToolCall(
-        call_id=new_id("call"),
-        kind="http",
-        tool=tool,
-        method=request.method.upper(),
-        path=path,
-        query=query,
-        body=await read_body(request, deps.cfg.limits.max_body_bytes),
-        bearer=bearer(request),
-        txn_token=request.headers.get("Txn-Token"),
-        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s),
-        content_type=request.headers.get("Content-Type", ""),
-        connected=lambda: request.transport is not None and not request.transport.is_closing(),
-    )
+    body = await read_body(request, deps.cfg.limits.max_body_bytes)
+    call = tool_call("http", tool, request.method, path, query, body, request.headers,
+                     deps.cfg.approvals.max_wait_s, connected(request))
     auth = await authorize_call(call, deps)
-    return await run_forward(request, auth, deps)
-
-
-async def run_forward(
-    request: web.Request, auth: Authorized, deps: Deps, event: str = "call_forwarded", rewrite: Rewrite | None = None
-) -> web.StreamResponse:
-    """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
-    Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
-    task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
-    base = {"tool": auth.action.tool, "action": auth.action.name,
-            "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
-    finished = False
-
-    async def on_headers(status: int, latency_s: float, complete: bool) -> None:
-        nonlocal finished
-        latency_ms = round(latency_s * 1000, 3)
-        if complete:  # the tool has answered whole: the record and the call's end in one operation
-            await deps.audit.append_and_finish(task_id, call_id, event, agent, status=status,
-                                               latency_ms=latency_ms, **base)
-            finished = True
-        else:
-            await deps.audit.append(task_id, event, agent, call_id=call_id, status=status,
-                                    latency_ms=latency_ms, **base)
-        log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
-
-    try:
-        return await forward(request, auth, deps.http, on_headers, rewrite)
-    except GuardError as err:
-        if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
-            await deps.audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
-                                               detail=err.code, **base)
-            finished = True
-        raise
-    finally:
-        if not finished:
-            await finish_quietly(deps.store, task_id, call_id)
+    return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store)

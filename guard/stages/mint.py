@@ -1,29 +1,28 @@
-"""The credential swap: a fresh single-use credential and a Txn-Token for every forwarded call."""
+"""The credential swap: a Txn-Token for every forwarded call, and the credential its tool's
+provider makes (guard/credentials/)."""
 
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
 
-from guard.canonical import call_digest
+from guard.credentials import CredentialProvider, CredentialRequest
 from guard.domain import Action, Caller, Minted, TaskState, ToolCall
-from guard.errors import GuardError
-from guard.identity.tokens import CRED_TYP, TXN_TYP, GuardKeys, jti
+from guard.identity.tokens import TXN_TYP, GuardKeys
 from guard.policy import ToolSpec
 
 __all__ = ["mint_credentials"]
 
 
-def mint_credentials(
+async def mint_credentials(
     call: ToolCall,
     caller: Caller,
     state: TaskState,
     action: Action,
     tool: ToolSpec,
     keys: GuardKeys,
+    provider: CredentialProvider,
     ttl_s: int,
     txn_ttl_s: float,
-    environ: Mapping[str, str],
 ) -> Minted:
     now = int(time.time())
     chain = [*caller.chain, tool.name]
@@ -45,29 +44,6 @@ def mint_credentials(
             "exp": now + int(txn_ttl_s),
         },
     )
-    cred_jti: str | None = None
-    mode = tool.credential.mode
-    if mode == "jwt":
-        cred_jti = jti()
-        token = keys.sign(
-            CRED_TYP,
-            {
-                "iss": keys.issuer,
-                "aud": f"tool:{tool.name}",
-                "sub": caller.agent,
-                "txn": task.task_id,
-                "scope": scope,
-                "call_digest": call_digest(call.method, call.path_qs, call.body),
-                "chain": list(caller.chain),
-                "jti": cred_jti,
-                "iat": now,
-                "exp": now + ttl_s,
-            },
-        )
-        headers[tool.credential.header or "Authorization"] = f"Bearer {token}"
-    elif mode == "static":
-        secret = environ.get(tool.credential.secret_env or "")
-        if not secret:
-            raise GuardError("static credential is not configured", task_id=task.task_id, call_id=call.call_id)
-        headers[tool.credential.header or "X-Api-Key"] = secret
-    return Minted(headers, cred_jti)
+    credential = await provider.issue(CredentialRequest(call, caller, task, action, tool, ttl_s, now))
+    headers.update(credential.headers)
+    return Minted(headers, credential.jti)
