@@ -1,5 +1,4 @@
-"""build_app(cfg) -> web.Application: the middlewares, the routes, one cleanup_ctx that opens
-the store, the audit writer and the shared upstream client."""
+"""build_app(cfg) -> web.Application: the middleware, the routes, one cleanup_ctx per resource."""
 
 from __future__ import annotations
 
@@ -27,6 +26,7 @@ from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, system, tasks, tools, ui
 from guard.routes.common import DEPS
 from guard.stores import open_store
+from guard.stores.base import Store
 
 __all__ = ["build_app", "load_checked_policies", "problem_response"]
 
@@ -103,7 +103,17 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     return policies
 
 
+class _Opened:
+    """The resources the app's cleanup contexts have opened so far."""
+
+    store: Store
+    audit: AuditLog
+    http: aiohttp.ClientSession
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
+    """The guard as an aiohttp application: the middleware, every route module, and one
+    cleanup_ctx per resource (store, audit writer, client session, approvals, policy reloader)."""
     policies = policies or load_checked_policies(cfg)
     keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
     identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
@@ -114,32 +124,44 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     holder = PolicyHolder(policies)
     metrics = Metrics()
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None)
+    opened = _Opened()
+
+    async def store(app: web.Application) -> AsyncIterator[None]:
+        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None)
+        yield
+        await opened.store.close()
+
+    async def audit_writer(app: web.Application) -> AsyncIterator[None]:
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
-        audit = AuditLog(store, files, metrics.observe_record)
-        http = aiohttp.ClientSession(
+        opened.audit = AuditLog(opened.store, files, metrics.observe_record)
+        yield
+        if files is not None:
+            await files.close()
+
+    async def client_session(app: web.Application) -> AsyncIterator[None]:
+        opened.http = identity.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        identity.http = http
-        approvals_ = Approvals(cfg, store, audit)
+        yield
+        await opened.http.close()
+
+    async def approvals_service(app: web.Application) -> AsyncIterator[None]:
+        approvals_ = Approvals(cfg, opened.store, opened.audit)
         await approvals_.start()  # resumes pending webhook deliveries
-        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
+        app[DEPS] = Deps(cfg, opened.store, keys, holder, opened.audit, approvals_, opened.http, identity,
                          metrics=metrics, credentials=providers(keys, cfg.environ))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
         await approvals_.close()
-        await http.close()
-        if files is not None:
-            await files.close()
-        await store.close()
 
-    app.cleanup_ctx.append(lifecycle)
+    # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
+    # closes what it had opened
+    app.cleanup_ctx.extend([store, audit_writer, client_session, approvals_service])
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit):

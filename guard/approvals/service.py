@@ -16,11 +16,10 @@ from typing import Any
 import structlog
 
 from guard.approvals.notify import open_notifier
-from guard.approvals.webhooks import Webhooks
+from guard.approvals.webhooks import Webhooks, WebhookStore
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
-from guard.stores.base import Store
 
 __all__ = ["Approvals", "effective_status"]
 
@@ -39,7 +38,7 @@ def effective_status(approval: Approval | None, now: float) -> str:
 
 
 class Approvals:
-    def __init__(self, cfg: Config, store: Store, audit: AuditLog) -> None:
+    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog) -> None:
         self.cfg = cfg
         self.store = store
         self.audit = audit

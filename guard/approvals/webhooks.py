@@ -11,7 +11,7 @@ import contextlib
 import json
 import time
 from dataclasses import replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 import aiohttp
 import structlog
@@ -23,9 +23,9 @@ from guard.config import Config
 from guard.domain import Approval, Delivery, TaskState
 from guard.errors import AuditUnavailable, StoreUnavailable
 from guard.identity.tokens import new_id
-from guard.stores.base import Store
+from guard.stores.base import ApprovalStore, DeliveryStore
 
-__all__ = ["Webhooks", "approval_payload"]
+__all__ = ["WebhookStore", "Webhooks", "approval_payload"]
 
 log = structlog.get_logger("guard.webhooks")
 
@@ -52,10 +52,14 @@ def approval_payload(approval: Approval, state: TaskState, public_url: str) -> d
     }
 
 
+class WebhookStore(ApprovalStore, DeliveryStore, Protocol):
+    """What approvals and their webhook deliveries need of the store."""
+
+
 class Webhooks:
     """Delivers approval requests in the background; owned by the app's lifecycle."""
 
-    def __init__(self, cfg: Config, store: Store, audit: AuditLog) -> None:
+    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog) -> None:
         self.store = store
         self.audit = audit
         self.public_url = cfg.base_url

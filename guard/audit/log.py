@@ -10,7 +10,7 @@ from typing import Any
 from guard.audit.trails import read_trail
 from guard.audit.writer import AuditFiles
 from guard.domain import AgentEvent, AuditRecord
-from guard.stores.base import Store
+from guard.stores.base import AuditStore
 
 __all__ = ["AuditLog"]
 
@@ -18,7 +18,7 @@ __all__ = ["AuditLog"]
 class AuditLog:
     """Appends to the store's chain and, when configured, the durable folder; fails closed."""
 
-    def __init__(self, store: Store, files: AuditFiles | None,
+    def __init__(self, store: AuditStore, files: AuditFiles | None,
                  observer: Callable[[dict[str, Any]], None] | None = None) -> None:
         self.store = store
         self.files = files

@@ -12,7 +12,7 @@ from guard.domain import Authorized
 from guard.errors import GuardError
 from guard.stages.forward import Rewrite, forward
 from guard.stages.task import finish_quietly
-from guard.stores.base import Store
+from guard.stores.base import CallStore
 
 __all__ = ["forward_and_finish"]
 
@@ -24,7 +24,7 @@ async def forward_and_finish(
     auth: Authorized,
     http: aiohttp.ClientSession,
     audit: AuditLog,
-    store: Store,
+    store: CallStore,
     event: str = "call_forwarded",
     rewrite: Rewrite | None = None,
 ) -> web.StreamResponse:

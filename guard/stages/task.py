@@ -10,14 +10,14 @@ from guard.audit.log import AuditLog
 from guard.domain import Admission, AuditRecord, Caller, CallLimits, TaskState
 from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive
 from guard.policy import PolicySet
-from guard.stores.base import Store
+from guard.stores.base import CallStore, TaskStore
 
 __all__ = ["TaskCache", "admit", "admit_and_record", "expire_if_due", "finish_quietly", "load_active_task"]
 
 log = structlog.get_logger("guard.task")
 
 
-async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: float) -> TaskState:
+async def expire_if_due(state: TaskState, store: TaskStore, audit: AuditLog, now: float) -> TaskState:
     """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once)."""
     if state.task.status == "active" and state.effective_status(now) == "expired":
         reason = "expires_at reached" if now >= state.task.expires_at else "idle"
@@ -28,7 +28,7 @@ async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: fl
     return state
 
 
-async def load_active_task(caller: Caller, store: Store, audit: AuditLog, now: float) -> TaskState:
+async def load_active_task(caller: Caller, store: TaskStore, audit: AuditLog, now: float) -> TaskState:
     state = await store.get_task(caller.task_id)
     if state is None or state.task.agent != caller.agent:
         raise TaskInactive("unknown task", task_id=caller.task_id)
@@ -70,7 +70,7 @@ class TaskCache:
         self._states.pop(task_id, None)
 
 
-async def admit(store: Store, caller: Caller, limits: CallLimits) -> int:
+async def admit(store: CallStore, caller: Caller, limits: CallLimits) -> int:
     """Count the call against budget and rates, atomically; returns the task's call count."""
     adm = await store.admit_call(caller.task_id, limits)
     if adm.ok:
@@ -78,7 +78,7 @@ async def admit(store: Store, caller: Caller, limits: CallLimits) -> int:
     raise _refusal(adm, caller, limits)
 
 
-async def admit_and_record(store: Store, caller: Caller, limits: CallLimits, draft: dict[str, Any]) -> AuditRecord:
+async def admit_and_record(store: CallStore, caller: Caller, limits: CallLimits, draft: dict[str, Any]) -> AuditRecord:
     """Count the call and chain its decision record, in one atomic store operation (the record's
     durable copy is the caller's to keep); a refusal records nothing and raises."""
     adm, record = await store.admit_and_record(caller.task_id, limits, draft)
@@ -100,7 +100,7 @@ def _refusal(adm: Admission, caller: Caller, limits: CallLimits) -> GuardError:
     return TaskInactive("task is no longer active", **ids)
 
 
-async def finish_quietly(store: Store, task_id: str, call_id: str) -> None:
+async def finish_quietly(store: CallStore, task_id: str, call_id: str) -> None:
     """End a call in flight (its Txn-Token stops working); a store failure is only logged."""
     try:
         await store.finish_call(task_id, call_id)
