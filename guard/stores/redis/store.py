@@ -10,6 +10,9 @@ retried (once, after a reconnect); a script that may have run is never retried.
 The commands of a call (admission, its records, its finish) go over one connection that the
 calls of this process share (mux.py: one write per loop iteration for all of them). Everything
 else goes through redis-py's client and its connection pool.
+
+One job, the Store protocol on Redis (one method per atomic operation), which is why it runs past
+400 lines; the keys, the plumbing and the scripts live in keys.py, connection.py and scripts.py.
 """
 
 from __future__ import annotations
