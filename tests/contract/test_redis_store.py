@@ -18,7 +18,7 @@ from guard.errors import StoreUnavailable
 from guard.identity.tokens import new_id
 from guard.stores import open_store
 from guard.stores.redis.mux import Multiplexer
-from tests.conftest import RedisServer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.redis
 

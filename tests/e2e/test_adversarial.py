@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from guard.approvals.signature import sign
 from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
-from tests.conftest import Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
 
 SECRET = "finance-secret-for-tests"
 LEGAL_SECRET = "legal-secret-for-tests"

@@ -16,9 +16,10 @@ import pytest
 from aiohttp import web
 
 from guard.approvals.signature import sign, verify
-from tests.conftest import PY, ROOT, Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, until
-from tests.support.process import Proc, free_port, spawn, wait_port
+from tests.support.guard import Guard
+from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
+from tests.support.upstream import Upstream
 
 SECRET = "finance-webhook-secret"
 OPS_SECRET = "ops-webhook-secret"

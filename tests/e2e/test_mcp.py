@@ -19,9 +19,10 @@ from aiohttp import web
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import PY, ROOT, Guard, Seen, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task
-from tests.support.process import free_port, spawn, wait_port
+from tests.support.guard import Guard
+from tests.support.process import PY, ROOT, free_port, spawn, wait_port
+from tests.support.upstream import Seen, Upstream
 
 MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the session-less revision
 VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}

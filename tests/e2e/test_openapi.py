@@ -9,8 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Guard, Upstream
 from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
 
 ADMIN_ROLES = ("guard:admin", "guard:auditor", "guard:approver")
 BODIES = {"TaskCreate": {"purpose": "checking the API"}, "Revoke": {"reason": "checking the API"},

@@ -18,9 +18,10 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.conftest import PY, Guard, Upstream
 from tests.e2e.helpers import AGENT, OTHER, bearer, create_task, echo_policy
-from tests.support.process import free_port, spawn, wait_port
+from tests.support.guard import Guard
+from tests.support.process import PY, free_port, spawn, wait_port
+from tests.support.upstream import Upstream
 
 
 def claims_of(token: str) -> dict[str, Any]:

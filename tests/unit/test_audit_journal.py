@@ -16,7 +16,7 @@ from guard.audit.chain import verify_chain
 from guard.audit.journal import JOURNAL_DIR, datasync
 from guard.audit.trails import list_trails, read_trail
 from guard.audit.writer import AuditFiles
-from tests.conftest import ROOT
+from tests.support.process import ROOT
 from tests.unit.journal_writer import records
 
 
