@@ -7,13 +7,30 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
 from tests.support.process import PY, Proc, Stoppable, free_port, spawn, wait_port
 
-__all__ = ["Guard", "write_guard"]
+__all__ = ["Guard", "GuardLike", "write_guard"]
+
+
+class GuardLike(Protocol):
+    """What a request-path test needs of a guard, a process (Guard) or in this one (tests/support/app.py)."""
+
+    @property
+    def url(self) -> str: ...
+
+    @property
+    def port(self) -> int: ...
+
+    @property
+    def dir(self) -> Path: ...
+
+    def token(self, sub: str, *roles: str, ttl: int = 3600) -> str: ...
+
+    def audit_dir(self) -> Path: ...
 
 
 @dataclass
