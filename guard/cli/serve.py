@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Any
 
-from guard.config import load_config
+from guard.config import Config, load_config
 
-__all__ = ["add_commands", "cmd_serve", "limit_malloc_arenas"]
+__all__ = ["add_commands", "cmd_serve", "handler_options", "limit_malloc_arenas"]
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -67,16 +67,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         port=cfg.listen.port,
         access_log=None,
         print=None,
-        # passed straight to aiohttp's request handler (run_app has no handler_args: a dict there
-        # is silently dropped). keepalive_timeout also bounds how long a connection may take to
-        # send a request's headers: aiohttp closes a connection still waiting for a whole request.
-        keepalive_timeout=cfg.limits.read_timeout_s,
-        max_field_size=8190,
-        max_line_size=8190,
         shutdown_timeout=5,
         reuse_port=args.reuse_port or None,
+        **handler_options(cfg),
     )
     return 0
+
+
+def handler_options(cfg: Config) -> dict[str, Any]:
+    """How aiohttp's request handler serves the guard (the in-process tests serve it the same way).
+    Passed straight to the handler (run_app has no handler_args: a dict there is silently dropped).
+    keepalive_timeout also bounds how long a connection may take to send a request's headers:
+    aiohttp closes a connection still waiting for a whole request. A handler is not cancelled when
+    its client goes away: an approval hold sees the client gone and audits the refusal."""
+    return {"keepalive_timeout": cfg.limits.read_timeout_s, "max_field_size": 8190, "max_line_size": 8190,
+            "handler_cancellation": False}
 
 
 def add_commands(sub: Any) -> None:

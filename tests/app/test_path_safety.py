@@ -10,8 +10,8 @@ import aiohttp
 import pytest
 
 from tests.app.conftest import AppFactory
-from tests.e2e.helpers import bearer
 from tests.support.app import AppGuard
+from tests.support.client import bearer
 from tests.support.upstream import Upstream
 from tests.support.world import World as AnyWorld
 from tests.support.world import assert_untouched, open_world, problem_of, raw, status_of, world_setup

@@ -15,8 +15,8 @@ import jwt
 import pytest
 
 from tests.app.conftest import AppFactory
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 from tests.support.app import AppGuard
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.upstream import Upstream
 
 

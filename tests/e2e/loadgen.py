@@ -15,7 +15,7 @@ import aiohttp
 
 from guard.audit.chain import verify_chain
 from guard.audit.trails import read_trail
-from tests.e2e.helpers import AGENT, bearer, create_task
+from tests.support.client import AGENT, bearer, create_task
 from tests.support.guard import Guard
 
 

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from guard.approvals.signature import sign
 from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 from tests.support.world import (

@@ -15,8 +15,8 @@ import aiohttp
 
 from guard.audit.journal import JOURNAL_DIR
 from guard.audit.trails import list_trails, read_trail
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
 from tests.e2e.loadgen import Load, check_trails
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 

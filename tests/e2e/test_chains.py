@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.helpers import AGENT, bearer, create_task
+from tests.support.client import AGENT, bearer, create_task
 from tests.support.guard import Guard
 from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
 

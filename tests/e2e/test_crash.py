@@ -16,8 +16,8 @@ import aiohttp
 import pytest
 
 from guard.approvals.signature import sign
-from tests.e2e.helpers import bearer, create_task, echo_policy
 from tests.e2e.loadgen import Load, check_trails, trails
+from tests.support.client import bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.redis import RedisServer
 from tests.support.upstream import Upstream

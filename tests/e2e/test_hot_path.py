@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from guard.audit.chain import verify_chain
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.upstream import Seen, Upstream
 

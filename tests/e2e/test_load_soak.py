@@ -11,8 +11,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.helpers import echo_policy
 from tests.e2e.loadgen import Load, check_trails, trails
+from tests.support.client import echo_policy
 from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.process import free_port
 from tests.support.upstream import Upstream

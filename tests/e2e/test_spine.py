@@ -17,7 +17,7 @@ import aiohttp
 import jwt
 import pytest
 
-from tests.e2e.helpers import AGENT, OTHER, bearer, create_task, echo_policy
+from tests.support.client import AGENT, OTHER, bearer, create_task, echo_policy
 from tests.support.guard import Guard
 from tests.support.process import PY, free_port, spawn, wait_port
 from tests.support.upstream import Upstream

@@ -9,9 +9,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from aiohttp.web_runner import BaseRunner
 
 from guard.app import build_app
+from guard.cli.serve import handler_options
 from guard.config import Config, load_config
 from guard.identity.issuers import dev_token
 from tests.support.guard import write_guard
@@ -46,6 +49,18 @@ class AppGuard:
         await self.client.close()
 
 
+class _Server(TestServer):
+    """aiohttp's test server, with the request handler `guard serve` runs (the test server would
+    cancel a handler whose client went away; guard serve does not)."""
+
+    def __init__(self, app: web.Application, options: dict[str, Any]) -> None:
+        super().__init__(app, host="127.0.0.1")
+        self.options = options
+
+    async def _make_runner(self, **kwargs: Any) -> BaseRunner:
+        return await super()._make_runner(**{**kwargs, **self.options})
+
+
 async def start_app_guard(
     tmp: Path,
     policies: dict[str, Any] | str | Path,
@@ -55,6 +70,6 @@ async def start_app_guard(
     """Write a guard folder under `tmp` (as write_guard does), build the app from it and serve it."""
     g = write_guard(tmp, policies, config, env)
     cfg = load_config(g.config_path, env={**os.environ, **g.env})
-    client: TestClient[Any, Any] = TestClient(TestServer(build_app(cfg), host="127.0.0.1"))
+    client: TestClient[Any, Any] = TestClient(_Server(build_app(cfg), handler_options(cfg)))
     await client.start_server()
     return AppGuard(cfg, client, g.dir)

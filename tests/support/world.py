@@ -14,7 +14,7 @@ import aiohttp
 import jwt
 
 from guard.identity.tokens import GuardKeys, load_or_create_key
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import GuardLike
 from tests.support.upstream import Upstream
 

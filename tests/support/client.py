@@ -1,4 +1,4 @@
-"""Policies and client helpers shared by the end-to-end tests."""
+"""Policies and client helpers shared by the end-to-end and in-process tests."""
 
 from __future__ import annotations
 
@@ -8,6 +8,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import aiohttp
+
+from tests.support.guard import GuardLike
 
 T = TypeVar("T")
 
@@ -72,3 +74,22 @@ async def until(probe: Callable[[], Awaitable[T | None]], what: str, timeout: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         await asyncio.sleep(0.1)
+
+
+def files_policy(upstream: str, **tool: Any) -> dict[str, Any]:
+    return {
+        "tools": {"files": {"kind": "mcp", "upstream": upstream, **tool}},
+        "rules": [
+            {"id": "reads", "effect": "allow",
+             "match": {"agent": [AGENT], "tool": "files",
+                       "action": ["search_files", "read_file", "slow_count", "whoami"]}},
+            {"id": "no-deletes", "effect": "deny", "match": {"tool": "files", "action": ["delete_file"]}},
+            {"id": "shares-need-approval", "effect": "step_up", "approvers": "finance",
+             "match": {"agent": [AGENT], "tool": "files", "action": ["share_file"]}},
+        ],
+    }
+
+
+async def task_token(guard: GuardLike, http: aiohttp.ClientSession, sub: str = AGENT) -> str:
+    task = await create_task(http, guard.url, guard.token(sub))
+    return str(task["task_token"])
