@@ -163,3 +163,33 @@ async def test_conflicting_arguments_are_refused(
     async with http.get(f"{guard.url}/tools/echo/items/1?id=1", headers=h) as r:
         assert r.status == 200  # the same value twice is not a conflict
     assert [s.path_qs for s in upstream.requests] == ["/items/1?id=1"]
+
+
+async def test_every_refusal_of_a_task_is_audited(
+    guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    """Each refused call of a known task leaves one `call_decided` record naming why (the code, the
+    rule, the approval), the trail still verifies, and the inventory counts the denials (a step-up
+    is not a denial). A call to an unknown tool names no task action and leaves no record."""
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    for method, path, body in [("DELETE", "/tools/echo/items/1", None), ("PATCH", "/tools/echo/items/1", None),
+                               ("POST", "/tools/echo/pay", {"amount": 500}), ("GET", "/tools/nope/x", None)]:
+        async with http.request(method, guard.url + path, json=body, headers=h) as r:
+            assert r.status in (403, 404)
+    auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
+    async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
+        trail = await r.json()
+    assert trail["verified"] is True
+    decided = [(rec["effect"], rec.get("action"), rec.get("rule_id"), rec["detail"], rec["status"])
+               for rec in trail["records"] if rec["event"] == "call_decided"]
+    assert decided == [("deny", "delete", "no-delete", "denied", 403),
+                       ("deny", None, None, "unknown_action", 403),
+                       ("step_up", "pay", "big-pay", "approval_required", 403)]
+    step_up = next(rec for rec in trail["records"] if rec["event"] == "call_decided" and rec["effect"] == "step_up")
+    assert step_up["approval_id"].startswith("apr_")
+    admin = bearer(guard.token("ops@acme.example", "guard:admin"))
+    async with http.get(f"{guard.url}/v1/agents", headers=admin) as r:
+        [row] = [a for a in await r.json() if a["agent"] == AGENT]
+    assert row["denied"] == 2 and row["calls"] == 0
+    assert upstream.requests == []
