@@ -11,6 +11,8 @@ from typing import Any, Protocol
 
 import yaml
 
+from guard.config import load_config
+from guard.identity.issuers import dev_token
 from tests.support.process import PY, Proc, Stoppable, free_port, spawn, wait_port
 
 __all__ = ["Guard", "GuardLike", "write_guard"]
@@ -62,11 +64,9 @@ class Guard(Stoppable):
                               capture_output=True, text=True, env={**os.environ, **self.env}, check=check, timeout=60)
 
     def token(self, sub: str, *roles: str, ttl: int = 3600) -> str:
-        """A development-issuer token (as `guard dev-token` mints it)."""
-        args = ["dev-token", "--sub", sub, "--ttl", str(ttl)]
-        for r in roles:
-            args += ["--role", r]
-        return self.cli(*args, check=True).stdout.strip()
+        """A development-issuer token, minted in this process with the guard's development key, as
+        `guard dev-token` mints it (no CLI process per token; examples/agent.py runs the command)."""
+        return dev_token(load_config(self.config_path, env={**os.environ, **self.env}), sub, list(roles), ttl)
 
     def log(self) -> str:
         return self.proc.log() if self.proc else ""
