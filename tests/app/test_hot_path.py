@@ -4,26 +4,19 @@ together with the end of its call; a large one still streams."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 from aiohttp import web
 
 from guard.audit.chain import verify_chain
+from tests.app.conftest import AppFactory
 from tests.support.client import AGENT, bearer, create_task, echo_policy
-from tests.support.guard import Guard
+from tests.support.guard import GuardLike
 from tests.support.upstream import Seen, Upstream
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-async def trail(http: aiohttp.ClientSession, g: Guard, task_id: str) -> dict[str, Any]:
+async def trail(http: aiohttp.ClientSession, g: GuardLike, task_id: str) -> dict[str, Any]:
     auditor = bearer(g.token("audit@acme.example", "guard:auditor"))
     async with http.get(f"{g.url}/v1/tasks/{task_id}/audit", headers=auditor) as r:
         assert r.status == 200
@@ -32,9 +25,9 @@ async def trail(http: aiohttp.ClientSession, g: Guard, task_id: str) -> dict[str
 
 
 async def test_a_revoked_task_refuses_every_call_after_calls_went_through(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
-    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": store_url}})
+    g = await app_factory(echo_policy(upstream.url), config={"store": {"url": store_url}})
     task = await create_task(http, g.url, g.token(AGENT))
     agent = bearer(task["task_token"])
     for i in range(3):
@@ -55,7 +48,7 @@ async def test_a_revoked_task_refuses_every_call_after_calls_went_through(
 
 
 async def test_answers_small_and_large_reach_the_agent_whole_and_audited(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
     big = bytes(range(256)) * 1024  # 256 KiB: streamed, not read whole first
 
@@ -64,7 +57,7 @@ async def test_answers_small_and_large_reach_the_agent_whole_and_audited(
         return web.Response(body=body, content_type="application/octet-stream", headers={"X-Tool": "yes"})
 
     upstream.handler = answer
-    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": store_url}})
+    g = await app_factory(echo_policy(upstream.url), config={"store": {"url": store_url}})
     task = await create_task(http, g.url, g.token(AGENT))
     for name, expected in (("small", b'{"small":true}'), ("big", big)):
         async with http.get(f"{g.url}/tools/echo/items/{name}", headers=bearer(task["task_token"])) as r:

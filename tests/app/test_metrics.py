@@ -1,4 +1,4 @@
-"""`/metrics`: Prometheus text from a real guard, counting what a real call did."""
+"""`/metrics`: Prometheus text from guard served in process, counting what a real call did."""
 
 from __future__ import annotations
 
@@ -9,8 +9,9 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.app.conftest import AppFactory
 from tests.support.client import AGENT, bearer, create_task, echo_policy
-from tests.support.guard import Guard
+from tests.support.guard import GuardLike
 from tests.support.process import free_port
 from tests.support.upstream import Upstream
 
@@ -35,7 +36,7 @@ def sample(text: str, name: str, **labels: str) -> float | None:
     return None
 
 
-async def scrape(http: aiohttp.ClientSession, guard: Guard) -> str:
+async def scrape(http: aiohttp.ClientSession, guard: GuardLike) -> str:
     async with http.get(f"{guard.url}/metrics") as r:
         assert r.status == 200
         assert r.headers["Content-Type"].startswith("text/plain")
@@ -43,9 +44,9 @@ async def scrape(http: aiohttp.ClientSession, guard: Guard) -> str:
 
 
 async def test_metrics_count_calls_latency_errors(
-    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
 ) -> None:
-    guard: Guard = guard_factory(echo_policy(upstream.url))
+    guard = await app_factory(echo_policy(upstream.url))
     before = await scrape(http, guard)
     assert sample(before, "guard_calls_total", tool="echo", action="read", effect="allow") is None
     assert sample(before, "guard_pending_approvals") == 0
@@ -74,8 +75,10 @@ async def test_metrics_count_calls_latency_errors(
     assert "# TYPE guard_policy_reloads_total counter" in text
 
 
-async def test_pending_approvals_gauge(guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession) -> None:
-    guard: Guard = guard_factory(echo_policy(upstream.url))
+async def test_pending_approvals_gauge(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    guard = await app_factory(echo_policy(upstream.url))
     task = await create_task(http, guard.url, guard.token(AGENT))
     async with http.post(f"{guard.url}/tools/echo/pay", json={"amount": 500},
                          headers=bearer(task["task_token"])) as r:
@@ -86,9 +89,11 @@ async def test_pending_approvals_gauge(guard_factory: Any, upstream: Upstream, h
     assert sample(text, "guard_calls_total", tool="echo", action="pay", effect="step_up") == 1
 
 
-async def test_webhook_delivery_failures(guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+async def test_webhook_delivery_failures(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
     dead = f"http://127.0.0.1:{free_port()}/hook"  # nothing listens here
-    guard: Guard = guard_factory(
+    guard = await app_factory(
         echo_policy(upstream.url),
         config={"approvals": {"webhooks": [{"name": "finance", "url": dead, "secret_env": "FINANCE_SECRET"}]}},
         env={"FINANCE_SECRET": "s3cret-for-tests"},

@@ -9,8 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from tests.app.conftest import AppFactory
 from tests.support.client import AGENT, bearer, create_task, echo_policy
-from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 
 ADMIN_ROLES = ("guard:admin", "guard:auditor", "guard:approver")
@@ -69,9 +69,9 @@ async def call(http: aiohttp.ClientSession, method: str, url: str, op: dict[str,
 
 
 async def test_document_matches_the_running_server(
-    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
 ) -> None:
-    guard: Guard = guard_factory(echo_policy(upstream.url))
+    guard = await app_factory(echo_policy(upstream.url))
     async with http.get(f"{guard.url}/openapi.json") as r:
         assert r.status == 200
         doc = await r.json()
