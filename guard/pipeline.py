@@ -29,12 +29,14 @@ from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
+from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
+from guard.stages.finish import finish_quietly
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
-from guard.stages.task import TaskCache, admit, admit_and_record, finish_quietly, load_active_task
+from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
 
 __all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]

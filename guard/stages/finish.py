@@ -9,12 +9,11 @@ from aiohttp import web
 
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
-from guard.errors import GuardError
+from guard.errors import GuardError, StoreUnavailable
 from guard.stages.forward import Rewrite, forward
-from guard.stages.task import finish_quietly
 from guard.stores.base import CallStore
 
-__all__ = ["forward_and_finish"]
+__all__ = ["finish_quietly", "forward_and_finish"]
 
 log = structlog.get_logger("guard.tools")
 
@@ -58,3 +57,11 @@ async def forward_and_finish(
     finally:
         if not finished:
             await finish_quietly(store, task_id, call_id)
+
+
+async def finish_quietly(store: CallStore, task_id: str, call_id: str) -> None:
+    """End a call in flight (its Txn-Token stops working); a store failure is only logged."""
+    try:
+        await store.finish_call(task_id, call_id)
+    except StoreUnavailable:
+        log.warning("call_finish_failed", task_id=task_id, call_id=call_id)
