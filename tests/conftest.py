@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from tests.support.approvals import Receiver
 from tests.support.guard import Guard, write_guard
 from tests.support.process import free_port
 from tests.support.redis import RedisServer, redis_missing_reason
@@ -72,3 +73,11 @@ def store_url(request: pytest.FixtureRequest) -> str:
         return "memory://"
     server: RedisServer = request.getfixturevalue("redis_server")
     return server.url
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook receiver on a real port, in the test's loop (tests/support/approvals.py)."""
+    r = await Receiver().start()
+    yield r
+    await r.stop()

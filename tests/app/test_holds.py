@@ -4,7 +4,6 @@ a client that leaves ends its hold without consuming the approval, and an approv
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
 import aiohttp
 import pytest
@@ -13,13 +12,6 @@ from tests.app.conftest import AppFactory
 from tests.support.approvals import ENV, Receiver, World, guard_config, pending_approval, policy
 from tests.support.client import bearer, until
 from tests.support.upstream import Upstream
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
 
 
 @pytest.fixture

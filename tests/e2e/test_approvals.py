@@ -39,13 +39,6 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 
 @pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = await Receiver().start()
-    yield r
-    await r.stop()
-
-
-@pytest.fixture
 def world(guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
           store_url: str) -> World:
     g = guard_factory(policy(upstream.url), guard_config(store_url, receiver.url), env=ENV)
