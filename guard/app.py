@@ -15,7 +15,7 @@ from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
-from guard.credentials import providers
+from guard.credentials import Credentials
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys, load_or_create_key
@@ -153,7 +153,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         approvals_ = Approvals(cfg, opened.store, opened.audit)
         await approvals_.start()  # resumes pending webhook deliveries
         app[DEPS] = Deps(cfg, opened.store, keys, holder, opened.audit, approvals_, opened.http, identity,
-                         metrics=metrics, credentials=providers(keys, cfg.environ))
+                         metrics=metrics, credentials=Credentials(keys, cfg.environ))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield

@@ -10,7 +10,7 @@ other MCP traffic. Every refusal of a call whose task is known is audited by one
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Any
@@ -21,7 +21,7 @@ import structlog
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.config import Config
-from guard.credentials import CredentialProvider
+from guard.credentials import Credentials
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import Denied, GuardError
 from guard.identity.issuers import Identity
@@ -56,7 +56,11 @@ class Deps:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
-    credentials: Mapping[str, CredentialProvider] = field(default_factory=dict)  # by credential mode
+    credentials: Credentials | None = None  # guard.credentials (set by build_app)
+
+    def creds(self) -> Credentials:
+        assert self.credentials is not None, "build_app sets deps.credentials"
+        return self.credentials
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -126,7 +130,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     try:
         try:
             minted = await mint_credentials(
-                call, caller, state, action, tool, deps.keys, deps.credentials[tool.credential.mode],
+                call, caller, state, action, tool, deps.keys, deps.creds(),
                 ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
                 txn_ttl_s=tool.timeout_s + 30,
             )
@@ -195,7 +199,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         await admit(deps.store, caller, limits)
     action = Action(tool.name, method, None)
     minted = await mint_credentials(
-        call, caller, state, action, tool, deps.keys, deps.credentials[tool.credential.mode],
+        call, caller, state, action, tool, deps.keys, deps.creds(),
         ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
         txn_ttl_s=tool.timeout_s + 30,
     )

@@ -1,23 +1,15 @@
-"""How a forwarded call's credential is made: one provider per credential mode of a tool
-(`credential.mode` in its policy), behind the small protocol of base.py.
+"""Credentials for tools: one provider per credential mode, behind a small protocol (`base.Provider`).
 
-To add a mode: a module here with a class that has `mode` and `issue()`, an entry in
-`providers()` below, and the mode's name in the policy schema (guard/policy/model.py)."""
+    jwt      a single-use cred+jwt the guard signs (jwt.py)
+    static   a tool's own secret from the environment (static.py)
+    none     nothing (none.py)
 
-from __future__ import annotations
+`service.Credentials` issues each call's credential from the provider of its tool's mode. To add a
+mode: a module here with a class that has `mode` and `issue()`, listed in `Credentials`, and the
+mode's name in the policy schema (guard/policy/model.py).
+"""
 
-from collections.abc import Mapping
+from guard.credentials.base import CredentialRequest, Issued, Provider
+from guard.credentials.service import Credentials
 
-from guard.credentials.base import Credential, CredentialProvider, CredentialRequest
-from guard.credentials.jwt import JwtProvider
-from guard.credentials.none import NoCredential
-from guard.credentials.static import StaticProvider
-from guard.identity.tokens import GuardKeys
-
-__all__ = ["Credential", "CredentialProvider", "CredentialRequest", "providers"]
-
-
-def providers(keys: GuardKeys, environ: Mapping[str, str]) -> dict[str, CredentialProvider]:
-    """Every credential mode's provider, by mode; built once when the app starts."""
-    made: list[CredentialProvider] = [JwtProvider(keys), StaticProvider(environ), NoCredential()]
-    return {p.mode: p for p in made}
+__all__ = ["CredentialRequest", "Credentials", "Issued", "Provider"]

@@ -1,46 +1,45 @@
-"""The credential provider protocol: given the call it is for, a provider returns the headers that
-carry the call's credential to the tool (and the credential's id, when it has one).
+"""The provider protocol: what a credential mode gives a forwarded call.
+
+A provider is built once and asked for each forwarded call:
+
+    issued = await provider.issue(request)      # the headers that carry the credential to the tool
 
 A provider fails closed: it raises a GuardError (nothing is forwarded) when it cannot make the
-credential. It never logs or audits the credential itself."""
+credential. It never logs or audits the credential itself.
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Protocol
 
-from guard.domain import Action, Caller, Task, ToolCall
+from guard.domain import Action, Caller, TaskState, ToolCall
 from guard.policy import ToolSpec
 
-__all__ = ["Credential", "CredentialProvider", "CredentialRequest"]
+__all__ = ["CredentialRequest", "Issued", "Provider"]
 
 
 @dataclass(frozen=True, slots=True)
 class CredentialRequest:
-    """What a provider may bind a credential to: one call of one task, to one tool and action."""
+    """One call that needs a credential."""
 
     call: ToolCall
     caller: Caller
-    task: Task
+    state: TaskState
     action: Action
     tool: ToolSpec
-    ttl_s: int  # how long the credential may live
-    now: int  # unix seconds, the same for every token of the call
-
-    @property
-    def scope(self) -> str:
-        return f"{self.tool.name}.{self.action.name}"
+    ttl_s: int  # for credentials the guard signs itself
 
 
 @dataclass(frozen=True, slots=True)
-class Credential:
-    headers: dict[str, str]  # added to the forwarded request (replacing the agent's own)
-    jti: str | None = None  # the credential's id, when it has one (single-use credentials)
+class Issued:
+    """The headers for the tool (replacing the agent's own)."""
+
+    headers: dict[str, str]
+    jti: str | None = None  # a guard-signed credential's id (jwt mode)
 
 
-class CredentialProvider(Protocol):
+class Provider(Protocol):
     mode: str  # the tool's `credential.mode` this provider serves
 
-    async def issue(self, request: CredentialRequest) -> Credential:
-        """The credential of one forwarded call, or a GuardError when it cannot be made."""
-        ...
+    async def issue(self, req: CredentialRequest) -> Issued: ...

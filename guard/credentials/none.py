@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from guard.credentials.base import Credential, CredentialRequest
+from guard.credentials.base import CredentialRequest, Issued
 
-__all__ = ["NoCredential"]
+__all__ = ["NoneProvider"]
+
+_NOTHING = Issued({})
 
 
-class NoCredential:
+class NoneProvider:
     mode = "none"
 
-    async def issue(self, request: CredentialRequest) -> Credential:
-        return Credential({})
+    async def issue(self, req: CredentialRequest) -> Issued:
+        return _NOTHING

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from guard.credentials.base import Credential, CredentialRequest
+from guard.credentials.base import CredentialRequest, Issued
 from guard.errors import GuardError
 
 __all__ = ["StaticProvider"]
@@ -16,10 +16,10 @@ class StaticProvider:
     def __init__(self, environ: Mapping[str, str]) -> None:
         self.environ = environ
 
-    async def issue(self, request: CredentialRequest) -> Credential:
-        spec = request.tool.credential
+    async def issue(self, req: CredentialRequest) -> Issued:
+        spec = req.tool.credential
         secret = self.environ.get(spec.secret_env or "")
         if not secret:
-            raise GuardError("static credential is not configured", task_id=request.task.task_id,
-                             call_id=request.call.call_id)
-        return Credential({spec.header or "X-Api-Key": secret})
+            raise GuardError("static credential is not configured", task_id=req.state.task.task_id,
+                             call_id=req.call.call_id)
+        return Issued({spec.header or "X-Api-Key": secret})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 
-from guard.credentials import CredentialProvider, CredentialRequest
+from guard.credentials import CredentialRequest, Credentials
 from guard.domain import Action, Caller, Minted, TaskState, ToolCall
 from guard.identity.tokens import TXN_TYP, GuardKeys
 from guard.policy import ToolSpec
@@ -20,7 +20,7 @@ async def mint_credentials(
     action: Action,
     tool: ToolSpec,
     keys: GuardKeys,
-    provider: CredentialProvider,
+    credentials: Credentials,
     ttl_s: int,
     txn_ttl_s: float,
 ) -> Minted:
@@ -44,6 +44,6 @@ async def mint_credentials(
             "exp": now + int(txn_ttl_s),
         },
     )
-    credential = await provider.issue(CredentialRequest(call, caller, task, action, tool, ttl_s, now))
-    headers.update(credential.headers)
-    return Minted(headers, credential.jti)
+    issued = await credentials.issue(CredentialRequest(call, caller, state, action, tool, ttl_s))
+    headers.update(issued.headers)
+    return Minted(headers, issued.jti)
