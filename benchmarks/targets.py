@@ -4,9 +4,7 @@ guard on a redis-server of its own, each a process on a free loopback port, stop
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
-import time
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +13,7 @@ from typing import Any
 import yaml
 
 from benchmarks.common import PY, Proc, free_port, spawn
+from tests.support.redis import RedisServer, redis_missing_reason
 
 AGENT = "spiffe://bench/agent/worker"
 
@@ -58,9 +57,8 @@ def _post_json(url: str, body: dict[str, Any], token: str) -> dict[str, Any]:
 
 
 def redis_missing() -> str | None:
-    if shutil.which("redis-server") is None:
-        return "redis-server is not installed (apt-get install -y redis-server): the Redis targets are skipped"
-    return None
+    reason = redis_missing_reason()
+    return f"{reason}: the Redis targets are skipped" if reason else None
 
 
 class Environment:
@@ -88,19 +86,12 @@ class Environment:
         return Target("bare proxy", port, proc)
 
     def start_redis(self) -> str:
-        port = free_port()
         rdir = self.dir / "redis"
         rdir.mkdir(exist_ok=True)
-        self._spawn("redis", ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--dir", str(rdir),
-                              "--appendonly", "yes", "--appendfsync", "everysec", "--save", "",
-                              "--daemonize", "no"], port)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            out = subprocess.run(["redis-cli", "-p", str(port), "ping"], capture_output=True, text=True, check=False)
-            if out.stdout.strip() == "PONG":
-                break
-            time.sleep(0.05)
-        return f"redis://127.0.0.1:{port}/0"
+        server = RedisServer(rdir, free_port(), appendfsync="everysec").start()
+        assert server.proc is not None
+        self.procs.append(server.proc)
+        return server.url
 
     def start_guard(self, name: str, store_url: str, tasks: int, extra: list[str] | None = None) -> Target:
         port = free_port()

@@ -1,5 +1,4 @@
-"""build_app(cfg) -> web.Application: the middlewares, the routes, one cleanup_ctx that opens
-the store, the audit writer and the shared upstream client."""
+"""build_app(cfg) -> web.Application: the middleware, the routes, one cleanup_ctx per resource."""
 
 from __future__ import annotations
 
@@ -12,8 +11,9 @@ import aiohttp
 import structlog
 from aiohttp import web
 
-from guard.approvals import Approvals
-from guard.audit import AuditFiles, AuditLog
+from guard.approvals.service import Approvals
+from guard.audit.log import AuditLog
+from guard.audit.writer import AuditFiles
 from guard.binding import X509Issuers
 from guard.canonical import compact_json
 from guard.config import Config
@@ -21,18 +21,19 @@ from guard.credentials import Credentials
 from guard.domain import TaskState
 from guard.dpop import DpopVerifier
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
-from guard.identity import Identity
+from guard.identity.issuers import Identity
 from guard.keyring import load_keys, policy_retain_s, watch_keys
 from guard.metrics import Metrics, request_started
 from guard.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
-from guard.pipeline import Deps, PolicyHolder
+from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
-from guard.reload import PolicyReloader
-from guard.routes import agents, approvals, credentials, mcp, operate, review, signin, system, tasks, tools
+from guard.policy.reload import PolicyHolder, PolicyReloader
+from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
 from guard.stages.task import expire_if_due
 from guard.stores import open_store
+from guard.stores.base import Store
 
 __all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
 
@@ -143,7 +144,19 @@ def _server_tls(cfg: Config) -> ServerTLS | None:
         raise ConfigError(cfg.source, "listen.tls", f"cannot load the certificate, key or bundle: {e}") from e
 
 
+class _Opened:
+    """The resources the app's cleanup contexts have opened so far."""
+
+    store: Store
+    audit: AuditLog
+    http: aiohttp.ClientSession
+    approvals: Approvals
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
+    """The guard as an aiohttp application: the middleware, every route module, and one
+    cleanup_ctx per resource (store, audit writer, client session, approvals, credentials, TLS and key
+    watchers, policy reloader, OAuth)."""
     policies = policies or load_checked_policies(cfg)
     keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
     keys = load_keys(cfg, keep_s)
@@ -162,46 +175,63 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         if tls.required:
             app.middlewares.append(require_client_cert(tls))
 
-    async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(cfg.store.url, cfg.audit.dir)
+    opened = _Opened()
+
+    async def store(app: web.Application) -> AsyncIterator[None]:
+        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None)
+        yield
+        await opened.store.close()
+
+    async def audit_writer(app: web.Application) -> AsyncIterator[None]:
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
-        audit = AuditLog(store, files, metrics.observe_record)
-        http = aiohttp.ClientSession(
+        opened.audit = AuditLog(opened.store, files, metrics.observe_record)
+        yield
+        if files is not None:
+            await files.close()
+
+    async def client_session(app: web.Application) -> AsyncIterator[None]:
+        opened.http = identity.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
-        identity.http = http
-        approvals_ = Approvals(cfg, store, audit)
+        yield
+        await opened.http.close()
+
+    async def approvals_service(app: web.Application) -> AsyncIterator[None]:
+        approvals_ = Approvals(cfg, opened.store, opened.audit)
         await approvals_.start()  # resumes pending webhook deliveries
+        opened.approvals = approvals_
+        yield
+        await approvals_.close()
+
+    async def credentials_service(app: web.Application) -> AsyncIterator[None]:
+        store, audit_log = opened.store, opened.audit
 
         async def expire(state: TaskState, now: float) -> TaskState:
-            return await expire_if_due(state, store, audit, now)
+            return await expire_if_due(state, store, audit_log, now)
 
-        credentials = Credentials(cfg, keys, store, audit, http, metrics, expire, lambda: holder.current.tools,
-                                  config_dir)
-        credentials.start()
-        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
-                         metrics=metrics, credentials=credentials, tls=tls, dpop=DpopVerifier(cfg.public_url),
+        credentials_ = Credentials(cfg, keys, store, audit_log, opened.http, metrics, expire,
+                                   lambda: holder.current.tools, config_dir)
+        credentials_.start()
+        app[DEPS] = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity,
+                         metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
                          x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
-        await credentials.close()
-        await approvals_.close()
-        await http.close()
-        if files is not None:
-            await files.close()
-        await store.close()
+        await credentials_.close()
 
-    app.cleanup_ctx.append(lifecycle)
+    # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
+    # closes what it had opened
+    app.cleanup_ctx.extend([store, audit_writer, client_session, approvals_service, credentials_service])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
     app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
-    for module in (system, tasks, tools, mcp, credentials, agents, review, operate, approvals, oauth_routes, signin):
+    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin):
         app.router.add_routes(module.routes)
     return app

@@ -15,15 +15,16 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from aiohttp import web
 
-from guard.auth import principal
-from guard.calls import PLAIN, Caller, Presented, ToolCall
 from guard.config import X509IssuerCfg
+from guard.domain import PLAIN, Caller, Presented, ToolCall
 from guard.dpop import InvalidDpopProof, authorization
 from guard.errors import Unauthenticated
+from guard.identity.auth import principal
+from guard.identity.tokens import TASK_TYP, Principal
 from guard.mtls import FileWatch, peer_svid, spiffe_matches
+from guard.oauth.sessions import session_principal
 from guard.policy import PolicySet
 from guard.stores.base import Store
-from guard.tokens import TASK_TYP, Principal
 
 if TYPE_CHECKING:
     from guard.pipeline import Deps
@@ -102,7 +103,8 @@ async def task_principal(request: web.Request, deps: Deps) -> Principal:
     if token is None or header is None or header.get("typ") != TASK_TYP:
         if scheme == "dpop":
             raise InvalidDpopProof("only a DPoP-bound task token goes with the DPoP scheme")
-        return await principal(request, deps.identity, deps.keys, allow_task_token=True)
+        return await principal(request.headers, deps.identity, deps.keys, allow_task_token=True,
+                               signed_in=lambda: session_principal(request))
     claims = deps.keys.verify(token, TASK_TYP, audience="guard", cache=True)
     seen = presented(request, deps, token, scheme)
     binding, _ = bound_to(claims, seen)
@@ -155,7 +157,7 @@ async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dic
             raise Unauthenticated(f"no bearer token, and no x509 issuer admits {spiffe_id}")
         who = Principal(spiffe_id, frozenset(), "x509", {})
     else:
-        who = await principal(request, deps.identity, deps.keys)
+        who = await principal(request.headers, deps.identity, deps.keys, signed_in=lambda: session_principal(request))
     proofs = request.headers.getall("DPoP", [])
     if len(proofs) > 1:
         raise InvalidDpopProof("one DPoP proof per request")

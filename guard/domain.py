@@ -1,29 +1,40 @@
-"""Frozen values that travel between the stages of a call."""
+"""Frozen values that travel between the stages of a call: the call as parsed, its caller and
+action, what was minted for it; tasks, approvals, deliveries and audit records as the stores keep them."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, Literal
 
-from guard.canonical import compact_json
+from guard.canonical import args_digest, compact_json
 
 TaskStatus = Literal["active", "completed", "revoked", "expired"]
 Effect = Literal["allow", "deny", "step_up"]
 ApprovalStatus = Literal["pending", "approved", "denied", "expired", "consumed"]
 
 __all__ = [
+    "AGENT_COUNTERS",
+    "PLAIN",
+    "Action",
     "Admission",
     "AgentEvent",
     "AgentStats",
     "Approval",
     "ApprovalStatus",
     "AuditRecord",
+    "Authorized",
     "CallLimits",
+    "Caller",
     "Delivery",
     "Effect",
+    "Minted",
+    "Presented",
     "Task",
     "TaskState",
     "TaskStatus",
+    "ToolCall",
 ]
 
 
@@ -113,8 +124,20 @@ class CallLimits:
     count: bool = True  # counts against max_calls and rates, marks in flight
     agent: str | None = None  # when set and admitted, counts an allowed call of `history_entry`'s tool for the agent
 
+    @property
+    def tool(self) -> str:
+        """The tool of `history_entry`."""
+        return self.history_entry.split(".", 1)[0]
+
 
 AgentEvent = Literal["task_created", "call_allowed", "call_denied", "unregistered_attempt"]
+# the AgentStats counter each event adds one to (both stores keep the same names)
+AGENT_COUNTERS: dict[AgentEvent, str] = {
+    "task_created": "tasks_created",
+    "call_allowed": "calls",
+    "call_denied": "denied",
+    "unregistered_attempt": "attempts",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -271,3 +294,91 @@ class AuditRecord:
     @property
     def hash(self) -> str:
         return str(self.fields["hash"])
+
+
+# -- one call through the pipeline ---------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Presented:
+    """What the caller proved besides holding a token (guard.identity.binding): the SPIFFE ID of its
+    connection's verified client certificate, and a verified DPoP proof (replay not yet checked)."""
+
+    scheme: Literal["bearer", "dpop"] = "bearer"  # of the Authorization header
+    spiffe_id: str | None = None
+    dpop_jkt: str | None = None
+    dpop_replay_key: str | None = None
+    dpop_exp: float = 0.0
+
+
+PLAIN = Presented()
+
+
+@dataclass(frozen=True, slots=True)
+class ToolCall:
+    """One request through the guard, as parsed by the HTTP or MCP front end."""
+
+    call_id: str
+    kind: Literal["http", "mcp"]
+    tool: str
+    method: str  # the HTTP method the tool will receive
+    path: str  # the tool path, raw (percent-encoded as received), beginning with "/"
+    query: str  # raw query string, without "?"
+    body: bytes
+    bearer: str | None  # Authorization: Bearer …
+    txn_token: str | None  # Txn-Token header
+    prefer_wait: float = 0.0
+    content_type: str = ""
+    mcp_action: str | None = None  # MCP: the tool name of tools/call
+    mcp_args: Any = None  # MCP: params.arguments
+    counted: bool = True  # False for MCP traffic that is not a tools/call
+    connected: Callable[[], bool] | None = None  # False once the client went away (ends a hold)
+    presented: Presented = PLAIN  # mTLS identity and DPoP proof of the request
+
+    @property
+    def path_qs(self) -> str:
+        return f"{self.path}?{self.query}" if self.query else self.path
+
+
+@dataclass(frozen=True, slots=True)
+class Caller:
+    agent: str
+    task_id: str
+    chain: tuple[str, ...]  # tools that led here (empty for a direct call)
+    parent_call_id: str | None  # the call whose Txn-Token was presented
+    via: Literal["task_token", "txn_token"]
+    binding: Literal["bearer", "mtls", "dpop"] = "bearer"  # how its token is bound to it
+    spiffe_id: str | None = None  # the workload the token is bound to (cnf.spiffe_id)
+
+
+@dataclass(frozen=True)
+class Action:
+    tool: str
+    name: str
+    args: Any
+
+    @cached_property
+    def digest(self) -> str:
+        """Binds approvals and the decision record to tool, action and canonical args (computed
+        when first needed: a refused call never needs it)."""
+        return args_digest(self.tool, self.name, self.args)
+
+
+@dataclass(frozen=True, slots=True)
+class Minted:
+    headers: dict[str, str]  # credential header (if any), Txn-Token, Guard-Task-Id, Guard-Call-Id
+    credential_jti: str | None
+    audit: dict[str, Any] | None = None  # call_forwarded's `credential`: {mode, source, version|token_id|lease}
+
+
+@dataclass(frozen=True, slots=True)
+class Authorized:
+    call: ToolCall
+    caller: Caller
+    state: TaskState
+    action: Action
+    rule_id: str | None
+    upstream: str
+    timeout_s: float
+    minted: Minted
+    audit_fields: dict[str, Any] = field(default_factory=dict)

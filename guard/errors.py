@@ -201,13 +201,3 @@ class CredentialUnavailable(GuardError):
 class UpstreamTimeout(GuardError):
     status, code, title = 504, "upstream_timeout", "Upstream timeout"
 
-
-ERRORS_BY_CODE: dict[str, type[GuardError]] = {
-    cls.code: cls
-    for cls in (
-        BadRequest, Unauthenticated, Forbidden, UnregisteredAgent, AgentSuspended, Denied,
-        UnknownAction, ApprovalRequired, ApprovalDenied, TaskInactive, ChainTooDeep, TxnInactive,
-        NotFound, UnknownTool, MethodNotAllowed, ApprovalClosed, DuplicateDecision, PayloadTooLarge, RateLimited,
-        BudgetExhausted, UpstreamUnavailable, StoreUnavailable, AuditUnavailable, UpstreamTimeout,
-    )
-}

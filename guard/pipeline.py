@@ -1,7 +1,15 @@
-"""The one function that lists the stages of a call, in order."""
+"""A call's stages in order, read top to bottom (guard/stages/ holds each one):
+
+    authenticate → task → chain → match → evaluate → approve → admit (+ decision record) → mint
+    → forward → finish
+
+`authorize_call` runs them for an http tool call or an MCP tools/call; `authorize_passthrough` for
+other MCP traffic. Every refusal of a call whose task is known is audited by one context manager
+(`_Refusals`) before the error leaves."""
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -11,40 +19,34 @@ from typing import Any
 import aiohttp
 import structlog
 
-from guard.approvals import Approvals
-from guard.audit import AuditLog
+from guard.approvals.service import Approvals
+from guard.audit.log import AuditLog
 from guard.binding import X509Issuers, consume_proof, refuse_unbound
-from guard.calls import Action, Authorized, Caller, ToolCall
 from guard.config import Config
 from guard.credentials import Credentials
-from guard.domain import CallLimits, TaskState
+from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.dpop import DpopVerifier
 from guard.errors import CredentialUnavailable, Denied, GuardError
-from guard.identity import Identity
+from guard.identity.issuers import Identity
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.mtls import ServerTLS, ToolContexts
 from guard.policy import CallContext, Decision, PolicySet
+from guard.policy.reload import PolicyHolder
+from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
+from guard.stages.finish import finish_quietly
+from guard.stages.forward import tool_ssl
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
-from guard.stages.task import TaskCache, admit, admit_and_record, finish_quietly, load_active_task
+from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
-from guard.tokens import GuardKeys
 
-__all__ = [
-    "Deps", "PolicyHolder", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility",
-]
+__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]
 
 log = structlog.get_logger("guard.pipeline")
-
-
-class PolicyHolder:
-    """The current compiled policy set; swapped whole on reload, read once per call."""
-
-    def __init__(self, policies: PolicySet) -> None:
-        self.current = policies
 
 
 @dataclass
@@ -69,6 +71,10 @@ class Deps:
     def creds(self) -> Credentials:
         assert self.credentials is not None, "build_app sets deps.credentials"
         return self.credentials
+
+    def tool_ssl(self, auth: Authorized) -> ssl.SSLContext | None:
+        """The TLS the called tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""
+        return tool_ssl(self.tool_tls, self.policies.current.tools.get(auth.action.tool), auth)
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -110,14 +116,14 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     cached = state is not None
     if state is None:
         state = await _read_task(caller, deps)
-    action_name = call.mcp_action
-    try:
+    async with _Refusals(deps, call, caller, call.mcp_action, count_denied=True) as refusal:
+        refusal.stale = cached
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         action = match_action(call, tool)
-        action_name = action.name
+        refusal.action = action.name
         decision = policies.evaluate(_context(policies, caller, state, action))
         if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
-            state, cached = await _read_task(caller, deps), False
+            state, refusal.stale = await _read_task(caller, deps), False
         approval_id = None
         if decision.effect == "deny":
             raise Denied(_deny_detail(decision), rule_id=decision.rule_id)
@@ -135,14 +141,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         fields = _audit_fields(call, caller, action, decision, approval_id)
         draft = deps.audit.draft(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
         record = await admit_and_record(deps.store, caller, limits, draft)  # one atomic store operation
-    except GuardError as err:
-        if cached:  # read afresh: an ended task answers task_inactive unrecorded, as when read first
-            await _read_task(caller, deps)
-        err.extra.setdefault("task_id", caller.task_id)
-        err.extra.setdefault("call_id", call.call_id)
-        await record_refusal(deps.audit, call, caller, action_name, err, count_denied=err.code != "approval_required")
-        raise
-    # The decision is durable before anything is forwarded; the credentials are signed while
+    # The decision is durable before anything is forwarded; the credentials are made while
     # the writer makes it so (they go nowhere unless it is).
     durable = deps.audit.keep_started(record)
     try:
@@ -168,6 +167,32 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
 
 
+class _Refusals:
+    """`async with _Refusals(...) as refusal:` a GuardError raised inside is audited as the
+    refusal of `call` (naming `refusal.action` once known, with the task read afresh first when
+    `refusal.stale`) and goes on. (A class, not @asynccontextmanager: it is entered on every call.)"""
+
+    __slots__ = ("action", "call", "caller", "count_denied", "deps", "stale")
+
+    def __init__(self, deps: Deps, call: ToolCall, caller: Caller, action: str | None, count_denied: bool) -> None:
+        self.deps, self.call, self.caller, self.action = deps, call, caller, action
+        self.count_denied = count_denied
+        self.stale = False
+
+    async def __aenter__(self) -> _Refusals:
+        return self
+
+    async def __aexit__(self, kind: type[BaseException] | None, err: BaseException | None, tb: Any) -> None:
+        if not isinstance(err, GuardError):
+            return
+        if self.stale:  # read afresh: an ended task answers task_inactive unrecorded, as when read first
+            await _read_task(self.caller, self.deps)
+        err.extra.setdefault("task_id", self.caller.task_id)
+        err.extra.setdefault("call_id", self.call.call_id)
+        await record_refusal(self.deps.audit, self.call, self.caller, self.action, err,
+                             count_denied=self.count_denied and err.code != "approval_required")
+
+
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
     """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
     deps.tasks.drop(caller.task_id)
@@ -188,7 +213,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         await consume_proof(caller, call, deps.store)
     tool = resolve_tool(call, policies)
     state = await load_active_task(caller, deps.store, deps.audit, time.time())
-    try:
+    async with _Refusals(deps, call, caller, method, count_denied=False):
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)
         if allowed is not None and tool.name not in allowed:
@@ -198,11 +223,6 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         limits = CallLimits(call_id=call.call_id, now=time.time(), history_entry=f"{tool.name}.{method}",
                             parent_call_id=caller.parent_call_id, count=False)
         await admit(deps.store, caller, limits)
-    except GuardError as err:
-        err.extra.setdefault("task_id", caller.task_id)
-        err.extra.setdefault("call_id", call.call_id)
-        await record_refusal(deps.audit, call, caller, method, err)
-        raise
     action = Action(tool.name, method, None)
     try:
         minted = await mint_credentials(

@@ -54,6 +54,7 @@ class _ProblemServer(web.Server):
 
     def __init__(self, plain: web.Server, **handler_kwargs: Any) -> None:
         app_handler = plain.request_handler
+        handler_kwargs.pop("handler_cancellation", None)  # the server's own setting, taken from `plain`
 
         async def handle(request: web.BaseRequest) -> web.StreamResponse:
             try:

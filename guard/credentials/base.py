@@ -13,8 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from guard.calls import Action, Caller, ToolCall
-from guard.domain import TaskState
+from guard.domain import Action, Caller, TaskState, ToolCall
 from guard.policy.model import ToolSpec
 
 __all__ = ["CredentialRequest", "Holding", "Issued", "Provider"]

@@ -22,8 +22,8 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from guard.credentials.base import Holding
 from guard.errors import CredentialUnavailable
+from guard.identity.tokens import GuardKeys, PrivateKey
 from guard.stores.base import Store
-from guard.tokens import GuardKeys, PrivateKey
 
 __all__ = ["Holdings"]
 

@@ -6,7 +6,7 @@ import time
 
 from guard.canonical import call_digest
 from guard.credentials.base import CredentialRequest, Holding, Issued
-from guard.tokens import CRED_TYP, GuardKeys, jti
+from guard.identity.tokens import CRED_TYP, GuardKeys, jti
 
 __all__ = ["JwtProvider"]
 

@@ -33,8 +33,8 @@ from guard.credentials.flight import shared
 from guard.credentials.holdings import Holdings
 from guard.credentials.sources import SecretSource
 from guard.errors import CredentialUnavailable
+from guard.identity.tokens import GuardKeys, jti
 from guard.policy.model import OAuthSpec
-from guard.tokens import GuardKeys, jti
 
 __all__ = ["OAuthProvider", "token_id"]
 

@@ -24,7 +24,7 @@ import structlog
 from cryptography.exceptions import InvalidTag
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
-from guard.audit import AuditLog
+from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.credentials.base import CredentialRequest, Holding, Issued, Provider
 from guard.credentials.holdings import Holdings
@@ -37,10 +37,10 @@ from guard.credentials.static import StaticProvider
 from guard.credentials.vault import Vault
 from guard.domain import TaskState
 from guard.errors import CredentialUnavailable, StoreUnavailable
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy.model import ToolSpec
 from guard.stores.base import Store
-from guard.tokens import GuardKeys
 
 __all__ = ["SWEEP_S", "Credentials"]
 

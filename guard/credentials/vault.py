@@ -22,8 +22,8 @@ import structlog
 from guard.config import VaultCfg
 from guard.credentials.flight import shared
 from guard.errors import CredentialUnavailable
+from guard.identity.tokens import GuardKeys, jti
 from guard.policy.load import VAULT_REF
-from guard.tokens import GuardKeys, jti
 
 __all__ = ["Vault", "VaultError"]
 

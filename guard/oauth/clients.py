@@ -27,9 +27,9 @@ from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from guard.config import Config
+from guard.identity.tokens import new_id
 from guard.oauth.errors import OAuthError
 from guard.stores import Store
-from guard.tokens import new_id
 
 __all__ = ["Client", "ClientRegistry", "is_metadata_url", "redirect_pattern"]
 

@@ -28,16 +28,16 @@ from urllib.parse import urlencode
 
 import structlog
 
-from guard.audit import AuditLog
+from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Task
 from guard.errors import Unauthenticated
+from guard.identity.tokens import TASK_TYP, GuardKeys, jti, new_id
 from guard.oauth.clients import ClientRegistry
 from guard.oauth.errors import OAuthError
 from guard.oauth.metadata import as_issuer, resource_url, tool_of_resource
-from guard.pipeline import PolicyHolder
+from guard.policy.reload import PolicyHolder
 from guard.stores import Store
-from guard.tokens import TASK_TYP, GuardKeys, jti, new_id
 
 __all__ = ["AuthorizationServer", "Consent", "EndTask", "PendingRequest", "RedirectError", "digest"]
 

@@ -17,8 +17,8 @@ from aiohttp import web
 
 from guard.config import Config
 from guard.errors import Forbidden
+from guard.identity.tokens import Principal
 from guard.stores import Store
-from guard.tokens import Principal
 
 __all__ = ["CSRF_HEADER", "LOGIN_COOKIE", "SESSIONS", "Person", "Sessions", "safe_next", "session_principal"]
 

@@ -12,8 +12,9 @@ from dataclasses import dataclass
 from fnmatch import fnmatchcase
 from typing import Literal
 
+from guard.domain import Effect
 from guard.policy.conditions import Condition
-from guard.policy.model import AgentEntry, CallContext, Decision, Effect, RateSpec, ToolSpec
+from guard.policy.model import AgentEntry, CallContext, Decision, RateSpec, ToolSpec
 
 __all__ = ["ChainMatch", "Globs", "HistoryMatch", "PolicySet", "Rule", "TaskMatch"]
 

@@ -14,6 +14,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
 
+from guard.domain import Effect
+
 __all__ = [
     "ActionSpec",
     "AgentEntry",
@@ -21,7 +23,6 @@ __all__ = [
     "CredentialMode",
     "CredentialSpec",
     "Decision",
-    "Effect",
     "LeaseSpec",
     "OAuthSpec",
     "RateSpec",
@@ -29,7 +30,6 @@ __all__ = [
     "ToolSpec",
 ]
 
-Effect = Literal["allow", "deny", "step_up"]
 Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep"]
 
 

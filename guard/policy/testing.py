@@ -18,10 +18,11 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from guard.domain import Effect
 from guard.errors import ConfigError
 from guard.policy.evaluate import PolicySet
 from guard.policy.load import LineMap, Loc, format_key, read_yaml, validation_error
-from guard.policy.model import CallContext, Decision, Effect, Names, OptNames
+from guard.policy.model import CallContext, Decision, Names, OptNames
 
 __all__ = ["CaseResult", "run_policy_tests"]
 

@@ -9,12 +9,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.auth import ADMIN, AUDITOR, principal, require_role
 from guard.domain import AgentStats, TaskState
 from guard.errors import BadRequest
+from guard.identity.auth import ADMIN, AUDITOR
 from guard.pipeline import Deps
 from guard.policy import AgentEntry, PolicySet
-from guard.routes.common import DEPS, json_response, read_model
+from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.routes.tasks import end_task
 from guard.stages.task import expire_if_due
 
@@ -86,9 +86,8 @@ def inventory(policies: PolicySet, stats: dict[str, AgentStats], active: dict[st
 
 @routes.get("/v1/agents")
 async def list_agents(request: web.Request) -> web.Response:
+    await authorized(request, ADMIN, AUDITOR)
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, ADMIN, AUDITOR)
     active = await _active_tasks(deps, time.time())
     return json_response(inventory(deps.policies.current, await deps.store.agent_stats(), active))
 
@@ -106,8 +105,7 @@ async def _revoke_all(deps: Deps, agent: str, actor: str, reason: str) -> list[s
 async def suspend_agent(request: web.Request) -> web.Response:
     """Kill switch: refuse new tasks, then revoke every active one (on every instance, through the store)."""
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, ADMIN)
+    who = await authorized(request, ADMIN)
     agent = _sub(request)
     body = await read_model(request, SuspendRequest)
     newly = await deps.store.suspend_agent(agent, body.reason, who.sub, time.time())
@@ -120,8 +118,7 @@ async def suspend_agent(request: web.Request) -> web.Response:
 @routes.post("/v1/agents/{sub}/restore")
 async def restore_agent(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, ADMIN)
+    who = await authorized(request, ADMIN)
     agent = _sub(request)
     lifted = await deps.store.restore_agent(agent)
     log.warning("agent_restored", agent=agent, actor=who.sub, was_suspended=lifted)

@@ -1,4 +1,4 @@
-"""Approvals: read one, and decide it (as an approver with a JWT, or signed with a webhook secret)."""
+"""Approvals: list them, read one, and decide it (as an approver with a JWT, or signed with a webhook secret)."""
 
 from __future__ import annotations
 
@@ -11,14 +11,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from guard.auth import ADMIN, APPROVER, principal, require_role
+from guard.approvals.signature import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 from guard.binding import task_principal
 from guard.canonical import sha256_hex
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
+from guard.identity.auth import ADMIN, APPROVER, require_role
 from guard.pipeline import Deps
-from guard.routes.common import DEPS, json_response, read_body
-from guard.webhooks import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
+from guard.routes.common import DEPS, authorized, json_response, read_body
 
 __all__ = ["routes"]
 
@@ -48,6 +48,26 @@ async def _approval(deps: Deps, approval_id: str) -> Approval:
     if a is None:
         raise NotFound("no such approval", approval_id=approval_id)
     return a
+
+
+@routes.get("/v1/approvals")
+async def list_approvals(request: web.Request) -> web.Response:
+    """Approver, admin: `?status=pending` (the default) or any approval status, with task context."""
+    await authorized(request, APPROVER, ADMIN)
+    deps = request.app[DEPS]
+    status = request.query.get("status", "pending")
+    approvals = await deps.approvals.pending() if status == "pending" else await deps.store.list_approvals(None, status)
+    out = []
+    for a in sorted(approvals, key=lambda a: a.created_at):
+        item = deps.approvals.describe(a)
+        item.update(method=a.method, path=a.path, created_at=a.created_at, required=a.required)
+        state = await deps.store.get_task(a.task_id)
+        if state is not None:
+            t = state.task
+            item["task"] = {"task_id": t.task_id, "agent": t.agent, "purpose": t.purpose,
+                            "requested_by": t.requested_by}
+        out.append(item)
+    return json_response({"approvals": out})
 
 
 @routes.get("/v1/approvals/{approval_id}")
@@ -91,8 +111,7 @@ async def _decider(request: web.Request, deps: Deps, body: bytes, req: DecisionR
         if not req.approver:
             raise BadRequest("approver: a signed decision must name the approver")
         return Decider(req.approver, f"webhook:{webhook}", webhook)
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, APPROVER)
+    who = await authorized(request, APPROVER)
     return Decider(who.sub, "jwt", None)
 
 

@@ -1,22 +1,42 @@
-"""Helpers shared by the handlers: the AppKey of the dependencies, bodies, JSON answers."""
+"""Helpers shared by the handlers: the AppKey of the dependencies, who is calling, bodies, JSON answers."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import re
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from aiohttp import http_exceptions, web
 from pydantic import BaseModel, ValidationError
 
 from guard.errors import BadRequest, PayloadTooLarge
+from guard.identity.auth import principal, require_role
+from guard.identity.tokens import Principal
+from guard.oauth.sessions import session_principal
 from guard.pipeline import Deps
 
-__all__ = ["DEPS", "json_response", "parse_error_detail", "read_body", "read_model"]
+__all__ = ["DEPS", "authorized", "connected", "json_response", "parse_error_detail", "read_body", "read_model"]
 
 DEPS = web.AppKey("deps", Deps)
 M = TypeVar("M", bound=BaseModel)
+
+
+async def authorized(request: web.Request, *roles: str, task_token: bool = False) -> Principal:
+    """The caller of an API endpoint, holding one of `roles` (any authenticated caller when none is
+    named). With `task_token`, a task token also stands for its agent, limited to its own task."""
+    deps = request.app[DEPS]
+    who = await principal(request.headers, deps.identity, deps.keys, allow_task_token=task_token,
+                          signed_in=lambda: session_principal(request))
+    if roles:
+        require_role(who, *roles)
+    return who
+
+
+def connected(request: web.Request) -> Callable[[], bool]:
+    """False once the client went away (ends an approval hold)."""
+    return lambda: request.transport is not None and not request.transport.is_closing()
 
 
 async def read_body(request: web.Request, limit: int) -> bytes:

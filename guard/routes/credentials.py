@@ -11,8 +11,8 @@ import structlog
 from aiohttp import web
 
 from guard.errors import GuardError, Unauthenticated
+from guard.identity.tokens import CRED_TYP
 from guard.routes.common import DEPS, json_response, read_body
-from guard.tokens import CRED_TYP
 
 __all__ = ["routes"]
 

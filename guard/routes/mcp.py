@@ -18,10 +18,11 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from guard.binding import presented
-from guard.calls import Authorized, ToolCall
+from guard.domain import Authorized, ToolCall
 from guard.dpop import authorization
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
-from guard.mcp import (
+from guard.identity.tokens import TASK_TYP
+from guard.mcp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
     INVALID_REQUEST,
@@ -31,14 +32,14 @@ from guard.mcp import (
     check_routing_headers,
     error_body,
     parse_message,
-    tools_filter,
 )
+from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
 from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
-from guard.routes.common import DEPS, read_body
-from guard.routes.tools import parse_prefer_wait, run_forward
+from guard.routes.common import DEPS, connected, read_body
+from guard.stages.call import tool_call
+from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
-from guard.tokens import TASK_TYP, new_id
 
 __all__ = ["routes"]
 
@@ -59,23 +60,12 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
     _, path, query = _split_upstream(spec.upstream) if spec is not None else ("", "/", "")
     is_call = msg is not None and msg.method == "tools/call"
     token, scheme = authorization(request)
-    return ToolCall(
-        call_id=new_id("call"),
-        kind="mcp",
-        tool=request.match_info["tool"],
-        method=request.method.upper(),
-        path=path,
-        query=query,
-        body=body,
-        bearer=token,
-        txn_token=request.headers.get("Txn-Token"),
-        presented=presented(request, deps, token, scheme),
-        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s) if is_call else 0.0,
-        content_type=request.headers.get("Content-Type", ""),
+    return tool_call(
+        "mcp", request.match_info["tool"], request.method, path, query, body, request.headers,
+        deps.cfg.approvals.max_wait_s, connected(request), token, presented(request, deps, token, scheme),
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,
         mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
         counted=is_call,
-        connected=lambda: request.transport is not None and not request.transport.is_closing(),
     )
 
 
@@ -164,10 +154,12 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     try:
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
-            return await run_forward(request, _to_origin(auth), deps)
+            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                            tls=deps.tool_ssl)
         auth = await authorize_passthrough(call, deps, msg.label)
         rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-        return await run_forward(request, _to_origin(auth), deps, event="mcp_forwarded", rewrite=rewrite)
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -208,4 +200,5 @@ async def mcp_session(request: web.Request) -> web.StreamResponse:
     auth = await authorize_passthrough(call, deps, request.method.upper())
     # the GET stream may sit idle for long: it may last as long as the task
     idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
-    return await run_forward(request, _to_origin(auth, idle), deps, event="mcp_forwarded")
+    return await forward_and_finish(request, _to_origin(auth, idle), deps.http, deps.audit, deps.store,
+                                    event="mcp_forwarded", tls=deps.tool_ssl)

@@ -6,8 +6,8 @@ from aiohttp import web
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from guard.errors import StoreUnavailable
-from guard.openapi import openapi_document
 from guard.routes.common import DEPS, json_response
+from guard.routes.openapi import openapi_document
 
 __all__ = ["routes"]
 

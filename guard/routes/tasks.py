@@ -1,26 +1,27 @@
-"""Tasks: create, read, complete, revoke, and their audit trail."""
+"""Tasks: create, list, read, complete, revoke."""
 
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from typing import Annotated, Any
 
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.audit import verify_chain
-from guard.auth import ADMIN, AUDITOR, principal, require_role
 from guard.binding import binding_of, task_creator, task_principal
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
+from guard.identity.auth import ADMIN, AUDITOR, require_role
+from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
 from guard.pipeline import Deps
-from guard.routes.common import DEPS, json_response, read_model
+from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.stages.task import expire_if_due
-from guard.tokens import TASK_TYP, Principal, jti, new_id
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
+_STATUSES = ("active", "completed", "revoked", "expired")
 
 
 class TaskRequest(BaseModel):
@@ -121,6 +122,29 @@ async def create_task(request: web.Request) -> web.Response:
     )
 
 
+@routes.get("/v1/tasks")
+async def list_tasks(request: web.Request) -> web.Response:
+    """Admin, auditor: `?status=&agent=&limit=`, newest first, with pending approvals per task."""
+    await authorized(request, ADMIN, AUDITOR)
+    deps = request.app[DEPS]
+    status = request.query.get("status") or None
+    if status is not None and status not in _STATUSES:
+        raise BadRequest(f"status: must be one of {', '.join(_STATUSES)}")
+    try:
+        limit = max(1, min(int(request.query.get("limit", "200")), 1000))
+    except ValueError as e:
+        raise BadRequest("limit: must be an integer") from e
+    now = time.time()
+    pending: dict[str, list[str]] = defaultdict(list)
+    for a in await deps.approvals.pending():
+        pending[a.task_id].append(a.approval_id)
+    states = await deps.store.list_tasks(None, request.query.get("agent") or None)
+    rows = [task_view(s, pending[s.task.task_id], now) for s in states]
+    rows = [r for r in rows if status is None or r["status"] == status]
+    rows.sort(key=lambda r: r["created_at"], reverse=True)
+    return json_response({"tasks": rows[:limit], "total": len(rows)})
+
+
 @routes.get("/v1/tasks/{task_id}")
 async def get_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
@@ -157,8 +181,7 @@ async def complete_task(request: web.Request) -> web.Response:
 @routes.post("/v1/tasks/{task_id}/revoke")
 async def revoke_task(request: web.Request) -> web.Response:
     deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, ADMIN)
+    who = await authorized(request, ADMIN)
     body = await read_model(request, RevokeRequest)
     state = await _load(deps, request.match_info["task_id"])
     await end_task(deps, state.task.task_id, "revoked", who.sub, body.reason)
@@ -169,25 +192,3 @@ async def _view(deps: Deps, task_id: str) -> web.Response:
     state = await deps.store.get_task(task_id)
     assert state is not None
     return json_response(task_view(state, []))
-
-
-@routes.get("/v1/tasks/{task_id}/audit")
-async def task_audit(request: web.Request) -> web.StreamResponse:
-    deps = request.app[DEPS]
-    who = await principal(request, deps.identity, deps.keys)
-    require_role(who, AUDITOR, ADMIN)
-    task_id = request.match_info["task_id"]
-    records = await deps.audit.records(task_id)
-    if not records:
-        raise NotFound("no audit trail for this task", task_id=task_id)
-    result = verify_chain(records)
-    if "application/x-ndjson" in request.headers.get("Accept", ""):
-        import json
-
-        lines = b"".join(json.dumps(r, separators=(",", ":")).encode() + b"\n" for r in records)
-        return web.Response(body=lines, content_type="application/x-ndjson")
-    out: dict[str, Any] = {"task_id": task_id, "verified": result.verified, "records": records}
-    if not result.verified:
-        out["first_bad_seq"] = result.first_bad_seq
-        out["reason"] = result.reason
-    return json_response(out)

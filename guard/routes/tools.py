@@ -2,38 +2,24 @@
 
 from __future__ import annotations
 
-import re
-import ssl
-from typing import Any
-
-import structlog
 from aiohttp import web
 
 from guard.binding import presented
-from guard.calls import Authorized, ToolCall
 from guard.dpop import authorization
-from guard.errors import BadRequest, GuardError, UpstreamUnavailable
-from guard.pipeline import Deps, authorize_call
-from guard.routes.common import DEPS, read_body
-from guard.stages.forward import Rewrite, forward
+from guard.errors import BadRequest
+from guard.pipeline import authorize_call
+from guard.routes.common import DEPS, connected, read_body
+from guard.stages.call import tool_call
+from guard.stages.finish import forward_and_finish
 from guard.stages.match import check_tool_path
-from guard.stages.task import finish_quietly
-from guard.tokens import new_id
 
-__all__ = ["parse_prefer_wait", "routes", "run_forward"]
+__all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.tools")
-_WAIT = re.compile(r"(?:^|[;,\s])wait=(\d+)")
-
-
-def parse_prefer_wait(request: web.Request, max_wait: float) -> float:
-    m = _WAIT.search(request.headers.get("Prefer", ""))
-    return min(float(m.group(1)), max_wait) if m else 0.0
 
 
 @routes.route("*", "/tools/{tool}/{path:.*}")
-async def tool_call(request: web.Request) -> web.StreamResponse:
+async def http_tool_call(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
     tool = request.match_info["tool"]
     raw_path, _, query = request.raw_path.partition("?")
@@ -42,71 +28,8 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
         raise BadRequest("the tool path must be /tools/{tool}/{path}")
     path = check_tool_path(raw_path[len(prefix):])
     token, scheme = authorization(request)
-    call = ToolCall(
-        call_id=new_id("call"),
-        kind="http",
-        tool=tool,
-        method=request.method.upper(),
-        path=path,
-        query=query,
-        body=await read_body(request, deps.cfg.limits.max_body_bytes),
-        bearer=token,
-        txn_token=request.headers.get("Txn-Token"),
-        prefer_wait=parse_prefer_wait(request, deps.cfg.approvals.max_wait_s),
-        content_type=request.headers.get("Content-Type", ""),
-        connected=lambda: request.transport is not None and not request.transport.is_closing(),
-        presented=presented(request, deps, token, scheme),
-    )
+    body = await read_body(request, deps.cfg.limits.max_body_bytes)
+    call = tool_call("http", tool, request.method, path, query, body, request.headers,
+                     deps.cfg.approvals.max_wait_s, connected(request), token, presented(request, deps, token, scheme))
     auth = await authorize_call(call, deps)
-    return await run_forward(request, auth, deps)
-
-
-def _tool_ssl(deps: Deps, auth: Authorized, base: dict[str, Any]) -> ssl.SSLContext | None:
-    """The TLS the tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""
-    spec = deps.policies.current.tools.get(auth.action.tool)
-    if spec is None or (spec.tls is None and spec.spiffe_id is None):
-        return None
-    try:
-        return deps.tool_tls.context(spec.tls, spec.spiffe_id)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        log.error("tool_tls_failed", task_id=auth.caller.task_id, call_id=auth.call.call_id, tool=spec.name,
-                  reason=str(e))
-        raise UpstreamUnavailable("the guard's TLS files for this tool cannot be read",
-                                  task_id=auth.caller.task_id, call_id=auth.call.call_id) from e
-
-
-async def run_forward(
-    request: web.Request, auth: Authorized, deps: Deps, event: str = "call_forwarded", rewrite: Rewrite | None = None
-) -> web.StreamResponse:
-    """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
-    Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
-    task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
-    base: dict[str, Any] = {"tool": auth.action.tool, "action": auth.action.name,
-            "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
-    if auth.minted.audit is not None:  # {mode, source, version | token_id | lease}: never the secret
-        base["credential"] = auth.minted.audit
-    finished = False
-
-    async def on_headers(status: int, latency_s: float, complete: bool) -> None:
-        nonlocal finished
-        latency_ms = round(latency_s * 1000, 3)
-        if complete:  # the tool has answered whole: the record and the call's end in one operation
-            await deps.audit.append_and_finish(task_id, call_id, event, agent, status=status,
-                                               latency_ms=latency_ms, **base)
-            finished = True
-        else:
-            await deps.audit.append(task_id, event, agent, call_id=call_id, status=status,
-                                    latency_ms=latency_ms, **base)
-        log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
-
-    try:
-        return await forward(request, auth, deps.http, on_headers, rewrite, _tool_ssl(deps, auth, base))
-    except GuardError as err:
-        if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
-            await deps.audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
-                                               detail=err.code, **base, reason=err.detail)
-            finished = True
-        raise
-    finally:
-        if not finished:
-            await finish_quietly(deps.store, task_id, call_id)
+    return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl)

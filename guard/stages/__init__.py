@@ -1,1 +1,3 @@
-"""The stages of a call: authenticate → task → match → evaluate → approve → admit → mint → forward."""
+"""The stages of a call, one module each, in the order guard/pipeline.py runs them:
+authenticate → task → chain → match → (evaluate: guard/policy) → approve → admit → mint → forward →
+finish; call.py builds the ToolCall they all take."""

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import time
 
-from guard.approvals import Approvals, effective_status
-from guard.calls import Action, Caller, ToolCall
-from guard.domain import Approval, TaskState
+from guard.approvals.service import Approvals, effective_status
+from guard.domain import Action, Approval, Caller, TaskState, ToolCall
 from guard.errors import ApprovalDenied, ApprovalRequired
+from guard.identity.tokens import new_id
 from guard.policy import Decision
-from guard.tokens import new_id
 
 __all__ = ["settle_approval"]
 

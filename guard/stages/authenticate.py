@@ -8,9 +8,9 @@ from typing import Any
 import structlog
 
 from guard.binding import Binding, bound_to
-from guard.calls import Caller, ToolCall
+from guard.domain import Caller, ToolCall
 from guard.errors import Unauthenticated
-from guard.tokens import TASK_TYP, TXN_TYP, GuardKeys
+from guard.identity.tokens import TASK_TYP, TXN_TYP, GuardKeys
 
 log = structlog.get_logger("guard.authenticate")
 

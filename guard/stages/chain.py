@@ -3,14 +3,14 @@ still be in flight (checked again, atomically, at admission)."""
 
 from __future__ import annotations
 
-from guard.calls import Caller
+from guard.domain import Caller
 from guard.errors import ChainTooDeep, TxnInactive
-from guard.stores.base import Store
+from guard.stores.base import CallStore
 
 __all__ = ["check_chain"]
 
 
-async def check_chain(store: Store, caller: Caller, max_depth: int, call_id: str) -> None:
+async def check_chain(store: CallStore, caller: Caller, max_depth: int, call_id: str) -> None:
     """Refuse a chain deeper than `max_depth` or a Txn-Token whose call has finished, before
     any policy is evaluated (so a dead Txn-Token cannot even open an approval)."""
     if caller.parent_call_id is None:

@@ -9,14 +9,19 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import aiohttp
+import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from guard.calls import Authorized
+from guard.domain import Authorized
 from guard.errors import UpstreamTimeout, UpstreamUnavailable
+from guard.mtls import ToolContexts
+from guard.policy.model import ToolSpec
 
-__all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "upstream_headers"]
+__all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
+
+log = structlog.get_logger("guard.tools")
 
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -149,3 +154,15 @@ def _timeout(read_s: float) -> aiohttp.ClientTimeout:
 
 def _ids(auth: Authorized) -> dict[str, str]:
     return {"task_id": auth.caller.task_id, "call_id": auth.call.call_id}
+
+
+def tool_ssl(contexts: ToolContexts, spec: ToolSpec | None, auth: Authorized) -> ssl.SSLContext | None:
+    """The TLS the tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""
+    if spec is None or (spec.tls is None and spec.spiffe_id is None):
+        return None
+    try:
+        return contexts.context(spec.tls, spec.spiffe_id)
+    except (OSError, ssl.SSLError, ValueError) as e:
+        log.error("tool_tls_failed", task_id=auth.caller.task_id, call_id=auth.call.call_id, tool=spec.name,
+                  reason=str(e))
+        raise UpstreamUnavailable("the guard's TLS files for this tool cannot be read", **_ids(auth)) from e

@@ -7,8 +7,8 @@ import unicodedata
 from typing import Any
 from urllib.parse import parse_qsl, unquote, unquote_to_bytes
 
-from guard.calls import Action, ToolCall
 from guard.canonical import strict_loads
+from guard.domain import Action, ToolCall
 from guard.errors import BadRequest, UnknownAction, UnknownTool
 from guard.policy import PolicySet, ToolSpec
 

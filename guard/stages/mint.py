@@ -5,11 +5,10 @@ from __future__ import annotations
 
 import time
 
-from guard.calls import Action, Caller, Minted, ToolCall
 from guard.credentials import CredentialRequest, Credentials
-from guard.domain import TaskState
+from guard.domain import Action, Caller, Minted, TaskState, ToolCall
+from guard.identity.tokens import TXN_TYP, GuardKeys
 from guard.policy import ToolSpec
-from guard.tokens import TXN_TYP, GuardKeys
 
 __all__ = ["mint_credentials", "txn_holder"]
 

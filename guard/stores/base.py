@@ -1,4 +1,8 @@
-"""The state store protocol. Each method is one atomic operation on its backend."""
+"""The state store protocols. Each method is one atomic operation on its backend.
+
+One protocol per role (tasks, calls, credentials, approvals, agents, deliveries, audit chain);
+`Store` combines them, and each consumer is typed on the roles it uses. Backends (memory.py,
+redis/) implement `Store` and never import each other; tests/contract runs one suite over both."""
 
 from __future__ import annotations
 
@@ -16,20 +20,25 @@ from guard.domain import (
     TaskState,
 )
 
-__all__ = ["DecideOutcome", "RefreshOutcome", "Store"]
+__all__ = [
+    "AgentStore",
+    "ApprovalStore",
+    "AuditStore",
+    "CallStore",
+    "CredentialStore",
+    "DecideOutcome",
+    "DeliveryStore",
+    "GrantStore",
+    "RefreshOutcome",
+    "Store",
+    "TaskStore",
+]
 
 DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
 RefreshOutcome = Literal["rotated", "reused", "unknown"]
 
 
-class Store(Protocol):
-    """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
-
-    async def ping(self) -> None: ...
-
-    async def close(self) -> None: ...
-
-    # -- tasks -------------------------------------------------------------
+class TaskStore(Protocol):
     async def create_task(self, task: Task) -> None: ...
 
     async def get_task(self, task_id: str) -> TaskState | None:
@@ -41,7 +50,8 @@ class Store(Protocol):
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]: ...
 
-    # -- calls -------------------------------------------------------------
+
+class CallStore(Protocol):
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
         """Atomically: the task is active (not ended, not expired, not idle) and, for a
         chained call, the parent call is still in flight; then, when `limits.count`, the
@@ -63,10 +73,8 @@ class Store(Protocol):
         inventory counter (`limits.agent`) may be applied later, at the latest with the call's
         record_and_finish or finish_call."""
 
-    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
-        """append_audit(fields) (the call's last record) and finish_call, as one operation."""
 
-    # -- credentials -------------------------------------------------------
+class CredentialStore(Protocol):
     async def consume_credential(self, jti: str, exp: float) -> bool:
         """True the first time a jti is consumed, False ever after (until exp)."""
 
@@ -87,7 +95,8 @@ class Store(Protocol):
         """True the first time a DPoP proof (`key`: a digest of its key and jti) is used, False
         ever after (until exp); kept apart from credential jtis."""
 
-    # -- approvals ---------------------------------------------------------
+
+class ApprovalStore(Protocol):
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         """The pending approval for (task_id, call_digest) if there is one, else store this
         one. Returns (approval, created)."""
@@ -109,7 +118,10 @@ class Store(Protocol):
 
     async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]: ...
 
-    # -- agents (the inventory) ---------------------------------------------
+
+class AgentStore(Protocol):
+    """The inventory."""
+
     async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
         """Count one event of an agent (first_seen once, last_seen always); `call_allowed`
         adds `tool` to its tools used."""
@@ -125,7 +137,10 @@ class Store(Protocol):
 
     async def is_suspended(self, agent: str) -> bool: ...
 
-    # -- webhook deliveries --------------------------------------------------
+
+class DeliveryStore(Protocol):
+    """Webhook deliveries."""
+
     async def save_delivery(self, delivery: Delivery) -> None:
         """Insert or replace a pending webhook delivery (by delivery_id)."""
 
@@ -136,7 +151,8 @@ class Store(Protocol):
     async def delete_delivery(self, delivery_id: str) -> None:
         """The delivery succeeded or is no longer needed."""
 
-    # -- audit -------------------------------------------------------------
+
+class AuditStore(Protocol):
     async def append_audit(
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
     ) -> AuditRecord:
@@ -144,9 +160,17 @@ class Store(Protocol):
         record's agent also gets that inventory event (as record_agent_event at the record's
         `ts`), in the same round trip; it is counted once, however often the append is retried."""
 
-    async def read_audit(self, task_id: str) -> list[AuditRecord]: ...
+    async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        """The task's chain as this store keeps it (the memory store with a durable audit folder
+        keeps only tails: AuditLog reads the trail from the folder)."""
 
-    # -- OAuth grants and people's sessions (guard.oauth) ----------------------
+    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """append_audit(fields) (the call's last record) and finish_call, as one operation."""
+
+
+class GrantStore(Protocol):
+    """OAuth grants and people's sessions (guard.oauth)."""
+
     async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
         """Store a small JSON object under (kind, key) for `ttl_s` seconds (an authorization
         request, a code, a registered client, a sign-in session). Keys are digests, never secrets."""
@@ -163,3 +187,12 @@ class Store(Protocol):
         mark it used and store its object under `new` ("rotated", the object). When it was used
         before: ("reused", the object), and nothing changes. Unknown or expired: ("unknown", None).
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
+
+
+class Store(TaskStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore, AuditStore, GrantStore,
+            Protocol):
+    """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
+
+    async def ping(self) -> None: ...
+
+    async def close(self) -> None: ...

@@ -10,8 +10,9 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.audit import GENESIS, chain_record, read_trail
+from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
+    AGENT_COUNTERS,
     Admission,
     AgentEvent,
     AgentStats,
@@ -42,19 +43,11 @@ class _TaskRow:
         return TaskState(self.task, self.calls, self.last_call_at, frozenset(self.history))
 
 
-_COUNTER: dict[str, str] = {
-    "task_created": "tasks_created",
-    "call_allowed": "calls",
-    "call_denied": "denied",
-    "unregistered_attempt": "attempts",
-}
-
-
 class MemoryStore:
-    def __init__(self, audit_dir: str | None = None) -> None:
+    def __init__(self, tails_only: bool = False) -> None:
         # with the durable audit folder, only each chain's tail is kept here (memory stays flat
-        # however many calls a task makes) and trails are read back from the folder
-        self._audit_dir = audit_dir
+        # however many calls a task makes): read_audit has nothing, and AuditLog reads the folder
+        self._tails_only = tails_only
         self._tails: dict[str, tuple[int, str]] = {}
         self._agents: dict[str, AgentStats] = {}
         self._tasks: dict[str, _TaskRow] = {}
@@ -132,7 +125,7 @@ class MemoryStore:
         row.history.add(limits.history_entry)
         row.in_flight.add(limits.call_id)
         if limits.agent is not None:
-            self._agent_event(limits.agent, "call_allowed", limits.now, limits.history_entry.split(".", 1)[0])
+            self._agent_event(limits.agent, "call_allowed", limits.now, limits.tool)
         return Admission(True, calls=row.calls)
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
@@ -269,7 +262,7 @@ class MemoryStore:
     # -- agents (the inventory) ---------------------------------------------
     def _agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None) -> None:
         a = self._agents.get(agent) or AgentStats(agent)
-        counter = _COUNTER[kind]
+        counter = AGENT_COUNTERS[kind]
         tools = a.tools_used
         if kind == "call_allowed" and tool is not None and tool not in tools:
             tools = tools | {tool}
@@ -338,7 +331,7 @@ class MemoryStore:
     ) -> AuditRecord:
         if agent_event is not None:
             self._agent_event(str(fields["agent"]), agent_event, float(fields["ts"]), None)
-        if self._audit_dir is not None:
+        if self._tails_only:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             record = chain_record(fields, seq + 1, prev)
             self._tails[task_id] = (record.seq, record.hash)
@@ -351,8 +344,8 @@ class MemoryStore:
         return record
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]:
-        if self._audit_dir is not None:
-            return [AuditRecord(r) for r in read_trail(self._audit_dir, task_id)]
+        if self._tails_only:
+            return []
         row = self._tasks.get(task_id)
         if row is not None:
             return list(row.audit)

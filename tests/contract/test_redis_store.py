@@ -12,13 +12,13 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from guard.audit import verify_chain
+from guard.audit.chain import verify_chain
 from guard.domain import Task
 from guard.errors import StoreUnavailable
+from guard.identity.tokens import new_id
 from guard.stores import open_store
-from guard.stores.redis_mux import Multiplexer
-from guard.tokens import new_id
-from tests.conftest import RedisServer
+from guard.stores.redis.mux import Multiplexer
+from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.redis
 

@@ -14,10 +14,10 @@ from typing import Any
 
 import pytest
 
-from guard.audit import GENESIS, verify_chain
+from guard.audit.chain import GENESIS, verify_chain
 from guard.domain import Approval, CallLimits, Task, TaskState
+from guard.identity.tokens import new_id
 from guard.stores import Store, open_store
-from guard.tokens import new_id
 
 
 @pytest.fixture

@@ -5,8 +5,8 @@ from __future__ import annotations
 import time
 
 from guard.domain import CallLimits, Task
+from guard.identity.tokens import new_id
 from guard.stores import Store
-from guard.tokens import new_id
 
 
 def _task(agent: str, now: float) -> Task:

@@ -7,8 +7,8 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import Guard
-from tests.e2e.helpers import bearer
+from tests.support.client import bearer
+from tests.support.guard import Guard
 
 AUDITOR = "sec@acme.example"
 

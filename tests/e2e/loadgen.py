@@ -9,14 +9,14 @@ import json
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 
-from guard.audit import read_trail, verify_chain
-from tests.conftest import Guard
-from tests.e2e.helpers import AGENT, bearer, create_task
+from guard.audit.chain import verify_chain
+from guard.audit.trails import read_trail
+from tests.support.client import AGENT, bearer, create_task
+from tests.support.guard import Guard
 
 
 @dataclass(frozen=True)
@@ -90,13 +90,6 @@ class Load:
 
     def answered(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status]
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    raise RuntimeError("no VmRSS")
 
 
 def trails(guard: Guard, task_ids: list[str]) -> dict[str, list[dict[str, Any]]]:

@@ -22,7 +22,7 @@ from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
 
-from tests.conftest import Guard
+from tests.support.guard import Guard
 
 PERSON = "alice@acme.example"
 REDIRECT = "http://127.0.0.1:{port}/callback"

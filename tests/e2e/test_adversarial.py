@@ -9,10 +9,8 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,106 +20,37 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from guard.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
-from guard.webhooks import sign
-from tests.conftest import Guard, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from guard.approvals.signature import sign
+from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
+from tests.support.world import (
+    LEGAL_SECRET,
+    SECRET,
+    assert_untouched,
+    b64,
+    claims_of,
+    open_world,
+    problem_of,
+    raw,
+    raw_problem,
+    seg,
+    status_of,
+    world_setup,
+)
+from tests.support.world import World as AnyWorld
 
-SECRET = "finance-secret-for-tests"
-LEGAL_SECRET = "legal-secret-for-tests"
-ENV = {"GUARD_WEBHOOK_SECRET_FINANCE": SECRET, "GUARD_WEBHOOK_SECRET_LEGAL": LEGAL_SECRET}
-
-
-def b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
-
-
-def seg(obj: Any) -> str:
-    return b64(json.dumps(obj, separators=(",", ":")).encode())
-
-
-def claims_of(token: str) -> dict[str, Any]:
-    return dict(jwt.decode(token, options={"verify_signature": False}))
-
-
-@dataclass
-class World:
-    guard: Guard
-    upstream: Upstream
-    recorder: Upstream  # jku/x5u targets and webhook receiver: must never be fetched by token headers
-    http: aiohttp.ClientSession
-    task: dict[str, Any]
-    cred: str  # a credential the upstream got and nobody introspected yet
-    txn: str  # the Txn-Token of a finished call
-    keys: GuardKeys  # the guard's own signing key, read from its folder
-
-    @property
-    def url(self) -> str:
-        return self.guard.url
-
-    def sign(self, typ: str, claims: dict[str, Any], header: dict[str, Any] | None = None) -> str:
-        """A token signed with the guard's real key; `header` replaces the guard's header."""
-        if header is None:
-            return self.keys.sign(typ, claims)
-        signing_input = f"{seg(header)}.{seg(claims)}".encode()
-        return f"{signing_input.decode()}.{b64(self.keys.current.sign(signing_input))}"
-
-    def task_claims(self, **over: Any) -> dict[str, Any]:
-        return {**claims_of(self.task["task_token"]), **over}
-
-    async def calls(self) -> int:
-        async with self.http.get(f"{self.url}/v1/tasks/{self.task['task_id']}",
-                                 headers=bearer(self.task["task_token"])) as r:
-            return int((await r.json())["calls"])
-
-    async def verified(self, task_id: str | None = None) -> bool:
-        auditor = bearer(self.guard.token("sec@acme.example", "guard:auditor"))
-        async with self.http.get(f"{self.url}/v1/tasks/{task_id or self.task['task_id']}/audit",
-                                 headers=auditor) as r:
-            body = await r.json()
-            return bool(body["verified"]) and len(body["records"]) > 0
-
-    async def tool_call(self, headers: dict[str, str], path: str = "/tools/echo/items/1") -> tuple[int, Any]:
-        async with self.http.get(self.url + path, headers=headers) as r:
-            return r.status, await problem_of(r)
-
-
-async def problem_of(r: aiohttp.ClientResponse) -> dict[str, Any]:
-    assert r.headers.get("Content-Type", "").startswith("application/problem+json"), r.headers
-    body = await r.json(content_type=None)
-    assert body["status"] == r.status and body["code"]
-    return dict(body)
+World = AnyWorld[Guard]
 
 
 @pytest.fixture
 async def world(guard_factory: Any, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
     recorder = upstream_factory()
-    policy = echo_policy(upstream.url)
-    policy["rules"].append({"id": "legal-review", "effect": "step_up", "approvers": "legal",
-                            "match": {"tool": "echo", "action": "limited"}})
-    policy["tools"]["files"] = {"kind": "mcp", "upstream": upstream.url + "/mcp"}
-    policy["rules"].append({"id": "read-files", "effect": "allow", "match": {"tool": "files", "action": "read_file"}})
-    hooks = [{"name": "finance", "url": recorder.url + "/finance", "secret_env": "GUARD_WEBHOOK_SECRET_FINANCE"},
-             {"name": "legal", "url": recorder.url + "/legal", "secret_env": "GUARD_WEBHOOK_SECRET_LEGAL"}]
-    g: Guard = guard_factory(policy, config={"limits": {"credential_ttl_s": 900},
-                                             "approvals": {"webhooks": hooks}}, env=ENV)
-    keys = GuardKeys(load_or_create_key(g.dir / "var" / "signing-key.json"), "urn:guard")
+    policy, config, env = world_setup(upstream, recorder)
+    g: Guard = guard_factory(policy, config=config, env=env)
     async with aiohttp.ClientSession() as http:
-        task = await create_task(http, g.url, g.token(AGENT))
-        async with http.get(f"{g.url}/tools/echo/items/7", headers=bearer(task["task_token"])) as r:
-            assert r.status == 200
-        seen = upstream.requests[-1].headers
-        w = World(g, upstream, recorder, http, task, seen["Authorization"].removeprefix("Bearer "),
-                  seen["Txn-Token"], keys)
-        yield w
-
-
-async def assert_untouched(w: World, forwarded: int = 1, calls: int = 1) -> None:
-    """Nothing forwarded, nothing counted, the credential unconsumed, the trail verifies."""
-    assert len(w.upstream.requests) == forwarded
-    assert await w.calls() == calls
-    assert await w.verified()
-    assert [s.path_qs for s in w.recorder.requests if not s.path_qs.startswith(("/finance", "/legal"))] == []
+        yield await open_world(g, upstream, recorder, http)
 
 
 # ------------------------------------------------------------------------------ JWT attacks
@@ -312,48 +241,6 @@ async def test_idp_token_header_tricks(guard_factory: Any, upstream: Upstream, u
 # ------------------------------------------------------------------------------ raw HTTP
 
 
-async def raw(port: int, data: bytes, read_timeout: float = 10.0) -> bytes:
-    reader, writer = await asyncio.open_connection("127.0.0.1", port)
-    try:
-        writer.write(data)
-        await writer.drain()
-        out = b""
-        while True:
-            try:
-                chunk = await asyncio.wait_for(reader.read(65536), read_timeout)
-            except TimeoutError:
-                break
-            if not chunk:
-                break
-            out += chunk
-            if b"\r\n\r\n" in out and b"Connection: close" not in data:
-                head, body = out.split(b"\r\n\r\n", 1)
-                length = re.search(rb"(?im)^content-length: *(\d+)", head)
-                if length and len(body) >= int(length.group(1)):
-                    break
-        return out
-    finally:
-        writer.close()
-
-
-def status_of(response: bytes) -> int:
-    return int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/") else 0
-
-
-def raw_problem(response: bytes, what: object = "") -> dict[str, Any]:
-    """The first answer on a raw connection: RFC 9457 problem details (content type, status,
-    title, detail, code), whatever refused the request, aiohttp's parser included."""
-    head, _, body = response.partition(b"\r\n\r\n")
-    headers = {k.strip().lower(): v.strip() for k, _, v in
-               (line.decode("latin-1").partition(":") for line in head.split(b"\r\n")[1:])}
-    assert headers.get("content-type", "").startswith("application/problem+json"), (what, response[:300])
-    length = int(headers["content-length"])
-    problem: dict[str, Any] = json.loads(body[:length])
-    assert problem["status"] == status_of(response), (what, problem)
-    assert problem["title"] and problem["detail"] and problem["code"], (what, problem)
-    return problem
-
-
 async def test_request_smuggling_shapes_are_refused(world: World) -> None:
     w = world
     auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
@@ -468,53 +355,6 @@ async def test_malformed_requests_are_answered_with_problem_details(world: World
         problem = raw_problem(response, name)
         assert problem["code"] == "bad_request", (name, problem)
         assert w.task["task_token"].encode() not in response, name
-    await assert_untouched(w)
-
-
-async def test_path_normalization_tricks_never_reach_an_unmapped_path(world: World) -> None:
-    w = world
-    tricks = [
-        "/tools/echo/items/%252e%252e/pay", "/tools/echo/items/%25252e%25252e/pay",
-        "/tools/echo/items/%u002e%u002e/pay",
-        "/tools/echo/items/%E2%80%A5/pay", "/tools/echo/items/%EF%BC%8E%EF%BC%8E/pay",
-        "/tools/echo/items/%C0%AE%C0%AE/pay", "/tools/echo/items/%E0%80%AE%E0%80%AE/pay",
-        "/tools/echo/items/..;/pay", "/tools/echo/items;/../pay", "/tools/echo/items/1;/../../pay",
-        "/tools/echo/items\\..\\pay", "/tools/echo/items/%5c..%5cpay", "/tools/echo/items/..%5cpay",
-        "/tools/echo/items/..%c0%afpay", "/tools/echo/items/1%00/../../pay", "/tools/echo/%2e%2e/echo/pay",
-        "/tools/echo/items/1/%2e%2e/%2e%2e/pay", "/tools/echo/items/1/..%2f..%2fpay", "/tools/echo/ITEMS/../pay",
-        "/tools/echo/./pay", "/tools/echo/items/%2E%2E%2Fpay", "http://127.0.0.1/tools/echo/items/../pay",
-    ]
-    raw_bytes = [b"/tools/echo/items/\xc0\xae\xc0\xae/pay", b"/tools/echo/items/\xe2\x80\xa5/pay",
-                 b"/tools/echo/items/\x00/../pay", b"/tools/echo/items/\t../pay"]
-    targets = [t.encode() for t in tricks] + raw_bytes
-    for target in targets:
-        for method in (b"GET", b"POST"):
-            data = (method + b" " + target + b" HTTP/1.1\r\nHost: x\r\n"
-                    + f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
-                    + b"Content-Type: application/json\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}")
-            response = await raw(w.guard.port, data)
-            assert status_of(response) in (400, 403, 404), (target, response[:300])
-            raw_problem(response, target)
-    await assert_untouched(w)
-
-
-async def test_json_that_parsers_disagree_on_is_refused(world: World) -> None:
-    """Duplicate keys (the guard and a tool may each keep a different one) and NaN/Infinity
-    never reach a tool: the guard would decide on one value and the tool act on another."""
-    w = world
-    h = {**bearer(w.task["task_token"]), "Content-Type": "application/json"}
-    for body in (b'{"amount": 50000, "amount": 5}', b'{"amount": NaN}', b'{"amount": -Infinity}',
-                 b'{"x": {"a": 1, "a": 2}, "amount": 5}'):
-        async with w.http.post(f"{w.url}/tools/echo/pay", data=body, headers=h) as r:
-            assert r.status == 400 and (await problem_of(r))["code"] == "bad_request", body
-    mcp_headers = {**h, "Accept": "application/json, text/event-stream"}
-    for body in (b'{"jsonrpc":"2.0","id":1,"method":"tools/call",'
-                 b'"params":{"name":"delete_everything","name":"read_file","arguments":{}}}',
-                 b'{"jsonrpc":"2.0","id":1,"method":"tools/list","method":"tools/call",'
-                 b'"params":{"name":"delete_everything","arguments":{}}}'):
-        async with w.http.post(f"{w.url}/mcp/files", data=body, headers=mcp_headers) as r:
-            answer = await r.json(content_type=None)
-            assert r.status >= 400 or "error" in answer, answer
     await assert_untouched(w)
 
 

@@ -13,11 +13,12 @@ from typing import Any
 
 import aiohttp
 
-from guard.audit import list_trails, read_trail
-from guard.journal import JOURNAL_DIR
-from tests.conftest import Guard, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from guard.audit.journal import JOURNAL_DIR
+from guard.audit.trails import list_trails, read_trail
 from tests.e2e.loadgen import Load, check_trails
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
 
 
 def journals(g: Guard) -> list[Path]:

@@ -7,7 +7,8 @@ import subprocess
 
 import pytest
 
-from tests.conftest import PY, ROOT, redis_missing_reason
+from tests.support.process import PY, ROOT
+from tests.support.redis import redis_missing_reason
 
 
 @pytest.mark.slow

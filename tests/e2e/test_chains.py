@@ -14,9 +14,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import PY, ROOT, Guard
-from tests.e2e.helpers import AGENT, bearer, create_task
-from tests.support.process import Proc, free_port, spawn, wait_port
+from tests.support.client import AGENT, bearer, create_task
+from tests.support.guard import Guard
+from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
 
 ADMIN = "admin@acme.example"
 

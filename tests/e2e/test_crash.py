@@ -15,10 +15,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guard.webhooks import sign
-from tests.conftest import Guard, RedisServer, Upstream
-from tests.e2e.helpers import bearer, create_task, echo_policy
+from guard.approvals.signature import sign
 from tests.e2e.loadgen import Load, check_trails, trails
+from tests.support.client import bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.redis import RedisServer
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.slow
 

@@ -12,12 +12,14 @@ from typing import Any
 
 import aiohttp
 
-from tests.conftest import ROOT, Guard, Upstream
 from tests.e2e.credentials import tool_policy
-from tests.e2e.helpers import AGENT, bearer, create_task
 from tests.e2e.test_credentials_lease import db_tool
+from tests.support.client import AGENT, bearer, create_task
+from tests.support.guard import Guard
 from tests.support.openbao import OpenBao, bao_binary
 from tests.support.postgres import Postgres
+from tests.support.process import ROOT
+from tests.support.upstream import Upstream
 
 DOC = ROOT / "docs" / "credentials.md"
 

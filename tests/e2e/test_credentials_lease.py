@@ -11,11 +11,12 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Guard, Seen, Upstream
 from tests.e2e.credentials import audit_of, everything_written, metrics_text, tool_policy
-from tests.e2e.helpers import AGENT, OTHER, bearer, create_task, until
+from tests.support.client import AGENT, OTHER, bearer, create_task, until
+from tests.support.guard import Guard
 from tests.support.openbao import OpenBao
 from tests.support.postgres import Postgres
+from tests.support.upstream import Seen, Upstream
 
 # What guard's own identity needs for leases, and nothing more (docs/credentials.md shows it).
 GUARD_LEASE_POLICY = """

@@ -9,7 +9,7 @@ import subprocess
 import sys
 
 import examples
-from tests.conftest import ROOT
+from tests.support.process import ROOT
 
 
 def test_every_example_module_imports() -> None:

@@ -31,10 +31,10 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import build_parser
-from tests.conftest import PY, ROOT, Guard, write_guard
-from tests.e2e.helpers import AGENT
-from tests.support.process import free_port, spawn, wait_port
+from guard.cli.main import build_parser
+from tests.support.client import AGENT
+from tests.support.guard import Guard, write_guard
+from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
 NOT_SHELL = {"yaml", "yml", "json", "python", "py", "js", "javascript", "toml", "ini", "html", "css", "http",

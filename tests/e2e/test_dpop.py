@@ -11,10 +11,11 @@ import aiohttp
 import jwt
 import pytest
 
-from guard.audit import read_trail
-from tests.conftest import Guard, Upstream
-from tests.e2e.helpers import AGENT, bearer, echo_policy
+from guard.audit.trails import read_trail
+from tests.support.client import AGENT, bearer, echo_policy
 from tests.support.dpop import DpopKey
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
 
 
 @pytest.fixture

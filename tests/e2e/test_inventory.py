@@ -16,8 +16,10 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.conftest import Guard, RedisServer, Seen, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, until
+from tests.support.client import AGENT, bearer, create_task, until
+from tests.support.guard import Guard
+from tests.support.redis import RedisServer
+from tests.support.upstream import Seen, Upstream
 
 ROGUE = "spiffe://elsewhere/agent/crawler"
 BILLING = "spiffe://acme/agent/billing-eu"

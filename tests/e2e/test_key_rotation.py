@@ -15,8 +15,9 @@ import jwt
 import pytest
 from aiohttp import web
 
-from tests.conftest import Guard, Seen, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy, until
+from tests.support.client import AGENT, bearer, create_task, echo_policy, until
+from tests.support.guard import Guard
+from tests.support.upstream import Seen, Upstream
 
 
 @pytest.fixture

@@ -11,9 +11,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Guard, Upstream
-from tests.e2e.helpers import echo_policy
-from tests.e2e.loadgen import Load, check_trails, rss_kib, trails
+from tests.e2e.loadgen import Load, check_trails, trails
+from tests.support.client import echo_policy
+from tests.support.guard import Guard
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.slow
 
@@ -28,10 +29,10 @@ async def test_soak_many_keepalive_agents(guard_factory: Any, upstream: Upstream
     assert g.proc is not None
     load = await Load.create(g, AGENTS)
     await load.run(WARMUP_S)
-    rss_warm = rss_kib(g.proc.pid)
+    rss_warm = g.proc.rss_kib()
     warm_calls = len(load.outcomes)
     await load.run(SOAK_S)
-    rss_end = rss_kib(g.proc.pid)
+    rss_end = g.proc.rss_kib()
     answered = load.answered()
     with capsys.disabled():
         print(f"\n[soak {store_url.split(':')[0]}] {len(load.outcomes)} calls "

@@ -1,6 +1,6 @@
 """MCP through guard, end to end: the official SDK on both sides (examples/mcp_server.py as a
-real process on streamable HTTP, the SDK's streamable HTTP client pointed at guard), plus raw
-requests against a recording upstream where the test must see exactly what was forwarded."""
+real process on streamable HTTP, the SDK's streamable HTTP client pointed at guard); raw
+requests against a recording upstream run in process (tests/app/test_mcp_requests.py)."""
 
 from __future__ import annotations
 
@@ -15,30 +15,15 @@ from typing import Any
 import aiohttp
 import httpx2
 import pytest
-from aiohttp import web
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
-from tests.conftest import PY, ROOT, Guard, Seen, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task
-from tests.support.process import free_port, spawn, wait_port
+from tests.support.client import AGENT, bearer, create_task, files_policy, task_token
+from tests.support.guard import Guard
+from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
 MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the session-less revision
 VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}
-
-
-def files_policy(upstream: str, **tool: Any) -> dict[str, Any]:
-    return {
-        "tools": {"files": {"kind": "mcp", "upstream": upstream, **tool}},
-        "rules": [
-            {"id": "reads", "effect": "allow",
-             "match": {"agent": [AGENT], "tool": "files",
-                       "action": ["search_files", "read_file", "slow_count", "whoami"]}},
-            {"id": "no-deletes", "effect": "deny", "match": {"tool": "files", "action": ["delete_file"]}},
-            {"id": "shares-need-approval", "effect": "step_up", "approvers": "finance",
-             "match": {"agent": [AGENT], "tool": "files", "action": ["share_file"]}},
-        ],
-    }
 
 
 @pytest.fixture
@@ -60,11 +45,6 @@ def mcp_server(tmp_path: Path) -> Iterator[str]:
 async def http() -> AsyncIterator[aiohttp.ClientSession]:
     async with aiohttp.ClientSession() as s:
         yield s
-
-
-async def task_token(guard: Guard, http: aiohttp.ClientSession, sub: str = AGENT) -> str:
-    task = await create_task(http, guard.url, guard.token(sub))
-    return str(task["task_token"])
 
 
 @asynccontextmanager
@@ -182,92 +162,6 @@ async def test_sessions_and_the_get_stream_pass_through(
         assert r.status in (200, 204)
     async with http.post(url, json={"jsonrpc": "2.0", "id": 3, "method": "ping"}, headers=in_session) as r:
         assert r.status == 404  # the server ended the session guard passed the DELETE on for
-
-
-# ---------------------------------------------------------------------------------------------
-# raw requests against a recording upstream: what is (not) forwarded
-
-
-def rpc(method: str, rpc_id: int | None = 1, **params: Any) -> dict[str, Any]:
-    msg: dict[str, Any] = {"jsonrpc": "2.0", "method": method, "params": params}
-    if rpc_id is not None:
-        msg["id"] = rpc_id
-    return msg
-
-
-async def post(http: aiohttp.ClientSession, guard: Guard, token: str, body: bytes | dict[str, Any],
-               **headers: str) -> tuple[int, dict[str, Any]]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    hdrs = {**bearer(token), "Content-Type": "application/json", "Accept": "application/json, text/event-stream",
-            **headers}
-    async with http.post(f"{guard.url}/mcp/files", data=data, headers=hdrs) as r:
-        return r.status, json.loads(await r.read())
-
-
-async def test_malformed_and_disagreeing_requests_forward_nothing(
-    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
-) -> None:
-    guard = guard_factory(files_policy(f"{upstream.url}/mcp"))
-    token = await task_token(guard, http)
-    status, body = await post(http, guard, token, b'{"jsonrpc": "2.0", "id": 1, "method": ')
-    assert status == 400 and body["id"] is None and body["error"]["code"] == -32700
-    status, body = await post(http, guard, token, b"[" + json.dumps(rpc("ping")).encode() + b"]")
-    assert body["error"]["code"] == -32600  # batches: removed from MCP since 2025-06-18
-    call = rpc("tools/call", 7, name="read_file", arguments={"path": "a"})
-    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/list"})
-    assert status == 400 and body["error"]["code"] == -32020 and body["id"] == 7
-    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/call", "Mcp-Name": "delete_file"})
-    assert body["error"]["code"] == -32020
-    assert upstream.requests == []
-
-    upstream.handler = lambda request, seen: web.json_response({"jsonrpc": "2.0", "id": 7, "result": {}})
-    status, body = await post(http, guard, token, call, **{"Mcp-Method": "tools/call", "Mcp-Name": "read_file"})
-    assert status == 200 and body["result"] == {}
-    [seen] = upstream.requests
-    assert seen.path_qs == "/mcp"
-    assert seen.headers["Mcp-Name"] == "read_file" and token not in json.dumps(seen.headers)
-
-
-async def test_deny_methods_refuses_passthrough(
-    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
-) -> None:
-    guard = guard_factory(files_policy(f"{upstream.url}/mcp", deny_methods=["prompts/*", "resources/*"]))
-    token = await task_token(guard, http)
-    status, body = await post(http, guard, token, rpc("prompts/list", 3))
-    assert status == 200 and body["error"]["code"] == -32001 and body["error"]["data"]["code"] == "denied"
-    assert upstream.requests == []
-    status, body = await post(http, guard, token, rpc("ping", 4))
-    assert status == 200 and len(upstream.requests) == 1  # the default JSON echo of the recorder
-
-
-def sse_tools_answer(request: web.Request, seen: Seen) -> web.Response:
-    """An SSE answer to tools/list: a progress event, then the (paginated) result."""
-    asked = json.loads(seen.body)
-    page = {"tools": [{"name": n, "inputSchema": {"type": "object"}} for n in ("read_file", "delete_file", "x")],
-            "nextCursor": "page-2"}
-    events = [
-        {"jsonrpc": "2.0", "method": "notifications/progress", "params": {"progressToken": 1, "progress": 1}},
-        {"jsonrpc": "2.0", "id": asked["id"], "result": page},
-    ]
-    text = "".join(f"event: message\nid: {i}\ndata: {json.dumps(e)}\n\n" for i, e in enumerate(events))
-    return web.Response(text=text, content_type="text/event-stream")
-
-
-async def test_tools_list_over_sse_is_filtered_page_by_page(
-    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession
-) -> None:
-    guard = guard_factory(files_policy(f"{upstream.url}/mcp"))
-    token = await task_token(guard, http)
-    upstream.handler = sse_tools_answer
-    async with http.post(f"{guard.url}/mcp/files", json=rpc("tools/list", 5, cursor="page-1"),
-                         headers={**bearer(token), "Accept": "application/json, text/event-stream"}) as r:
-        assert r.headers["Content-Type"].startswith("text/event-stream")
-        raw = (await r.read()).decode()
-    events = [json.loads(line[6:]) for line in raw.splitlines() if line.startswith("data: ")]
-    assert events[0]["method"] == "notifications/progress"
-    assert [t["name"] for t in events[1]["result"]["tools"]] == ["read_file"]
-    assert events[1]["result"]["nextCursor"] == "page-2"
-    assert "id: 1" in raw  # the event's other fields are kept
 
 
 async def test_calls_are_audited_before_the_answer(

@@ -16,7 +16,6 @@ import httpx2
 import pytest
 from aiohttp import web
 
-from tests.conftest import Guard
 from tests.e2e.oauth_helpers import (
     MemoryTokens,
     Redirected,
@@ -27,6 +26,7 @@ from tests.e2e.oauth_helpers import (
 )
 from tests.e2e.test_oauth_mcp import http, mcp_server, text_of
 from tests.e2e.test_ui_browser import ARTIFACTS, browser
+from tests.support.guard import Guard
 from tests.support.oidc import OidcProvider, oidc_provider_missing_reason
 from tests.support.process import free_port, require
 

@@ -15,7 +15,6 @@ import aiohttp
 import pytest
 from mcp import MCPError
 
-from tests.conftest import PY, ROOT, Guard
 from tests.e2e.oauth_helpers import (
     PERSON,
     REDIRECT,
@@ -27,7 +26,8 @@ from tests.e2e.oauth_helpers import (
     provider,
     refused_authorization,
 )
-from tests.support.process import free_port, spawn, wait_port
+from tests.support.guard import Guard
+from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
 OPEN = {"oauth": {"registration": {"mode": "open"}}}
 

@@ -10,8 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import Guard, RedisServer, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.redis import RedisServer
+from tests.support.upstream import Upstream
 
 pytestmark = pytest.mark.redis
 

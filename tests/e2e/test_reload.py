@@ -18,8 +18,9 @@ import pytest
 import yaml
 from aiohttp import web
 
-from tests.conftest import Guard, Upstream, write_guard
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard, write_guard
+from tests.support.upstream import Upstream
 
 
 @pytest.fixture

@@ -14,8 +14,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import ROOT, Guard, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.process import ROOT
+from tests.support.upstream import Upstream
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

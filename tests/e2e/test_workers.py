@@ -11,9 +11,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.conftest import PY, Guard, RedisServer, Upstream
-from tests.e2e.helpers import AGENT, bearer, create_task, echo_policy
-from tests.support.process import spawn, wait_port
+from tests.support.client import AGENT, bearer, create_task, echo_policy
+from tests.support.guard import Guard
+from tests.support.process import PY, spawn, wait_port
+from tests.support.redis import RedisServer
+from tests.support.upstream import Upstream
 
 
 def children_of(pid: int) -> list[int]:

@@ -18,11 +18,13 @@ import jwt
 import pytest
 import yaml
 
-from guard.audit import read_trail
-from tests.conftest import PY, ROOT, Guard, Upstream
-from tests.e2e.helpers import bearer, echo_policy, until
+from guard.audit.trails import read_trail
+from tests.support.client import bearer, echo_policy, until
+from tests.support.guard import Guard
 from tests.support.openbao import OpenBao
 from tests.support.pki import Pki, client_context, self_signed_svid
+from tests.support.process import PY, ROOT
+from tests.support.upstream import Upstream
 
 PAYMENTS = "spiffe://acme/agent/payments"
 REPORTS = "spiffe://acme/agent/reports"

@@ -9,11 +9,15 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["Proc", "free_port", "require", "spawn", "wait_port"]
+__all__ = ["PY", "ROOT", "Proc", "Stoppable", "free_port", "require", "spawn", "wait_port"]
+
+ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
+PY = sys.executable
 
 
 def free_port() -> int:
@@ -61,6 +65,13 @@ class Proc:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
+    def rss_kib(self) -> int:
+        """Resident memory, from /proc (Linux)."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+        raise RuntimeError("no VmRSS")
+
 
 def spawn(args: list[str], cwd: Path, log_name: str, env: dict[str, str] | None = None) -> Proc:
     log_path = cwd / log_name
@@ -79,3 +90,22 @@ def require(reason: str | None) -> None:
     if os.environ.get("CI") == "true":
         pytest.fail(f"CI=true but {reason}")
     pytest.skip(reason)
+
+
+class Stoppable:
+    """Stop (SIGTERM, then SIGKILL) or kill a process the test started, if it runs."""
+
+    proc: Proc | None
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.stop()
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            self.proc.kill()
+
+    def send_signal(self, sig: int) -> None:
+        """SIGSTOP, SIGCONT…: a process that hangs without going away."""
+        assert self.proc is not None
+        os.kill(self.proc.pid, sig)

@@ -16,9 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
-from guard.audit import GENESIS, AuditFiles, chain_record
+from guard.audit.chain import GENESIS, chain_record
+from guard.audit.journal import JOURNAL_DIR, datasync
+from guard.audit.writer import AuditFiles
 from guard.domain import AuditRecord
-from guard.journal import JOURNAL_DIR, datasync
 
 
 def records(tasks: int, batches: int) -> list[list[AuditRecord]]:

@@ -12,9 +12,11 @@ import sys
 import time
 from pathlib import Path
 
-from guard.audit import AuditFiles, list_trails, read_trail, verify_chain
-from guard.journal import JOURNAL_DIR, datasync
-from tests.conftest import ROOT
+from guard.audit.chain import verify_chain
+from guard.audit.journal import JOURNAL_DIR, datasync
+from guard.audit.trails import list_trails, read_trail
+from guard.audit.writer import AuditFiles
+from tests.support.process import ROOT
 from tests.unit.journal_writer import records
 
 

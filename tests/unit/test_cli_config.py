@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from guard.cli import build_parser, main
-from tests.conftest import ROOT
+from guard.cli.main import build_parser, main
+from tests.support.process import ROOT
 
 Leaf = tuple[tuple[str, ...], argparse.ArgumentParser]
 

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit import GENESIS, chain_record, verify_chain
+from guard.audit.chain import GENESIS, chain_record, verify_chain
 from guard.canonical import args_digest, call_digest, canonical_json
 from guard.config import load_config
 from guard.errors import ConfigError, Unauthenticated
-from guard.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
+from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
 
 
 def test_canonical_json_sorts_keys_without_spaces() -> None:

@@ -8,8 +8,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 from guard.credentials.base import Holding
 from guard.credentials.holdings import Holdings
 from guard.errors import CredentialUnavailable
+from guard.identity.tokens import GuardKeys
 from guard.stores.memory import MemoryStore
-from guard.tokens import GuardKeys
 
 
 async def test_a_holding_survives_a_key_rotation_until_its_key_leaves_the_ring() -> None:

@@ -10,7 +10,7 @@ import pytest
 
 from guard.errors import ConfigError
 from guard.policy import load_policies
-from tests.conftest import PY
+from tests.support.process import PY
 
 HTTP = "kind: http, upstream: 'http://x', actions: {a: {method: GET, path: /}}"
 OAUTH = "token_url: 'http://as/token', revocation_url: 'http://as/revoke', client_id: c"

@@ -1,4 +1,4 @@
-"""guard/mcp.py: JSON-RPC parsing, header/body agreement and the tools/list rewriters."""
+"""guard/mcp/rpc.py: JSON-RPC parsing, header/body agreement and the tools/list rewriters."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from guard.mcp import (
+from guard.mcp.rpc import (
     HEADER_MISMATCH,
     INTERNAL_ERROR,
     INVALID_REQUEST,
@@ -16,8 +16,8 @@ from guard.mcp import (
     RpcError,
     check_routing_headers,
     parse_message,
-    tools_filter,
 )
+from guard.mcp.tools_list import tools_filter
 
 
 def msg(**fields: Any) -> bytes:

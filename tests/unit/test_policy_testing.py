@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from guard.cli import main
+from guard.cli.main import main
 from guard.errors import ConfigError
 from guard.policy import PolicySet, load_policies, run_policy_tests
 

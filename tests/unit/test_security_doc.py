@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from tests.conftest import ROOT
+from tests.support.process import ROOT
 
 
 def test_every_test_named_in_security_md_exists() -> None:

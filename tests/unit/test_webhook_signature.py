@@ -8,7 +8,7 @@ import hmac
 import pytest
 
 from examples import approver
-from guard.webhooks import SignatureError, sign, signer_of, verify
+from guard.approvals.signature import SignatureError, sign, signer_of, verify
 
 SECRET = "s3cret-finance"
 BODY = b'{"type":"approval.requested","approval_id":"apr_1"}'

@@ -100,7 +100,7 @@ def test_an_eddsa_proof_and_the_public_url_as_htu() -> None:
 
 
 def test_a_txn_token_is_bound_to_the_checked_tool_of_a_bound_task_else_to_the_task_workload() -> None:
-    from guard.calls import Caller
+    from guard.domain import Caller
     from guard.policy.model import CredentialSpec, ToolSpec
     from guard.stages.mint import txn_holder
 

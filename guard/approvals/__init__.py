@@ -1,0 +1,1 @@
+"""Step-up approvals: the service, webhook signatures and deliveries, cross-instance wake-ups."""

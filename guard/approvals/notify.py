@@ -1,0 +1,110 @@
+"""Wake-ups for calls held on an approval (`Prefer: wait`), across instances when they share Redis.
+
+`open_notifier(store_url)` picks the kind that fits the store: in memory, a decision can only be
+made in this process, so publishing calls the local callback; with Redis, decisions are published
+on the `guard:approvals` channel and every instance subscribed to it wakes its own held calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import structlog
+
+from guard.stores.redis.keys import APPROVALS_CHANNEL
+
+__all__ = ["CHANNEL", "LocalNotifier", "Notifier", "RedisNotifier", "open_notifier"]
+
+CHANNEL = APPROVALS_CHANNEL
+log = structlog.get_logger("guard.notify")
+OnDecided = Callable[[str], None]
+
+
+class Notifier(Protocol):
+    async def start(self, on_decided: OnDecided) -> None: ...
+
+    async def publish(self, approval_id: str) -> None:
+        """An approval was decided: wake whoever holds a call on it, here and elsewhere."""
+
+    async def close(self) -> None: ...
+
+
+class LocalNotifier:
+    """One process: publishing is calling the callback."""
+
+    def __init__(self) -> None:
+        self._on_decided: OnDecided | None = None
+
+    async def start(self, on_decided: OnDecided) -> None:
+        self._on_decided = on_decided
+
+    async def publish(self, approval_id: str) -> None:
+        if self._on_decided is not None:
+            self._on_decided(approval_id)
+
+    async def close(self) -> None:
+        self._on_decided = None
+
+
+class RedisNotifier:
+    """Redis pub/sub on one channel; the subscription reconnects with backoff when Redis drops."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self._on_decided: OnDecided | None = None
+        self._redis: Any = None
+        self._listener: asyncio.Task[None] | None = None
+
+    async def start(self, on_decided: OnDecided) -> None:
+        from redis.asyncio import Redis
+
+        self._on_decided = on_decided
+        self._redis = Redis.from_url(self.url, socket_connect_timeout=2)
+        self._listener = asyncio.get_running_loop().create_task(self._listen())
+
+    async def publish(self, approval_id: str) -> None:
+        from redis.exceptions import RedisError
+
+        if self._on_decided is not None:
+            self._on_decided(approval_id)  # this instance at once, without the round trip
+        try:
+            await self._redis.publish(CHANNEL, approval_id)
+        except (RedisError, OSError):
+            log.warning("approval_publish_failed", approval_id=approval_id)
+
+    async def _listen(self) -> None:
+        from redis.exceptions import RedisError
+
+        delay = 0.2
+        while True:
+            try:
+                async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANNEL)
+                    delay = 0.2
+                    async for message in pubsub.listen():
+                        data = message.get("data")
+                        if isinstance(data, bytes) and self._on_decided is not None:
+                            approval_id = data.decode(errors="replace")
+                            log.info("approval_notified", approval_id=approval_id)
+                            self._on_decided(approval_id)
+            except (RedisError, OSError):
+                log.warning("approval_subscription_lost", retry_in_s=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 10.0)
+
+    async def close(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+def open_notifier(store_url: str) -> Notifier:
+    if store_url.startswith("memory://"):
+        return LocalNotifier()
+    return RedisNotifier(store_url)

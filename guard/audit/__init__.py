@@ -1,0 +1,1 @@
+"""The tamper-evident audit trail: hashing and verification, trails, the durable writer and journal."""

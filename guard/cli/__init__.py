@@ -1,0 +1,1 @@
+"""The `guard` command line: one module per command group."""

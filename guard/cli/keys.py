@@ -1,0 +1,59 @@
+"""`guard keys init | rotate` and `guard dev-token`: the guard's signing key, tokens of the development issuer."""
+
+from __future__ import annotations
+
+import argparse
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from guard.config import load_config
+
+__all__ = ["add_commands"]
+
+
+def cmd_keys_init(args: argparse.Namespace) -> int:
+    from guard.identity.tokens import GuardKeys
+    from guard.keyring import read_ring
+
+    cfg = load_config(args.config, secrets=False)
+    existed = Path(cfg.signing.key_file).exists()
+    keys = GuardKeys(read_ring(cfg.signing.key_file, cfg.signing.algorithm).current, cfg.issuer)
+    state = "exists" if existed else "created"
+    print(f"{state}: {cfg.signing.key_file} (kid {keys.current.kid}, {keys.current.alg})")
+    return 0
+
+
+def cmd_keys_rotate(args: argparse.Namespace) -> int:
+    from guard.keyring import policy_retain_s, rotate
+    from guard.policy import load_policies
+
+    cfg = load_config(args.config, secrets=False)
+    done = rotate(cfg.signing.key_file, cfg.signing.algorithm, policy_retain_s(cfg, load_policies(cfg.policies)))
+    assert done is not None
+    until = datetime.fromtimestamp(done.previous_until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    print(f"rotated: {cfg.signing.key_file}: kid {done.kid} signs from now on; "
+          f"kid {done.previous_kid} verifies until {until}, then leaves JWKS")
+    return 0
+
+
+def cmd_dev_token(args: argparse.Namespace) -> int:
+    from guard.identity.issuers import dev_token
+
+    cfg = load_config(args.config, secrets=False)
+    print(dev_token(cfg, args.sub, args.role or [], args.ttl))
+    return 0
+
+
+def add_commands(sub: Any) -> None:
+    keys = sub.add_parser("keys", help="signing keys").add_subparsers(dest="keys_cmd", required=True)
+    ki = keys.add_parser("init", help="create the signing key if missing")
+    ki.set_defaults(func=cmd_keys_init)
+    kr = keys.add_parser("rotate", help="a new signing key; the previous one verifies until its tokens expired")
+    kr.set_defaults(func=cmd_keys_rotate)
+
+    d = sub.add_parser("dev-token", help="mint a token of the local development issuer")
+    d.add_argument("--sub", required=True)
+    d.add_argument("--role", action="append", help="guard:admin, guard:auditor, guard:approver")
+    d.add_argument("--ttl", type=int, default=3600)
+    d.set_defaults(func=cmd_dev_token)

@@ -1,0 +1,1 @@
+"""MCP streamable HTTP: JSON-RPC parsing, header/body agreement, tools/list filtering."""

@@ -1,0 +1,522 @@
+"""The Redis store: one shared state for many guard instances, failing closed.
+
+Each check-and-update is one Lua script (scripts.py), run with EVALSHA, on the keys of
+keys.py (those of one task share a hash slot).
+
+Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
+deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
+retried (once, after a reconnect); a script that may have run is never retried.
+
+The commands of a call (admission, its records, its finish) go over one connection that the
+calls of this process share (mux.py: one write per loop iteration for all of them). Everything
+else goes through redis-py's client and its connection pool.
+
+One job, the Store protocol on Redis (one method per atomic operation), which is why it runs past
+400 lines; the keys, the plumbing and the scripts live in keys.py, connection.py and scripts.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from typing import Any
+
+import structlog
+
+from guard.audit.chain import GENESIS, chain_record
+from guard.domain import (
+    AGENT_COUNTERS,
+    Admission,
+    AgentEvent,
+    AgentStats,
+    Approval,
+    AuditRecord,
+    CallLimits,
+    Delivery,
+    Task,
+    TaskState,
+)
+from guard.errors import StoreUnavailable
+from guard.stores.base import DecideOutcome, RefreshOutcome
+from guard.stores.redis import scripts as lua
+from guard.stores.redis.connection import RedisConnection
+from guard.stores.redis.keys import (
+    AGENTS,
+    CREDENTIAL_TASKS,
+    DELIVERIES,
+    LEASES,
+    TASKS,
+    agent_key,
+    approval_key,
+    credential_key,
+    dpop_key,
+    grant_key,
+    task_key,
+    task_keys,
+)
+
+__all__ = ["RedisStore"]
+
+log = structlog.get_logger("guard.store")
+
+AUDIT_ATTEMPTS = 32
+
+
+def _num(x: float | int | None) -> str:
+    return "" if x is None else repr(x)
+
+
+def _opt_float(s: str | None) -> float | None:
+    return float(s) if s else None
+
+
+class _TaskLock:
+    """One asyncio.Lock per task, kept only while someone holds or waits for it."""
+
+    __slots__ = ("lock", "locks", "task_id")
+
+    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], task_id: str) -> None:
+        self.locks, self.task_id = locks, task_id
+
+    async def __aenter__(self) -> None:
+        lock, users = self.locks.get(self.task_id) or (asyncio.Lock(), 0)
+        self.locks[self.task_id] = (lock, users + 1)
+        self.lock = lock
+        try:
+            await lock.acquire()
+        except BaseException:
+            self._leave()
+            raise
+
+    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
+        self.lock.release()
+        self._leave()
+
+    def _leave(self) -> None:
+        lock, users = self.locks[self.task_id]
+        if users <= 1:
+            del self.locks[self.task_id]
+        else:
+            self.locks[self.task_id] = (lock, users - 1)
+
+
+class RedisStore(RedisConnection):
+    """The Store protocol on Redis (see guard/stores/base.py)."""
+
+    def __init__(self, url: str) -> None:
+        super().__init__(url)
+        self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
+        # inventory counters of admitted calls, sent in the round trip that finishes the call
+        self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
+        self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
+
+    # -- tasks -------------------------------------------------------------
+    async def create_task(self, task: Task) -> None:
+        row: dict[Any, str] = {
+            "json": json.dumps(task.to_json()), "status": task.status, "agent": task.agent,
+            "ended_at": _num(task.ended_at), "end_reason": task.end_reason or "", "calls": "0",
+            "last_call_at": _num(task.created_at), "expires_at": _num(task.expires_at),
+            "idle_s": _num(task.idle_s), "max_calls": _num(task.max_calls),
+        }
+        async with self._fail_closed("create_task"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.hset(task_key(task.task_id, "task"), mapping=row)
+            pipe.sadd(TASKS, task.task_id)
+            pipe.sadd(f"{agent_key(task.agent)}:tasks", task.task_id)
+            await pipe.execute()
+
+    @staticmethod
+    def _task(row: dict[str, str]) -> Task:
+        d = json.loads(row["json"])
+        d.update(status=row["status"], ended_at=_opt_float(row.get("ended_at")),
+                 end_reason=row.get("end_reason") or None)
+        return Task.from_json(d)
+
+    def _state(self, row: dict[str, str], hist: set[str]) -> TaskState:
+        return TaskState(self._task(row), int(row["calls"]), float(row["last_call_at"]), frozenset(hist))
+
+    async def _states(self, task_ids: list[str]) -> list[TaskState]:
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for tid in task_ids:
+                pipe.hgetall(task_key(tid, "task"))
+                pipe.smembers(task_key(tid, "hist"))
+            return list(await pipe.execute())
+
+        out = await self._read("get_task", fetch) if task_ids else []
+        return [self._state(row, hist) for row, hist in zip(out[::2], out[1::2], strict=True) if row]
+
+    async def get_task(self, task_id: str) -> TaskState | None:
+        states = await self._states([task_id])
+        return states[0] if states else None
+
+    async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
+        keys = task_keys(task_id, "task", "inflight", "apr:pending", "apr")
+        out = await self._script("END_TASK", keys, [status, _num(now), reason or ""])
+        if not out:
+            return None
+        return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+
+    async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
+        ids = await self._members(TASKS if agent is None else agent_key(agent, "tasks"))
+        return [
+            s for s in await self._states(ids)
+            if (status is None or s.task.status == status) and (agent is None or s.task.agent == agent)
+        ]
+
+    # -- calls -------------------------------------------------------------
+    async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        keys = task_keys(task_id, "task", "hist", "inflight")
+        args: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
+                           "1" if limits.count else "0"]
+        for rule_id, calls, per_s in limits.rates:
+            keys.append(task_key(task_id, f"rate:{rule_id}"))
+            args += [rule_id, calls, _num(float(per_s))]
+        ok, reason, rule_id, retry_after, calls = await self._script("ADMIT_CALL", keys, args)
+        if ok and limits.count and limits.agent is not None:
+            await self.record_agent_event(limits.agent, "call_allowed", limits.now, limits.tool)
+        return Admission(bool(ok), reason or None, rule_id or None, _opt_float(retry_after), int(calls or 0))
+
+    async def finish_call(self, task_id: str, call_id: str) -> None:
+        commands: list[tuple[Any, ...]] = [("SREM", task_key(task_id, "inflight"), call_id)]
+        self._queue_agent_call(commands, task_id, call_id)
+        async with self._fail_closed("finish_call"):
+            await self._send(commands)
+
+    async def call_in_flight(self, task_id: str, call_id: str) -> bool:
+        async def fetch() -> bool:
+            return bool(await self._r.sismember(task_key(task_id, "inflight"), call_id))
+
+        return await self._read("call_in_flight", fetch)
+
+    async def admit_and_record(
+        self, task_id: str, limits: CallLimits, fields: dict[str, Any]
+    ) -> tuple[Admission, AuditRecord | None]:
+        """One script admits the call and appends its decision record on the tail last seen;
+        when another instance appended meanwhile, it changes nothing and answers the current
+        tail, and the record is chained again on it. The agent's counter rides along with the
+        call's finish (same round trip as its last record)."""
+        keys = task_keys(task_id, "task", "hist", "inflight", "audit", "audit:tail")
+        admit: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
+                            "1" if limits.count else "0"]
+        rates: list[Any] = []
+        for rule_id, calls, per_s in limits.rates:
+            keys.append(task_key(task_id, f"rate:{rule_id}"))
+            rates += [rule_id, calls, _num(float(per_s))]
+        async with self._audit_lock(task_id), self._fail_closed("admit_and_record"):
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            for _ in range(AUDIT_ATTEMPTS):
+                record = chain_record(fields, seq + 1, prev)
+                args = [*admit, record.seq, prev, record.hash, record.json_line(), *rates]
+                ok, reason, rule_id, retry_after, calls = await self._eval("ADMIT_AND_RECORD", keys, args)
+                if ok == 2:
+                    seq, prev = int(reason), str(rule_id)
+                    continue
+                if not ok:
+                    refusal = Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls))
+                    return refusal, None
+                self._remember_tail(task_id, record.seq, record.hash)
+                if limits.count and limits.agent is not None:
+                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.tool)
+                return Admission(True, calls=int(calls or 0)), record
+        raise StoreUnavailable("the audit trail is too contended to append to")
+
+    async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
+        """One script appends the record and ends the call; the agent's counter of the call goes
+        in the same round trip (separate commands: another hash slot, not atomic with it)."""
+        keys = task_keys(task_id, "audit", "audit:tail", "inflight")
+        also: list[tuple[Any, ...]] = []
+        self._queue_agent_call(also, task_id, call_id)
+        return await self._append_chained("record_and_finish", "RECORD_AND_FINISH", task_id, fields, keys,
+                                          [call_id], also)
+
+    async def _append_chained(
+        self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
+        also: list[tuple[Any, ...]],
+    ) -> AuditRecord:
+        """Chain the record on the tail last seen and run `script` (KEYS: audit list, tail, ...;
+        ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the round trip of
+        the first attempt (they run whatever the script answers, so they are sent once). When
+        another instance appended meanwhile, the script changes nothing and answers the current
+        tail, and the record is chained again on it."""
+        async with self._audit_lock(task_id), self._fail_closed(op):
+            seq, prev = self._tails.get(task_id, (0, GENESIS))
+            for _ in range(AUDIT_ATTEMPTS):
+                record = chain_record(fields, seq + 1, prev)
+                out = await self._eval(script, keys, [record.seq, prev, record.hash, record.json_line(), *args], also)
+                also = []
+                if out[0] == 1:
+                    self._remember_tail(task_id, record.seq, record.hash)
+                    return record
+                seq, prev = int(out[1]), str(out[2])
+        raise StoreUnavailable("the audit trail is too contended to append to")
+
+    def _queue_agent_call(self, commands: list[tuple[Any, ...]], task_id: str, call_id: str) -> None:
+        """Add the commands of this call's pending inventory counter, if any."""
+        pending = self._agent_calls.pop((task_id, call_id), None)
+        if pending is not None:
+            agent, tool = pending
+            self._agent_cmds(commands, agent, "call_allowed", time.time(), tool)
+
+    def _defer_agent_call(self, task_id: str, call_id: str, agent: str, tool: str) -> None:
+        if len(self._agent_calls) >= 100_000:  # calls never finished (a bug elsewhere): stay bounded
+            log.warning("agent_counters_dropped", count=len(self._agent_calls))
+            self._agent_calls.clear()
+        self._agent_calls[(task_id, call_id)] = (agent, tool)
+
+    # -- credentials -------------------------------------------------------
+    async def consume_credential(self, jti: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
+        async with self._fail_closed("consume_credential"):
+            return bool(await self._r.set(credential_key(jti), "1", nx=True, px=ttl_ms))
+
+    async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
+        key = task_key(task_id, "creds")
+        async with self._fail_closed("hold_credential"):  # the sweep's index rides in the same round trip
+            held = await self._eval("HOLD_CREDENTIAL", [key], [slot, value, previous or ""],
+                                    also=[("SADD", CREDENTIAL_TASKS, task_id)])
+        return str(held)
+
+    async def held_credential(self, task_id: str, slot: str) -> str | None:
+        async def fetch() -> str | None:
+            value = await self._r.hget(task_key(task_id, "creds"), slot)
+            return None if value is None else str(value)
+
+        return await self._read("held_credential", fetch)
+
+    async def claim_credentials(self, task_id: str) -> dict[str, str]:
+        async with self._fail_closed("claim_credentials"):
+            flat = await self._eval("CLAIM_CREDENTIALS", [task_key(task_id, "creds")], [],
+                                    also=[("SREM", CREDENTIAL_TASKS, task_id)])
+        return {str(flat[i]): str(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def credential_tasks(self) -> list[str]:
+        return await self._members(CREDENTIAL_TASKS)
+
+    async def consume_dpop_jti(self, key: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time()) * 1000))
+        async with self._fail_closed("consume_dpop_jti"):
+            return bool(await self._r.set(dpop_key(key), "1", nx=True, px=ttl_ms))
+
+    # -- approvals ---------------------------------------------------------
+    @staticmethod
+    def _approval(j: str, status: str, decisions: str) -> Approval:
+        d = json.loads(j)
+        d.update(status=status, decisions=json.loads(decisions))
+        return Approval.from_json(d)
+
+    async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
+        tid, aid = approval.task_id, approval.approval_id
+        async with self._fail_closed("open_approval"):
+            await self._r.set(approval_key(aid), tid)  # findable by id before anyone can know the id
+        args = [aid, approval.call_digest, _num(approval.created_at), _num(approval.expires_at),
+                approval.required, json.dumps(approval.to_json())]
+        created, j, status, decisions = await self._script(
+            "OPEN_APPROVAL", task_keys(tid, "apr:pending", "apr:latest", "apr"), args)
+        if not created:
+            async with self._fail_closed("open_approval"):
+                await self._r.delete(approval_key(aid))
+        return self._approval(j, status, decisions), bool(created)
+
+    async def get_approval(self, approval_id: str) -> Approval | None:
+        tid = await self._approval_task(approval_id)
+        if tid is None:
+            return None
+        f = [f"{p}:{approval_id}" for p in ("j", "s", "d")]
+
+        async def fetch() -> list[str | None]:
+            return [None if v is None else str(v) for v in await self._r.hmget(task_key(tid, "apr"), f)]
+
+        j, status, decisions = await self._read("get_approval", fetch)
+        return self._approval(j, status or "", decisions or "[]") if j else None
+
+    async def _approval_task(self, approval_id: str) -> str | None:
+        async def fetch() -> str | None:
+            tid = await self._r.get(approval_key(approval_id))
+            return str(tid) if tid is not None else None
+
+        return await self._read("get_approval", fetch)
+
+    async def decide_approval(
+        self, approval_id: str, decision: dict[str, Any], now: float
+    ) -> tuple[DecideOutcome, Approval | None]:
+        tid = await self._approval_task(approval_id)
+        if tid is None:
+            return "not_found", None
+        args = [approval_id, str(decision["approver"]), str(decision["decision"]), json.dumps(decision), _num(now)]
+        out = await self._script("DECIDE_APPROVAL", task_keys(tid, "apr:pending", "apr"), args)
+        if out[0] == "not_found":
+            return "not_found", None
+        return out[0], self._approval(out[1], out[2], out[3])
+
+    async def consume_approval(self, task_id: str, call_digest: str, now: float) -> Approval | None:
+        out = await self._script("CONSUME_APPROVAL", task_keys(task_id, "apr:latest", "apr"),
+                                 [call_digest, _num(now)])
+        return self._approval(out[1], out[2], out[3]) if out else None
+
+    async def latest_approval(self, task_id: str, call_digest: str) -> Approval | None:
+        keys = task_keys(task_id, "apr:latest", "apr:pending", "apr")
+        out = await self._script("LATEST_APPROVAL", keys, [call_digest, _num(time.time())])
+        return self._approval(out[1], out[2], out[3]) if out else None
+
+    async def list_approvals(self, task_id: str | None = None, status: str | None = None) -> list[Approval]:
+        tids = [task_id] if task_id is not None else await self._members(TASKS)
+
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for tid in tids:
+                pipe.hgetall(task_key(tid, "apr"))
+            return list(await pipe.execute())
+
+        out: list[Approval] = []
+        for row in await self._read("list_approvals", fetch):
+            for field, j in row.items():
+                if field.startswith("j:"):
+                    aid = field[2:]
+                    a = self._approval(j, row[f"s:{aid}"], row[f"d:{aid}"])
+                    if status is None or a.status == status:
+                        out.append(a)
+        return sorted(out, key=lambda a: a.created_at)
+
+    # -- agents (the inventory) ---------------------------------------------
+    async def record_agent_event(self, agent: str, kind: AgentEvent, now: float, tool: str | None = None) -> None:
+        commands: list[tuple[Any, ...]] = []
+        self._agent_cmds(commands, agent, kind, now, tool)
+        async with self._fail_closed("record_agent_event"):
+            await self._send(commands)
+
+    def _agent_cmds(self, commands: list[tuple[Any, ...]], agent: str, kind: AgentEvent, now: float,
+                    tool: str | None) -> None:
+        key = agent_key(agent)
+        used = tool if kind == "call_allowed" and tool is not None else ""
+        commands.append(("EVAL", lua.AGENT_EVENT, 2, key, f"{key}:tools", AGENT_COUNTERS[kind], _num(now), used))
+        # on every event, not once per process: Redis may lose the set (a restart without its
+        # append-only file) while this process sees no error; another hash slot than the agent's
+        commands.append(("SADD", AGENTS, agent))
+
+    async def agent_stats(self) -> dict[str, AgentStats]:
+        agents = await self._members(AGENTS)
+
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for agent in agents:
+                pipe.hgetall(agent_key(agent))
+                pipe.smembers(agent_key(agent, "tools"))
+            return list(await pipe.execute())
+
+        out = await self._read("agent_stats", fetch) if agents else []
+        return {a: _agent_stats(a, row, tools) for a, row, tools in zip(agents, out[::2], out[1::2], strict=True)}
+
+    async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
+        changed = await self._script("SET_SUSPENDED", [agent_key(agent)], ["1", reason, actor, _num(now)])
+        async with self._fail_closed("suspend_agent"):
+            await self._r.sadd(AGENTS, agent)
+        return bool(changed)
+
+    async def restore_agent(self, agent: str) -> bool:
+        return bool(await self._script("SET_SUSPENDED", [agent_key(agent)], ["0", "", "", ""]))
+
+    async def is_suspended(self, agent: str) -> bool:
+        async def fetch() -> bool:
+            return await self._r.hget(agent_key(agent), "suspended") == "1"
+
+        return await self._read("is_suspended", fetch)
+
+    # -- webhook deliveries --------------------------------------------------
+    async def save_delivery(self, delivery: Delivery) -> None:
+        async with self._fail_closed("save_delivery"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hset(DELIVERIES, delivery.delivery_id, json.dumps(delivery.to_json()))
+            pipe.hset(LEASES, delivery.delivery_id, f"{delivery.lease_until!r} {delivery.owner}")
+            await pipe.execute()
+
+    async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
+        out = await self._script("CLAIM_DELIVERIES", [DELIVERIES, LEASES], [owner, _num(now), _num(lease_until)])
+        claimed = []
+        for j in out[1::2]:
+            d = json.loads(j)
+            d.update(owner=owner, lease_until=lease_until)
+            claimed.append(Delivery.from_json(d))
+        return claimed
+
+    async def delete_delivery(self, delivery_id: str) -> None:
+        async with self._fail_closed("delete_delivery"):
+            pipe = self._r.pipeline(transaction=True)
+            pipe.hdel(DELIVERIES, delivery_id)
+            pipe.hdel(LEASES, delivery_id)
+            await pipe.execute()
+
+    # -- audit -------------------------------------------------------------
+    def _audit_lock(self, task_id: str) -> _TaskLock:
+        """Appends of one task from this process go one at a time (others may still race)."""
+        return _TaskLock(self._audit_locks, task_id)
+
+    async def append_audit(
+        self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
+    ) -> AuditRecord:
+        """See _append_chained; the agent event rides in the same pipeline."""
+        keys = task_keys(task_id, "audit", "audit:tail")
+        also: list[tuple[Any, ...]] = []
+        if agent_event is not None:
+            self._agent_cmds(also, str(fields["agent"]), agent_event, float(fields["ts"]), None)
+        return await self._append_chained("append_audit", "APPEND_AUDIT", task_id, fields, keys, [], also)
+
+    def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:
+        if len(self._tails) >= 10_000 and task_id not in self._tails:
+            self._tails.pop(next(iter(self._tails)))
+        self._tails[task_id] = (seq, hash_)
+
+    async def read_audit(self, task_id: str) -> list[AuditRecord]:
+        async def fetch() -> list[str]:
+            return [str(v) for v in await self._r.lrange(task_key(task_id, "audit"), 0, -1)]
+
+        lines = await self._read("read_audit", fetch)
+        return [AuditRecord(json.loads(line)) for line in lines]
+
+
+    # -- OAuth grants and sessions -------------------------------------------
+    async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
+        async with self._fail_closed("put_grant"):
+            await self._r.set(grant_key(kind, key), json.dumps(data), px=_ttl_ms(ttl_s))
+
+    async def get_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        async def fetch() -> str | None:
+            value = await self._r.get(grant_key(kind, key))
+            return None if value is None else str(value)
+
+        raw = await self._read("get_grant", fetch)
+        return json.loads(raw) if raw is not None else None
+
+    async def take_grant(self, kind: str, key: str) -> dict[str, Any] | None:
+        async with self._fail_closed("take_grant"):
+            raw = await self._r.getdel(grant_key(kind, key))
+        return json.loads(raw) if raw is not None else None
+
+    async def rotate_refresh(self, old: str, new: str, ttl_s: float) -> tuple[RefreshOutcome, dict[str, Any] | None]:
+        keys = [grant_key("refresh", old), grant_key("refresh_used", old), grant_key("refresh", new)]
+        outcome, raw = await self._script("ROTATE_REFRESH", keys, [_ttl_ms(ttl_s)])
+        if outcome == "unknown":
+            return "unknown", None
+        return ("reused" if outcome == "reused" else "rotated"), json.loads(raw)
+
+
+def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats:
+    return AgentStats(
+        agent=agent,
+        first_seen=_opt_float(row.get("first_seen")),
+        last_seen=_opt_float(row.get("last_seen")),
+        tasks_created=int(row.get("tasks_created", 0)),
+        calls=int(row.get("calls", 0)),
+        denied=int(row.get("denied", 0)),
+        attempts=int(row.get("attempts", 0)),
+        tools_used=frozenset(tools),
+        suspended=row.get("suspended") == "1",
+        suspended_reason=row.get("suspended_reason"),
+        suspended_by=row.get("suspended_by"),
+        suspended_at=_opt_float(row.get("suspended_at")),
+    )
+
+
+def _ttl_ms(ttl_s: float) -> int:
+    return max(1, int(ttl_s * 1000))
