@@ -14,17 +14,17 @@ from aiohttp import web
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
-from guard.binding import X509Issuers
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
 from guard.domain import TaskState
-from guard.dpop import DpopVerifier
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
+from guard.identity.binding import X509Issuers
+from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
-from guard.keyring import load_keys, policy_retain_s, watch_keys
+from guard.identity.keyring import load_keys, policy_retain_s, watch_keys
+from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
 from guard.metrics import Metrics, request_started
-from guard.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader

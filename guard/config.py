@@ -19,7 +19,7 @@ class _Section(BaseModel):
 
 
 class ListenTLS(_Section):
-    """The guard's door over TLS (guard.mtls); every file is re-read when it changes."""
+    """The guard's door over TLS (guard.identity.mtls); every file is re-read when it changes."""
 
     cert_file: str
     key_file: str
@@ -52,7 +52,7 @@ class AuditCfg(_Section):
 class SigningCfg(_Section):
     key_file: str = "./var/signing-key.json"
     algorithm: str = "EdDSA"
-    rotate_s: float | None = Field(None, gt=0)  # automatic rotation (guard.keyring); None: `guard keys rotate`
+    rotate_s: float | None = Field(None, gt=0)  # automatic rotation (guard.identity.keyring); None: `guard keys rotate`
 
     @field_validator("algorithm")
     @classmethod
@@ -63,7 +63,7 @@ class SigningCfg(_Section):
 
 
 class X509IssuerCfg(_Section):
-    """Agents proving who they are with an X.509-SVID over mTLS (guard.mtls)."""
+    """Agents proving who they are with an X.509-SVID over mTLS (guard.identity.mtls)."""
 
     trust_bundle_file: str
     spiffe_id: str = Field(min_length=1)  # the SPIFFE IDs admitted, a glob: spiffe://acme/agent/*

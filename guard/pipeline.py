@@ -21,16 +21,16 @@ import structlog
 
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
-from guard.binding import X509Issuers, consume_proof, refuse_unbound
 from guard.config import Config
 from guard.credentials import Credentials
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
-from guard.dpop import DpopVerifier
 from guard.errors import CredentialUnavailable, Denied, GuardError
+from guard.identity.binding import X509Issuers, consume_proof, refuse_unbound
+from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
+from guard.identity.mtls import ServerTLS, ToolContexts
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
-from guard.mtls import ServerTLS, ToolContexts
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
 from guard.stages.admit import admit, admit_and_record
@@ -61,7 +61,7 @@ class Deps:
     identity: Identity
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
-    tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.mtls)
+    tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.identity.mtls)
     dpop: DpopVerifier = field(default_factory=lambda: DpopVerifier(None))
     x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
     tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools

@@ -13,8 +13,8 @@ __all__ = ["add_commands"]
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
+    from guard.identity.keyring import read_ring
     from guard.identity.tokens import GuardKeys
-    from guard.keyring import read_ring
 
     cfg = load_config(args.config, secrets=False)
     existed = Path(cfg.signing.key_file).exists()
@@ -25,7 +25,7 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from guard.keyring import policy_retain_s, rotate
+    from guard.identity.keyring import policy_retain_s, rotate
     from guard.policy import load_policies
 
     cfg = load_config(args.config, secrets=False)

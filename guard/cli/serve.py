@@ -37,8 +37,8 @@ async def tune_gc(_: object) -> None:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from guard import serving
     from guard.app import build_app
+    from guard.cli import serving
     from guard.cli.workers import check_workers, supervise
     from guard.log import configure_logging
 
@@ -60,7 +60,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         uvloop.install()
     except ImportError:
         pass
-    from guard.mtls import SERVER_TLS
+    from guard.identity.mtls import SERVER_TLS
 
     serving.run(
         app,

@@ -324,7 +324,7 @@ def _tool(src: _Source, name: str, tool: ToolModel) -> ToolSpec:
 
 
 def _tool_spiffe_id(src: _Source, loc: Loc, tool: ToolModel) -> str | None:
-    from guard.mtls import valid_spiffe_id
+    from guard.identity.mtls import valid_spiffe_id
 
     if tool.tls is not None and bool(tool.tls.cert_file) != bool(tool.tls.key_file):
         src.fail((*loc, "tls"), "cert_file and key_file go together")

@@ -17,10 +17,10 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
-from guard.binding import presented
 from guard.domain import Authorized, ToolCall
-from guard.dpop import authorization
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
+from guard.identity.binding import presented
+from guard.identity.dpop import authorization
 from guard.identity.tokens import TASK_TYP
 from guard.mcp.rpc import (
     INTERNAL_ERROR,

@@ -9,10 +9,10 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.binding import binding_of, task_creator, task_principal
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.identity.auth import ADMIN, AUDITOR, require_role
+from guard.identity.binding import binding_of, task_creator, task_principal
 from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, authorized, json_response, read_model
@@ -112,7 +112,7 @@ async def create_task(request: web.Request) -> web.Response:
     claims = {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
               "iat": int(now), "exp": int(task.expires_at), "jti": jti()}
     if cnf:
-        claims["cnf"] = cnf  # bound to its holder (guard.binding)
+        claims["cnf"] = cnf  # bound to its holder (guard.identity.binding)
     token = deps.keys.sign(TASK_TYP, claims)
     return json_response(
         {"task_id": task.task_id, "task_token": token, "status": task.status,

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from aiohttp import web
 
-from guard.binding import presented
-from guard.dpop import authorization
 from guard.errors import BadRequest
+from guard.identity.binding import presented
+from guard.identity.dpop import authorization
 from guard.pipeline import authorize_call
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call

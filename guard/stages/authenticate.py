@@ -1,5 +1,5 @@
 """Who is calling: a task token, or the Txn-Token of a call still in flight (a chained call),
-held by the workload it is bound to (guard.binding)."""
+held by the workload it is bound to (guard.identity.binding)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from typing import Any
 
 import structlog
 
-from guard.binding import Binding, bound_to
 from guard.domain import Caller, ToolCall
 from guard.errors import Unauthenticated
+from guard.identity.binding import Binding, bound_to
 from guard.identity.tokens import TASK_TYP, TXN_TYP, GuardKeys
 
 log = structlog.get_logger("guard.authenticate")

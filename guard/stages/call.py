@@ -38,8 +38,8 @@ def tool_call(
     counted: bool = True,
 ) -> ToolCall:
     """A new call (with its id). `token` is the one of the Authorization header (Bearer or DPoP
-    scheme), `presented` what the request proves besides it (guard.binding.presented). `Prefer:
-    wait` is honoured only for a counted call (an http tool call or MCP tools/call)."""
+    scheme), `presented` what the request proves besides it (guard.identity.binding.presented).
+    `Prefer: wait` is honoured only for a counted call (an http tool call or MCP tools/call)."""
     return ToolCall(
         call_id=new_id("call"),
         kind=kind,

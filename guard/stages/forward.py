@@ -16,7 +16,7 @@ from yarl import URL
 
 from guard.domain import Authorized
 from guard.errors import UpstreamTimeout, UpstreamUnavailable
-from guard.mtls import ToolContexts
+from guard.identity.mtls import ToolContexts
 from guard.policy.model import ToolSpec
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "tool_ssl", "upstream_headers"]

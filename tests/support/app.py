@@ -15,9 +15,9 @@ from aiohttp.web_runner import BaseRunner
 
 from guard.app import build_app
 from guard.cli.serve import handler_options
+from guard.cli.serving import ProblemAppRunner
 from guard.config import Config, load_config
 from guard.identity.issuers import dev_token
-from guard.serving import ProblemAppRunner
 from tests.support.guard import write_guard
 
 __all__ = ["AppGuard", "start_app_guard"]

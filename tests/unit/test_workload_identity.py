@@ -13,8 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from guard.dpop import DpopVerifier, InvalidDpopProof, jwk_thumbprint
-from guard.mtls import parse_svid, valid_spiffe_id
+from guard.identity.dpop import DpopVerifier, InvalidDpopProof, jwk_thumbprint
+from guard.identity.mtls import parse_svid, valid_spiffe_id
 from tests.support.dpop import DpopKey
 from tests.support.pki import self_signed_svid
 

@@ -17,11 +17,11 @@ from aiohttp import web
 
 from guard.config import X509IssuerCfg
 from guard.domain import PLAIN, Caller, Presented, ToolCall
-from guard.dpop import InvalidDpopProof, authorization
 from guard.errors import Unauthenticated
 from guard.identity.auth import principal
+from guard.identity.dpop import InvalidDpopProof, authorization
+from guard.identity.mtls import FileWatch, peer_svid, spiffe_matches
 from guard.identity.tokens import TASK_TYP, Principal
-from guard.mtls import FileWatch, peer_svid, spiffe_matches
 from guard.oauth.sessions import session_principal
 from guard.policy import PolicySet
 from guard.stores.base import Store

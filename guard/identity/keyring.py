@@ -34,8 +34,8 @@ from typing import Any
 import structlog
 
 from guard.config import Config
+from guard.identity.mtls import FileWatch
 from guard.identity.tokens import LEEWAY_S, GuardKeys, PrivateKey, _jwk_of, _key_from_jwk, _KeyPair, load_or_create_key
-from guard.mtls import FileWatch
 from guard.policy import PolicySet
 
 __all__ = ["KeyRing", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate", "watch_keys"]
