@@ -46,6 +46,7 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 log = structlog.get_logger("guard.mcp")
 _NOT_JSON_RPC = (Unauthenticated, UnknownTool)  # answered as plain HTTP problems (401/404)
+DELEGATED = web.RequestKey("delegated", bool)  # an access token of guard's authorization server
 
 
 @lru_cache(maxsize=256)
@@ -117,14 +118,14 @@ def _challenged(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
         deps = request.app[DEPS]
         tool = request.match_info["tool"]
         try:
-            request["delegated"] = _delegated(request, deps)
+            request[DELEGATED] = _delegated(request, deps)
             return await handler(request)
         except Unauthenticated as err:
             err.headers["WWW-Authenticate"] = www_authenticate(deps.cfg, tool, "invalid_token"
                                                                if request.headers.get("Authorization") else None)
             raise
         except TaskInactive as err:
-            if request.get("delegated"):
+            if request.get(DELEGATED):
                 raise _inactive(deps, tool, err) from err
             raise
 
@@ -163,7 +164,7 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
-        if isinstance(err, TaskInactive) and request.get("delegated"):
+        if isinstance(err, TaskInactive) and request.get(DELEGATED):
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
