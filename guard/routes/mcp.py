@@ -121,8 +121,9 @@ def _challenged(handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
             request[DELEGATED] = _delegated(request, deps)
             return await handler(request)
         except Unauthenticated as err:
-            err.headers["WWW-Authenticate"] = www_authenticate(deps.cfg, tool, "invalid_token"
-                                                               if request.headers.get("Authorization") else None)
+            if "WWW-Authenticate" not in err.headers:  # a DPoP proof refusal keeps its own challenge (RFC 9449)
+                err.headers["WWW-Authenticate"] = www_authenticate(
+                    deps.cfg, tool, "invalid_token" if request.headers.get("Authorization") else None)
             raise
         except TaskInactive as err:
             if request.get(DELEGATED):
