@@ -48,7 +48,6 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from guard.audit import GENESIS, chain_record
 from guard.domain import (
     Admission,
     AgentEvent,
@@ -63,6 +62,7 @@ from guard.domain import (
 from guard.errors import StoreUnavailable
 from guard.stores import redis_lua as lua
 from guard.stores.base import DecideOutcome
+from guard.stores.redis_chain import ChainAppender, Link
 from guard.stores.redis_mux import Multiplexer
 
 __all__ = ["RedisStore"]
@@ -123,36 +123,6 @@ class _FailClosed:
             await self.store._failed(self.op, e)  # raises StoreUnavailable
 
 
-class _TaskLock:
-    """One asyncio.Lock per task, kept only while someone holds or waits for it."""
-
-    __slots__ = ("lock", "locks", "task_id")
-
-    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], task_id: str) -> None:
-        self.locks, self.task_id = locks, task_id
-
-    async def __aenter__(self) -> None:
-        lock, users = self.locks.get(self.task_id) or (asyncio.Lock(), 0)
-        self.locks[self.task_id] = (lock, users + 1)
-        self.lock = lock
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave()
-            raise
-
-    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
-        self.lock.release()
-        self._leave()
-
-    def _leave(self) -> None:
-        lock, users = self.locks[self.task_id]
-        if users <= 1:
-            del self.locks[self.task_id]
-        else:
-            self.locks[self.task_id] = (lock, users - 1)
-
-
 class _HiredisPacking(aioredis.Connection):
     """redis-py's asyncio connection packs commands in Python (about 14 us for a script call of
     ours); hiredis, which already parses the replies, packs the same bytes in about 2 us."""
@@ -188,10 +158,11 @@ class RedisStore:
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
                          "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
         }
-        self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
+        # the appends to each task's audit chain, batched (redis_chain)
+        self._chain = ChainAppender(self._send, {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()},
+                                    AUDIT_ATTEMPTS)
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
-        self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- plumbing ------------------------------------------------------------
     async def connect(self) -> None:
@@ -348,10 +319,10 @@ class RedisStore:
     async def admit_and_record(
         self, task_id: str, limits: CallLimits, fields: dict[str, Any]
     ) -> tuple[Admission, AuditRecord | None]:
-        """One script admits the call and appends its decision record on the tail last seen;
-        when another instance appended meanwhile, it changes nothing and answers the current
-        tail, and the record is chained again on it. The agent's counter rides along with the
-        call's finish (same round trip as its last record)."""
+        """One script admits the call and appends its decision record, chained in this task's
+        next batch (redis_chain); when another instance appended meanwhile, it changes nothing and
+        answers the current tail, and the record is chained again on it. The agent's counter rides
+        along with the call's finish (same round trip as its last record)."""
         keys = [_k(task_id, "task"), _k(task_id, "hist"), _k(task_id, "inflight"),
                 _k(task_id, "audit"), _k(task_id, "audit:tail")]
         admit: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
@@ -360,23 +331,14 @@ class RedisStore:
         for rule_id, calls, per_s in limits.rates:
             keys.append(_k(task_id, f"rate:{rule_id}"))
             rates += [rule_id, calls, _num(float(per_s))]
-        async with self._audit_lock(task_id), self._fail_closed("admit_and_record"):
-            seq, prev = self._tails.get(task_id, (0, GENESIS))
-            for _ in range(AUDIT_ATTEMPTS):
-                record = chain_record(fields, seq + 1, prev)
-                args = [*admit, record.seq, prev, record.hash, record.json_line(), *rates]
-                ok, reason, rule_id, retry_after, calls = await self._eval("ADMIT_AND_RECORD", keys, args)
-                if ok == 2:
-                    seq, prev = int(reason), str(rule_id)
-                    continue
-                if not ok:
-                    refusal = Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls))
-                    return refusal, None
-                self._remember_tail(task_id, record.seq, record.hash)
-                if limits.count and limits.agent is not None:
-                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.history_entry)
-                return Admission(True, calls=int(calls or 0)), record
-        raise StoreUnavailable("the audit trail is too contended to append to")
+        link = Link("ADMIT_AND_RECORD", keys, admit, rates, fields, [], conflict=2)
+        async with self._fail_closed("admit_and_record"):
+            (ok, reason, rule_id, retry_after, calls), record = await self._chain.append(task_id, link)
+        if not ok or record is None:
+            return Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls)), None
+        if limits.count and limits.agent is not None:
+            self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.history_entry)
+        return Admission(True, calls=int(calls or 0)), record
 
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
         """One script appends the record and ends the call; the agent's counter of the call goes
@@ -391,22 +353,15 @@ class RedisStore:
         self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
         also: list[tuple[Any, ...]],
     ) -> AuditRecord:
-        """Chain the record on the tail last seen and run `script` (KEYS: audit list, tail, ...;
-        ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the round trip of
-        the first attempt (they run whatever the script answers, so they are sent once). When
-        another instance appended meanwhile, the script changes nothing and answers the current
-        tail, and the record is chained again on it."""
-        async with self._audit_lock(task_id), self._fail_closed(op):
-            seq, prev = self._tails.get(task_id, (0, GENESIS))
-            for _ in range(AUDIT_ATTEMPTS):
-                record = chain_record(fields, seq + 1, prev)
-                out = await self._eval(script, keys, [record.seq, prev, record.hash, record.json_line(), *args], also)
-                also = []
-                if out[0] == 1:
-                    self._remember_tail(task_id, record.seq, record.hash)
-                    return record
-                seq, prev = int(out[1]), str(out[2])
-        raise StoreUnavailable("the audit trail is too contended to append to")
+        """Chain the record in this task's next batch (redis_chain) and run `script` (KEYS: audit
+        list, tail, ...; ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the
+        round trip of the first attempt (they run whatever the script answers, so they are sent
+        once). When another instance appended meanwhile, the script changes nothing and answers
+        the current tail, and the record is chained again on it."""
+        async with self._fail_closed(op):
+            _, record = await self._chain.append(task_id, Link(script, keys, [], args, fields, also, conflict=0))
+        assert record is not None  # these scripts append or conflict, never refuse
+        return record
 
     def _queue_agent_call(self, commands: list[tuple[Any, ...]], task_id: str, call_id: str) -> None:
         """Add the commands of this call's pending inventory counter, if any."""
@@ -580,10 +535,6 @@ class RedisStore:
             await pipe.execute()
 
     # -- audit -------------------------------------------------------------
-    def _audit_lock(self, task_id: str) -> _TaskLock:
-        """Appends of one task from this process go one at a time (others may still race)."""
-        return _TaskLock(self._audit_locks, task_id)
-
     async def append_audit(
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
     ) -> AuditRecord:
@@ -593,11 +544,6 @@ class RedisStore:
         if agent_event is not None:
             self._agent_cmds(also, str(fields["agent"]), agent_event, float(fields["ts"]), None)
         return await self._append_chained("append_audit", "APPEND_AUDIT", task_id, fields, keys, [], also)
-
-    def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:
-        if len(self._tails) >= 10_000 and task_id not in self._tails:
-            self._tails.pop(next(iter(self._tails)))
-        self._tails[task_id] = (seq, hash_)
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]:
         async def fetch() -> list[str]:
