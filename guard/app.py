@@ -113,7 +113,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(cfg.store.url, cfg.audit.dir)
+        store = await open_store(cfg.store.url, cfg.audit.dir, cfg.store.wait_replicas)
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()

@@ -63,6 +63,15 @@ from guard.errors import StoreUnavailable
 from guard.stores import redis_lua as lua
 from guard.stores.base import DecideOutcome
 from guard.stores.redis_chain import ChainAppender, Link
+from guard.stores.redis_cluster import (
+    ClusterSender,
+    Sender,
+    WaitingSender,
+    close_sentinels,
+    cluster_client,
+    parse_topology,
+    sentinel_client,
+)
 from guard.stores.redis_mux import Multiplexer
 
 __all__ = ["RedisStore"]
@@ -134,24 +143,39 @@ class _HiredisPacking(aioredis.Connection):
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, wait_replicas: int = 0) -> None:
+        """`url`: one Redis, a Redis Cluster or Sentinel (redis_cluster); `wait_replicas`: writes
+        wait for that many replicas (WAIT) before they count as done."""
         self.url = url
-        packing: dict[str, Any] = {"connection_class": _HiredisPacking} if url.startswith("redis://") else {}
-        self._r: aioredis.Redis = aioredis.from_url(
-            url,
-            **packing,
-            decode_responses=True,
-            socket_connect_timeout=0.5,
-            socket_timeout=1.0,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
-        )
-        # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
-        # and write: its write timeout costs a task per command on Python 3.11.
-        kwargs = self._r.connection_pool.connection_kwargs
-        self.op_timeout: float = float(kwargs.get("socket_timeout") or 1.0)
-        kwargs["socket_timeout"] = None
-        self._mux = Multiplexer(self._r.connection_pool.make_connection)
+        topology = parse_topology(url)
+        options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 0.5,
+                                   "socket_timeout": topology.op_timeout, "health_check_interval": 5}
+        self._r: Any
+        if topology.kind == "cluster":
+            self._r = cluster_client(topology, **options)
+            self.op_timeout: float = topology.op_timeout
+            sender: Sender = ClusterSender(self._r, wait_replicas, int(self.op_timeout * 500))
+        else:
+            if topology.kind == "sentinel":
+                self._r = sentinel_client(topology, _HiredisPacking, retry=Retry(NoBackoff(), 0), **options)
+            else:
+                packing: dict[str, Any] = {"connection_class": _HiredisPacking} if url.startswith("redis://") else {}
+                self._r = aioredis.from_url(
+                    url,
+                    **packing,
+                    **options,
+                    retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
+                )
+            # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
+            # and write: its write timeout costs a task per command on Python 3.11.
+            kwargs = self._r.connection_pool.connection_kwargs
+            self.op_timeout = float(kwargs.get("socket_timeout") or 1.0)
+            kwargs["socket_timeout"] = None
+            mux = Multiplexer(self._r.connection_pool.make_connection)
+            # WAIT's own timeout is half the operation's deadline, so a lagging replica answers
+            # 503 rather than the deadline dropping the shared connection
+            sender = WaitingSender(mux, wait_replicas, int(self.op_timeout * 500)) if wait_replicas else mux
+        self._sender = sender
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
@@ -159,8 +183,8 @@ class RedisStore:
                          "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
         }
         # the appends to each task's audit chain, batched (redis_chain)
-        self._chain = ChainAppender(self._send, {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()},
-                                    AUDIT_ATTEMPTS)
+        self._chain = ChainAppender(self._sender.send,
+                                    {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()}, AUDIT_ATTEMPTS)
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
 
@@ -185,16 +209,17 @@ class RedisStore:
         detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
         log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
         if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
-            await self._mux.reset()
-            await self._r.connection_pool.disconnect()
+            await self._sender.reset()
+            if hasattr(self._r, "connection_pool"):
+                await self._r.connection_pool.disconnect()
         elif isinstance(e, TimeoutError):  # Redis stopped answering: do not wait on that connection
-            await self._mux.reset()
+            await self._sender.reset()
         raise StoreUnavailable("the state store is unreachable") from e
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of the commands, sent together on the shared connection (an error reply in
         its place as its exception). Call it inside _fail_closed: the deadline bounds the wait."""
-        return await self._mux.send(commands)
+        return await self._sender.send(commands)
 
     async def _eval(self, script: str, keys: list[str], args: list[Any],
                     also: list[tuple[Any, ...]] | None = None) -> Any:
@@ -203,9 +228,8 @@ class RedisStore:
         the script loaded and the call sent again. An error reply of the script raises."""
         command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
         out = await self._send([command, *(also or ())])
-        if isinstance(out[0], NoScriptError):
-            await self._send([("SCRIPT", "LOAD", getattr(lua, script))])
-            out = await self._send([command])
+        if isinstance(out[0], NoScriptError):  # EVAL runs the source and caches it again
+            out = await self._send([("EVAL", getattr(lua, script), *command[2:])])
         if isinstance(out[0], Exception):
             raise out[0]
         return out[0]
@@ -221,7 +245,16 @@ class RedisStore:
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         async with self._fail_closed(name.lower()):
-            return await self._scripts[name](keys=keys, args=args)
+            return await self._eval(name, keys, args)
+
+    async def _write(self, op: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands that change state, in one round trip; an error reply raises."""
+        async with self._fail_closed(op):
+            out = await self._send(commands)
+        for reply in out:
+            if isinstance(reply, Exception):
+                await self._failed(op, reply)
+        return out
 
     async def _members(self, key: str) -> list[str]:
         async def fetch() -> set[str]:
@@ -233,8 +266,10 @@ class RedisStore:
         await self._read("ping", self._r.ping)
 
     async def close(self) -> None:
-        await self._mux.close()
-        await self._r.aclose()
+        await self._sender.close()
+        if not isinstance(self._sender, ClusterSender):  # which closed its client already
+            await close_sentinels(self._r)
+            await self._r.aclose()
 
     # -- tasks -------------------------------------------------------------
     async def create_task(self, task: Task) -> None:
@@ -244,12 +279,11 @@ class RedisStore:
             "last_call_at": _num(task.created_at), "expires_at": _num(task.expires_at),
             "idle_s": _num(task.idle_s), "max_calls": _num(task.max_calls),
         }
-        async with self._fail_closed("create_task"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hset(_k(task.task_id, "task"), mapping=row)
-            pipe.sadd(TASKS, task.task_id)
-            pipe.sadd(f"{_agent_key(task.agent)}:tasks", task.task_id)
-            await pipe.execute()
+        await self._write("create_task", [
+            ("HSET", _k(task.task_id, "task"), *(x for kv in row.items() for x in kv)),
+            ("SADD", TASKS, task.task_id),
+            ("SADD", f"{_agent_key(task.agent)}:tasks", task.task_id),
+        ])
 
     @staticmethod
     def _task(row: dict[str, str]) -> Task:
@@ -379,8 +413,8 @@ class RedisStore:
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
-        async with self._fail_closed("consume_credential"):
-            return bool(await self._r.set(f"guard:cred:{jti}", "1", nx=True, px=ttl_ms))
+        out = await self._write("consume_credential", [("SET", f"guard:cred:{jti}", "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
 
     # -- approvals ---------------------------------------------------------
     @staticmethod
@@ -395,15 +429,13 @@ class RedisStore:
 
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         tid, aid = approval.task_id, approval.approval_id
-        async with self._fail_closed("open_approval"):
-            await self._r.set(f"guard:apr:{aid}", tid)  # findable by id before anyone can know the id
+        await self._write("open_approval", [("SET", f"guard:apr:{aid}", tid)])  # findable before anyone knows the id
         args = [aid, approval.call_digest, _num(approval.created_at), _num(approval.expires_at),
                 approval.required, json.dumps(approval.to_json())]
         created, j, status, decisions = await self._script(
             "OPEN_APPROVAL", self._apr_keys(tid, "apr:pending", "apr:latest", "apr"), args)
         if not created:
-            async with self._fail_closed("open_approval"):
-                await self._r.delete(f"guard:apr:{aid}")
+            await self._write("open_approval", [("DEL", f"guard:apr:{aid}")])
         return self._approval(j, status, decisions), bool(created)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -497,8 +529,7 @@ class RedisStore:
 
     async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
         changed = await self._script("SET_SUSPENDED", [_agent_key(agent)], ["1", reason, actor, _num(now)])
-        async with self._fail_closed("suspend_agent"):
-            await self._r.sadd(AGENTS, agent)
+        await self._write("suspend_agent", [("SADD", AGENTS, agent)])
         return bool(changed)
 
     async def restore_agent(self, agent: str) -> bool:
@@ -506,17 +537,15 @@ class RedisStore:
 
     async def is_suspended(self, agent: str) -> bool:
         async def fetch() -> bool:
-            return await self._r.hget(_agent_key(agent), "suspended") == "1"
+            return bool(await self._r.hget(_agent_key(agent), "suspended") == "1")
 
         return await self._read("is_suspended", fetch)
 
     # -- webhook deliveries --------------------------------------------------
     async def save_delivery(self, delivery: Delivery) -> None:
-        async with self._fail_closed("save_delivery"):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.hset(DELIVERIES, delivery.delivery_id, json.dumps(delivery.to_json()))
-            pipe.hset(LEASES, delivery.delivery_id, f"{delivery.lease_until!r} {delivery.owner}")
-            await pipe.execute()
+        await self._write("save_delivery", [("EVAL", lua.SAVE_DELIVERY, 2, DELIVERIES, LEASES, delivery.delivery_id,
+                                             json.dumps(delivery.to_json()),
+                                             f"{delivery.lease_until!r} {delivery.owner}")])
 
     async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
         out = await self._script("CLAIM_DELIVERIES", [DELIVERIES, LEASES], [owner, _num(now), _num(lease_until)])
@@ -528,11 +557,7 @@ class RedisStore:
         return claimed
 
     async def delete_delivery(self, delivery_id: str) -> None:
-        async with self._fail_closed("delete_delivery"):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.hdel(DELIVERIES, delivery_id)
-            pipe.hdel(LEASES, delivery_id)
-            await pipe.execute()
+        await self._write("delete_delivery", [("EVAL", lua.DELETE_DELIVERY, 2, DELIVERIES, LEASES, delivery_id)])
 
     # -- audit -------------------------------------------------------------
     async def append_audit(

@@ -1,0 +1,207 @@
+"""Where the Redis store's state lives: one Redis, a Redis Cluster, or a primary found through
+Sentinel; and how the store's writes reach it (and its replicas, with `store.wait_replicas`).
+
+    redis://host:port/db                         one Redis (rediss:// with TLS, unix:// a socket)
+    redis+cluster://h1:p1,h2:p2/                 Redis Cluster: seed nodes, the topology is discovered
+    redis+sentinel://s1:p1,s2:p2,s3:p3/NAME/DB   the primary NAME as Sentinel reports it, found again
+                                                 after a failover
+
+`user:password@` before the hosts authenticates to the Redis nodes (not to the sentinels);
+`?socket_timeout=SECONDS` sets the store's deadline per operation (1 s).
+
+One Redis and Sentinel send the commands of the calls over one shared connection (redis_mux);
+a new connection under Sentinel asks the sentinels where the primary is, so a failover costs
+the calls in flight and those until a replica is promoted (503 store_unavailable), then the
+next connection finds the new primary. Redis Cluster goes through redis-py's cluster client:
+the commands of one round trip are grouped by node and each node's share is sent in order on
+one connection (so a batch of one task's appends runs in order: every key of a task is in one
+slot); MOVED and ASK are followed, and a connection error makes it read the topology again.
+No command that may have run is sent again, on any topology.
+
+With `wait_replicas: N`, every write round trip ends with `WAIT N timeout` on the connection
+(and, in a cluster, the node) that made the writes, and fewer than N acknowledgements fail the
+operation closed (503): an answered call's records, budget and consumed credentials are then on
+N replicas too, so they survive the loss of their primary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+import redis.asyncio as aioredis
+from redis.asyncio.cluster import ClusterNode, RedisCluster
+from redis.asyncio.retry import Retry
+from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
+from redis.backoff import NoBackoff
+from redis.exceptions import RedisError
+
+from guard.stores.redis_mux import Multiplexer
+
+__all__ = [
+    "ClusterSender", "ReplicasBehind", "Sender", "Topology", "WaitingSender", "close_sentinels", "cluster_client",
+    "parse_topology", "sentinel_client",
+]
+
+Command = tuple[Any, ...]
+CLUSTER, SENTINEL = "redis+cluster", "redis+sentinel"
+
+
+class ReplicasBehind(RedisError):
+    """WAIT answered fewer replicas than `store.wait_replicas`: the write may not survive a failover."""
+
+
+class Sender(Protocol):
+    """How the store's commands go out: the replies in order, an error reply in its place."""
+
+    def send(self, commands: list[Command]) -> Awaitable[list[Any]]: ...
+
+    async def reset(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass(frozen=True)
+class Topology:
+    kind: str  # "single", "cluster" or "sentinel"
+    nodes: tuple[tuple[str, int], ...] = ()
+    master: str = ""
+    db: int = 0
+    username: str | None = None
+    password: str | None = None
+    options: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def op_timeout(self) -> float:
+        return float(self.options.get("socket_timeout", "1.0"))
+
+
+def _host_port(item: str, url: str) -> tuple[str, int]:
+    host, sep, port = item.rpartition(":")
+    if not sep or not host or not port.isdigit():
+        raise ValueError(f"store.url {_redact(url)}: {item!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+def _redact(url: str) -> str:
+    scheme, _, rest = url.partition("://")
+    return f"{scheme}://{rest.rpartition('@')[2]}"
+
+
+def parse_topology(url: str) -> Topology:
+    """The topology a `store.url` names; ValueError (without the password) when it is malformed."""
+    scheme = url.partition("://")[0]
+    if scheme not in (CLUSTER, SENTINEL):
+        return Topology("single")
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    user, _, password = userinfo.partition(":")
+    nodes = tuple(_host_port(h, url) for h in hosts.split(",") if h)
+    if not nodes:
+        raise ValueError(f"store.url {_redact(url)}: no host:port given")
+    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(options) - {"socket_timeout"}
+    if unknown:
+        raise ValueError(f"store.url {_redact(url)}: unknown option {', '.join(sorted(unknown))}")
+    path = [p for p in parts.path.split("/") if p]
+    username, secret = unquote(user) or None, unquote(password) or None
+    if scheme == CLUSTER:
+        if path:
+            raise ValueError(f"store.url {_redact(url)}: a cluster has no database number (only db 0)")
+        return Topology("cluster", nodes, username=username, password=secret, options=options)
+    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
+        raise ValueError(f"store.url {_redact(url)}: expected redis+sentinel://host:port,…/MASTER_NAME/DB")
+    return Topology("sentinel", nodes, path[0], int(path[1]) if len(path) == 2 else 0, username, secret, options)
+
+
+def sentinel_client(topology: Topology, packing: type[aioredis.Connection], **kwargs: Any) -> aioredis.Redis:
+    """The primary behind Sentinel: each new connection asks the sentinels where it is now."""
+    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+        list(topology.nodes), socket_timeout=topology.op_timeout,
+        sentinel_kwargs={"socket_timeout": topology.op_timeout, "socket_connect_timeout": 0.5})
+    connection = type("HiredisSentinelConnection", (packing, SentinelManagedConnection), {})
+    client: aioredis.Redis = sentinel.master_for(
+        topology.master, connection_class=connection, db=topology.db, username=topology.username,
+        password=topology.password, **kwargs)
+    return client
+
+
+async def close_sentinels(client: aioredis.Redis) -> None:
+    """The connections to the sentinels of a client from sentinel_client (none for others)."""
+    manager = getattr(client.connection_pool, "sentinel_manager", None)
+    for sentinel in getattr(manager, "sentinels", ()):
+        await sentinel.aclose()
+
+
+def cluster_client(topology: Topology, **kwargs: Any) -> RedisCluster:
+    return RedisCluster(
+        startup_nodes=[ClusterNode(h, p) for h, p in topology.nodes], username=topology.username,
+        password=topology.password, retry=Retry(NoBackoff(), 0),  # never re-send what may have run
+        **kwargs)
+
+
+class WaitingSender:
+    """The shared connection, each round trip ending with WAIT (one Redis, or Sentinel's primary)."""
+
+    def __init__(self, mux: Multiplexer, replicas: int, timeout_ms: int) -> None:
+        self._mux, self._wait = mux, ("WAIT", replicas, timeout_ms)
+
+    async def send(self, commands: list[Command]) -> list[Any]:
+        replies = await self._mux.send([*commands, self._wait])
+        _check_acked(replies[-1], self._wait[1])
+        return replies[:-1]
+
+    async def reset(self) -> None:
+        await self._mux.reset()
+
+    async def close(self) -> None:
+        await self._mux.close()
+
+
+def _check_acked(reply: Any, wanted: int) -> None:
+    if isinstance(reply, Exception):
+        raise reply
+    if int(reply) < wanted:
+        raise ReplicasBehind(f"{reply} of {wanted} replicas acknowledged the write in time")
+
+
+def _first_key(command: Command) -> Any:
+    if str(command[0]).upper() in ("EVAL", "EVALSHA"):
+        return command[3] if int(command[2]) else None
+    return command[1] if len(command) > 1 else None
+
+
+class ClusterSender:
+    """The commands of a round trip through a cluster pipeline: grouped by node, each node's
+    share in order on one connection, then (with `replicas`) WAIT on each node written to."""
+
+    def __init__(self, client: RedisCluster, replicas: int = 0, timeout_ms: int = 0) -> None:
+        self._rc, self._replicas, self._timeout_ms = client, replicas, timeout_ms
+
+    async def send(self, commands: list[Command]) -> list[Any]:
+        await self._rc.initialize()  # the slots of a topology read anew after an error
+        pipe = self._rc.pipeline()
+        for command in commands:
+            pipe.execute_command(*command)
+        nodes: dict[str, ClusterNode] = {}
+        if self._replicas:
+            for command in commands:
+                key = _first_key(command)
+                if key is not None:
+                    node = self._rc.get_node_from_key(key)
+                    if node is not None:
+                        nodes[node.name] = node
+            for node in nodes.values():
+                pipe.execute_command("WAIT", self._replicas, self._timeout_ms, target_nodes=node)
+        replies = list(await pipe.execute(raise_on_error=False))
+        for acked in replies[len(commands):]:
+            _check_acked(acked, self._replicas)
+        return replies[:len(commands)]
+
+    async def reset(self) -> None:
+        return None  # the cluster client reads the topology again after a connection error
+
+    async def close(self) -> None:
+        await self._rc.aclose()
