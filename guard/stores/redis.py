@@ -154,7 +154,7 @@ class RedisStore:
         if topology.kind == "cluster":
             self._r = cluster_client(topology, **options)
             self.op_timeout: float = topology.op_timeout
-            sender: Sender = ClusterSender(self._r, wait_replicas, int(self.op_timeout * 500))
+            sender: Sender = ClusterSender(self._r, self.op_timeout, wait_replicas, int(self.op_timeout * 500))
         else:
             if topology.kind == "sentinel":
                 self._r = sentinel_client(topology, _HiredisPacking, retry=Retry(NoBackoff(), 0), **options)

@@ -26,6 +26,7 @@ N replicas too, so they survive the loss of their primary.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -36,13 +37,15 @@ from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guard.stores.redis_mux import Multiplexer
 
 __all__ = [
     "ClusterSender", "ReplicasBehind", "Sender", "Topology", "WaitingSender", "close_sentinels", "cluster_client",
-    "parse_topology", "sentinel_client",
+    "parse_topology", "pubsub_client", "sentinel_client",
 ]
 
 Command = tuple[Any, ...]
@@ -142,6 +145,21 @@ def cluster_client(topology: Topology, **kwargs: Any) -> RedisCluster:
         **kwargs)
 
 
+def pubsub_client(url: str) -> Any:
+    """A client for pub/sub on the store's topology: the Redis itself, the primary behind
+    Sentinel (followed after a failover), or the cluster (a message published on one node
+    reaches the subscribers of every node)."""
+    topology = parse_topology(url)
+    if topology.kind == "cluster":
+        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.nodes], username=topology.username,
+                            password=topology.password, socket_connect_timeout=2)
+    if topology.kind == "sentinel":
+        sentinel = Sentinel(list(topology.nodes), socket_timeout=topology.op_timeout)  # type: ignore[no-untyped-call]
+        return sentinel.master_for(topology.master, db=topology.db, username=topology.username,
+                                   password=topology.password, socket_connect_timeout=2)
+    return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+
+
 class WaitingSender:
     """The shared connection, each round trip ending with WAIT (one Redis, or Sentinel's primary)."""
 
@@ -177,10 +195,19 @@ class ClusterSender:
     """The commands of a round trip through a cluster pipeline: grouped by node, each node's
     share in order on one connection, then (with `replicas`) WAIT on each node written to."""
 
-    def __init__(self, client: RedisCluster, replicas: int = 0, timeout_ms: int = 0) -> None:
-        self._rc, self._replicas, self._timeout_ms = client, replicas, timeout_ms
+    def __init__(self, client: RedisCluster, deadline: float, replicas: int = 0, timeout_ms: int = 0) -> None:
+        self._rc, self._deadline, self._replicas, self._timeout_ms = client, deadline, replicas, timeout_ms
 
     async def send(self, commands: list[Command]) -> list[Any]:
+        """Bounded by the store's deadline itself: a batch of appends waits on it (redis_chain)."""
+        try:
+            async with asyncio.timeout(self._deadline):
+                return await self._send(commands)
+        except TimeoutError:
+            self._rc._initialize = True  # a node that hangs: read the topology again
+            raise
+
+    async def _send(self, commands: list[Command]) -> list[Any]:
         await self._rc.initialize()  # the slots of a topology read anew after an error
         pipe = self._rc.pipeline()
         for command in commands:
@@ -195,13 +222,22 @@ class ClusterSender:
                         nodes[node.name] = node
             for node in nodes.values():
                 pipe.execute_command("WAIT", self._replicas, self._timeout_ms, target_nodes=node)
-        replies = list(await pipe.execute(raise_on_error=False))
+        try:
+            replies = list(await pipe.execute(raise_on_error=False))
+        except (RedisConnectionError, RedisTimeoutError, OSError, RuntimeError) as e:
+            # a node is gone (or its connection was closed under us): the next send reads the
+            # topology again, as redis-py's own commands do after a connection error
+            self._rc._initialize = True
+            if isinstance(e, RedisError):
+                raise
+            raise RedisConnectionError(f"{type(e).__name__}: {e}") from e
         for acked in replies[len(commands):]:
             _check_acked(acked, self._replicas)
         return replies[:len(commands)]
 
     async def reset(self) -> None:
-        return None  # the cluster client reads the topology again after a connection error
+        """A node stopped answering: read the topology again before the next send."""
+        self._rc._initialize = True
 
     async def close(self) -> None:
         await self._rc.aclose()
