@@ -28,9 +28,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from dataclasses import dataclass, field
 from typing import Any, Protocol
-from urllib.parse import parse_qs, unquote, urlsplit
 
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import ClusterNode, RedisCluster
@@ -42,6 +40,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guard.stores.redis_mux import Multiplexer
+from guard.stores.redis_url import Topology, parse_topology
 
 __all__ = [
     "ClusterSender", "ReplicasBehind", "Sender", "Topology", "WaitingSender", "close_sentinels", "cluster_client",
@@ -49,7 +48,6 @@ __all__ = [
 ]
 
 Command = tuple[Any, ...]
-CLUSTER, SENTINEL = "redis+cluster", "redis+sentinel"
 
 
 class ReplicasBehind(RedisError):
@@ -64,59 +62,6 @@ class Sender(Protocol):
     async def reset(self) -> None: ...
 
     async def close(self) -> None: ...
-
-
-@dataclass(frozen=True)
-class Topology:
-    kind: str  # "single", "cluster" or "sentinel"
-    nodes: tuple[tuple[str, int], ...] = ()
-    master: str = ""
-    db: int = 0
-    username: str | None = None
-    password: str | None = None
-    options: dict[str, str] = field(default_factory=dict)
-
-    @property
-    def op_timeout(self) -> float:
-        return float(self.options.get("socket_timeout", "1.0"))
-
-
-def _host_port(item: str, url: str) -> tuple[str, int]:
-    host, sep, port = item.rpartition(":")
-    if not sep or not host or not port.isdigit():
-        raise ValueError(f"store.url {_redact(url)}: {item!r} is not host:port")
-    return host.strip("[]"), int(port)
-
-
-def _redact(url: str) -> str:
-    scheme, _, rest = url.partition("://")
-    return f"{scheme}://{rest.rpartition('@')[2]}"
-
-
-def parse_topology(url: str) -> Topology:
-    """The topology a `store.url` names; ValueError (without the password) when it is malformed."""
-    scheme = url.partition("://")[0]
-    if scheme not in (CLUSTER, SENTINEL):
-        return Topology("single")
-    parts = urlsplit(url)
-    userinfo, _, hosts = parts.netloc.rpartition("@")
-    user, _, password = userinfo.partition(":")
-    nodes = tuple(_host_port(h, url) for h in hosts.split(",") if h)
-    if not nodes:
-        raise ValueError(f"store.url {_redact(url)}: no host:port given")
-    options = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-    unknown = set(options) - {"socket_timeout"}
-    if unknown:
-        raise ValueError(f"store.url {_redact(url)}: unknown option {', '.join(sorted(unknown))}")
-    path = [p for p in parts.path.split("/") if p]
-    username, secret = unquote(user) or None, unquote(password) or None
-    if scheme == CLUSTER:
-        if path:
-            raise ValueError(f"store.url {_redact(url)}: a cluster has no database number (only db 0)")
-        return Topology("cluster", nodes, username=username, password=secret, options=options)
-    if not path or len(path) > 2 or (len(path) == 2 and not path[1].isdigit()):
-        raise ValueError(f"store.url {_redact(url)}: expected redis+sentinel://host:port,…/MASTER_NAME/DB")
-    return Topology("sentinel", nodes, path[0], int(path[1]) if len(path) == 2 else 0, username, secret, options)
 
 
 def sentinel_client(topology: Topology, packing: type[aioredis.Connection], **kwargs: Any) -> aioredis.Redis:
