@@ -106,21 +106,53 @@ def pubsub_client(url: str) -> Any:
 
 
 class WaitingSender:
-    """The shared connection, each round trip ending with WAIT (one Redis, or Sentinel's primary)."""
+    """The shared connection, its writes followed by WAIT (one Redis, or Sentinel's primary).
+    The round trips queued during one turn of the event loop go out in one write (redis_mux)
+    and share one WAIT after them: it acknowledges every write before it on the connection."""
 
     def __init__(self, mux: Multiplexer, replicas: int, timeout_ms: int) -> None:
         self._mux, self._wait = mux, ("WAIT", replicas, timeout_ms)
+        self._acked: asyncio.Future[list[Any]] | None = None  # the WAIT of this loop turn
 
-    async def send(self, commands: list[Command]) -> list[Any]:
-        replies = await self._mux.send([*commands, self._wait])
-        _check_acked(replies[-1], self._wait[1])
-        return replies[:-1]
+    def send(self, commands: list[Command]) -> Awaitable[list[Any]]:
+        replies = self._mux.send(commands)
+        if self._acked is None:
+            loop = asyncio.get_running_loop()
+            self._acked = loop.create_future()
+            self._acked.add_done_callback(_retrieved)  # its callers may all have given up
+            loop.call_soon(self._send_wait)
+        return self._after(replies, self._acked)
+
+    def _send_wait(self) -> None:
+        acked, self._acked = self._acked, None
+        assert acked is not None
+        self._mux.send([self._wait]).add_done_callback(lambda done: _settle(acked, done))
+
+    async def _after(self, replies: Awaitable[list[Any]], acked: asyncio.Future[list[Any]]) -> list[Any]:
+        out = await replies
+        [reply] = await asyncio.shield(acked)  # shared by every round trip of the loop turn
+        _check_acked(reply, self._wait[1])
+        return out
 
     async def reset(self) -> None:
         await self._mux.reset()
 
     async def close(self) -> None:
         await self._mux.close()
+
+
+def _retrieved(done: asyncio.Future[list[Any]]) -> None:
+    if not done.cancelled():
+        done.exception()
+
+
+def _settle(acked: asyncio.Future[list[Any]], done: asyncio.Future[list[Any]]) -> None:
+    if done.cancelled():
+        acked.set_exception(RedisConnectionError("the connection was reset"))
+    elif (error := done.exception()) is not None:
+        acked.set_exception(error)
+    else:
+        acked.set_result(done.result())
 
 
 def _check_acked(reply: Any, wanted: int) -> None:
