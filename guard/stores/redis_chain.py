@@ -26,6 +26,7 @@ from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
 
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from guard.audit import GENESIS, chain_record
@@ -138,7 +139,7 @@ class ChainAppender:
         """The replies of a batch, in the order the scripts ran."""
         chain = self._chains[task_id]
         chain.busy = False
-        error = (asyncio.CancelledError() if done.cancelled() else done.exception())
+        error = RedisConnectionError("the round trip was cancelled") if done.cancelled() else done.exception()
         if error is not None:
             self._tails.pop(task_id, None)  # whether they ran is unknown: learn the tail afresh
             for link, _ in sent:
