@@ -25,9 +25,11 @@ Every Redis error becomes StoreUnavailable (503), and every store operation is b
 deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
 retried (once, after a reconnect); a script that may have run is never retried.
 
-The commands of a call (admission, its records, its finish) go over one connection that the
-calls of this process share (redis_mux: one write per loop iteration for all of them). Everything
-else goes through redis-py's client and its connection pool.
+The commands that change state (a call's admission, its records, its finish, and every other
+write) go over one connection that the calls of this process share (redis_mux: one write per
+loop iteration for all of them); the records of one task are chained in batches (redis_chain).
+Reads go through redis-py's client and its connection pool. On Redis Cluster and Sentinel, and
+with `wait_replicas`, see redis_cluster.
 """
 
 from __future__ import annotations
@@ -225,7 +227,7 @@ class RedisStore:
                     also: list[tuple[Any, ...]] | None = None) -> Any:
         """EVALSHA a script of redis_lua, and the commands `also` in the same round trip (they run
         whatever the script answers). A Redis that lost its scripts (NOSCRIPT: nothing ran) gets
-        the script loaded and the call sent again. An error reply of the script raises."""
+        the script's source with EVAL (which caches it again). An error reply of the script raises."""
         command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
         out = await self._send([command, *(also or ())])
         if isinstance(out[0], NoScriptError):  # EVAL runs the source and caches it again
