@@ -57,6 +57,19 @@ def machine_busy() -> float:
     return (sum(fields[:8]) - fields[3] - fields[4]) / TICK
 
 
+def scripts_run(redis_url: str) -> int:
+    """Lua scripts redis-server has run (EVALSHA and EVAL calls, INFO commandstats): a record
+    appended again after another instance appended first runs its script twice."""
+    port = redis_url.rsplit(":", 1)[1].split("/", 1)[0]
+    out = subprocess.run(["redis-cli", "-p", port, "info", "commandstats"], capture_output=True, text=True,
+                         check=False).stdout
+    total = 0
+    for line in out.splitlines():
+        if line.startswith(("cmdstat_evalsha:", "cmdstat_eval:")):
+            total += int(line.split("calls=", 1)[1].split(",", 1)[0])
+    return total
+
+
 def with_children(pids: list[int]) -> list[int]:
     """The processes and their children (the workers of `guard serve --workers N`)."""
     out = list(pids)
@@ -88,8 +101,9 @@ class Cell:
     setup: Setup
     request: str  # "http POST 1 KiB" or "mcp tools/call"
     load: str  # "spread over 32 tasks" or "one task"
-    # the result, and CPU seconds of guard, Redis, the load generator and the whole machine
-    results: list[tuple[Result, float, float, float, float]] = field(default_factory=list)
+    # the result, CPU seconds of guard, Redis, the load generator and the whole machine, and
+    # the Lua scripts Redis ran
+    results: list[tuple[Result, float, float, float, float, int]] = field(default_factory=list)
 
 
 @dataclass
@@ -167,17 +181,19 @@ def children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def measure(cell: Cell, seconds: float, bench: Bench) -> tuple[Result, float, float, float, float]:
+def measure(cell: Cell, seconds: float, bench: Bench) -> tuple[Result, float, float, float, float, int]:
     """One closed-loop phase: the result, and the CPU seconds of guard, Redis, the load generator
     and the whole machine (other work on it shows there)."""
     pids = with_children([p.pid for p in cell.setup.procs])
     g0 = sum(cpu_seconds(p) for p in pids)
     r0 = cpu_seconds(cell.setup.redis_pid) if cell.setup.redis_pid else 0.0
     l0, m0 = children_cpu(), machine_busy()
+    s0 = scripts_run(bench.redis_url) if cell.setup.redis_pid else 0
     result = run_load(cell.setup.ports, request_for(cell), bench.args.connections, seconds, bench.wrk)
     g1 = sum(cpu_seconds(p) for p in pids)
     r1 = cpu_seconds(cell.setup.redis_pid) if cell.setup.redis_pid else 0.0
-    return result, g1 - g0, r1 - r0, children_cpu() - l0, machine_busy() - m0
+    scripts = scripts_run(bench.redis_url) - s0 if cell.setup.redis_pid else 0
+    return result, g1 - g0, r1 - r0, children_cpu() - l0, machine_busy() - m0, scripts
 
 
 def run_cells(cells: list[Cell], bench: Bench) -> None:
@@ -205,6 +221,7 @@ def figures(cell: Cell) -> dict[str, float]:
         "redis_busy": _med([x[2] / x[0].seconds for x in rs]),
         "load_busy": _med([x[3] / x[0].seconds for x in rs]),
         "machine_busy": _med([x[4] / x[0].seconds for x in rs]),
+        "scripts": _med([x[5] / n for x, n in zip(rs, calls, strict=True) if n]),
         "errors": float(sum(r.unexpected for r, *_ in rs)),
     }
 
@@ -318,7 +335,8 @@ def summary(name: str, pairs: list[tuple[Cell, Cell]]) -> Iterator[str]:
         line = f"  {b.setup.name}, {b.request}: {b.load if name == 'busy' else b.setup.name.split(', ')[-1]} " \
                f"÷ {a.load if name == 'busy' else a.setup.name.split(', ')[-1]}: req/s {ratio:.2f}"
         if a.setup.redis_pid:
-            line += f", redis CPU per call {fb['redis_us'] / fa['redis_us']:.2f}"
+            line += (f", redis CPU per call {fb['redis_us'] / fa['redis_us']:.2f} "
+                     f"(Lua scripts per call {fa['scripts']:.2f} → {fb['scripts']:.2f})")
         line += f"; paced by {pace(b)}"
         yield line
 
