@@ -186,6 +186,33 @@ class ClusterTopology(_Topology):
         for node in self.primaries():
             node.cli("flushall")
 
+    def keyslot(self, key: str) -> int:
+        return int(self.alive()[0].cli("cluster", "keyslot", key))
+
+    def move_slot(self, slot: int, to: RedisNode) -> None:
+        """Migrate one slot and its keys to the primary `to` (CLUSTER SETSLOT IMPORTING/MIGRATING,
+        MIGRATE, then SETSLOT NODE on every primary), as a resharding does."""
+        source = self._node_of_slot(slot)
+        src_id, dst_id = source.cli("cluster", "myid"), to.cli("cluster", "myid")
+        to.cli("cluster", "setslot", str(slot), "importing", src_id)
+        source.cli("cluster", "setslot", str(slot), "migrating", dst_id)
+        while keys := source.cli("cluster", "getkeysinslot", str(slot), "100").split():
+            source.cli("migrate", "127.0.0.1", str(to.port), "", "0", "5000", "keys", *keys)
+        for node in self.primaries():
+            node.cli("cluster", "setslot", str(slot), "node", dst_id)
+        wait_until(lambda: all(self._node_of_slot_seen_by(n, slot) is to for n in self.alive()),
+                   f"every node to see slot {slot} on its new primary")
+
+    def _node_of_slot_seen_by(self, viewer: RedisNode, slot: int) -> RedisNode | None:
+        by_port = {n.port: n for n in self.nodes}
+        for line in viewer.cli("cluster", "nodes").splitlines():
+            parts = line.split()
+            for span in parts[8:]:
+                lo, _, hi = span.partition("-")
+                if "master" in parts[2] and lo.isdigit() and int(lo) <= slot <= int(hi or lo):
+                    return by_port[int(parts[1].split("@")[0].rsplit(":", 1)[1])]
+        return None
+
 
 class SentinelTopology(_Topology):
     """A primary, two replicas of it, and three sentinels (quorum 2) that promote a replica
