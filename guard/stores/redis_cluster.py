@@ -43,8 +43,8 @@ from guard.stores.redis_mux import Multiplexer
 from guard.stores.redis_url import Topology, parse_topology
 
 __all__ = [
-    "ClusterSender", "ReplicasBehind", "Sender", "Topology", "WaitingSender", "close_sentinels", "cluster_client",
-    "parse_topology", "pubsub_client", "sentinel_client",
+    "ClusterSender", "ReplicasBehind", "SeedPubSub", "Sender", "Topology", "WaitingSender", "close_sentinels",
+    "cluster_client", "parse_topology", "pubsub_client", "sentinel_client",
 ]
 
 Command = tuple[Any, ...]
@@ -96,13 +96,59 @@ def pubsub_client(url: str) -> Any:
     reaches the subscribers of every node)."""
     topology = parse_topology(url)
     if topology.kind == "cluster":
-        return RedisCluster(startup_nodes=[ClusterNode(h, p) for h, p in topology.nodes], username=topology.username,
-                            password=topology.password, socket_connect_timeout=2)
+        return SeedPubSub(topology)
     if topology.kind == "sentinel":
         sentinel = Sentinel(list(topology.nodes), socket_timeout=topology.op_timeout)  # type: ignore[no-untyped-call]
-        return sentinel.master_for(topology.master, db=topology.db, username=topology.username,
-                                   password=topology.password, socket_connect_timeout=2)
+        return SentinelPubSub(sentinel.master_for(topology.master, db=topology.db, username=topology.username,
+                                                  password=topology.password, socket_connect_timeout=2))
     return aioredis.Redis.from_url(url, socket_connect_timeout=2)
+
+
+class SentinelPubSub:
+    """Pub/sub on the primary behind Sentinel; closing it closes the connections to the sentinels too."""
+
+    def __init__(self, client: aioredis.Redis) -> None:
+        self._client = client
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        return self._client.pubsub(**kwargs)
+
+    async def publish(self, channel: str, message: str) -> int:
+        return int(await self._client.publish(channel, message))
+
+    async def aclose(self) -> None:
+        await close_sentinels(self._client)
+        await self._client.aclose()
+
+
+class SeedPubSub:
+    """Pub/sub on a Redis Cluster through its seed nodes, one at a time: a message published on
+    any node reaches the subscribers of every node, so any live node will do. Each new
+    subscription (after the last one broke) and each failed publish moves on to the next seed."""
+
+    def __init__(self, topology: Topology) -> None:
+        self._clients = [aioredis.Redis(host=h, port=p, username=topology.username, password=topology.password,
+                                        socket_connect_timeout=2) for h, p in topology.nodes]
+        self._sub = self._pub = 0
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        client = self._clients[self._sub % len(self._clients)]
+        self._sub += 1
+        return client.pubsub(**kwargs)
+
+    async def publish(self, channel: str, message: str) -> int:
+        error: Exception = RedisConnectionError("no seed node")
+        for _ in self._clients:
+            try:
+                return int(await self._clients[self._pub % len(self._clients)].publish(channel, message))
+            except (RedisError, OSError) as e:
+                error = e
+                self._pub += 1
+        raise error
+
+    async def aclose(self) -> None:
+        for client in self._clients:
+            await client.aclose()
 
 
 class WaitingSender:

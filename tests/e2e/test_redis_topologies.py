@@ -190,3 +190,27 @@ async def test_a_primary_killed_under_load_fails_closed_then_serves_again(
         assert (await r.json())["calls"] <= 25
     for c in consumed:
         assert await introspect(http, b, c) == {"active": False}, "a consumed credential stays consumed"
+
+
+async def test_an_approval_decided_at_one_instance_wakes_the_others(topology: Topology) -> None:
+    """Held calls (`Prefer: wait`) are woken through pub/sub on the same topology: a decision
+    published by one instance reaches the subscription of another (any cluster node, or the
+    primary behind Sentinel)."""
+    from guard.notify import RedisNotifier
+
+    a, b = RedisNotifier(topology.url), RedisNotifier(topology.url)
+    woken: asyncio.Queue[str] = asyncio.Queue()
+    await a.start(lambda approval_id: None)
+    await b.start(woken.put_nowait)
+    try:
+        async def delivered() -> str | None:
+            await a.publish("apr_decided")  # until b's subscription is up: publishing is idempotent
+            try:
+                return await asyncio.wait_for(woken.get(), 0.5)
+            except TimeoutError:
+                return None
+
+        assert await until(delivered, "b to hear a's decision", timeout=20) == "apr_decided"
+    finally:
+        await a.close()
+        await b.close()
