@@ -18,10 +18,11 @@ one connection (so a batch of one task's appends runs in order: every key of a t
 slot); MOVED and ASK are followed, and a connection error makes it read the topology again.
 No command that may have run is sent again, on any topology.
 
-With `wait_replicas: N`, every write round trip ends with `WAIT N timeout` on the connection
-(and, in a cluster, the node) that made the writes, and fewer than N acknowledgements fail the
-operation closed (503): an answered call's records, budget and consumed credentials are then on
-N replicas too, so they survive the loss of their primary.
+With `wait_replicas: N`, writes are followed by `WAIT N timeout` on the connection (and, in a
+cluster, the node) that made them (on the shared connection, the writes of one event-loop turn
+share one WAIT), and fewer than N acknowledgements fail the operation closed (503): an answered
+call's records, budget and consumed credentials are then on N replicas too, so they survive the
+loss of their primary.
 """
 
 from __future__ import annotations
@@ -43,7 +44,8 @@ from guard.stores.redis_mux import Multiplexer
 from guard.stores.redis_url import Topology, parse_topology
 
 __all__ = [
-    "ClusterSender", "ReplicasBehind", "SeedPubSub", "Sender", "Topology", "WaitingSender", "close_sentinels",
+    "ClusterSender", "ReplicasBehind", "SeedPubSub", "Sender", "SentinelPubSub", "Topology", "WaitingSender",
+    "close_sentinels",
     "cluster_client", "parse_topology", "pubsub_client", "sentinel_client",
 ]
 
