@@ -22,10 +22,12 @@ __all__ = [
     "CLAIM_DELIVERIES",
     "CONSUME_APPROVAL",
     "DECIDE_APPROVAL",
+    "DELETE_DELIVERY",
     "END_TASK",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
     "RECORD_AND_FINISH",
+    "SAVE_DELIVERY",
     "SET_SUSPENDED",
 ]
 
@@ -295,4 +297,19 @@ for i = 1, #leases, 2 do
   end
 end
 return out
+"""
+
+# A webhook delivery and its lease, written together (one slot: `guard:{deliveries}`). Sent with
+# EVAL. KEYS: deliveries, leases. ARGV: id, json, "lease_until owner".
+SAVE_DELIVERY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: deliveries, leases. ARGV: id.
+DELETE_DELIVERY = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 """
