@@ -33,7 +33,7 @@ class StoreCfg(_Section):
         if not v.startswith(("memory://", "redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")):
             raise ValueError("must be memory://, redis://host:port/db, redis+cluster://host:port,…/ or "
                              "redis+sentinel://host:port,…/MASTER_NAME/DB")
-        from guard.stores.redis_url import parse_topology
+        from guard.stores.redis.url import parse_topology
 
         parse_topology(v)  # a malformed cluster or sentinel URL stops start-up, saying why
         return v

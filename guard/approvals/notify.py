@@ -59,7 +59,7 @@ class RedisNotifier:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self, on_decided: OnDecided) -> None:
-        from guard.stores.redis_cluster import pubsub_client
+        from guard.stores.redis.cluster import pubsub_client
 
         self._on_decided = on_decided
         self._redis = pubsub_client(self.url)  # one Redis, Sentinel's primary or the cluster

@@ -9,7 +9,7 @@ __all__ = ["Store", "open_store"]
 
 async def open_store(url: str, durable_audit: bool = False, wait_replicas: int = 0) -> Store:
     """The store for a `store.url`: memory://, redis://host:port/db, redis+cluster://… or
-    redis+sentinel://… (guard/stores/redis_cluster.py). With `durable_audit` (the audit folder
+    redis+sentinel://… (guard/stores/redis/cluster.py). With `durable_audit` (the audit folder
     keeps every trail), the memory store keeps only each chain's tail; a Redis store's writes wait
     for `wait_replicas` replicas."""
     if url.startswith("memory://"):

@@ -14,6 +14,7 @@ from guard.audit.chain import verify_chain
 from guard.domain import CallLimits, Task
 from guard.identity.tokens import new_id
 from guard.stores import open_store
+from guard.stores.redis.keys import task_key
 from tests.support.redis import redis_missing_reason
 from tests.support.redis_topology import ClusterTopology
 
@@ -47,7 +48,7 @@ async def test_a_task_whose_slot_moves_to_another_primary_carries_on(tmp_path: P
         try:
             await store.create_task(task)
             assert all(await asyncio.gather(*(call(i) for i in range(10))))
-            key = f"guard:{{{task.task_id}}}:task"
+            key = task_key(task.task_id, "task")
             before = cluster.primary_of(key)
             after = next(n for n in cluster.primaries() if n is not before)
             cluster.move_slot(cluster.keyslot(key), after)

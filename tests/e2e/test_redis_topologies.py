@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 
+from guard.stores.redis.keys import task_key
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
 from tests.support.guard import Guard
 from tests.support.redis import redis_missing_reason
@@ -113,7 +114,7 @@ async def test_two_instances_share_tasks_budgets_and_credentials(
 
 def victim_of(topology: Topology, task_id: str) -> RedisNode:
     if isinstance(topology, ClusterTopology):
-        return topology.primary_of(f"guard:{{{task_id}}}:task")
+        return topology.primary_of(task_key(task_id, "task"))
     return topology.primary()
 
 

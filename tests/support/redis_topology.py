@@ -4,7 +4,7 @@ folder of its own under the given temp dir, and is stopped by PID.
 
     with ClusterTopology(tmp_path).start() as cluster:
         url = cluster.url                     # redis+cluster://127.0.0.1:p1,127.0.0.1:p2/
-        node = cluster.primary_of("guard:{task_1}:task")
+        node = cluster.primary_of(task_key("task_1", "task"))   # guard.stores.redis.keys
         node.kill()                           # a replica takes over within a few seconds
 """
 

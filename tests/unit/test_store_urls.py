@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from guard.config import Config
-from guard.stores.redis_url import parse_topology
+from guard.stores.redis.url import parse_topology
 
 
 def test_cluster_and_sentinel_urls_name_their_nodes() -> None:

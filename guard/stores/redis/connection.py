@@ -1,5 +1,5 @@
 """The store's Redis plumbing: the client (hiredis packing, no retries of anything that may have
-run) on one Redis, a Redis Cluster or Sentinel (redis_cluster), one deadline per operation that
+run) on one Redis, a Redis Cluster or Sentinel (cluster.py), one deadline per operation that
 turns every failure into StoreUnavailable, idempotent reads retried once, the scripts and every
 write sent over the shared connection of mux.py (or the cluster's pipeline), followed by WAIT
 with `wait_replicas`.
@@ -23,8 +23,7 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from guard.errors import StoreUnavailable
 from guard.stores.redis import scripts as lua
-from guard.stores.redis.mux import Multiplexer
-from guard.stores.redis_cluster import (
+from guard.stores.redis.cluster import (
     ClusterSender,
     Sender,
     WaitingSender,
@@ -33,6 +32,7 @@ from guard.stores.redis_cluster import (
     parse_topology,
     sentinel_client,
 )
+from guard.stores.redis.mux import Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
 
@@ -78,7 +78,7 @@ class RedisConnection:
     """What every store operation goes through; RedisStore adds the operations themselves."""
 
     def __init__(self, url: str, wait_replicas: int = 0) -> None:
-        """`url`: one Redis, a Redis Cluster or Sentinel (redis_cluster); `wait_replicas`: writes
+        """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
         wait for that many replicas (WAIT) before they count as done."""
         self.url = url
         topology = parse_topology(url)

@@ -9,9 +9,9 @@ retried (once, after a reconnect); a script that may have run is never retried.
 
 The commands that change state (a call's admission, its records, its finish, and every other
 write) go over one connection that the calls of this process share (mux.py: one write per
-loop iteration for all of them); the records of one task are chained in batches (redis_chain).
+loop iteration for all of them); the records of one task are chained in batches (chain.py).
 Reads go through redis-py's client and its connection pool. On Redis Cluster and Sentinel, and
-with `wait_replicas`, see redis_cluster.
+with `wait_replicas`, see cluster.py.
 
 One job, the Store protocol on Redis (one method per atomic operation), which is why it runs past
 400 lines; the keys, the plumbing and the scripts live in keys.py, connection.py and scripts.py.
@@ -39,6 +39,7 @@ from guard.domain import (
 )
 from guard.stores.base import DecideOutcome
 from guard.stores.redis import scripts as lua
+from guard.stores.redis.chain import ChainAppender, Link
 from guard.stores.redis.connection import RedisConnection
 from guard.stores.redis.keys import (
     AGENTS,
@@ -51,7 +52,6 @@ from guard.stores.redis.keys import (
     task_key,
     task_keys,
 )
-from guard.stores.redis_chain import ChainAppender, Link
 
 __all__ = ["RedisStore"]
 
@@ -72,10 +72,10 @@ class RedisStore(RedisConnection):
     """The Store protocol on Redis (see guard/stores/base.py)."""
 
     def __init__(self, url: str, wait_replicas: int = 0) -> None:
-        """`url`: one Redis, a Redis Cluster or Sentinel (redis_cluster); `wait_replicas`: writes
+        """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
         wait for that many replicas (WAIT) before they count as done."""
         super().__init__(url, wait_replicas)
-        # the appends to each task's audit chain, batched (redis_chain)
+        # the appends to each task's audit chain, batched (chain.py)
         self._chain = ChainAppender(self._sender.send,
                                     {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()}, AUDIT_ATTEMPTS)
         # inventory counters of admitted calls, sent in the round trip that finishes the call
@@ -163,7 +163,7 @@ class RedisStore(RedisConnection):
         self, task_id: str, limits: CallLimits, fields: dict[str, Any]
     ) -> tuple[Admission, AuditRecord | None]:
         """One script admits the call and appends its decision record, chained in this task's
-        next batch (redis_chain); when another instance appended meanwhile, it changes nothing and
+        next batch (chain.py); when another instance appended meanwhile, it changes nothing and
         answers the current tail, and the record is chained again on it. The agent's counter rides
         along with the call's finish (same round trip as its last record)."""
         keys = task_keys(task_id, "task", "hist", "inflight", "audit", "audit:tail")
@@ -195,7 +195,7 @@ class RedisStore(RedisConnection):
         self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
         also: list[tuple[Any, ...]],
     ) -> AuditRecord:
-        """Chain the record in this task's next batch (redis_chain) and run `script` (KEYS: audit
+        """Chain the record in this task's next batch (chain.py) and run `script` (KEYS: audit
         list, tail, ...; ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the
         round trip of the first attempt (they run whatever the script answers, so they are sent
         once). When another instance appended meanwhile, the script changes nothing and answers

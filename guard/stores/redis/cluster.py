@@ -9,7 +9,7 @@ Sentinel; and how the store's writes reach it (and its replicas, with `store.wai
 `user:password@` before the hosts authenticates to the Redis nodes (not to the sentinels);
 `?socket_timeout=SECONDS` sets the store's deadline per operation (1 s).
 
-One Redis and Sentinel send the commands of the calls over one shared connection (redis_mux);
+One Redis and Sentinel send the commands of the calls over one shared connection (mux.py);
 a new connection under Sentinel asks the sentinels where the primary is, so a failover costs
 the calls in flight and those until a replica is promoted (503 store_unavailable), then the
 next connection finds the new primary. Redis Cluster goes through redis-py's cluster client:
@@ -41,7 +41,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from guard.stores.redis.mux import Multiplexer
-from guard.stores.redis_url import Topology, parse_topology
+from guard.stores.redis.url import Topology, parse_topology
 
 __all__ = [
     "ClusterSender", "ReplicasBehind", "SeedPubSub", "Sender", "SentinelPubSub", "Topology", "WaitingSender",
@@ -155,7 +155,7 @@ class SeedPubSub:
 
 class WaitingSender:
     """The shared connection, its writes followed by WAIT (one Redis, or Sentinel's primary).
-    The round trips queued during one turn of the event loop go out in one write (redis_mux)
+    The round trips queued during one turn of the event loop go out in one write (mux.py)
     and share one WAIT after them: it acknowledges every write before it on the connection."""
 
     def __init__(self, mux: Multiplexer, replicas: int, timeout_ms: int) -> None:
@@ -224,7 +224,7 @@ class ClusterSender:
         self._rc, self._deadline, self._replicas, self._timeout_ms = client, deadline, replicas, timeout_ms
 
     async def send(self, commands: list[Command]) -> list[Any]:
-        """Bounded by the store's deadline itself: a batch of appends waits on it (redis_chain)."""
+        """Bounded by the store's deadline itself: a batch of appends waits on it (chain.py)."""
         try:
             async with asyncio.timeout(self._deadline):
                 return await self._send(commands)

@@ -1,5 +1,5 @@
 """The `store.url` forms of the Redis store, parsed without importing a Redis client (the
-config validates them at load time). See guard/stores/redis_cluster.py for what each means."""
+config validates them at load time). See cluster.py for what each means."""
 
 from __future__ import annotations
 
