@@ -53,8 +53,15 @@ def _lua_str(s: str) -> str:
     return json.dumps(s)  # a JSON string literal is a valid Lua string literal for ASCII input
 
 
-def wrk_script(req: Request) -> str:
+def wrk_script(req: Request, ports: tuple[int, ...] = ()) -> str:
     lines = [f"wrk.method = {_lua_str(req.method)}", f"wrk.path = {_lua_str(req.path)}"]
+    if len(ports) > 1:  # one wrk thread per port: the connections split evenly between them
+        lines.append("local ports = {" + ", ".join(_lua_str(str(p)) for p in ports) + "}")
+        lines.append("""local nthreads = 0
+setup = function(thread)
+  nthreads = nthreads + 1
+  thread.addr = wrk.lookup("127.0.0.1", ports[(nthreads - 1) % #ports + 1])[1]
+end""")
     for k, v in req.headers.items():
         lines.append(f"wrk.headers[{_lua_str(k)}] = {_lua_str(v)}")
     if req.body:
@@ -78,14 +85,15 @@ end
     return "\n".join(lines)
 
 
-def run_wrk(port: int, req: Request, connections: int, seconds: float) -> Result:
+def run_wrk(port: int | tuple[int, ...], req: Request, connections: int, seconds: float) -> Result:
+    ports = port if isinstance(port, tuple) else (port,)
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(wrk_script(req))
+        f.write(wrk_script(req, ports))
         script = f.name
     try:
         out = subprocess.run(
-            ["wrk", "-t1", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s", "-s", script,
-             f"http://127.0.0.1:{port}"],
+            ["wrk", f"-t{len(ports)}", f"-c{connections}", f"-d{max(1, round(seconds))}s", "--timeout", "10s",
+             "-s", script, f"http://127.0.0.1:{ports[0]}"],
             capture_output=True, text=True, timeout=seconds + 60, check=False)
     finally:
         Path(script).unlink()
@@ -97,8 +105,9 @@ def run_wrk(port: int, req: Request, connections: int, seconds: float) -> Result
     return Result(d["requests"], d["us"] / 1e6, d["p50_us"] / 1000, d["p99_us"] / 1000, wrong + d["socket"])
 
 
-def run_aiohttp(port: int, req: Request, connections: int, seconds: float) -> Result:
-    spec = {"port": port, "method": req.method, "path": req.path, "headers": req.headers, "body": req.body,
+def run_aiohttp(port: int | tuple[int, ...], req: Request, connections: int, seconds: float) -> Result:
+    spec = {"ports": list(port) if isinstance(port, tuple) else [port], "method": req.method, "path": req.path,
+            "headers": req.headers, "body": req.body,
             "expect": req.expect, "connections": connections, "seconds": seconds, "tokens": list(req.tokens)}
     out = subprocess.run([PY, "-m", "benchmarks.load", json.dumps(spec)], capture_output=True, text=True,
                          timeout=seconds + 60, check=False, env=child_env())
@@ -108,7 +117,8 @@ def run_aiohttp(port: int, req: Request, connections: int, seconds: float) -> Re
     return Result(**json.loads(line[len(MARK):]))
 
 
-def run_load(port: int, req: Request, connections: int, seconds: float, use_wrk: bool) -> Result:
+def run_load(port: int | tuple[int, ...], req: Request, connections: int, seconds: float, use_wrk: bool) -> Result:
+    """Closed-loop load on `port`; with several ports, the connections go round-robin over them."""
     return (run_wrk if use_wrk else run_aiohttp)(port, req, connections, seconds)
 
 
@@ -121,7 +131,7 @@ def _percentile(sorted_ms: list[float], q: float) -> float:
 async def _generate(spec: dict[str, Any]) -> Result:
     import aiohttp
 
-    url = f"http://127.0.0.1:{spec['port']}{spec['path']}"
+    urls = [f"http://127.0.0.1:{port}{spec['path']}" for port in spec["ports"]]
     body = spec["body"].encode() or None
     latencies: list[float] = []
     unexpected = 0
@@ -129,6 +139,7 @@ async def _generate(spec: dict[str, Any]) -> Result:
 
     async def worker(session: aiohttp.ClientSession, n: int) -> None:
         nonlocal unexpected
+        url = urls[n % len(urls)]  # connection n stays on one port
         headers = dict(spec["headers"])
         tokens = spec["tokens"]
         while time.perf_counter() < stop_at:

@@ -25,7 +25,8 @@ def policy(upstream_port: int) -> dict[str, Any]:
         "tools": {
             "echo": {"kind": "http", "upstream": up, "credential": {"mode": "jwt"},
                      "actions": {"read": {"method": "GET", "path": "/items/{id}"},
-                                 "delete": {"method": "DELETE", "path": "/items/{id}"}}},
+                                 "delete": {"method": "DELETE", "path": "/items/{id}"},
+                                 "create": {"method": "POST", "path": "/items"}}},
             "chainer": {"kind": "http", "upstream": up, "credential": {"mode": "jwt"},
                         "actions": {"run": {"method": "GET", "path": "/chain"}}},
             "files": {"kind": "mcp", "upstream": f"{up}/mcp", "credential": {"mode": "jwt"}},
@@ -36,6 +37,7 @@ def policy(upstream_port: int) -> dict[str, Any]:
             {"id": "chain-runs", "effect": "allow", "match": {"tool": "chainer", "action": "run"}},
             {"id": "read-files", "effect": "allow",
              "match": {"tool": "files", "action": "read_file", "args": [{"path": "$.path", "matches": "/docs/.*"}]}},
+            {"id": "create-items", "effect": "allow", "match": {"tool": "echo", "action": "create"}},
         ],
     }
 

@@ -1,6 +1,7 @@
 """The benchmark's upstream tool: as cheap as an aiohttp server gets, so the proxies' costs show.
 
     GET|DELETE /items/{id}   a small JSON answer (the HTTP tool)
+    POST /items              reads the body, the same answer
     POST /mcp                a JSON-RPC answer to tools/call (the MCP tool; not the SDK, to stay cheap)
     GET /chain?via=PORT      calls PORT/tools/echo/items/2 with the Txn-Token it got (a chained call)
 
@@ -23,6 +24,11 @@ SESSION = web.AppKey("session", aiohttp.ClientSession)
 
 
 async def item(request: web.Request) -> web.Response:
+    return web.Response(body=ITEM, content_type="application/json")
+
+
+async def create(request: web.Request) -> web.Response:
+    await request.read()
     return web.Response(body=ITEM, content_type="application/json")
 
 
@@ -56,6 +62,7 @@ def main() -> None:
     app.cleanup_ctx.append(session_ctx)
     app.router.add_get("/items/{id}", item)
     app.router.add_delete("/items/{id}", item)
+    app.router.add_post("/items", create)
     app.router.add_post("/mcp", mcp)
     app.router.add_get("/chain", chain)
     web.run_app(app, host="127.0.0.1", port=int(sys.argv[1]), access_log=None, print=None)

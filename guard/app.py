@@ -178,7 +178,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None)
+        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None,
+                                        wait_replicas=cfg.store.wait_replicas)
         yield
         await opened.store.close()
 

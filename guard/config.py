@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
 
 from guard.errors import ConfigError
 
@@ -35,12 +35,17 @@ class Listen(_Section):
 
 class StoreCfg(_Section):
     url: str = "memory://"
+    wait_replicas: NonNegativeInt = 0  # Redis: each write waits for this many replicas (WAIT)
 
     @field_validator("url")
     @classmethod
     def _scheme(cls, v: str) -> str:
-        if not v.startswith(("memory://", "redis://", "rediss://", "unix://")):
-            raise ValueError("must be memory:// or redis://host:port/db")
+        if not v.startswith(("memory://", "redis://", "rediss://", "unix://", "redis+cluster://", "redis+sentinel://")):
+            raise ValueError("must be memory://, redis://host:port/db, redis+cluster://host:port,…/ or "
+                             "redis+sentinel://host:port,…/MASTER_NAME/DB")
+        from guard.stores.redis.url import parse_topology
+
+        parse_topology(v)  # a malformed cluster or sentinel URL stops start-up, saying why
         return v
 
 

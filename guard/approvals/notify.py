@@ -59,10 +59,10 @@ class RedisNotifier:
         self._listener: asyncio.Task[None] | None = None
 
     async def start(self, on_decided: OnDecided) -> None:
-        from redis.asyncio import Redis
+        from guard.stores.redis.cluster import pubsub_client
 
         self._on_decided = on_decided
-        self._redis = Redis.from_url(self.url, socket_connect_timeout=2)
+        self._redis = pubsub_client(self.url)  # one Redis, Sentinel's primary or the cluster
         self._listener = asyncio.get_running_loop().create_task(self._listen())
 
     async def publish(self, approval_id: str) -> None:

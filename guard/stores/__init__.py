@@ -7,15 +7,17 @@ from guard.stores.base import Store
 __all__ = ["Store", "open_store"]
 
 
-async def open_store(url: str, durable_audit: bool = False) -> Store:
-    """The store for a `store.url`: memory:// or redis://host:port/db. With `durable_audit` (the
-    audit folder keeps every trail), the memory store keeps only each chain's tail."""
+async def open_store(url: str, durable_audit: bool = False, wait_replicas: int = 0) -> Store:
+    """The store for a `store.url`: memory://, redis://host:port/db, redis+cluster://… or
+    redis+sentinel://… (guard/stores/redis/cluster.py). With `durable_audit` (the audit folder
+    keeps every trail), the memory store keeps only each chain's tail; a Redis store's writes wait
+    for `wait_replicas` replicas."""
     if url.startswith("memory://"):
         from guard.stores.memory import MemoryStore
 
         return MemoryStore(tails_only=durable_audit)
     from guard.stores.redis.store import RedisStore
 
-    redis_store: Store = RedisStore(url)
+    redis_store: Store = RedisStore(url, wait_replicas)
     await redis_store.connect()  # type: ignore[attr-defined]
     return redis_store

@@ -108,3 +108,44 @@ async def test_a_hung_redis_fails_closed_within_the_deadline_and_is_used_again(r
         assert verify_chain(r.fields for r in trail).verified
     finally:
         await store.close()
+
+
+async def test_with_wait_replicas_a_write_no_replica_acknowledges_fails_closed(redis_server: RedisServer) -> None:
+    """`store.wait_replicas: 1` on a Redis without replicas: every write answers StoreUnavailable
+    (it may have been applied on the primary, but the guard does not count it as done); reads work."""
+    store = await open_store(redis_server.url, wait_replicas=1)
+    now = time.time()
+    task = Task(new_id("task"), "spiffe://a/waiting", "no replica", None, "active", now, now + 600)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.create_task(task)
+        with pytest.raises(StoreUnavailable):
+            await store.append_audit(task.task_id, {"event": "x", "task_id": task.task_id})
+        with pytest.raises(StoreUnavailable):
+            await store.consume_credential("jti-1", now + 30)
+        state = await store.get_task(task.task_id)  # applied on the primary: reads see it
+        assert state is not None and state.task == task
+    finally:
+        await store.close()
+
+
+async def test_a_redis_that_lost_its_scripts_still_runs_every_operation(redis_server: RedisServer) -> None:
+    """SCRIPT FLUSH (or a restarted Redis): the next calls get NOSCRIPT, nothing ran, and each is
+    answered by sending the script's source; batched appends of one task among them."""
+    store = await open_store(redis_server.url)
+    r = redis.Redis.from_url(redis_server.url)
+    now = time.time()
+    task = Task(new_id("task"), "spiffe://a/flushed", "lost scripts", None, "active", now, now + 600)
+    try:
+        await store.create_task(task)
+        await store.append_audit(task.task_id, {"event": "before", "task_id": task.task_id})
+        await r.script_flush()
+        drafts = [{"event": f"after-{i}", "task_id": task.task_id} for i in range(20)]
+        await asyncio.gather(*(store.append_audit(task.task_id, d) for d in drafts))
+        ended = await store.end_task(task.task_id, "completed", time.time(), None)
+        assert ended is not None and ended.status == "completed"
+        trail = [rec.fields for rec in await store.read_audit(task.task_id)]
+        assert len(trail) == 21 and verify_chain(trail).verified
+    finally:
+        await r.aclose()
+        await store.close()

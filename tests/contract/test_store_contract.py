@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from guard.audit.chain import GENESIS, verify_chain
-from guard.domain import Approval, CallLimits, Task, TaskState
+from guard.domain import Approval, AuditRecord, CallLimits, Task, TaskState
 from guard.identity.tokens import new_id
 from guard.stores import Store, open_store
 
@@ -515,3 +515,78 @@ async def test_credential_holdings_compare_and_set_and_claim_once(store: Store, 
     assert max(claims, key=len) == {"lease:db": "newer", "token:notes:r": "tok"}
     assert task.task_id not in await store.credential_tasks()
     assert await store.held_credential(task.task_id, "lease:db") is None
+
+
+# -- one busy task: many appends at once -------------------------------------------------------------
+
+
+async def test_a_busy_task_chains_every_kind_of_concurrent_append_in_one_order(store: Store, peer: Store) -> None:
+    """Many calls of one task at once, from two instances: each admitted and finished, with other
+    records in between. Every record answered is in the chain at its seq, and the chain verifies."""
+    task = await new_task(store)
+
+    async def call(i: int) -> list[Any]:
+        handle = store if i % 3 else peer
+        lim = limits(f"call_{i}", agent=task.agent)
+        adm, decided = await handle.admit_and_record(task.task_id, lim, draft(task, "call_decided", lim.call_id))
+        assert adm.ok and decided is not None
+        out = [decided]
+        if i % 4 == 0:
+            out.append(await (peer if i % 2 else store).append_audit(task.task_id, draft(task, "note", lim.call_id)))
+        out.append(await handle.record_and_finish(task.task_id, lim.call_id, draft(task, "call_forwarded",
+                                                                                   lim.call_id)))
+        return out
+
+    written = [r for rs in await asyncio.gather(*(call(i) for i in range(150))) for r in rs]
+    records = [r.fields for r in await peer.read_audit(task.task_id)]
+    assert len(records) == len(written) == 150 * 2 + 38
+    assert verify_chain(records).verified
+    assert {r.seq: r.fields for r in written} == {r["seq"]: r for r in records}
+    for i in range(0, 150, 37):  # each call's records in its own order
+        mine = [r["event"] for r in records if r["call_id"] == f"call_{i}"]
+        assert mine in (["call_decided", "call_forwarded"], ["call_decided", "note", "call_forwarded"])
+    state = await store.get_task(task.task_id)
+    assert state is not None and state.calls == 150
+    assert not any([await store.call_in_flight(task.task_id, f"call_{i}") for i in range(0, 150, 10)])
+    assert (await peer.agent_stats())[task.agent].calls == 150
+
+
+async def test_refusals_amid_concurrent_admissions_leave_the_admitted_ones_chained(store: Store, peer: Store) -> None:
+    """Refused calls between admitted ones of the same moment append nothing, and the admitted
+    ones after them still land, chained in one order; the budget holds exactly."""
+    task = await new_task(store, max_calls=25)
+
+    async def one(i: int) -> tuple[bool, str | None]:
+        lim = limits(f"call_{i}", rates=(("per-second", 1000, 1.0),) if i % 2 else ())
+        if i % 7 == 0:  # a chained call whose parent is not in flight: refused whatever the budget
+            lim = dataclasses.replace(lim, parent_call_id="call_gone")
+        adm, rec = await (store if i % 5 else peer).admit_and_record(
+            task.task_id, lim, draft(task, "call_decided", lim.call_id))
+        assert (rec is not None) == adm.ok
+        return adm.ok, adm.reason
+
+    results = await asyncio.gather(*(one(i) for i in range(80)))
+    assert sum(ok for ok, _ in results) == 25
+    assert {reason for ok, reason in results if not ok} == {"txn_inactive", "budget_exhausted"}
+    records = [r.fields for r in await peer.read_audit(task.task_id)]
+    assert len(records) == 25 and verify_chain(records).verified
+    state = await peer.get_task(task.task_id)
+    assert state is not None and state.calls == 25
+
+
+async def test_an_append_whose_caller_gave_up_leaves_the_chain_whole(store: Store) -> None:
+    """Callers that go away while their records wait for their turn: the others are chained,
+    and whatever was appended is in the chain, which verifies."""
+    task = await new_task(store)
+    calls = [asyncio.ensure_future(store.append_audit(task.task_id, draft(task, "note", f"c{i}")))
+             for i in range(100)]
+    await asyncio.sleep(0)
+    for c in calls[1::3]:
+        c.cancel()
+    done = [r for r in await asyncio.gather(*calls, return_exceptions=True) if isinstance(r, AuditRecord)]
+    records = [r.fields for r in await store.read_audit(task.task_id)]
+    assert verify_chain(records).verified
+    assert {r.seq: r.fields for r in done} == {r["seq"]: r for r in records if r["seq"] in {d.seq for d in done}}
+    assert len(done) >= 66 and len(records) >= len(done)
+    after = await store.append_audit(task.task_id, draft(task, "note", "last"))
+    assert after.seq == len(records) + 1

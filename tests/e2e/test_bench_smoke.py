@@ -54,3 +54,19 @@ def test_identity_benchmark_prints_every_scenario_and_both_ratios() -> None:
     for scenario in ("bearer (TLS)", "mTLS-bound", "bearer (HTTP)", "DPoP-bound"):
         assert any(r.startswith(f"| {scenario} |") and r.endswith("| 0 |") for r in rows), (scenario, out.stdout)
     assert "mTLS-bound ÷ bearer (TLS):" in out.stdout and "DPoP-bound ÷ bearer (HTTP):" in out.stdout
+
+
+def test_scale_benchmark_runs_every_scenario_and_verifies_the_chains() -> None:
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.scale", "busy", "instances", "workers", "--rounds", "1", "--duration", "1",
+         "--connections", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "setup" not in line]
+    assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout  # no unexpected answers
+    assert any("| guard memory " in r and "| one task " in r for r in rows), out.stdout
+    if redis_missing_reason() is None:
+        for setup in ("guard redis ", "guard redis, 2 instances ", "guard redis, 2 workers "):
+            assert any(f"| {setup}" in r and "| one task " in r for r in rows), (setup, out.stdout)
+        assert "redis CPU per call" in out.stdout
+    assert out.stdout.count("chains verified") == (1 if redis_missing_reason() else 3), out.stdout

@@ -1,6 +1,8 @@
 """The store's Redis plumbing: the client (hiredis packing, no retries of anything that may have
-run), one deadline per operation that turns every failure into StoreUnavailable, idempotent reads
-retried once, the scripts run over the shared connection of mux.py.
+run) on one Redis, a Redis Cluster or Sentinel (cluster.py), one deadline per operation that
+turns every failure into StoreUnavailable, idempotent reads retried once, the scripts and every
+write sent over the shared connection of mux.py (or the cluster's pipeline), followed by WAIT
+with `wait_replicas`.
 """
 
 from __future__ import annotations
@@ -21,6 +23,15 @@ from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt,
 
 from guard.errors import StoreUnavailable
 from guard.stores.redis import scripts as lua
+from guard.stores.redis.cluster import (
+    ClusterSender,
+    Sender,
+    WaitingSender,
+    close_sentinels,
+    cluster_client,
+    parse_topology,
+    sentinel_client,
+)
 from guard.stores.redis.mux import Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
@@ -66,24 +77,39 @@ class HiredisPacking(aioredis.Connection):
 class RedisConnection:
     """What every store operation goes through; RedisStore adds the operations themselves."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, wait_replicas: int = 0) -> None:
+        """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
+        wait for that many replicas (WAIT) before they count as done."""
         self.url = url
-        packing: dict[str, Any] = {"connection_class": HiredisPacking} if url.startswith("redis://") else {}
-        self._r: aioredis.Redis = aioredis.from_url(
-            url,
-            **packing,
-            decode_responses=True,
-            socket_connect_timeout=0.5,
-            socket_timeout=1.0,
-            health_check_interval=5,
-            retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
-        )
-        # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
-        # and write: its write timeout costs a task per command on Python 3.11.
-        kwargs = self._r.connection_pool.connection_kwargs
-        self.op_timeout: float = float(kwargs.get("socket_timeout") or 1.0)
-        kwargs["socket_timeout"] = None
-        self._mux = Multiplexer(self._r.connection_pool.make_connection)
+        topology = parse_topology(url)
+        options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 0.5,
+                                   "socket_timeout": topology.op_timeout, "health_check_interval": 5}
+        self._r: Any
+        if topology.kind == "cluster":
+            self._r = cluster_client(topology, **options)
+            self.op_timeout: float = topology.op_timeout
+            sender: Sender = ClusterSender(self._r, self.op_timeout, wait_replicas, int(self.op_timeout * 500))
+        else:
+            if topology.kind == "sentinel":
+                self._r = sentinel_client(topology, HiredisPacking, retry=Retry(NoBackoff(), 0), **options)
+            else:
+                packing: dict[str, Any] = {"connection_class": HiredisPacking} if url.startswith("redis://") else {}
+                self._r = aioredis.from_url(
+                    url,
+                    **packing,
+                    **options,
+                    retry=Retry(NoBackoff(), 0),  # never re-send a command that may have run
+                )
+            # One deadline per store operation (_FailClosed) instead of redis-py's per socket read
+            # and write: its write timeout costs a task per command on Python 3.11.
+            kwargs = self._r.connection_pool.connection_kwargs
+            self.op_timeout = float(kwargs.get("socket_timeout") or 1.0)
+            kwargs["socket_timeout"] = None
+            mux = Multiplexer(self._r.connection_pool.make_connection)
+            # WAIT's own timeout is half the operation's deadline, so a lagging replica answers
+            # 503 rather than the deadline dropping the shared connection
+            sender = WaitingSender(mux, wait_replicas, int(self.op_timeout * 500)) if wait_replicas else mux
+        self._sender = sender
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
@@ -113,27 +139,27 @@ class RedisConnection:
         detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
         log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
         if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
-            await self._mux.reset()
-            await self._r.connection_pool.disconnect()
+            await self._sender.reset()
+            if hasattr(self._r, "connection_pool"):
+                await self._r.connection_pool.disconnect()
         elif isinstance(e, TimeoutError):  # Redis stopped answering: do not wait on that connection
-            await self._mux.reset()
+            await self._sender.reset()
         raise StoreUnavailable("the state store is unreachable") from e
 
     async def _send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
         """The replies of the commands, sent together on the shared connection (an error reply in
         its place as its exception). Call it inside _fail_closed: the deadline bounds the wait."""
-        return await self._mux.send(commands)
+        return await self._sender.send(commands)
 
     async def _eval(self, script: str, keys: list[str], args: list[Any],
                     also: list[tuple[Any, ...]] | None = None) -> Any:
         """EVALSHA a script of scripts.py, and the commands `also` in the same round trip (they run
         whatever the script answers). A Redis that lost its scripts (NOSCRIPT: nothing ran) gets
-        the script loaded and the call sent again. An error reply of the script raises."""
+        the script's source with EVAL (which caches it again). An error reply of the script raises."""
         command = ("EVALSHA", self._scripts[script].sha, len(keys), *keys, *args)
         out = await self._send([command, *(also or ())])
-        if isinstance(out[0], NoScriptError):
-            await self._send([("SCRIPT", "LOAD", getattr(lua, script))])
-            out = await self._send([command])
+        if isinstance(out[0], NoScriptError):  # EVAL runs the source and caches it again
+            out = await self._send([("EVAL", getattr(lua, script), *command[2:])])
         if isinstance(out[0], Exception):
             raise out[0]
         return out[0]
@@ -149,7 +175,16 @@ class RedisConnection:
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
         async with self._fail_closed(name.lower()):
-            return await self._scripts[name](keys=keys, args=args)
+            return await self._eval(name, keys, args)
+
+    async def _write(self, op: str, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Commands that change state, in one round trip; an error reply raises."""
+        async with self._fail_closed(op):
+            out = await self._send(commands)
+        for reply in out:
+            if isinstance(reply, Exception):
+                await self._failed(op, reply)
+        return out
 
     async def _members(self, key: str) -> list[str]:
         async def fetch() -> set[str]:
@@ -161,5 +196,7 @@ class RedisConnection:
         await self._read("ping", self._r.ping)
 
     async def close(self) -> None:
-        await self._mux.close()
-        await self._r.aclose()
+        await self._sender.close()
+        if not isinstance(self._sender, ClusterSender):  # which closed its client already
+            await close_sentinels(self._r)
+            await self._r.aclose()

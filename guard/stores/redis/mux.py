@@ -67,6 +67,7 @@ class Multiplexer:
                 conn = self._conn
                 if conn is None:
                     conn = self._conn = self._connect()
+                    await conn.connect()  # type: ignore[no-untyped-call]  # under Sentinel: where the primary is
                 elif self._reader is None and conn.is_connected and await conn.can_read():
                     await conn.disconnect()  # closed by the server while idle: reconnect
                 await conn.send_packed_command(batch, check_health=False)

@@ -23,12 +23,14 @@ __all__ = [
     "CLAIM_DELIVERIES",
     "CONSUME_APPROVAL",
     "DECIDE_APPROVAL",
+    "DELETE_DELIVERY",
     "END_TASK",
     "HOLD_CREDENTIAL",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
     "RECORD_AND_FINISH",
     "ROTATE_REFRESH",
+    "SAVE_DELIVERY",
     "SET_SUSPENDED",
 ]
 
@@ -328,4 +330,19 @@ CLAIM_CREDENTIALS = """
 local all = redis.call('HGETALL', KEYS[1])
 redis.call('DEL', KEYS[1])
 return all
+"""
+
+# A webhook delivery and its lease, written together (one slot: `guard:{deliveries}`). Sent with
+# EVAL. KEYS: deliveries, leases. ARGV: id, json, "lease_until owner".
+SAVE_DELIVERY = """
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[3])
+return 1
+"""
+
+# KEYS: deliveries, leases. ARGV: id.
+DELETE_DELIVERY = """
+redis.call('HDEL', KEYS[1], ARGV[1])
+redis.call('HDEL', KEYS[2], ARGV[1])
+return 1
 """

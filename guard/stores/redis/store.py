@@ -7,9 +7,11 @@ Every Redis error becomes StoreUnavailable (503), and every store operation is b
 deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
 retried (once, after a reconnect); a script that may have run is never retried.
 
-The commands of a call (admission, its records, its finish) go over one connection that the
-calls of this process share (mux.py: one write per loop iteration for all of them). Everything
-else goes through redis-py's client and its connection pool.
+The commands that change state (a call's admission, its records, its finish, and every other
+write) go over one connection that the calls of this process share (mux.py: one write per
+loop iteration for all of them); the records of one task are chained in batches (chain.py).
+Reads go through redis-py's client and its connection pool. On Redis Cluster and Sentinel, and
+with `wait_replicas`, see cluster.py.
 
 One job, the Store protocol on Redis (one method per atomic operation), which is why it runs past
 400 lines; the keys, the plumbing and the scripts live in keys.py, connection.py and scripts.py.
@@ -17,14 +19,12 @@ One job, the Store protocol on Redis (one method per atomic operation), which is
 
 from __future__ import annotations
 
-import asyncio
 import json
 import time
 from typing import Any
 
 import structlog
 
-from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
     AGENT_COUNTERS,
     Admission,
@@ -37,9 +37,9 @@ from guard.domain import (
     Task,
     TaskState,
 )
-from guard.errors import StoreUnavailable
 from guard.stores.base import DecideOutcome, RefreshOutcome
 from guard.stores.redis import scripts as lua
+from guard.stores.redis.chain import ChainAppender, Link
 from guard.stores.redis.connection import RedisConnection
 from guard.stores.redis.keys import (
     AGENTS,
@@ -71,45 +71,18 @@ def _opt_float(s: str | None) -> float | None:
     return float(s) if s else None
 
 
-class _TaskLock:
-    """One asyncio.Lock per task, kept only while someone holds or waits for it."""
-
-    __slots__ = ("lock", "locks", "task_id")
-
-    def __init__(self, locks: dict[str, tuple[asyncio.Lock, int]], task_id: str) -> None:
-        self.locks, self.task_id = locks, task_id
-
-    async def __aenter__(self) -> None:
-        lock, users = self.locks.get(self.task_id) or (asyncio.Lock(), 0)
-        self.locks[self.task_id] = (lock, users + 1)
-        self.lock = lock
-        try:
-            await lock.acquire()
-        except BaseException:
-            self._leave()
-            raise
-
-    async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
-        self.lock.release()
-        self._leave()
-
-    def _leave(self) -> None:
-        lock, users = self.locks[self.task_id]
-        if users <= 1:
-            del self.locks[self.task_id]
-        else:
-            self.locks[self.task_id] = (lock, users - 1)
-
-
 class RedisStore(RedisConnection):
     """The Store protocol on Redis (see guard/stores/base.py)."""
 
-    def __init__(self, url: str) -> None:
-        super().__init__(url)
-        self._tails: dict[str, tuple[int, str]] = {}  # the last audit tail seen per task
+    def __init__(self, url: str, wait_replicas: int = 0) -> None:
+        """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
+        wait for that many replicas (WAIT) before they count as done."""
+        super().__init__(url, wait_replicas)
+        # the appends to each task's audit chain, batched (chain.py)
+        self._chain = ChainAppender(self._sender.send,
+                                    {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()}, AUDIT_ATTEMPTS)
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
-        self._audit_locks: dict[str, tuple[asyncio.Lock, int]] = {}
 
     # -- tasks -------------------------------------------------------------
     async def create_task(self, task: Task) -> None:
@@ -119,12 +92,11 @@ class RedisStore(RedisConnection):
             "last_call_at": _num(task.created_at), "expires_at": _num(task.expires_at),
             "idle_s": _num(task.idle_s), "max_calls": _num(task.max_calls),
         }
-        async with self._fail_closed("create_task"):
-            pipe = self._r.pipeline(transaction=False)
-            pipe.hset(task_key(task.task_id, "task"), mapping=row)
-            pipe.sadd(TASKS, task.task_id)
-            pipe.sadd(f"{agent_key(task.agent)}:tasks", task.task_id)
-            await pipe.execute()
+        await self._write("create_task", [
+            ("HSET", task_key(task.task_id, "task"), *(x for kv in row.items() for x in kv)),
+            ("SADD", TASKS, task.task_id),
+            ("SADD", agent_key(task.agent, "tasks"), task.task_id),
+        ])
 
     @staticmethod
     def _task(row: dict[str, str]) -> Task:
@@ -193,10 +165,10 @@ class RedisStore(RedisConnection):
     async def admit_and_record(
         self, task_id: str, limits: CallLimits, fields: dict[str, Any]
     ) -> tuple[Admission, AuditRecord | None]:
-        """One script admits the call and appends its decision record on the tail last seen;
-        when another instance appended meanwhile, it changes nothing and answers the current
-        tail, and the record is chained again on it. The agent's counter rides along with the
-        call's finish (same round trip as its last record)."""
+        """One script admits the call and appends its decision record, chained in this task's
+        next batch (chain.py); when another instance appended meanwhile, it changes nothing and
+        answers the current tail, and the record is chained again on it. The agent's counter rides
+        along with the call's finish (same round trip as its last record)."""
         keys = task_keys(task_id, "task", "hist", "inflight", "audit", "audit:tail")
         admit: list[Any] = [_num(limits.now), limits.call_id, limits.history_entry, limits.parent_call_id or "",
                             "1" if limits.count else "0"]
@@ -204,23 +176,14 @@ class RedisStore(RedisConnection):
         for rule_id, calls, per_s in limits.rates:
             keys.append(task_key(task_id, f"rate:{rule_id}"))
             rates += [rule_id, calls, _num(float(per_s))]
-        async with self._audit_lock(task_id), self._fail_closed("admit_and_record"):
-            seq, prev = self._tails.get(task_id, (0, GENESIS))
-            for _ in range(AUDIT_ATTEMPTS):
-                record = chain_record(fields, seq + 1, prev)
-                args = [*admit, record.seq, prev, record.hash, record.json_line(), *rates]
-                ok, reason, rule_id, retry_after, calls = await self._eval("ADMIT_AND_RECORD", keys, args)
-                if ok == 2:
-                    seq, prev = int(reason), str(rule_id)
-                    continue
-                if not ok:
-                    refusal = Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls))
-                    return refusal, None
-                self._remember_tail(task_id, record.seq, record.hash)
-                if limits.count and limits.agent is not None:
-                    self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.tool)
-                return Admission(True, calls=int(calls or 0)), record
-        raise StoreUnavailable("the audit trail is too contended to append to")
+        link = Link("ADMIT_AND_RECORD", keys, admit, rates, fields, [], conflict=2)
+        async with self._fail_closed("admit_and_record"):
+            (ok, reason, rule_id, retry_after, calls), record = await self._chain.append(task_id, link)
+        if not ok or record is None:
+            return Admission(False, reason or None, rule_id or None, _opt_float(retry_after), int(calls)), None
+        if limits.count and limits.agent is not None:
+            self._defer_agent_call(task_id, limits.call_id, limits.agent, limits.tool)
+        return Admission(True, calls=int(calls or 0)), record
 
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
         """One script appends the record and ends the call; the agent's counter of the call goes
@@ -235,22 +198,15 @@ class RedisStore(RedisConnection):
         self, op: str, script: str, task_id: str, fields: dict[str, Any], keys: list[str], args: list[Any],
         also: list[tuple[Any, ...]],
     ) -> AuditRecord:
-        """Chain the record on the tail last seen and run `script` (KEYS: audit list, tail, ...;
-        ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the round trip of
-        the first attempt (they run whatever the script answers, so they are sent once). When
-        another instance appended meanwhile, the script changes nothing and answers the current
-        tail, and the record is chained again on it."""
-        async with self._audit_lock(task_id), self._fail_closed(op):
-            seq, prev = self._tails.get(task_id, (0, GENESIS))
-            for _ in range(AUDIT_ATTEMPTS):
-                record = chain_record(fields, seq + 1, prev)
-                out = await self._eval(script, keys, [record.seq, prev, record.hash, record.json_line(), *args], also)
-                also = []
-                if out[0] == 1:
-                    self._remember_tail(task_id, record.seq, record.hash)
-                    return record
-                seq, prev = int(out[1]), str(out[2])
-        raise StoreUnavailable("the audit trail is too contended to append to")
+        """Chain the record in this task's next batch (chain.py) and run `script` (KEYS: audit
+        list, tail, ...; ARGV: seq, prev_hash, hash, line, *args), with the commands `also` in the
+        round trip of the first attempt (they run whatever the script answers, so they are sent
+        once). When another instance appended meanwhile, the script changes nothing and answers
+        the current tail, and the record is chained again on it."""
+        async with self._fail_closed(op):
+            _, record = await self._chain.append(task_id, Link(script, keys, [], args, fields, also, conflict=0))
+        assert record is not None  # these scripts append or conflict, never refuse
+        return record
 
     def _queue_agent_call(self, commands: list[tuple[Any, ...]], task_id: str, call_id: str) -> None:
         """Add the commands of this call's pending inventory counter, if any."""
@@ -268,8 +224,8 @@ class RedisStore(RedisConnection):
     # -- credentials -------------------------------------------------------
     async def consume_credential(self, jti: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time() + 60) * 1000))
-        async with self._fail_closed("consume_credential"):
-            return bool(await self._r.set(credential_key(jti), "1", nx=True, px=ttl_ms))
+        out = await self._write("consume_credential", [("SET", credential_key(jti), "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
 
     async def hold_credential(self, task_id: str, slot: str, value: str, previous: str | None = None) -> str:
         key = task_key(task_id, "creds")
@@ -296,8 +252,8 @@ class RedisStore(RedisConnection):
 
     async def consume_dpop_jti(self, key: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time()) * 1000))
-        async with self._fail_closed("consume_dpop_jti"):
-            return bool(await self._r.set(dpop_key(key), "1", nx=True, px=ttl_ms))
+        out = await self._write("consume_dpop_jti", [("SET", dpop_key(key), "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
 
     # -- approvals ---------------------------------------------------------
     @staticmethod
@@ -308,15 +264,13 @@ class RedisStore(RedisConnection):
 
     async def open_approval(self, approval: Approval) -> tuple[Approval, bool]:
         tid, aid = approval.task_id, approval.approval_id
-        async with self._fail_closed("open_approval"):
-            await self._r.set(approval_key(aid), tid)  # findable by id before anyone can know the id
+        await self._write("open_approval", [("SET", approval_key(aid), tid)])  # findable before anyone knows the id
         args = [aid, approval.call_digest, _num(approval.created_at), _num(approval.expires_at),
                 approval.required, json.dumps(approval.to_json())]
         created, j, status, decisions = await self._script(
             "OPEN_APPROVAL", task_keys(tid, "apr:pending", "apr:latest", "apr"), args)
         if not created:
-            async with self._fail_closed("open_approval"):
-                await self._r.delete(approval_key(aid))
+            await self._write("open_approval", [("DEL", approval_key(aid))])
         return self._approval(j, status, decisions), bool(created)
 
     async def get_approval(self, approval_id: str) -> Approval | None:
@@ -410,8 +364,7 @@ class RedisStore(RedisConnection):
 
     async def suspend_agent(self, agent: str, reason: str, actor: str, now: float) -> bool:
         changed = await self._script("SET_SUSPENDED", [agent_key(agent)], ["1", reason, actor, _num(now)])
-        async with self._fail_closed("suspend_agent"):
-            await self._r.sadd(AGENTS, agent)
+        await self._write("suspend_agent", [("SADD", AGENTS, agent)])
         return bool(changed)
 
     async def restore_agent(self, agent: str) -> bool:
@@ -419,17 +372,15 @@ class RedisStore(RedisConnection):
 
     async def is_suspended(self, agent: str) -> bool:
         async def fetch() -> bool:
-            return await self._r.hget(agent_key(agent), "suspended") == "1"
+            return bool(await self._r.hget(agent_key(agent), "suspended") == "1")
 
         return await self._read("is_suspended", fetch)
 
     # -- webhook deliveries --------------------------------------------------
     async def save_delivery(self, delivery: Delivery) -> None:
-        async with self._fail_closed("save_delivery"):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.hset(DELIVERIES, delivery.delivery_id, json.dumps(delivery.to_json()))
-            pipe.hset(LEASES, delivery.delivery_id, f"{delivery.lease_until!r} {delivery.owner}")
-            await pipe.execute()
+        await self._write("save_delivery", [("EVAL", lua.SAVE_DELIVERY, 2, DELIVERIES, LEASES, delivery.delivery_id,
+                                             json.dumps(delivery.to_json()),
+                                             f"{delivery.lease_until!r} {delivery.owner}")])
 
     async def claim_deliveries(self, owner: str, now: float, lease_until: float) -> list[Delivery]:
         out = await self._script("CLAIM_DELIVERIES", [DELIVERIES, LEASES], [owner, _num(now), _num(lease_until)])
@@ -441,17 +392,9 @@ class RedisStore(RedisConnection):
         return claimed
 
     async def delete_delivery(self, delivery_id: str) -> None:
-        async with self._fail_closed("delete_delivery"):
-            pipe = self._r.pipeline(transaction=True)
-            pipe.hdel(DELIVERIES, delivery_id)
-            pipe.hdel(LEASES, delivery_id)
-            await pipe.execute()
+        await self._write("delete_delivery", [("EVAL", lua.DELETE_DELIVERY, 2, DELIVERIES, LEASES, delivery_id)])
 
     # -- audit -------------------------------------------------------------
-    def _audit_lock(self, task_id: str) -> _TaskLock:
-        """Appends of one task from this process go one at a time (others may still race)."""
-        return _TaskLock(self._audit_locks, task_id)
-
     async def append_audit(
         self, task_id: str, fields: dict[str, Any], agent_event: AgentEvent | None = None
     ) -> AuditRecord:
@@ -461,11 +404,6 @@ class RedisStore(RedisConnection):
         if agent_event is not None:
             self._agent_cmds(also, str(fields["agent"]), agent_event, float(fields["ts"]), None)
         return await self._append_chained("append_audit", "APPEND_AUDIT", task_id, fields, keys, [], also)
-
-    def _remember_tail(self, task_id: str, seq: int, hash_: str) -> None:
-        if len(self._tails) >= 10_000 and task_id not in self._tails:
-            self._tails.pop(next(iter(self._tails)))
-        self._tails[task_id] = (seq, hash_)
 
     async def read_audit(self, task_id: str) -> list[AuditRecord]:
         async def fetch() -> list[str]:
@@ -477,8 +415,7 @@ class RedisStore(RedisConnection):
 
     # -- OAuth grants and sessions -------------------------------------------
     async def put_grant(self, kind: str, key: str, data: dict[str, Any], ttl_s: float) -> None:
-        async with self._fail_closed("put_grant"):
-            await self._r.set(grant_key(kind, key), json.dumps(data), px=_ttl_ms(ttl_s))
+        await self._write("put_grant", [("SET", grant_key(kind, key), json.dumps(data), "PX", _ttl_ms(ttl_s))])
 
     async def get_grant(self, kind: str, key: str) -> dict[str, Any] | None:
         async def fetch() -> str | None:
@@ -489,8 +426,7 @@ class RedisStore(RedisConnection):
         return json.loads(raw) if raw is not None else None
 
     async def take_grant(self, kind: str, key: str) -> dict[str, Any] | None:
-        async with self._fail_closed("take_grant"):
-            raw = await self._r.getdel(grant_key(kind, key))
+        raw = (await self._write("take_grant", [("GETDEL", grant_key(kind, key))]))[0]
         return json.loads(raw) if raw is not None else None
 
     async def rotate_refresh(self, old: str, new: str, ttl_s: float) -> tuple[RefreshOutcome, dict[str, Any] | None]:
