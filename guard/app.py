@@ -15,12 +15,15 @@ from guard.approvals import Approvals
 from guard.audit import AuditFiles, AuditLog
 from guard.canonical import compact_json
 from guard.config import Config
+from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
+from guard.lifecycle import TaskEnds
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
 from guard.reload import PolicyReloader
+from guard.retention import Sweeper
 from guard.routes import agents, approvals, credentials, mcp, operate, review, system, tasks, tools
 from guard.routes.common import DEPS
 from guard.stores import open_store
@@ -113,7 +116,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     metrics = Metrics()
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
-        store = await open_store(cfg.store.url, cfg.audit.dir)
+        store = await open_store(cfg.store.url, cfg.audit.dir,
+                                 Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
@@ -124,14 +128,20 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         identity.http = http
-        approvals_ = Approvals(cfg, store, audit)
+        task_ends = TaskEnds(store, audit, cfg.store.url)
+        await task_ends.start()
+        sweeper = Sweeper(store, task_ends, cfg.audit.dir)
+        sweeper.start()
+        approvals_ = Approvals(cfg, store, audit, task_ends)
         await approvals_.start()  # resumes pending webhook deliveries
-        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity,
+        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity, task_ends,
                          metrics=metrics)
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
         await approvals_.close()
+        await sweeper.close()
+        await task_ends.close()
         await http.close()
         if files is not None:
             await files.close()

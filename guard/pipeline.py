@@ -18,6 +18,7 @@ from guard.config import Config
 from guard.domain import CallLimits, TaskState
 from guard.errors import Denied, GuardError
 from guard.identity import Identity
+from guard.lifecycle import TaskEnds
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.stages.approve import settle_approval
@@ -53,6 +54,7 @@ class Deps:
     approvals: Approvals
     http: aiohttp.ClientSession
     identity: Identity
+    task_ends: TaskEnds  # guard.lifecycle: what a task holds open ends with it
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
 
@@ -149,7 +151,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
     """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
     deps.tasks.drop(caller.task_id)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     deps.tasks.put(state)
     return state
 
@@ -162,7 +164,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
     tool = resolve_tool(call, policies)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     try:
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import structlog
 from aiohttp import web
@@ -10,9 +11,10 @@ from aiohttp import web
 from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
 from guard.errors import BadRequest, GuardError
+from guard.lifecycle import EndReason
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
-from guard.stages.forward import Rewrite, forward
+from guard.stages.forward import Cut, Rewrite, forward
 from guard.stages.match import check_tool_path
 from guard.stages.task import finish_quietly
 from guard.tokens import new_id
@@ -57,10 +59,13 @@ async def tool_call(request: web.Request) -> web.StreamResponse:
 
 
 async def run_forward(
-    request: web.Request, auth: Authorized, deps: Deps, event: str = "call_forwarded", rewrite: Rewrite | None = None
+    request: web.Request, auth: Authorized, deps: Deps, event: str = "call_forwarded", rewrite: Rewrite | None = None,
+    farewell: Callable[[EndReason], bytes] | None = None,
 ) -> web.StreamResponse:
     """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
-    Txn-Token. `rewrite` may transform the answer (MCP tools/list)."""
+    Txn-Token. `rewrite` may transform the answer (MCP tools/list). When the task ends meanwhile,
+    the call is cut (guard.stages.forward.Cut, with `farewell` for an SSE answer) and the cut
+    audited as `stream_closed`."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
     base = {"tool": auth.action.tool, "action": auth.action.name,
             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
@@ -78,8 +83,13 @@ async def run_forward(
                                     latency_ms=latency_ms, **base)
         log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
 
+    async def on_cut(reason: EndReason) -> None:
+        await deps.audit.append(task_id, "stream_closed", agent, call_id=call_id, detail=reason, **base)
+        log.info("stream_closed", task_id=task_id, call_id=call_id, reason=reason)
+
+    watch = deps.task_ends.watch(task_id, agent)
     try:
-        return await forward(request, auth, deps.http, on_headers, rewrite)
+        return await forward(request, auth, deps.http, on_headers, rewrite, Cut(watch, on_cut, farewell))
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await deps.audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
@@ -87,5 +97,6 @@ async def run_forward(
             finished = True
         raise
     finally:
+        watch.close()
         if not finished:
             await finish_quietly(deps.store, task_id, call_id)

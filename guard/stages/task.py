@@ -10,6 +10,7 @@ from guard.audit import AuditLog
 from guard.calls import Caller
 from guard.domain import Admission, AuditRecord, CallLimits, TaskState
 from guard.errors import BudgetExhausted, GuardError, RateLimited, StoreUnavailable, TaskInactive, TxnInactive
+from guard.lifecycle import TaskEnds
 from guard.policy import PolicySet
 from guard.stores.base import Store
 
@@ -18,8 +19,12 @@ __all__ = ["TaskCache", "admit", "admit_and_record", "expire_if_due", "finish_qu
 log = structlog.get_logger("guard.task")
 
 
-async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: float) -> TaskState:
-    """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once)."""
+async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: float,
+                        ends: TaskEnds | None = None) -> TaskState:
+    """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once); with
+    `ends`, the expiry is also announced to whatever the task holds open, on every instance."""
+    if ends is not None:
+        return await ends.expired(state, now)
     if state.task.status == "active" and state.effective_status(now) == "expired":
         reason = "expires_at reached" if now >= state.task.expires_at else "idle"
         ended = await store.end_task(state.task.task_id, "expired", now, reason)
@@ -29,11 +34,12 @@ async def expire_if_due(state: TaskState, store: Store, audit: AuditLog, now: fl
     return state
 
 
-async def load_active_task(caller: Caller, store: Store, audit: AuditLog, now: float) -> TaskState:
+async def load_active_task(caller: Caller, store: Store, audit: AuditLog, now: float,
+                           ends: TaskEnds | None = None) -> TaskState:
     state = await store.get_task(caller.task_id)
     if state is None or state.task.agent != caller.agent:
         raise TaskInactive("unknown task", task_id=caller.task_id)
-    state = await expire_if_due(state, store, audit, now)
+    state = await expire_if_due(state, store, audit, now, ends)
     if state.task.status != "active":
         raise TaskInactive(f"task is {state.task.status}", task_id=caller.task_id)
     return state

@@ -12,6 +12,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -39,6 +40,21 @@ class Store(Protocol):
         approvals, atomically. Returns the ended task, or None when it was not active."""
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]: ...
+
+    # -- retention -----------------------------------------------------------
+    retention: Retention
+
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        """Ids of tasks still active in the store whose `expires_at` (or, in memory, idle time)
+        has passed, for the caller to end (as expired), so that their state goes in turn. An
+        ended task is not returned (Redis hands each id out once)."""
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        """Forget the tasks that ended `retention.ended_task_s` or more before `now` (at most
+        `limit` of them): their task, history, in-flight calls, rate windows, approvals and
+        pending deliveries (in Redis, expired by the TTL end_task set; here, their index
+        entries), and their audit trail unless the durable audit folder or `audit_s` keeps it.
+        After that get_task answers None. Returns how many were forgotten."""
 
     # -- calls -------------------------------------------------------------
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:

@@ -14,6 +14,8 @@ of one task share the hash tag `{<task_id>}`, so every script touches one slot:
     guard:{T}:audit       list of the task's audit records (JSON), in seq order
     guard:{T}:audit:tail  hash: seq, hash of the last record
     guard:tasks           set of every task id (list_tasks)
+    guard:tasks:expiring  sorted set: task id by expires_at (retention ends tasks nobody ended)
+    guard:tasks:ended     sorted set: "<task id> <agent>" by ended_at (retention's index)
     guard:apr:<id>        string: the task id of an approval (get by id)
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
     guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
@@ -57,6 +59,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -71,6 +74,8 @@ log = structlog.get_logger("guard.store")
 T = TypeVar("T")
 
 TASKS = "guard:tasks"
+EXPIRING = "guard:tasks:expiring"
+ENDED = "guard:tasks:ended"
 AGENTS = "guard:agents"
 DELIVERIES = "guard:{deliveries}"
 LEASES = "guard:{deliveries}:leases"
@@ -164,8 +169,16 @@ class _HiredisPacking(aioredis.Connection):
 
 
 class RedisStore:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, retention: Retention | None = None, audit_in_folder: bool = False) -> None:
+        """`audit_in_folder`: the durable audit folder keeps every trail, so a trail's copy here
+        goes with its task's state (or sooner, with `retention.audit_s`)."""
         self.url = url
+        self.retention = retention or Retention()
+        keep, audit_s = self.retention.ended_task_s, self.retention.audit_s
+        audit_keep = [s for s in ((keep if audit_in_folder else None), audit_s) if s is not None]
+        self._state_ttl_ms = "" if keep is None else str(max(1, int(keep * 1000)))
+        self._audit_ttl_ms = str(max(1, int(min(audit_keep) * 1000))) if audit_keep else ""
+        self._audit_goes_with_state = bool(audit_keep) and keep is not None and min(audit_keep) <= keep
         packing: dict[str, Any] = {"connection_class": _HiredisPacking} if url.startswith("redis://") else {}
         self._r: aioredis.Redis = aioredis.from_url(
             url,
@@ -184,7 +197,7 @@ class RedisStore:
         self._mux = Multiplexer(self._r.connection_pool.make_connection)
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
-            for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
+            for name in ("ADMIT_CALL", "END_TASK", "POP_DUE", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
                          "ADMIT_AND_RECORD", "RECORD_AND_FINISH")
         }
@@ -278,6 +291,7 @@ class RedisStore:
             pipe.hset(_k(task.task_id, "task"), mapping=row)
             pipe.sadd(TASKS, task.task_id)
             pipe.sadd(f"{_agent_key(task.agent)}:tasks", task.task_id)
+            pipe.zadd(EXPIRING, {task.task_id: task.expires_at})
             await pipe.execute()
 
     @staticmethod
@@ -306,11 +320,56 @@ class RedisStore:
         return states[0] if states else None
 
     async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
-        keys = [_k(task_id, "task"), _k(task_id, "inflight"), _k(task_id, "apr:pending"), _k(task_id, "apr")]
-        out = await self._script("END_TASK", keys, [status, _num(now), reason or ""])
+        """One script ends the task and sets its state's retention TTL; then the task goes into
+        retention's index (and its approvals' ids get the same TTL: other hash slots)."""
+        keys = [_k(task_id, p) for p in ("task", "inflight", "apr:pending", "apr", "hist", "apr:latest", "audit",
+                                          "audit:tail")]
+        out = await self._script("END_TASK", keys, [status, _num(now), reason or "", self._state_ttl_ms,
+                                                    self._audit_ttl_ms])
         if not out:
             return None
-        return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+        task = self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+        async with self._fail_closed("end_task"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zrem(EXPIRING, task_id)
+            if self._state_ttl_ms:
+                pipe.zadd(ENDED, {f"{task_id} {task.agent}": now})
+                for approval_id in out[4:]:
+                    pipe.pexpire(f"guard:apr:{approval_id}", int(self._state_ttl_ms))
+            await pipe.execute()
+        return task
+
+    # -- retention -----------------------------------------------------------
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        return [str(t) for t in await self._script("POP_DUE", [EXPIRING], [_num(now), limit])]
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        """The state keys went by their TTL (deleted here too, so nothing is read back even when
+        the clocks disagree); this removes the index entries."""
+        keep = self.retention.ended_task_s
+        if keep is None:
+            return 0
+
+        async def due() -> list[str]:
+            return [str(m) for m in await self._r.zrangebyscore(ENDED, "-inf", _num(now - keep), 0, limit)]
+
+        members = await self._read("purge_ended", due)
+        if not members:
+            return 0
+        parts = ["task", "hist", "inflight", "apr", "apr:pending", "apr:latest"]
+        if self._audit_goes_with_state:
+            parts += ["audit", "audit:tail"]
+        async with self._fail_closed("purge_ended"):
+            pipe = self._r.pipeline(transaction=False)
+            for member in members:
+                task_id, _, agent = member.partition(" ")
+                pipe.delete(*(_k(task_id, p) for p in parts))  # one hash slot
+                pipe.srem(TASKS, task_id)
+                pipe.srem(f"{_agent_key(agent)}:tasks", task_id)
+                pipe.zrem(ENDED, member)
+                self._tails.pop(task_id, None)
+            await pipe.execute()
+        return len(members)
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
         ids = await self._members(TASKS if agent is None else f"{_agent_key(agent)}:tasks")
