@@ -18,7 +18,7 @@ from guard.config import Config
 from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity import Identity
-from guard.lifecycle import TaskEnds
+from guard.lifecycle import TaskEnded, TaskEnds
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps, PolicyHolder
 from guard.policy import PolicySet, load_policies
@@ -104,6 +104,16 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     return policies
 
 
+def _forgetter(deps: Deps) -> Callable[[TaskEnded], Awaitable[None]]:
+    """What this process remembers of a task (its cached state and tokens) goes when it ends."""
+
+    async def forget(ended: TaskEnded) -> None:
+        deps.tasks.drop(ended.task_id)
+        deps.keys.forget_task(ended.task_id)
+
+    return forget
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     policies = policies or load_checked_policies(cfg)
     keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
@@ -134,8 +144,9 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         sweeper.start()
         approvals_ = Approvals(cfg, store, audit, task_ends)
         await approvals_.start()  # resumes pending webhook deliveries
-        app[DEPS] = Deps(cfg, store, keys, holder, audit, approvals_, http, identity, task_ends,
-                         metrics=metrics)
+        app[DEPS] = deps = Deps(cfg, store, keys, holder, audit, approvals_, http, identity, task_ends,
+                                metrics=metrics)
+        task_ends.subscribe(_forgetter(deps))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield

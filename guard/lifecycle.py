@@ -20,9 +20,10 @@ How an end is learned, from the fastest to the fallback:
    once a second (after the watch is CHECK_S old): an end whose publication was lost is found,
    and an expiry (`expires_at` passed, or idle for `idle_s`) is persisted, audited and announced.
 
-An end is delivered once per instance and task: subscribers are called once (each in its own
-asyncio task; an exception is logged, not raised), watches are set once. A watch opened after
-its task's end was delivered is set at once. A task that is deleted from the store while watched
+An end is delivered once per instance and task (ends are remembered REMEMBERED_S): subscribers
+are called once (each in its own asyncio task; an exception is logged, not raised), watches are
+set once. A watch opened after its task's end was delivered is set at once (or, once the end is
+forgotten, by its first check). A task that is deleted from the store while watched
 (retention) counts as expired.
 
 `reason` is one of task_completed | task_revoked | task_expired | agent_suspended; found in the
@@ -54,7 +55,8 @@ __all__ = ["CHANNEL", "CHECK_S", "EndReason", "TaskEnded", "TaskEnds", "TaskWatc
 log = structlog.get_logger("guard.lifecycle")
 CHANNEL = "guard:task_ends"
 CHECK_S = 0.4  # the fallback read of watched tasks: an end is found within 2 * CHECK_S
-REMEMBERED = 10_000  # ended task ids remembered, so an end is delivered once
+REMEMBERED_S = 60.0  # how long an end is remembered, so that it is delivered once (longer: a watch's check)
+REMEMBERED_MAX = 10_000
 EndReason = Literal["task_completed", "task_revoked", "task_expired", "agent_suspended"]
 _REASONS: frozenset[str] = frozenset({"task_completed", "task_revoked", "task_expired", "agent_suspended"})
 
@@ -138,7 +140,7 @@ class TaskEnds:
         self._notifier: Notifier = open_notifier(store_url, CHANNEL, "task_end")
         self._subscribers: list[Callable[[TaskEnded], Awaitable[None]]] = []
         self._watches: dict[str, set[TaskWatch]] = {}
-        self._delivered: OrderedDict[str, TaskEnded] = OrderedDict()
+        self._delivered: OrderedDict[str, tuple[float, TaskEnded]] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
 
@@ -167,7 +169,7 @@ class TaskEnds:
         w = TaskWatch(self, task_id, agent)
         known = self._delivered.get(task_id)
         if known is not None:
-            w._fire(known)
+            w._fire(known[1])
         else:
             self._watches.setdefault(task_id, set()).add(w)
         return w
@@ -211,8 +213,10 @@ class TaskEnds:
     def _deliver(self, ended: TaskEnded) -> None:
         if ended.task_id in self._delivered:
             return
-        self._delivered[ended.task_id] = ended
-        if len(self._delivered) > REMEMBERED:
+        now = time.monotonic()
+        self._delivered[ended.task_id] = (now, ended)
+        while self._delivered and (len(self._delivered) > REMEMBERED_MAX
+                                   or next(iter(self._delivered.values()))[0] < now - REMEMBERED_S):
             self._delivered.popitem(last=False)
         watches = self._watches.pop(ended.task_id, set())
         log.info("task_end_delivered", task_id=ended.task_id, reason=ended.reason, watches=len(watches))

@@ -7,7 +7,7 @@ One sweeper per instance, every `interval_s`:
 2. the store forgets tasks that ended `retention.ended_task_s` ago (Store.purge_ended: in
    Redis the end set their TTL, this removes their index entries);
 3. with `retention.audit_s`, trails in the audit folder untouched that long whose task is gone
-   or ended are deleted (listed off the event loop); at most every AUDIT_SWEEP_S.
+   or ended are deleted (listed off the event loop); every `audit_s / 2`, at most every AUDIT_SWEEP_S.
 
 The agent inventory and consumed-credential marks are not touched (marks expire by themselves).
 """
@@ -77,7 +77,8 @@ class Sweeper:
             log.info("retention_swept", expired_tasks=expired, purged_tasks=purged, deleted_trails=deleted)
 
     def _audit_due(self, now: float) -> bool:
-        if self.audit_dir is None or self.store.retention.audit_s is None or now - self._audit_swept < AUDIT_SWEEP_S:
+        audit_s = self.store.retention.audit_s
+        if self.audit_dir is None or audit_s is None or now - self._audit_swept < min(AUDIT_SWEEP_S, audit_s / 2):
             return False
         self._audit_swept = now
         return True
