@@ -80,15 +80,24 @@ def end_reason(task: Task) -> EndReason:
 class TaskWatch:
     """One watcher of one task, from `TaskEnds.watch`; close it (or leave its `with`) when done."""
 
-    __slots__ = ("_callbacks", "_ends", "agent", "ended", "reason", "since", "task_id")
+    __slots__ = ("_callbacks", "_ends", "_event", "agent", "reason", "since", "task_id")
 
     def __init__(self, ends: TaskEnds, task_id: str, agent: str) -> None:
         self._ends = ends
         self.task_id, self.agent = task_id, agent
-        self.ended = asyncio.Event()
+        self._event: asyncio.Event | None = None  # made when asked for: most watches never are
         self.reason: EndReason | None = None
         self.since = time.monotonic()
         self._callbacks: list[Callable[[TaskEnded], None]] = []
+
+    @property
+    def ended(self) -> asyncio.Event:
+        """Set when the task has ended (then `reason` says why)."""
+        if self._event is None:
+            self._event = asyncio.Event()
+            if self.reason is not None:
+                self._event.set()
+        return self._event
 
     def on_end(self, fn: Callable[[TaskEnded], None]) -> Callable[[], None]:
         """Call `fn` (plain, not async: it runs inside the delivery) when the task ends, at once
@@ -108,7 +117,8 @@ class TaskWatch:
         if self.reason is not None:
             return
         self.reason = ended.reason
-        self.ended.set()
+        if self._event is not None:
+            self._event.set()
         callbacks, self._callbacks = self._callbacks, []
         for fn in callbacks:
             try:

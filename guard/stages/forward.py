@@ -54,13 +54,15 @@ Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """How a forwarded call ends when its task does (guard.lifecycle).
+    """How a streamed answer ends when its task does (guard.lifecycle).
 
-    When `watch` fires, the forwarding stops at its next await, so nothing the tool sends after
-    that reaches the agent; the tool's connection is closed; `on_cut(reason)` runs (it audits
-    `stream_closed`); then the agent's side ends: an SSE answer gets `farewell(reason)` (the
-    last bytes, may be empty) and a clean end of stream, any other answer already started is cut
-    (connection closed), and an answer not started yet becomes 403 task_inactive."""
+    A call already forwarded still gets its answer when that answer comes whole (read before it
+    is sent); a streamed answer (SSE, unsized or large) is cut once it has started, or at once
+    if the task ended while the tool was answering. The cut: the forwarding stops at its next
+    await, so nothing the tool sends after that reaches the agent; the tool's connection is
+    closed; `on_cut(reason)` runs (it audits `stream_closed`); then the agent's side ends: an SSE
+    answer gets `farewell(reason)` (the last bytes, may be empty) and a clean end of stream, any
+    other answer is cut (connection closed)."""
 
     watch: TaskWatch
     on_cut: Callable[[EndReason], Awaitable[None]]
@@ -70,12 +72,13 @@ class Cut:
 class _Flow:
     """What forward() has opened so far, for a cut to close."""
 
-    __slots__ = ("resp", "sse", "upstream")
+    __slots__ = ("arm", "resp", "sse", "upstream")
 
     def __init__(self) -> None:
         self.upstream: aiohttp.ClientResponse | None = None
         self.resp: web.StreamResponse | None = None
         self.sse = False
+        self.arm: Callable[[], None] | None = None  # called once the answer streams: from then on it may be cut
 
 
 def _connection_listed(headers: Mapping[str, str]) -> set[str]:
@@ -118,7 +121,8 @@ async def forward(
         fired = True
         task.cancel()  # the forwarding stops at its next await: no later chunk is written
 
-    forget = cut.watch.on_end(fire)
+    forget: list[Callable[[], None]] = []
+    flow.arm = lambda: forget.append(cut.watch.on_end(fire))
     try:
         return await _forward(request, auth, http, on_headers, rewrite, flow)
     except asyncio.CancelledError:
@@ -127,7 +131,8 @@ async def forward(
         task.uncancel()
         return await _end_cut(request, auth, flow, cut)
     finally:
-        forget()
+        for fn in forget:
+            fn()
 
 
 async def _end_cut(request: web.Request, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
@@ -206,6 +211,8 @@ async def _forward(
             resp.content_length = upstream.content_length
         flow.resp, flow.sse = resp, upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         await resp.prepare(request)
+        if flow.arm is not None:
+            flow.arm()
         async for chunk in upstream.content.iter_any():
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:
