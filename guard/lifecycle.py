@@ -28,6 +28,17 @@ forgotten, by its first check). A task that is deleted from the store while watc
 
 `reason` is one of task_completed | task_revoked | task_expired | agent_suspended; found in the
 store, a revocation whose end_reason starts with "agent suspended" is agent_suspended.
+
+Which to use: `subscribe` sees every end announced anywhere (Redis pub/sub does not queue, so a
+message lost while Redis reconnects is lost to subscribers), and the expiry of a task nobody
+watches only when something finds it (a call, a read, or guard.retention's sweep, which ends
+tasks past `expires_at` within its interval). Something that must end within a second, whatever
+happens (a stream, a per-task token or lease), holds a watch for as long as it lives:
+
+    watch = ends.watch(task_id, agent)
+    forget = watch.on_end(lambda e: revoke_soon(e))   # plain callable; schedule async work from it
+    ...
+    forget(); watch.close()                           # the thing ended first
 """
 
 from __future__ import annotations
@@ -193,8 +204,10 @@ class TaskEnds:
         if ended is None:
             return None
         extra = {"actor": actor} if actor is not None else {}
-        await self.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=detail, **extra)
-        await self.announce(TaskEnded(ended.task_id, ended.agent, reason or end_reason(ended)))
+        try:
+            await self.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=detail, **extra)
+        finally:  # ended in the store: announced even when the record could not be written (an error)
+            await self.announce(TaskEnded(ended.task_id, ended.agent, reason or end_reason(ended)))
         return ended
 
     async def expired(self, state: TaskState, now: float) -> TaskState:
@@ -258,8 +271,11 @@ class TaskEnds:
             due = time.monotonic() - self.check_s
             tasks = {tid: next(iter(ws)).agent for tid, ws in self._watches.items()
                      if any(w.since <= due for w in ws)}
-            if tasks:
-                await asyncio.gather(*(self._check(tid, agent) for tid, agent in tasks.items()))
+            try:
+                if tasks:
+                    await asyncio.gather(*(self._check(tid, agent) for tid, agent in tasks.items()))
+            except Exception:  # a bug must not end the fallback for good
+                log.exception("task_check_crashed")
 
     async def _check(self, task_id: str, agent: str) -> None:
         try:

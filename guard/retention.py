@@ -62,6 +62,8 @@ class Sweeper:
                 await self.sweep(time.time())
             except GuardError as e:  # the store cannot answer now: the next sweep tries again
                 log.warning("retention_sweep_failed", error=e.code)
+            except Exception:  # a bug must not end retention for good
+                log.exception("retention_sweep_crashed")
 
     async def sweep(self, now: float) -> None:
         expired = 0
