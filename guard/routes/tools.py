@@ -11,7 +11,7 @@ from aiohttp import web
 from guard.auth import bearer
 from guard.calls import Authorized, ToolCall
 from guard.errors import BadRequest, GuardError
-from guard.lifecycle import EndReason
+from guard.lifecycle import EndReason, TaskWatch
 from guard.pipeline import Deps, authorize_call
 from guard.routes.common import DEPS, read_body
 from guard.stages.forward import Cut, Rewrite, forward
@@ -87,7 +87,9 @@ async def run_forward(
         await deps.audit.append(task_id, "stream_closed", agent, call_id=call_id, detail=reason, **base)
         log.info("stream_closed", task_id=task_id, call_id=call_id, reason=reason)
 
-    watch = deps.task_ends.watch(task_id, agent)
+    def watch() -> TaskWatch:
+        return deps.task_ends.watch(task_id, agent)
+
     try:
         return await forward(request, auth, deps.http, on_headers, rewrite, Cut(watch, on_cut, farewell))
     except GuardError as err:
@@ -97,6 +99,5 @@ async def run_forward(
             finished = True
         raise
     finally:
-        watch.close()
         if not finished:
             await finish_quietly(deps.store, task_id, call_id)

@@ -57,14 +57,16 @@ class Cut:
     """How a streamed answer ends when its task does (guard.lifecycle).
 
     A call already forwarded still gets its answer when that answer comes whole (read before it
-    is sent); a streamed answer (SSE, unsized or large) is cut once it has started, or at once
-    if the task ended while the tool was answering. The cut: the forwarding stops at its next
+    is sent); a streamed answer (SSE, unsized or large) opens a watch (`watch()`, when it
+    starts) and is cut when it fires, at once if the task ended while the tool was answering
+    (a recent end is remembered, an older one found by the watch's first check). The cut: the
+    forwarding stops at its next
     await, so nothing the tool sends after that reaches the agent; the tool's connection is
     closed; `on_cut(reason)` runs (it audits `stream_closed`); then the agent's side ends: an SSE
     answer gets `farewell(reason)` (the last bytes, may be empty) and a clean end of stream, any
     other answer is cut (connection closed)."""
 
-    watch: TaskWatch
+    watch: Callable[[], TaskWatch]
     on_cut: Callable[[EndReason], Awaitable[None]]
     farewell: Callable[[EndReason], bytes] | None = None
 
@@ -72,13 +74,14 @@ class Cut:
 class _Flow:
     """What forward() has opened so far, for a cut to close."""
 
-    __slots__ = ("arm", "resp", "sse", "upstream")
+    __slots__ = ("arm", "resp", "sse", "upstream", "watch")
 
     def __init__(self) -> None:
         self.upstream: aiohttp.ClientResponse | None = None
         self.resp: web.StreamResponse | None = None
         self.sse = False
         self.arm: Callable[[], None] | None = None  # called once the answer streams: from then on it may be cut
+        self.watch: TaskWatch | None = None
 
 
 def _connection_listed(headers: Mapping[str, str]) -> set[str]:
@@ -121,8 +124,11 @@ async def forward(
         fired = True
         task.cancel()  # the forwarding stops at its next await: no later chunk is written
 
-    forget: list[Callable[[], None]] = []
-    flow.arm = lambda: forget.append(cut.watch.on_end(fire))
+    def arm() -> None:
+        flow.watch = cut.watch()
+        flow.watch.on_end(fire)
+
+    flow.arm = arm
     try:
         return await _forward(request, auth, http, on_headers, rewrite, flow)
     except asyncio.CancelledError:
@@ -131,14 +137,14 @@ async def forward(
         task.uncancel()
         return await _end_cut(request, auth, flow, cut)
     finally:
-        for fn in forget:
-            fn()
+        if flow.watch is not None:
+            flow.watch.close()
 
 
 async def _end_cut(request: web.Request, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
     if flow.upstream is not None:
         flow.upstream.close()  # the tool's side: the connection is closed, not pooled
-    reason = cut.watch.reason or "task_revoked"
+    reason = (flow.watch.reason if flow.watch is not None else None) or "task_revoked"
     try:
         await cut.on_cut(reason)
     except GuardError as e:  # the record could not be written: the stream is cut all the same
