@@ -16,13 +16,16 @@ from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
+from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys, load_or_create_key
+from guard.lifecycle import TaskEnded, TaskEnds
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
+from guard.retention import Sweeper
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, system, tasks, tools, ui
 from guard.routes.common import DEPS
 from guard.stores import open_store
@@ -109,11 +112,23 @@ class _Opened:
     store: Store
     audit: AuditLog
     http: aiohttp.ClientSession
+    task_ends: TaskEnds
+
+
+def _forgetter(deps: Deps) -> Callable[[TaskEnded], Awaitable[None]]:
+    """What this process remembers of a task (its cached state and tokens) goes when it ends."""
+
+    async def forget(ended: TaskEnded) -> None:
+        deps.tasks.drop(ended.task_id)
+        deps.keys.forget_task(ended.task_id)
+
+    return forget
 
 
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
-    cleanup_ctx per resource (store, audit writer, client session, approvals, policy reloader)."""
+    cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
+    approvals, policy reloader)."""
     policies = policies or load_checked_policies(cfg)
     keys = GuardKeys(load_or_create_key(cfg.signing.key_file, cfg.signing.algorithm), cfg.issuer)
     identity = Identity(cfg, Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None)
@@ -127,7 +142,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None)
+        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None,
+                                        retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
         yield
         await opened.store.close()
 
@@ -149,11 +165,24 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         yield
         await opened.http.close()
 
+    async def task_ends(app: web.Application) -> AsyncIterator[None]:
+        opened.task_ends = TaskEnds(opened.store, opened.audit, cfg.store.url)
+        await opened.task_ends.start()
+        yield
+        await opened.task_ends.close()
+
+    async def retention_sweeper(app: web.Application) -> AsyncIterator[None]:
+        sweeper = Sweeper(opened.store, opened.task_ends, cfg.audit.dir)
+        sweeper.start()
+        yield
+        await sweeper.close()
+
     async def approvals_service(app: web.Application) -> AsyncIterator[None]:
-        approvals_ = Approvals(cfg, opened.store, opened.audit)
+        approvals_ = Approvals(cfg, opened.store, opened.audit, opened.task_ends)
         await approvals_.start()  # resumes pending webhook deliveries
-        app[DEPS] = Deps(cfg, opened.store, keys, holder, opened.audit, approvals_, opened.http, identity,
-                         metrics=metrics, credentials=Credentials(keys, cfg.environ))
+        app[DEPS] = deps = Deps(cfg, opened.store, keys, holder, opened.audit, approvals_, opened.http, identity,
+                                opened.task_ends, metrics=metrics, credentials=Credentials(keys, cfg.environ))
+        opened.task_ends.subscribe(_forgetter(deps))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
@@ -161,7 +190,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
 
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
-    app.cleanup_ctx.extend([store, audit_writer, client_session, approvals_service])
+    app.cleanup_ctx.extend([store, audit_writer, client_session, task_ends, retention_sweeper, approvals_service])
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit):

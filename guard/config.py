@@ -96,6 +96,16 @@ class LimitsCfg(_Section):
     read_timeout_s: float = Field(15.0, gt=0)
 
 
+class RetentionCfg(_Section):
+    ended_task_s: float | None = Field(604800.0, gt=0)  # an ended task's state is deleted this long after; null: kept
+    audit_s: float | None = Field(None, gt=0)  # how long a trail is kept after its task ended; null: forever
+
+    @field_validator("ended_task_s", "audit_s", mode="before")
+    @classmethod
+    def _null(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -109,6 +119,7 @@ class Config(_Section):
     dev_key_file: str = "./var/dev-issuer-key.json"
     approvals: ApprovalsCfg = Field(default_factory=ApprovalsCfg)  # type: ignore[arg-type]
     limits: LimitsCfg = Field(default_factory=LimitsCfg)  # type: ignore[arg-type]
+    retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
@@ -121,7 +132,7 @@ class Config(_Section):
         return self.dev_issuer if self.dev_issuer is not None else not self.issuers
 
 
-_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits")
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 

@@ -26,6 +26,7 @@ from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, Tool
 from guard.errors import Denied, GuardError
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys
+from guard.lifecycle import TaskEnds
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
@@ -54,6 +55,7 @@ class Deps:
     approvals: Approvals
     http: aiohttp.ClientSession
     identity: Identity
+    task_ends: TaskEnds  # guard.lifecycle: what a task holds open ends with it
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
     credentials: Credentials | None = None  # guard.credentials (set by build_app)
@@ -173,7 +175,7 @@ class _Refusals:
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
     """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
     deps.tasks.drop(caller.task_id)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     deps.tasks.put(state)
     return state
 
@@ -186,7 +188,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
     tool = resolve_tool(call, policies)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     async with _Refusals(deps, call, caller, method, count_denied=False):
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)

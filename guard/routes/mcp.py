@@ -9,6 +9,7 @@ JSON-RPC error whose `data` is the problem details, so MCP clients show it to th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from functools import lru_cache
 
 import structlog
@@ -17,7 +18,8 @@ from multidict import CIMultiDictProxy
 from yarl import URL
 
 from guard.domain import Authorized, ToolCall
-from guard.errors import GuardError, Unauthenticated, UnknownTool
+from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
+from guard.lifecycle import EndReason
 from guard.mcp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -99,19 +101,33 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
         log.info("mcp_rejected", tool=request.match_info["tool"], code=err.code, reason=err.message)
         return _rpc_response(err.body(), err.http_status)
     call = _tool_call(request, deps, body, msg)
+    farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
-            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store)
+            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                            task_ends=deps.task_ends, farewell=farewell)
         auth = await authorize_passthrough(call, deps, msg.label)
         rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        event="mcp_forwarded", rewrite=rewrite)
+                                        event="mcp_forwarded", rewrite=rewrite, task_ends=deps.task_ends,
+                                        farewell=farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
+
+
+def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:
+    """The last event of an SSE answer cut because its task ended: the request's JSON-RPC error,
+    so the client learns why at once instead of waiting for an answer that cannot come."""
+
+    def event(reason: EndReason) -> bytes:
+        err = TaskInactive(f"the task ended ({reason}): its stream was closed", call_id=call_id)
+        return b"event: message\ndata: " + error_body(msg.rpc_id, REFUSED, err.detail, err.problem()) + b"\n\n"
+
+    return event
 
 
 def _check_call_shape(msg: RpcMessage) -> None:
@@ -145,4 +161,4 @@ async def mcp_session(request: web.Request) -> web.StreamResponse:
     # the GET stream may sit idle for long: it may last as long as the task
     idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
     return await forward_and_finish(request, _to_origin(auth, idle), deps.http, deps.audit, deps.store,
-                                    event="mcp_forwarded")
+                                    event="mcp_forwarded", task_ends=deps.task_ends)

@@ -2,20 +2,23 @@
 
 from __future__ import annotations
 
+from guard.domain import Retention
 from guard.stores.base import Store
 
 __all__ = ["Store", "open_store"]
 
 
-async def open_store(url: str, durable_audit: bool = False) -> Store:
+async def open_store(url: str, durable_audit: bool = False, retention: Retention | None = None) -> Store:
     """The store for a `store.url`: memory:// or redis://host:port/db. With `durable_audit` (the
-    audit folder keeps every trail), the memory store keeps only each chain's tail."""
+    audit folder keeps every trail), the memory store keeps only each chain's tail and the Redis
+    store keeps a trail only as long as its task's state. `retention`: how long ended tasks are
+    kept (the defaults of `Retention` when None)."""
     if url.startswith("memory://"):
         from guard.stores.memory import MemoryStore
 
-        return MemoryStore(tails_only=durable_audit)
+        return MemoryStore(tails_only=durable_audit, retention=retention)
     from guard.stores.redis.store import RedisStore
 
-    redis_store: Store = RedisStore(url)
+    redis_store: Store = RedisStore(url, retention, audit_in_folder=durable_audit)
     await redis_store.connect()  # type: ignore[attr-defined]
     return redis_store

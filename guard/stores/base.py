@@ -16,6 +16,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "CredentialStore",
     "DecideOutcome",
     "DeliveryStore",
+    "RetentionStore",
     "Store",
     "TaskStore",
 ]
@@ -46,6 +48,25 @@ class TaskStore(Protocol):
         approvals, atomically. Returns the ended task, or None when it was not active."""
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]: ...
+
+
+class RetentionStore(Protocol):
+    """What retention (guard/retention.py) asks of the store: tasks nobody ended, and ended
+    tasks whose time is up."""
+
+    retention: Retention
+
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        """Ids of tasks still active in the store whose `expires_at` (or, in memory, idle time)
+        has passed, for the caller to end (as expired), so that their state goes in turn. An
+        ended task is not returned (Redis hands each id out once)."""
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        """Forget the tasks that ended `retention.ended_task_s` or more before `now` (at most
+        `limit` of them): their task, history, in-flight calls, rate windows, approvals and
+        pending deliveries (in Redis, expired by the TTL end_task set; here, their index
+        entries), and their audit trail unless the durable audit folder or `audit_s` keeps it.
+        After that get_task answers None. Returns how many were forgotten."""
 
 
 class CallStore(Protocol):
@@ -148,7 +169,8 @@ class AuditStore(Protocol):
         """append_audit(fields) (the call's last record) and finish_call, as one operation."""
 
 
-class Store(TaskStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore, AuditStore, Protocol):
+class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore, AuditStore,
+            Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

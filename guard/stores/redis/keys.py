@@ -12,6 +12,8 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:{T}:audit       list of the task's audit records (JSON), in seq order
     guard:{T}:audit:tail  hash: seq, hash of the last record
     guard:tasks           set of every task id (list_tasks)
+    guard:tasks:expiring  sorted set: task id by expires_at (retention ends tasks nobody ended)
+    guard:tasks:ended     sorted set: "<task id> <agent>" by ended_at (retention's index)
     guard:apr:<id>        string: the task id of an approval (get by id)
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
     guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
@@ -19,6 +21,7 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
     guard:approvals       the pub/sub channel of decided approvals (guard/approvals/notify.py)
+    guard:task_ends       the pub/sub channel of ended tasks (guard/lifecycle.py)
 """
 
 from __future__ import annotations
@@ -27,8 +30,11 @@ __all__ = [
     "AGENTS",
     "APPROVALS_CHANNEL",
     "DELIVERIES",
+    "ENDED",
+    "EXPIRING",
     "LEASES",
     "TASKS",
+    "TASK_ENDS_CHANNEL",
     "agent_key",
     "approval_key",
     "credential_key",
@@ -37,10 +43,13 @@ __all__ = [
 ]
 
 TASKS = "guard:tasks"
+EXPIRING = "guard:tasks:expiring"
+ENDED = "guard:tasks:ended"
 AGENTS = "guard:agents"
 DELIVERIES = "guard:{deliveries}"
 LEASES = "guard:{deliveries}:leases"
 APPROVALS_CHANNEL = "guard:approvals"
+TASK_ENDS_CHANNEL = "guard:task_ends"
 
 
 def task_key(task_id: str, part: str) -> str:
