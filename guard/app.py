@@ -20,16 +20,16 @@ from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys, load_or_create_key
-from guard.lifecycle import TaskEnded, TaskEnds
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
-from guard.retention import Sweeper
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, system, tasks, tools, ui
 from guard.routes.common import DEPS
 from guard.stores import open_store
 from guard.stores.base import Store
+from guard.tasks.ends import TaskEnded, TaskEnds
+from guard.tasks.retention import Sweeper
 
 __all__ = ["build_app", "load_checked_policies", "problem_response"]
 

@@ -26,7 +26,6 @@ from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, Tool
 from guard.errors import Denied, GuardError
 from guard.identity.issuers import Identity
 from guard.identity.tokens import GuardKeys
-from guard.lifecycle import TaskEnds
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
@@ -39,6 +38,7 @@ from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
+from guard.tasks.ends import TaskEnds
 
 __all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]
 
@@ -55,7 +55,7 @@ class Deps:
     approvals: Approvals
     http: aiohttp.ClientSession
     identity: Identity
-    task_ends: TaskEnds  # guard.lifecycle: what a task holds open ends with it
+    task_ends: TaskEnds  # guard.tasks.ends: what a task holds open ends with it
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
     credentials: Credentials | None = None  # guard.credentials (set by build_app)

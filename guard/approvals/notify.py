@@ -107,7 +107,7 @@ class RedisNotifier:
 
 
 def open_notifier(store_url: str, channel: str = CHANNEL, what: str = "approval") -> Notifier:
-    """`channel`: the Redis pub/sub channel (approval decisions by default; guard.lifecycle
+    """`channel`: the Redis pub/sub channel (approval decisions by default; guard.tasks.ends
     publishes task ends on its own)."""
     if store_url.startswith("memory://"):
         return LocalNotifier()

@@ -20,7 +20,7 @@ from guard.approvals.webhooks import Webhooks, WebhookStore
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
-from guard.lifecycle import TaskEnds, TaskWatch
+from guard.tasks.ends import TaskEnds, TaskWatch
 
 __all__ = ["Approvals", "effective_status"]
 

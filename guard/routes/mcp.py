@@ -19,7 +19,6 @@ from yarl import URL
 
 from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
-from guard.lifecycle import EndReason
 from guard.mcp.rpc import (
     INTERNAL_ERROR,
     INVALID_PARAMS,
@@ -37,6 +36,7 @@ from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
+from guard.tasks.ends import EndReason
 
 __all__ = ["routes"]
 

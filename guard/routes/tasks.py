@@ -13,10 +13,10 @@ from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.identity.auth import ADMIN, AUDITOR, require_role
 from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
-from guard.lifecycle import EndReason
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.stages.task import expire_if_due
+from guard.tasks.ends import EndReason
 
 __all__ = ["routes"]
 

@@ -12,9 +12,9 @@ from aiohttp import web
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
 from guard.errors import GuardError, StoreUnavailable
-from guard.lifecycle import EndReason, TaskEnds, TaskWatch
 from guard.stages.forward import Cut, Rewrite, forward
 from guard.stores.base import CallStore
+from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
 
 __all__ = ["finish_quietly", "forward_and_finish"]
 

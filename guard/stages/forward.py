@@ -17,7 +17,7 @@ from yarl import URL
 
 from guard.domain import Authorized
 from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
-from guard.lifecycle import EndReason, TaskWatch
+from guard.tasks.ends import EndReason, TaskWatch
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Cut", "Rewrite", "forward", "upstream_headers"]
 
@@ -54,7 +54,7 @@ Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 @dataclass(frozen=True, slots=True)
 class Cut:
-    """How a streamed answer ends when its task does (guard.lifecycle).
+    """How a streamed answer ends when its task does (guard.tasks.ends).
 
     A call already forwarded still gets its answer when that answer comes whole (read before it
     is sent); a streamed answer (SSE, unsized or large) opens a watch (`watch()`, when it

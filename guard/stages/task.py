@@ -5,9 +5,9 @@ from __future__ import annotations
 from guard.audit.log import AuditLog
 from guard.domain import Caller, TaskState
 from guard.errors import TaskInactive
-from guard.lifecycle import TaskEnds
 from guard.policy import PolicySet
 from guard.stores.base import TaskStore
+from guard.tasks.ends import TaskEnds
 
 __all__ = ["TaskCache", "expire_if_due", "load_active_task"]
 

@@ -51,7 +51,7 @@ class TaskStore(Protocol):
 
 
 class RetentionStore(Protocol):
-    """What retention (guard/retention.py) asks of the store: tasks nobody ended, and ended
+    """What retention (guard/tasks/retention.py) asks of the store: tasks nobody ended, and ended
     tasks whose time is up."""
 
     retention: Retention

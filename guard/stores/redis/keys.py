@@ -21,7 +21,7 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
     guard:approvals       the pub/sub channel of decided approvals (guard/approvals/notify.py)
-    guard:task_ends       the pub/sub channel of ended tasks (guard/lifecycle.py)
+    guard:task_ends       the pub/sub channel of ended tasks (guard/tasks/ends.py)
 """
 
 from __future__ import annotations

@@ -31,7 +31,7 @@ store, a revocation whose end_reason starts with "agent suspended" is agent_susp
 
 Which to use: `subscribe` sees every end announced anywhere (Redis pub/sub does not queue, so a
 message lost while Redis reconnects is lost to subscribers), and the expiry of a task nobody
-watches only when something finds it (a call, a read, or guard.retention's sweep, which ends
+watches only when something finds it (a call, a read, or guard.tasks.retention's sweep, which ends
 tasks past `expires_at` within its interval). Something that must end within a second, whatever
 happens (a stream, a per-task token or lease), holds a watch for as long as it lives:
 

@@ -2,7 +2,7 @@
 
 One sweeper per instance, every `interval_s`:
 1. tasks past `expires_at` (or idle, in memory) that nobody ended are ended as expired
-   (audited and announced through guard.lifecycle, like any other end), so that they too
+   (audited and announced through guard.tasks.ends, like any other end), so that they too
    reach retention;
 2. the store forgets tasks that ended `retention.ended_task_s` ago (Store.purge_ended: in
    Redis the end set their TTL, this removes their index entries);
@@ -24,8 +24,8 @@ import structlog
 
 from guard.audit.trails import list_trails, trail_path
 from guard.errors import GuardError
-from guard.lifecycle import TaskEnds
 from guard.stores.base import Store
+from guard.tasks.ends import TaskEnds
 
 __all__ = ["Sweeper", "sweep_interval"]
 

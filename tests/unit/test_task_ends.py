@@ -1,4 +1,4 @@
-"""guard.lifecycle.TaskEnds on the memory store: what a subscriber and a watch get, once each."""
+"""guard.tasks.ends.TaskEnds on the memory store: what a subscriber and a watch get, once each."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import pytest
 
 from guard.audit.log import AuditLog
 from guard.domain import Task
-from guard.lifecycle import TaskEnded, TaskEnds, end_reason
 from guard.stores.memory import MemoryStore
+from guard.tasks.ends import TaskEnded, TaskEnds, end_reason
 
 AGENT = "spiffe://acme/agent/a"
 
