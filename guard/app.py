@@ -17,7 +17,7 @@ from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
-from guard.domain import TaskState
+from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
@@ -31,9 +31,10 @@ from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
-from guard.stages.task import expire_if_due
 from guard.stores import open_store
 from guard.stores.base import Store
+from guard.tasks.ends import TaskEnded, TaskEnds
+from guard.tasks.retention import Sweeper
 
 __all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
 
@@ -151,12 +152,34 @@ class _Opened:
     audit: AuditLog
     http: aiohttp.ClientSession
     approvals: Approvals
+    task_ends: TaskEnds
+
+
+def _forgetter(deps: Deps) -> Callable[[TaskEnded], Awaitable[None]]:
+    """What this process remembers of a task (its cached state and tokens) goes when it ends."""
+
+    async def forget(ended: TaskEnded) -> None:
+        deps.tasks.drop(ended.task_id)
+        deps.keys.forget_task(ended.task_id)
+
+    return forget
+
+
+def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]]:
+    """The leases and tokens a task held are given back when it ends, on whichever instance claims
+    them first (the claim is atomic in the store); the service's sweep catches an end that was
+    announced while no instance listened."""
+
+    async def release(ended: TaskEnded) -> None:
+        credentials.release_soon(ended.task_id)
+
+    return release
 
 
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
-    cleanup_ctx per resource (store, audit writer, client session, approvals, credentials, TLS and key
-    watchers, policy reloader, OAuth)."""
+    cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
+    approvals, credentials, TLS and key watchers, policy reloader, OAuth)."""
     policies = policies or load_checked_policies(cfg)
     keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
     keys = load_keys(cfg, keep_s)
@@ -179,7 +202,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
 
     async def store(app: web.Application) -> AsyncIterator[None]:
         opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None,
-                                        wait_replicas=cfg.store.wait_replicas)
+                                        wait_replicas=cfg.store.wait_replicas,
+                                        retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
         yield
         await opened.store.close()
 
@@ -201,25 +225,35 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         yield
         await opened.http.close()
 
+    async def task_ends(app: web.Application) -> AsyncIterator[None]:
+        opened.task_ends = TaskEnds(opened.store, opened.audit, cfg.store.url)
+        await opened.task_ends.start()
+        yield
+        await opened.task_ends.close()
+
+    async def retention_sweeper(app: web.Application) -> AsyncIterator[None]:
+        sweeper = Sweeper(opened.store, opened.task_ends, cfg.audit.dir)
+        sweeper.start()
+        yield
+        await sweeper.close()
+
     async def approvals_service(app: web.Application) -> AsyncIterator[None]:
-        approvals_ = Approvals(cfg, opened.store, opened.audit)
+        approvals_ = Approvals(cfg, opened.store, opened.audit, opened.task_ends)
         await approvals_.start()  # resumes pending webhook deliveries
         opened.approvals = approvals_
         yield
         await approvals_.close()
 
     async def credentials_service(app: web.Application) -> AsyncIterator[None]:
-        store, audit_log = opened.store, opened.audit
-
-        async def expire(state: TaskState, now: float) -> TaskState:
-            return await expire_if_due(state, store, audit_log, now)
-
-        credentials_ = Credentials(cfg, keys, store, audit_log, opened.http, metrics, expire,
+        store, audit_log, ends = opened.store, opened.audit, opened.task_ends
+        credentials_ = Credentials(cfg, keys, store, audit_log, opened.http, metrics, ends.expired,
                                    lambda: holder.current.tools, config_dir)
         credentials_.start()
-        app[DEPS] = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity,
-                         metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                         x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+        app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
+                                metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
+                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+        ends.subscribe(_forgetter(deps))
+        ends.subscribe(_releaser(credentials_))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
@@ -227,7 +261,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
 
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
-    app.cleanup_ctx.extend([store, audit_writer, client_session, approvals_service, credentials_service])
+    app.cleanup_ctx.extend([store, audit_writer, client_session, task_ends, retention_sweeper, approvals_service,
+                            credentials_service])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
     app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)

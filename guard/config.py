@@ -195,6 +195,16 @@ class SecretsCfg(_Section):
     vault: VaultCfg | None = None
 
 
+class RetentionCfg(_Section):
+    ended_task_s: float | None = Field(604800.0, gt=0)  # an ended task's state is deleted this long after; null: kept
+    audit_s: float | None = Field(None, gt=0)  # how long a trail is kept after its task ended; null: forever
+
+    @field_validator("ended_task_s", "audit_s", mode="before")
+    @classmethod
+    def _null(cls, v: object) -> object:
+        return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -211,6 +221,7 @@ class Config(_Section):
     oauth: OAuthCfg = Field(default_factory=OAuthCfg)  # type: ignore[arg-type]
     sso: SsoCfg | None = None
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
+    retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
@@ -228,7 +239,7 @@ class Config(_Section):
         return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
-_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits")
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 

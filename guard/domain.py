@@ -31,6 +31,7 @@ __all__ = [
     "Effect",
     "Minted",
     "Presented",
+    "Retention",
     "Task",
     "TaskState",
     "TaskStatus",
@@ -294,6 +295,15 @@ class AuditRecord:
     @property
     def hash(self) -> str:
         return str(self.fields["hash"])
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How long state outlives its task (config `retention`): an ended task's state is deleted
+    `ended_task_s` after it ended, its audit trail `audit_s` after (None: kept)."""
+
+    ended_task_s: float | None = 604800.0
+    audit_s: float | None = None
 
 
 # -- one call through the pipeline ---------------------------------------------------------

@@ -43,6 +43,7 @@ from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
+from guard.tasks.ends import TaskEnds
 
 __all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]
 
@@ -59,6 +60,7 @@ class Deps:
     approvals: Approvals
     http: aiohttp.ClientSession
     identity: Identity
+    task_ends: TaskEnds  # guard.tasks.ends: what a task holds open ends with it
     metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
     tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
     tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.identity.mtls)
@@ -196,7 +198,7 @@ class _Refusals:
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
     """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
     deps.tasks.drop(caller.task_id)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     deps.tasks.put(state)
     return state
 
@@ -212,7 +214,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     if caller.binding == "dpop":
         await consume_proof(caller, call, deps.store)
     tool = resolve_tool(call, policies)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time())
+    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
     async with _Refusals(deps, call, caller, method, count_denied=False):
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)

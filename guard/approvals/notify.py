@@ -52,8 +52,10 @@ class LocalNotifier:
 class RedisNotifier:
     """Redis pub/sub on one channel; the subscription reconnects with backoff when Redis drops."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, channel: str = CHANNEL, what: str = "approval") -> None:
         self.url = url
+        self.channel = channel
+        self.what = what  # names the log events: <what>_notified, <what>_publish_failed…
         self._on_decided: OnDecided | None = None
         self._redis: Any = None
         self._listener: asyncio.Task[None] | None = None
@@ -71,9 +73,9 @@ class RedisNotifier:
         if self._on_decided is not None:
             self._on_decided(approval_id)  # this instance at once, without the round trip
         try:
-            await self._redis.publish(CHANNEL, approval_id)
+            await self._redis.publish(self.channel, approval_id)
         except (RedisError, OSError):
-            log.warning("approval_publish_failed", approval_id=approval_id)
+            log.warning(f"{self.what}_publish_failed", message=approval_id[:200])
 
     async def _listen(self) -> None:
         from redis.exceptions import RedisError
@@ -82,16 +84,16 @@ class RedisNotifier:
         while True:
             try:
                 async with self._redis.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANNEL)
+                    await pubsub.subscribe(self.channel)
                     delay = 0.2
                     async for message in pubsub.listen():
                         data = message.get("data")
                         if isinstance(data, bytes) and self._on_decided is not None:
-                            approval_id = data.decode(errors="replace")
-                            log.info("approval_notified", approval_id=approval_id)
-                            self._on_decided(approval_id)
+                            text = data.decode(errors="replace")
+                            log.info(f"{self.what}_notified", message=text[:200])
+                            self._on_decided(text)
             except (RedisError, OSError):
-                log.warning("approval_subscription_lost", retry_in_s=delay)
+                log.warning(f"{self.what}_subscription_lost", retry_in_s=delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 10.0)
 
@@ -104,7 +106,9 @@ class RedisNotifier:
             await self._redis.aclose()
 
 
-def open_notifier(store_url: str) -> Notifier:
+def open_notifier(store_url: str, channel: str = CHANNEL, what: str = "approval") -> Notifier:
+    """`channel`: the Redis pub/sub channel (approval decisions by default; guard.tasks.ends
+    publishes task ends on its own)."""
     if store_url.startswith("memory://"):
         return LocalNotifier()
-    return RedisNotifier(store_url)
+    return RedisNotifier(store_url, channel, what)

@@ -20,6 +20,7 @@ from guard.approvals.webhooks import Webhooks, WebhookStore
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
+from guard.tasks.ends import TaskEnds, TaskWatch
 
 __all__ = ["Approvals", "effective_status"]
 
@@ -39,8 +40,9 @@ def effective_status(approval: Approval | None, now: float) -> str:
 
 
 class Approvals:
-    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog) -> None:
+    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog, task_ends: TaskEnds | None = None) -> None:
         self.cfg = cfg
+        self.task_ends = task_ends  # a held call ends with its task
         self.store = store
         self.audit = audit
         self.ttl_s = cfg.approvals.ttl_s
@@ -91,19 +93,39 @@ class Approvals:
         for ev in self._waiters.get(approval_id, ()):
             ev.set()
 
-    async def wait(self, approval_id: str, timeout: float, connected: Callable[[], bool] | None = None) -> str:
-        """Hold until the approval leaves `pending`, `timeout` passes, or the client goes away
-        (`connected()` turns False); returns its status, "pending", or "gone"."""
+    async def wait(self, approval_id: str, timeout: float, connected: Callable[[], bool] | None = None,
+                   task: tuple[str, str] | None = None) -> str:
+        """Hold until the approval leaves `pending`, `timeout` passes, the client goes away
+        (`connected()` turns False) or the task (`(task_id, agent)`) ends; returns the
+        approval's status, "pending", "gone" or "task_ended"."""
+        watch: TaskWatch | None = None
+        if task is not None and self.task_ends is not None:
+            watch = self.task_ends.watch(*task)
+        try:
+            return await self._wait(approval_id, timeout, connected, watch)
+        finally:
+            if watch is not None:
+                watch.close()
+
+    async def _wait(self, approval_id: str, timeout: float, connected: Callable[[], bool] | None,
+                    watch: TaskWatch | None) -> str:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         ev = asyncio.Event()
         self._waiters.setdefault(approval_id, set()).add(ev)
+        if watch is not None:
+            watch.on_end(lambda _: ev.set())
         try:
             while True:
                 ev.clear()  # before the read: a decision after it still wakes us
+                if watch is not None and watch.ended.is_set():
+                    return "task_ended"
                 a = await self.store.get_approval(approval_id)
                 now = time.time()
                 status = effective_status(a, now)
+                if watch is not None and (watch.ended.is_set() or (status == "expired" and a is not None
+                                                                  and a.expires_at > now)):
+                    return "task_ended"  # only a task's end expires a pending approval early
                 if status != "pending" or a is None:
                     return status
                 remaining = min(deadline - loop.time(), a.expires_at - now)

@@ -5,10 +5,10 @@ return of everything a task held when it ends.
     issued = await credentials.issue(request)      # CredentialUnavailable: fail closed
     await credentials.release_task(task_id)        # at task end, on whichever instance ends it
 
-Task end: `release_task` is called where this branch ends tasks (complete, revoke, agent suspended)
-and by `sweep`, which finds tasks holding credentials that expired (idle included) or ended
-elsewhere. When `deps.task_ends` arrives, `release_task` subscribes to it instead (one mechanism
-for every end, on every instance) and the sweep keeps only the expiry part.
+Task end: `build_app` subscribes `release_soon` to `deps.task_ends` (guard.tasks.ends: every end,
+announced on every instance; the claim in the store lets one instance revoke). `sweep` is the
+fallback: it finds tasks holding credentials that expired (idle included: it ends them through
+`TaskEnds.expired`, so their streams close too) or whose end was announced while nobody listened.
 """
 
 from __future__ import annotations

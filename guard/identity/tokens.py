@@ -164,6 +164,7 @@ class GuardKeys:
     def __init__(self, key: PrivateKey, issuer: str, previous: list[PrivateKey] | None = None) -> None:
         self.issuer = issuer
         self._cache: dict[str, dict[str, Any]] = {}
+        self._by_txn: dict[str, list[str]] = {}  # task id -> its cached tokens (forget_task)
         self.use(key, previous or [])
 
     def use(self, key: PrivateKey, previous: list[PrivateKey]) -> None:
@@ -224,7 +225,16 @@ class GuardKeys:
             if len(self._cache) >= self.CACHE_MAX:
                 self._prune(now)
             self._cache[token] = claims
+            txn = claims.get("txn")
+            if isinstance(txn, str):
+                self._by_txn.setdefault(txn, []).append(token)
         return claims
+
+    def forget_task(self, task_id: str) -> None:
+        """The task ended: its tokens leave the cache (they would be refused at admission
+        anyway; this keeps the cache to live tasks)."""
+        for token in self._by_txn.pop(task_id, ()):
+            self._cache.pop(token, None)
 
     def _prune(self, now: float) -> None:
         expired = [t for t, c in self._cache.items() if c["exp"] + LEEWAY_S <= now]
@@ -232,6 +242,9 @@ class GuardKeys:
             del self._cache[t]
         if len(self._cache) >= self.CACHE_MAX:
             self._cache.clear()
+        self._by_txn = {}
+        for token, claims in self._cache.items():
+            self._by_txn.setdefault(str(claims.get("txn")), []).append(token)
 
     def peek_header(self, token: str) -> dict[str, Any] | None:
         """Unverified header: only for routing (which verifier to use), never for decisions."""

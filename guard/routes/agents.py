@@ -40,7 +40,7 @@ async def _active_tasks(deps: Deps, now: float) -> dict[str, int]:
     """Active tasks by agent, expiring (and auditing) those past expires_at or idle."""
     counts: dict[str, int] = {}
     for state in await deps.store.list_tasks(status="active"):
-        state = await expire_if_due(state, deps.store, deps.audit, now)
+        state = await expire_if_due(state, deps.store, deps.audit, now, deps.task_ends)
         if state.task.status == "active":
             counts[state.task.agent] = counts.get(state.task.agent, 0) + 1
     return counts
@@ -96,7 +96,8 @@ async def _revoke_all(deps: Deps, agent: str, actor: str, reason: str) -> list[s
     states: list[TaskState] = await deps.store.list_tasks(status="active", agent=agent)
     revoked = []
     for state in states:
-        if await end_task(deps, state.task.task_id, "revoked", actor, f"agent suspended: {reason}") is not None:
+        if await end_task(deps, state.task.task_id, "revoked", actor, f"agent suspended: {reason}",
+                         "agent_suspended") is not None:
             revoked.append(state.task.task_id)
     return revoked
 

@@ -40,6 +40,7 @@ from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
+from guard.tasks.ends import EndReason
 
 __all__ = ["routes"]
 
@@ -153,15 +154,17 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
         log.info("mcp_rejected", tool=request.match_info["tool"], code=err.code, reason=err.message)
         return _rpc_response(err.body(), err.http_status)
     call = _tool_call(request, deps, body, msg)
+    farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
             return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                            tls=deps.tool_ssl)
+                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
         auth = await authorize_passthrough(call, deps, msg.label)
         rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl)
+                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
+                                        task_ends=deps.task_ends, farewell=farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -169,6 +172,17 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
+
+
+def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:
+    """The last event of an SSE answer cut because its task ended: the request's JSON-RPC error,
+    so the client learns why at once instead of waiting for an answer that cannot come."""
+
+    def event(reason: EndReason) -> bytes:
+        err = TaskInactive(f"the task ended ({reason}): its stream was closed", call_id=call_id)
+        return b"event: message\ndata: " + error_body(msg.rpc_id, REFUSED, err.detail, err.problem()) + b"\n\n"
+
+    return event
 
 
 def _check_call_shape(msg: RpcMessage) -> None:
@@ -203,4 +217,4 @@ async def mcp_session(request: web.Request) -> web.StreamResponse:
     # the GET stream may sit idle for long: it may last as long as the task
     idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
     return await forward_and_finish(request, _to_origin(auth, idle), deps.http, deps.audit, deps.store,
-                                    event="mcp_forwarded", tls=deps.tool_ssl)
+                                    event="mcp_forwarded", tls=deps.tool_ssl, task_ends=deps.task_ends)

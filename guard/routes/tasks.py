@@ -17,6 +17,7 @@ from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
 from guard.pipeline import Deps
 from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.stages.task import expire_if_due
+from guard.tasks.ends import EndReason
 
 __all__ = ["routes"]
 
@@ -63,7 +64,7 @@ async def _load(deps: Deps, task_id: str) -> TaskState:
     state = await deps.store.get_task(task_id)
     if state is None:
         raise NotFound("no such task", task_id=task_id)
-    return await expire_if_due(state, deps.store, deps.audit, time.time())
+    return await expire_if_due(state, deps.store, deps.audit, time.time(), deps.task_ends)
 
 
 def _is_owner(p: Principal, state: TaskState) -> bool:
@@ -106,7 +107,7 @@ async def create_task(request: web.Request) -> web.Response:
     await deps.audit.append(task.task_id, "task_created", task.agent, detail=f"ttl_s={ttl}",
                             binding=binding_of(cnf))
     if await deps.store.is_suspended(task.agent):  # suspended meanwhile: the kill switch may have missed it
-        await end_task(deps, task.task_id, "revoked", "guard", "agent suspended")
+        await end_task(deps, task.task_id, "revoked", "guard", "agent suspended", "agent_suspended")
         raise AgentSuspended(f"agent {who.sub!r} is suspended")
     await deps.store.record_agent_event(task.agent, "task_created", now)
     claims = {"iss": deps.keys.issuer, "aud": "guard", "sub": task.agent, "txn": task.task_id,
@@ -156,15 +157,11 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(task_view(state, pending))
 
 
-async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: str | None) -> Task | None:
-    """End an active task (audited with who did it and why); None when it was not active."""
-    ended = await deps.store.end_task(task_id, status, time.time(), reason)
-    if ended is not None:
-        await deps.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=reason, actor=actor)
-        # Leases and tokens held for the task are given back now. At merge this moves onto
-        # deps.task_ends (one subscriber for every end, on every instance); expiry is the sweep's.
-        deps.creds.release_soon(ended.task_id)
-    return ended
+async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: str | None,
+                   why: EndReason | None = None) -> Task | None:
+    """End an active task (audited with who did it and why, announced to its open streams on
+    every instance); None when it was not active."""
+    return await deps.task_ends.end(task_id, status, actor, reason, why)
 
 
 @routes.post("/v1/tasks/{task_id}/complete")

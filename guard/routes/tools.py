@@ -32,4 +32,5 @@ async def http_tool_call(request: web.Request) -> web.StreamResponse:
     call = tool_call("http", tool, request.method, path, query, body, request.headers,
                      deps.cfg.approvals.max_wait_s, connected(request), token, presented(request, deps, token, scheme))
     auth = await authorize_call(call, deps)
-    return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl)
+    return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl,
+                                    task_ends=deps.task_ends)

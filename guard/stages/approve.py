@@ -6,7 +6,7 @@ import time
 
 from guard.approvals.service import Approvals, effective_status
 from guard.domain import Action, Approval, Caller, TaskState, ToolCall
-from guard.errors import ApprovalDenied, ApprovalRequired
+from guard.errors import ApprovalDenied, ApprovalRequired, TaskInactive
 from guard.identity.tokens import new_id
 from guard.policy import Decision
 
@@ -50,7 +50,10 @@ async def settle_approval(
         if created:
             await approvals.requested(latest, state, call.call_id)
     if call.prefer_wait > 0:
-        status = await approvals.wait(latest.approval_id, min(call.prefer_wait, approvals.max_wait_s), call.connected)
+        status = await approvals.wait(latest.approval_id, min(call.prefer_wait, approvals.max_wait_s), call.connected,
+                                      (caller.task_id, caller.agent))
+        if status == "task_ended":
+            raise TaskInactive("the task ended while the call was held", **ids)
         if status == "approved" and (call.connected is None or call.connected()):
             consumed = await store.consume_approval(caller.task_id, action.digest, time.time())
             if consumed is not None:

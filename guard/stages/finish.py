@@ -14,8 +14,9 @@ from aiohttp import web
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
 from guard.errors import GuardError, StoreUnavailable
-from guard.stages.forward import Rewrite, forward
+from guard.stages.forward import Cut, Rewrite, forward
 from guard.stores.base import CallStore
+from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
 
 __all__ = ["finish_quietly", "forward_and_finish"]
 
@@ -31,10 +32,14 @@ async def forward_and_finish(
     event: str = "call_forwarded",
     rewrite: Rewrite | None = None,
     tls: Callable[[Authorized], ssl.SSLContext | None] | None = None,
+    task_ends: TaskEnds | None = None,
+    farewell: Callable[[EndReason], bytes] | None = None,
 ) -> web.StreamResponse:
     """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
     Txn-Token. `rewrite` may transform the answer (MCP tools/list); `tls` gives the TLS the tool
-    asks for (a failure to make it is audited as the call's failure)."""
+    asks for (a failure to make it is audited as the call's failure). With `task_ends`, when the
+    task ends meanwhile the call is cut (guard.stages.forward.Cut, with `farewell` for an SSE
+    answer) and the cut audited as `stream_closed`."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
     base: dict[str, Any] = {"tool": auth.action.tool, "action": auth.action.name,
                             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
@@ -54,8 +59,21 @@ async def forward_and_finish(
                                latency_ms=latency_ms, **base)
         log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
 
+    async def on_cut(reason: EndReason) -> None:
+        await audit.append(task_id, "stream_closed", agent, call_id=call_id, detail=reason, **base)
+        log.info("stream_closed", task_id=task_id, call_id=call_id, reason=reason)
+
+    cut: Cut | None = None
+    if task_ends is not None:
+        ends = task_ends
+
+        def watch() -> TaskWatch:
+            return ends.watch(task_id, agent)
+
+        cut = Cut(watch, on_cut, farewell)
     try:
-        return await forward(request, auth, http, on_headers, rewrite, tls(auth) if tls is not None else None)
+        return await forward(request, auth, http, on_headers, rewrite, tls(auth) if tls is not None else None,
+                             cut=cut)
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,

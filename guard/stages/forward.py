@@ -3,9 +3,11 @@ are not idempotent."""
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -15,14 +17,16 @@ from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
 from guard.domain import Authorized
-from guard.errors import UpstreamTimeout, UpstreamUnavailable
+from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
 from guard.identity.mtls import ToolContexts
 from guard.policy.model import ToolSpec
+from guard.tasks.ends import EndReason, TaskWatch
 
-__all__ = ["HOP_BY_HOP", "BodyRewriter", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
+__all__ = ["HOP_BY_HOP", "BodyRewriter", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
 
 log = structlog.get_logger("guard.tools")
 
+log = structlog.get_logger("guard.forward")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "trailers", "transfer-encoding", "upgrade", "proxy-connection"}
@@ -53,6 +57,38 @@ class BodyRewriter(Protocol):
 Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 
+@dataclass(frozen=True, slots=True)
+class Cut:
+    """How a streamed answer ends when its task does (guard.tasks.ends).
+
+    A call already forwarded still gets its answer when that answer comes whole (read before it
+    is sent); a streamed answer (SSE, unsized or large) opens a watch (`watch()`, when it
+    starts) and is cut when it fires, at once if the task ended while the tool was answering
+    (a recent end is remembered, an older one found by the watch's first check). The cut: the
+    forwarding stops at its next
+    await, so nothing the tool sends after that reaches the agent; the tool's connection is
+    closed; `on_cut(reason)` runs (it audits `stream_closed`); then the agent's side ends: an SSE
+    answer gets `farewell(reason)` (the last bytes, may be empty) and a clean end of stream, any
+    other answer is cut (connection closed)."""
+
+    watch: Callable[[], TaskWatch]
+    on_cut: Callable[[EndReason], Awaitable[None]]
+    farewell: Callable[[EndReason], bytes] | None = None
+
+
+class _Flow:
+    """What forward() has opened so far, for a cut to close."""
+
+    __slots__ = ("arm", "resp", "sse", "upstream", "watch")
+
+    def __init__(self) -> None:
+        self.upstream: aiohttp.ClientResponse | None = None
+        self.resp: web.StreamResponse | None = None
+        self.sse = False
+        self.arm: Callable[[], None] | None = None  # called once the answer streams: from then on it may be cut
+        self.watch: TaskWatch | None = None
+
+
 def _connection_listed(headers: Mapping[str, str]) -> set[str]:
     listed: set[str] = set()
     for value in headers.getall("Connection", []) if isinstance(headers, CIMultiDictProxy) else []:
@@ -76,11 +112,74 @@ async def forward(
     on_headers: OnHeaders,
     rewrite: Rewrite | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    cut: Cut | None = None,
 ) -> web.StreamResponse:
     """Send the call upstream; `on_headers(status, latency_s, complete)` runs (and writes the
     audit record) before anything is sent back to the agent. A small answer is read whole first
     (complete=True) and sent in one piece; a larger or unsized one is streamed. `rewrite` may
-    transform the answer."""
+    transform the answer; `cut` ends it when its task ends."""
+    flow = _Flow()
+    if cut is None:
+        return await _forward(request, auth, http, on_headers, rewrite, flow, ssl_context)
+    task = asyncio.current_task()
+    assert task is not None
+    fired = False
+
+    def fire(_: object) -> None:
+        nonlocal fired
+        fired = True
+        task.cancel()  # the forwarding stops at its next await: no later chunk is written
+
+    def arm() -> None:
+        flow.watch = cut.watch()
+        flow.watch.on_end(fire)
+
+    flow.arm = arm
+    try:
+        return await _forward(request, auth, http, on_headers, rewrite, flow, ssl_context)
+    except asyncio.CancelledError:
+        if not fired:
+            raise
+        task.uncancel()
+        return await _end_cut(request, auth, flow, cut)
+    finally:
+        if flow.watch is not None:
+            flow.watch.close()
+
+
+async def _end_cut(request: web.Request, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
+    if flow.upstream is not None:
+        flow.upstream.close()  # the tool's side: the connection is closed, not pooled
+    reason = (flow.watch.reason if flow.watch is not None else None) or "task_revoked"
+    try:
+        await cut.on_cut(reason)
+    except GuardError as e:  # the record could not be written: the stream is cut all the same
+        log.error("stream_close_unaudited", task_id=auth.caller.task_id, call_id=auth.call.call_id, error=e.code)
+    resp = flow.resp
+    if resp is None or not resp.prepared:
+        raise TaskInactive(f"the task ended ({reason}) while its call was in flight", **_ids(auth))
+    try:
+        if not flow.sse:
+            raise ConnectionResetError("a plain answer is cut, never ended as if complete")
+        tail = cut.farewell(reason) if cut.farewell is not None else b""
+        if tail:
+            await resp.write(tail)
+        await resp.write_eof()
+    except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
+        if request.transport is not None:
+            request.transport.close()
+    return resp
+
+
+async def _forward(
+    request: web.Request,
+    auth: Authorized,
+    http: aiohttp.ClientSession,
+    on_headers: OnHeaders,
+    rewrite: Rewrite | None,
+    flow: _Flow,
+    ssl_context: ssl.SSLContext | None,
+) -> web.StreamResponse:
     call = auth.call
     url = URL(auth.upstream.rstrip("/") + call.path_qs, encoded=True)
     headers = upstream_headers(request.headers, auth.minted.headers)
@@ -104,6 +203,7 @@ async def forward(
         raise UpstreamUnavailable(f"the tool's certificate was refused: {e.certificate_error}", **_ids(auth)) from e
     except aiohttp.ClientError as e:
         raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
+    flow.upstream = upstream
     resp: web.StreamResponse | None = None
     try:
         latency_s = time.perf_counter() - started
@@ -125,7 +225,10 @@ async def forward(
         rewriter = rewrite(upstream.headers) if rewrite is not None else None
         if upstream.content_length is not None and rewriter is None:
             resp.content_length = upstream.content_length
+        flow.resp, flow.sse = resp, upstream.headers.get("Content-Type", "").startswith("text/event-stream")
         await resp.prepare(request)
+        if flow.arm is not None:
+            flow.arm()
         async for chunk in upstream.content.iter_any():
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:

@@ -7,12 +7,17 @@ from guard.domain import Caller, TaskState
 from guard.errors import TaskInactive
 from guard.policy import PolicySet
 from guard.stores.base import TaskStore
+from guard.tasks.ends import TaskEnds
 
 __all__ = ["TaskCache", "expire_if_due", "load_active_task"]
 
 
-async def expire_if_due(state: TaskState, store: TaskStore, audit: AuditLog, now: float) -> TaskState:
-    """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once)."""
+async def expire_if_due(state: TaskState, store: TaskStore, audit: AuditLog, now: float,
+                        ends: TaskEnds | None = None) -> TaskState:
+    """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once); with
+    `ends`, the expiry is also announced to whatever the task holds open, on every instance."""
+    if ends is not None:
+        return await ends.expired(state, now)
     if state.task.status == "active" and state.effective_status(now) == "expired":
         reason = "expires_at reached" if now >= state.task.expires_at else "idle"
         ended = await store.end_task(state.task.task_id, "expired", now, reason)
@@ -22,11 +27,12 @@ async def expire_if_due(state: TaskState, store: TaskStore, audit: AuditLog, now
     return state
 
 
-async def load_active_task(caller: Caller, store: TaskStore, audit: AuditLog, now: float) -> TaskState:
+async def load_active_task(caller: Caller, store: TaskStore, audit: AuditLog, now: float,
+                           ends: TaskEnds | None = None) -> TaskState:
     state = await store.get_task(caller.task_id)
     if state is None or state.task.agent != caller.agent:
         raise TaskInactive("unknown task", task_id=caller.task_id)
-    state = await expire_if_due(state, store, audit, now)
+    state = await expire_if_due(state, store, audit, now, ends)
     if state.task.status != "active":
         raise TaskInactive(f"task is {state.task.status}", task_id=caller.task_id)
     return state

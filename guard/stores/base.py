@@ -16,6 +16,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -30,6 +31,7 @@ __all__ = [
     "DeliveryStore",
     "GrantStore",
     "RefreshOutcome",
+    "RetentionStore",
     "Store",
     "TaskStore",
 ]
@@ -49,6 +51,25 @@ class TaskStore(Protocol):
         approvals, atomically. Returns the ended task, or None when it was not active."""
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]: ...
+
+
+class RetentionStore(Protocol):
+    """What retention (guard/tasks/retention.py) asks of the store: tasks nobody ended, and ended
+    tasks whose time is up."""
+
+    retention: Retention
+
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        """Ids of tasks still active in the store whose `expires_at` (or, in memory, idle time)
+        has passed, for the caller to end (as expired), so that their state goes in turn. An
+        ended task is not returned (Redis hands each id out once)."""
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        """Forget the tasks that ended `retention.ended_task_s` or more before `now` (at most
+        `limit` of them): their task, history, in-flight calls, rate windows, approvals and
+        pending deliveries (in Redis, expired by the TTL end_task set; here, their index
+        entries), and their audit trail unless the durable audit folder or `audit_s` keeps it.
+        After that get_task answers None. Returns how many were forgotten."""
 
 
 class CallStore(Protocol):
@@ -189,8 +210,8 @@ class GrantStore(Protocol):
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
 
 
-class Store(TaskStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore, AuditStore, GrantStore,
-            Protocol):
+class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore,
+            AuditStore, GrantStore, Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

@@ -21,6 +21,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -44,7 +45,10 @@ class _TaskRow:
 
 
 class MemoryStore:
-    def __init__(self, tails_only: bool = False) -> None:
+    def __init__(self, tails_only: bool = False, retention: Retention | None = None) -> None:
+        self.retention = retention or Retention()
+        self._ended: list[tuple[float, str]] = []  # (ended_at, task_id), a heap: what retention forgets next
+        self._kept_trails: list[tuple[float, str]] = []  # (ended_at, task_id) of trails kept past their task
         # with the durable audit folder, only each chain's tail is kept here (memory stays flat
         # however many calls a task makes): read_audit has nothing, and AuditLog reads the folder
         self._tails_only = tails_only
@@ -83,6 +87,7 @@ class MemoryStore:
             return None
         row.task = dataclasses.replace(row.task, status=status, ended_at=now, end_reason=reason)  # type: ignore[arg-type]
         row.in_flight.clear()
+        heapq.heappush(self._ended, (now, task_id))
         for key, aid in list(self._pending_by_call.items()):
             if key[0] == task_id:
                 self._approvals[aid] = dataclasses.replace(self._approvals[aid], status="expired")
@@ -95,6 +100,35 @@ class MemoryStore:
             for r in self._tasks.values()
             if (status is None or r.task.status == status) and (agent is None or r.task.agent == agent)
         ]
+
+    # -- retention -----------------------------------------------------------
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        return [tid for tid, row in self._tasks.items()
+                if row.task.status == "active" and row.state().effective_status(now) == "expired"][:limit]
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        keep_s, audit_s = self.retention.ended_task_s, self.retention.audit_s
+        purged = 0
+        while keep_s is not None and self._ended and self._ended[0][0] <= now - keep_s and purged < limit:
+            ended_at, task_id = heapq.heappop(self._ended)
+            row = self._tasks.pop(task_id, None)
+            if row is None:
+                continue
+            purged += 1
+            self._tails.pop(task_id, None)
+            if row.audit and audit_s != 0:  # no audit folder: the trail outlives its task here
+                self._orphans[task_id] = row.audit
+                heapq.heappush(self._kept_trails, (ended_at, task_id))
+            for aid in [a.approval_id for a in self._approvals.values() if a.task_id == task_id]:
+                del self._approvals[aid]
+            for index in (self._pending_by_call, self._latest_by_call):
+                for key in [k for k in index if k[0] == task_id]:
+                    del index[key]
+            for did in [d.delivery_id for d in self._deliveries.values() if d.task_id == task_id]:
+                del self._deliveries[did]
+        while audit_s is not None and self._kept_trails and self._kept_trails[0][0] <= now - audit_s:
+            self._orphans.pop(heapq.heappop(self._kept_trails)[1], None)
+        return purged
 
     # -- calls -------------------------------------------------------------
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:

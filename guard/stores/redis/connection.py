@@ -112,7 +112,7 @@ class RedisConnection:
         self._sender = sender
         self._scripts = {
             name: self._r.register_script(getattr(lua, name))
-            for name in ("ADMIT_CALL", "END_TASK", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
+            for name in ("ADMIT_CALL", "END_TASK", "POP_DUE", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
                          "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH",
                          "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS")

@@ -12,6 +12,8 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:{T}:audit       list of the task's audit records (JSON), in seq order
     guard:{T}:audit:tail  hash: seq, hash of the last record
     guard:tasks           set of every task id (list_tasks)
+    guard:tasks:expiring  sorted set: task id by expires_at (retention ends tasks nobody ended)
+    guard:tasks:ended     sorted set: "<task id> <agent>" by ended_at (retention's index)
     guard:apr:<id>        string: the task id of an approval (get by id)
     guard:{T}:creds       hash: the task's credential holdings (leases, tokens), slot -> sealed value
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
@@ -24,6 +26,7 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:{oauth}:<kind>:<key>  string (JSON, expiring): OAuth requests, codes, clients, sessions,
                           refresh tokens (keys are digests); `…:refresh_used:<key>` a used refresh token
     guard:approvals       the pub/sub channel of decided approvals (guard/approvals/notify.py)
+    guard:task_ends       the pub/sub channel of ended tasks (guard/tasks/ends.py)
 """
 
 from __future__ import annotations
@@ -33,8 +36,11 @@ __all__ = [
     "APPROVALS_CHANNEL",
     "CREDENTIAL_TASKS",
     "DELIVERIES",
+    "ENDED",
+    "EXPIRING",
     "LEASES",
     "TASKS",
+    "TASK_ENDS_CHANNEL",
     "agent_key",
     "approval_key",
     "credential_key",
@@ -45,11 +51,14 @@ __all__ = [
 ]
 
 TASKS = "guard:tasks"
+EXPIRING = "guard:tasks:expiring"
+ENDED = "guard:tasks:ended"
 AGENTS = "guard:agents"
 DELIVERIES = "guard:{deliveries}"
 LEASES = "guard:{deliveries}:leases"
 APPROVALS_CHANNEL = "guard:approvals"
 CREDENTIAL_TASKS = "guard:creds:tasks"  # tasks holding per-task credentials (leases, tokens)
+TASK_ENDS_CHANNEL = "guard:task_ends"
 
 
 def task_key(task_id: str, part: str) -> str:

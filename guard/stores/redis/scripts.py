@@ -28,6 +28,7 @@ __all__ = [
     "HOLD_CREDENTIAL",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
+    "POP_DUE",
     "RECORD_AND_FINISH",
     "ROTATE_REFRESH",
     "SAVE_DELIVERY",
@@ -147,8 +148,10 @@ end
 return {0, seq, hash}
 """
 
-# KEYS: task, inflight, pending, apr. ARGV: status, ended_at, end_reason.
-# Returns false when the task was not active, else {json, status, ended_at, end_reason}.
+# KEYS: task, inflight, pending, apr, hist, latest, audit list, audit tail. ARGV: status, ended_at,
+# end_reason, state ttl in ms ('' kept), audit ttl in ms ('' kept). The task's state gets its
+# retention TTL here, in the operation that ends it (rate windows expire by themselves).
+# Returns false when the task was not active, else {json, status, ended_at, end_reason, approval ids…}.
 END_TASK = """
 if redis.call('HGET', KEYS[1], 'status') ~= 'active' then return false end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'ended_at', ARGV[2], 'end_reason', ARGV[3])
@@ -158,7 +161,26 @@ for _, id in ipairs(pending) do
   if redis.call('HGET', KEYS[4], 's:' .. id) == 'pending' then redis.call('HSET', KEYS[4], 's:' .. id, 'expired') end
 end
 redis.call('DEL', KEYS[3])
-return redis.call('HMGET', KEYS[1], 'json', 'status', 'ended_at', 'end_reason')
+if ARGV[4] ~= '' then
+  for _, k in ipairs({KEYS[1], KEYS[4], KEYS[5], KEYS[6]}) do redis.call('PEXPIRE', k, ARGV[4]) end
+end
+if ARGV[5] ~= '' then
+  redis.call('PEXPIRE', KEYS[7], ARGV[5])
+  redis.call('PEXPIRE', KEYS[8], ARGV[5])
+end
+local out = redis.call('HMGET', KEYS[1], 'json', 'status', 'ended_at', 'end_reason')
+for _, f in ipairs(redis.call('HKEYS', KEYS[4])) do
+  if string.sub(f, 1, 2) == 'j:' then out[#out + 1] = string.sub(f, 3) end
+end
+return out
+"""
+
+# KEYS: a sorted set. ARGV: max score, limit. Removes and returns the members scored at most
+# ARGV[1] (at most ARGV[2] of them), so that each is handed to one caller.
+POP_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[2]))
+if #due > 0 then redis.call('ZREM', KEYS[1], unpack(due)) end
+return due
 """
 
 # KEYS: pending, latest, apr. ARGV: id, call_digest, created_at, expires_at, required, json.

@@ -34,6 +34,7 @@ from guard.domain import (
     AuditRecord,
     CallLimits,
     Delivery,
+    Retention,
     Task,
     TaskState,
 )
@@ -45,6 +46,8 @@ from guard.stores.redis.keys import (
     AGENTS,
     CREDENTIAL_TASKS,
     DELIVERIES,
+    ENDED,
+    EXPIRING,
     LEASES,
     TASKS,
     agent_key,
@@ -74,13 +77,22 @@ def _opt_float(s: str | None) -> float | None:
 class RedisStore(RedisConnection):
     """The Store protocol on Redis (see guard/stores/base.py)."""
 
-    def __init__(self, url: str, wait_replicas: int = 0) -> None:
+    def __init__(self, url: str, retention: Retention | None = None, audit_in_folder: bool = False,
+                 wait_replicas: int = 0) -> None:
         """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
-        wait for that many replicas (WAIT) before they count as done."""
+        wait for that many replicas (WAIT) before they count as done. `audit_in_folder`: the
+        durable audit folder keeps every trail, so a trail's copy here goes with its task's state
+        (or sooner, with `retention.audit_s`)."""
         super().__init__(url, wait_replicas)
         # the appends to each task's audit chain, batched (chain.py)
         self._chain = ChainAppender(self._sender.send,
                                     {n: (s.sha, getattr(lua, n)) for n, s in self._scripts.items()}, AUDIT_ATTEMPTS)
+        self.retention = retention or Retention()
+        keep, audit_s = self.retention.ended_task_s, self.retention.audit_s
+        audit_keep = [s for s in ((keep if audit_in_folder else None), audit_s) if s is not None]
+        self._state_ttl_ms = "" if keep is None else str(max(1, int(keep * 1000)))
+        self._audit_ttl_ms = str(max(1, int(min(audit_keep) * 1000))) if audit_keep else ""
+        self._audit_goes_with_state = bool(audit_keep) and keep is not None and min(audit_keep) <= keep
         # inventory counters of admitted calls, sent in the round trip that finishes the call
         self._agent_calls: dict[tuple[str, str], tuple[str, str]] = {}
 
@@ -96,6 +108,7 @@ class RedisStore(RedisConnection):
             ("HSET", task_key(task.task_id, "task"), *(x for kv in row.items() for x in kv)),
             ("SADD", TASKS, task.task_id),
             ("SADD", agent_key(task.agent, "tasks"), task.task_id),
+            ("ZADD", EXPIRING, task.expires_at, task.task_id),
         ])
 
     @staticmethod
@@ -124,11 +137,54 @@ class RedisStore(RedisConnection):
         return states[0] if states else None
 
     async def end_task(self, task_id: str, status: str, now: float, reason: str | None) -> Task | None:
-        keys = task_keys(task_id, "task", "inflight", "apr:pending", "apr")
-        out = await self._script("END_TASK", keys, [status, _num(now), reason or ""])
+        """One script ends the task and sets its state's retention TTL; then the task goes into
+        retention's index (and its approvals' ids get the same TTL: other hash slots)."""
+        keys = task_keys(task_id, "task", "inflight", "apr:pending", "apr", "hist", "apr:latest", "audit", "audit:tail")
+        out = await self._script("END_TASK", keys, [status, _num(now), reason or "", self._state_ttl_ms,
+                                                    self._audit_ttl_ms])
         if not out:
             return None
-        return self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+        task = self._task({"json": out[0], "status": out[1], "ended_at": out[2], "end_reason": out[3]})
+        async with self._fail_closed("end_task"):
+            pipe = self._r.pipeline(transaction=False)
+            pipe.zrem(EXPIRING, task_id)
+            if self._state_ttl_ms:
+                pipe.zadd(ENDED, {f"{task_id} {task.agent}": now})
+                for approval_id in out[4:]:
+                    pipe.pexpire(approval_key(approval_id), int(self._state_ttl_ms))
+            await pipe.execute()
+        return task
+
+    # -- retention -----------------------------------------------------------
+    async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:
+        return [str(t) for t in await self._script("POP_DUE", [EXPIRING], [_num(now), limit])]
+
+    async def purge_ended(self, now: float, limit: int = 1000) -> int:
+        """The state keys went by their TTL (deleted here too, so nothing is read back even when
+        the clocks disagree); this removes the index entries."""
+        keep = self.retention.ended_task_s
+        if keep is None:
+            return 0
+
+        async def due() -> list[str]:
+            return [str(m) for m in await self._r.zrangebyscore(ENDED, "-inf", _num(now - keep), 0, limit)]
+
+        members = await self._read("purge_ended", due)
+        if not members:
+            return 0
+        parts = ["task", "hist", "inflight", "apr", "apr:pending", "apr:latest"]
+        if self._audit_goes_with_state:
+            parts += ["audit", "audit:tail"]
+        async with self._fail_closed("purge_ended"):
+            pipe = self._r.pipeline(transaction=False)
+            for member in members:
+                task_id, _, agent = member.partition(" ")
+                pipe.delete(*task_keys(task_id, *parts))  # one hash slot
+                pipe.srem(TASKS, task_id)
+                pipe.srem(agent_key(agent, "tasks"), task_id)
+                pipe.zrem(ENDED, member)
+            await pipe.execute()
+        return len(members)
 
     async def list_tasks(self, status: str | None = None, agent: str | None = None) -> list[TaskState]:
         ids = await self._members(TASKS if agent is None else agent_key(agent, "tasks"))
