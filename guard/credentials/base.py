@@ -16,7 +16,7 @@ from typing import Any, Protocol
 from guard.domain import Action, Caller, TaskState, ToolCall
 from guard.policy.model import ToolSpec
 
-__all__ = ["CredentialRequest", "Holding", "Issued", "Provider"]
+__all__ = ["CredentialRequest", "Holding", "HoldsNothing", "Issued", "Provider"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +72,20 @@ class Provider(Protocol):
         """Drop what this instance remembers past its expiry."""
 
     async def close(self) -> None: ...
+
+
+class HoldsNothing:
+    """The part of `Provider` for one that keeps nothing per task (jwt, static, none): nothing to
+    revoke, forget, prune or close."""
+
+    async def revoke(self, holding: Holding) -> None:
+        return None
+
+    def forget(self, task_id: str) -> None:
+        return None
+
+    def prune(self, now: float) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None

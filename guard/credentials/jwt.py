@@ -5,13 +5,13 @@ from __future__ import annotations
 import time
 
 from guard.canonical import call_digest
-from guard.credentials.base import CredentialRequest, Holding, Issued
+from guard.credentials.base import CredentialRequest, HoldsNothing, Issued
 from guard.identity.tokens import CRED_TYP, GuardKeys, jti
 
 __all__ = ["JwtProvider"]
 
 
-class JwtProvider:
+class JwtProvider(HoldsNothing):
     mode = "jwt"
 
     def __init__(self, keys: GuardKeys, header: str) -> None:
@@ -40,15 +40,3 @@ class JwtProvider:
         )
         return Issued({self.header: f"Bearer {token}"}, {"mode": "jwt", "source": "guard", "token_id": cred_jti},
                       cred_jti)
-
-    async def revoke(self, holding: Holding) -> None:
-        return None
-
-    def forget(self, task_id: str) -> None:
-        return None
-
-    def prune(self, now: float) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None

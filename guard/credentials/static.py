@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from guard.credentials.base import CredentialRequest, Holding, Issued
+from guard.credentials.base import CredentialRequest, HoldsNothing, Issued
 from guard.credentials.sources import Secret, SecretSource
 
 __all__ = ["StaticProvider"]
 
 
-class StaticProvider:
+class StaticProvider(HoldsNothing):
     mode = "static"
 
     def __init__(self, source: SecretSource, header: str, fmt: str) -> None:
@@ -28,15 +28,3 @@ class StaticProvider:
         issued = Issued({self.header: self.format.replace("{secret}", secret.value)}, audit)
         self._last = (secret, issued)
         return issued
-
-    async def revoke(self, holding: Holding) -> None:
-        return None
-
-    def forget(self, task_id: str) -> None:
-        return None
-
-    def prune(self, now: float) -> None:
-        return None
-
-    async def close(self) -> None:
-        return None
