@@ -31,7 +31,7 @@ lint: $(STAMP)
 # the test-local npm prefix of the real OAuth/OpenID provider the tests start (skipped without node/npm)
 $(OIDC)/node_modules/.installed: $(OIDC)/package.json $(OIDC)/package-lock.json
 	@if command -v npm >/dev/null 2>&1; then \
-	  npm ci --prefix $(OIDC) --no-audit --no-fund --loglevel=error && touch $@; \
+	  npm ci --prefix $(OIDC) --no-audit --no-fund --silent && touch $@; \
 	else echo "npm not found: the tests that need oidc-provider will skip (CI=true fails them)"; fi
 
 # the whole suite: lint, then every test (the load, soak and crash tests take a few minutes more)
