@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
@@ -16,12 +15,6 @@ from tests.support.client import AGENT, bearer, echo_policy
 from tests.support.dpop import DpopKey
 from tests.support.guard import Guard
 from tests.support.upstream import Upstream
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ import asyncio
 import json
 import os
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -42,11 +41,6 @@ def inventory_policy(upstream_url: str) -> dict[str, Any]:
 
 
 
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def agents_of(http: aiohttp.ClientSession, g: Guard, token: str | None = None) -> dict[str, dict[str, Any]]:

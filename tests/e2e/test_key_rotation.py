@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -18,12 +17,6 @@ from aiohttp import web
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
 from tests.support.guard import Guard
 from tests.support.upstream import Seen, Upstream
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 def kid_of(token: str) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -20,31 +20,12 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.client import AGENT, bearer, create_task, files_policy, task_token
 from tests.support.guard import Guard
-from tests.support.process import PY, ROOT, free_port, spawn, wait_port
+from tests.support.process import PY, ROOT
 
 MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the session-less revision
 VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}
 
 
-@pytest.fixture
-def mcp_server(tmp_path: Path) -> Iterator[str]:
-    """examples/mcp_server.py as a real process; yields its MCP endpoint URL."""
-    port = free_port()
-    proc = spawn([PY, "-m", "examples.mcp_server", "--port", str(port)], ROOT, f"mcp-{port}.log")
-    try:
-        wait_port(port, proc=proc.popen)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.stop()
-        log = ROOT / f"mcp-{port}.log"
-        if log.exists():
-            shutil.move(log, tmp_path / log.name)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @asynccontextmanager

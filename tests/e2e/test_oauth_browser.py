@@ -24,13 +24,13 @@ from tests.e2e.oauth_helpers import (
     provider,
     refused_authorization,
 )
-from tests.e2e.test_oauth_mcp import http, mcp_server, text_of
+from tests.e2e.test_oauth_mcp import text_of
 from tests.e2e.test_ui_browser import ARTIFACTS, browser
 from tests.support.guard import Guard
 from tests.support.oidc import OidcProvider, oidc_provider_missing_reason
 from tests.support.process import free_port, require
 
-__all__ = ["browser", "http", "mcp_server"]  # fixtures shared with other test modules
+__all__ = ["browser"]  # a fixture shared with other test modules
 ALICE = "alice@acme.example"
 PASSWORD = "correct horse battery staple"
 HOSTILE = "<img src=x onerror=\"document.title='owned'\">quarterly numbers"

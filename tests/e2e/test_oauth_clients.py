@@ -26,11 +26,11 @@ from cryptography.x509.oid import NameOID
 
 from tests.e2e.oauth_helpers import PERSON, REDIRECT, FormPerson, MemoryTokens, mcp_client, oauth_files_policy, pkce
 from tests.e2e.oauth_helpers import provider as sdk_provider
-from tests.e2e.test_oauth_mcp import http, mcp_server, person, text_of
+from tests.e2e.test_oauth_mcp import person, text_of
 from tests.support.guard import Guard
 from tests.support.process import free_port
 
-__all__ = ["http", "mcp_server", "person"]  # fixtures shared with test_oauth_mcp
+__all__ = ["person"]  # a fixture shared with test_oauth_mcp
 HOSTILE = '<img src=x onerror="document.title=1">Research desktop'
 
 

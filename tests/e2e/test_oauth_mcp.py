@@ -5,9 +5,7 @@ person who signs in with the development sign-in and answers the consent page.""
 from __future__ import annotations
 
 import asyncio
-import shutil
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import AsyncIterator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -27,29 +25,10 @@ from tests.e2e.oauth_helpers import (
     refused_authorization,
 )
 from tests.support.guard import Guard
-from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
 OPEN = {"oauth": {"registration": {"mode": "open"}}}
 
 
-@pytest.fixture
-def mcp_server(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn([PY, "-m", "examples.mcp_server", "--port", str(port)], ROOT, f"mcp-{port}.log")
-    try:
-        wait_port(port, proc=proc.popen)
-        yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.stop()
-        log = ROOT / f"mcp-{port}.log"
-        if log.exists():
-            shutil.move(log, tmp_path / log.name)
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 @pytest.fixture

@@ -5,21 +5,13 @@ inventory stays."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import aiohttp
-import pytest
 
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
 from tests.support.guard import Guard
 from tests.support.upstream import Upstream
-
-
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
 
 
 async def status_of(http: aiohttp.ClientSession, g: Guard, path: str, token: str) -> int:

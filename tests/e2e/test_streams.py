@@ -105,11 +105,6 @@ class Setup:
     upstream: Upstream
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
 
 @pytest.fixture
 def setup(guard_factory: Any, upstream: Upstream, stream_tool: str, store_url: str, tmp_path: Path) -> Setup:

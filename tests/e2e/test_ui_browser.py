@@ -53,11 +53,6 @@ async def browser() -> AsyncIterator[Any]:
         await b.close()
 
 
-@pytest.fixture
-async def http() -> AsyncIterator[aiohttp.ClientSession]:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
 
 async def pending_approval(http: aiohttp.ClientSession, guard: Guard, token: str) -> dict[str, Any]:
     for _ in range(200):
