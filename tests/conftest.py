@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,7 +13,7 @@ from tests.support.approvals import Receiver
 from tests.support.guard import Guard, write_guard
 from tests.support.openbao import OpenBao, openbao_missing_reason
 from tests.support.postgres import Postgres, postgres_missing_reason
-from tests.support.process import PY, ROOT, free_port, require, spawn, wait_port
+from tests.support.process import free_port, module_server, require
 from tests.support.redis import RedisServer, redis_missing_reason
 from tests.support.upstream import Upstream
 
@@ -110,13 +109,5 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def mcp_server(tmp_path: Path) -> Iterator[str]:
     """examples/mcp_server.py as a real process; yields its MCP endpoint URL."""
-    port = free_port()
-    proc = spawn([PY, "-m", "examples.mcp_server", "--port", str(port)], ROOT, f"mcp-{port}.log")
-    try:
-        wait_port(port, proc=proc.popen)
+    with module_server("examples.mcp_server", tmp_path) as port:
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.stop()
-        log = ROOT / f"mcp-{port}.log"
-        if log.exists():
-            shutil.move(log, tmp_path / log.name)

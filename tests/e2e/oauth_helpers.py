@@ -20,8 +20,9 @@ import httpx2
 from mcp import Client
 from mcp.client.auth import OAuthClientProvider
 from mcp.client.streamable_http import streamable_http_client
-from mcp.shared.auth import AuthorizationCodeResult, OAuthClientInformationFull, OAuthClientMetadata, OAuthToken
+from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
+from examples.oauth_agent import Tokens as Tokens  # the SDK token storage a client keeps (re-exported)
 from tests.support.guard import Guard
 
 PERSON = "alice@acme.example"
@@ -135,33 +136,13 @@ class FormPerson:
         raise AssertionError("too many redirects")
 
 
-class MemoryTokens:
-    """The SDK's token storage, in memory: what a client application would keep."""
-
-    def __init__(self) -> None:
-        self.tokens: OAuthToken | None = None
-        self.client: OAuthClientInformationFull | None = None
-
-    async def get_tokens(self) -> OAuthToken | None:
-        return self.tokens
-
-    async def set_tokens(self, tokens: OAuthToken) -> None:
-        self.tokens = tokens
-
-    async def get_client_info(self) -> OAuthClientInformationFull | None:
-        return self.client
-
-    async def set_client_info(self, client_info: OAuthClientInformationFull) -> None:
-        self.client = client_info
-
-
 class AuthorizationRefused(Exception):
     def __init__(self, params: dict[str, str]) -> None:
         super().__init__(f"{params.get('error')}: {params.get('error_description')}")
         self.params = params
 
 
-def provider(guard: Guard, storage: MemoryTokens, authorize: Callable[[str], Awaitable[Redirected]],
+def provider(guard: Guard, storage: Tokens, authorize: Callable[[str], Awaitable[Redirected]],
              client_name: str = "Research desktop", redirect_port: int = 33418,
              metadata_url: str | None = None) -> OAuthClientProvider:
     """The SDK's OAuth client provider for guard's `/mcp/files`; `authorize` plays the browser."""

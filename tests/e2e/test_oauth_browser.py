@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.oauth_helpers import (
-    MemoryTokens,
     Redirected,
+    Tokens,
     mcp_client,
     oauth_files_policy,
     provider,
@@ -130,7 +130,7 @@ async def test_sign_in_consent_calls_and_my_delegations(
     guard, _idp = signed_in_guard()
     context = await browser.new_context(viewport={"width": 1200, "height": 800})
     alice = await BrowserPerson(await context.new_page(), guard, approve).start()
-    storage = MemoryTokens()
+    storage = Tokens()
     auth = provider(guard, storage, alice.authorize, client_name=HOSTILE, redirect_port=CLIENT_PORT)
     async with mcp_client(guard, auth) as client:
         assert {t.name for t in (await client.list_tools()).tools} == {"search_files", "read_file", "whoami"}
@@ -220,7 +220,7 @@ async def test_refusal_in_the_browser(signed_in_guard: Any, browser: Any, http: 
     guard, _idp = signed_in_guard()
     context = await browser.new_context()
     alice = await BrowserPerson(await context.new_page(), guard, refuse).start()
-    storage = MemoryTokens()
+    storage = Tokens()
     refused = await refused_authorization(guard, provider(guard, storage, alice.authorize,
                                                           redirect_port=CLIENT_PORT))
     assert refused.params["error"] == "access_denied" and refused.params["iss"] == guard.url
@@ -248,7 +248,7 @@ async def test_consent_post_needs_the_session_csrf_token(
         posted.append(await resp.value)
 
     alice = await BrowserPerson(page, guard, hijack).start()
-    storage = MemoryTokens()
+    storage = Tokens()
     auth = provider(guard, storage, alice.authorize, redirect_port=CLIENT_PORT)
     http_client = httpx2.AsyncClient(auth=auth)
     task = asyncio.ensure_future(refused_or_hung(guard, http_client))

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.oauth_helpers import PERSON, REDIRECT, FormPerson, MemoryTokens, mcp_client, oauth_files_policy, pkce
+from tests.e2e.oauth_helpers import PERSON, REDIRECT, FormPerson, Tokens, mcp_client, oauth_files_policy, pkce
 from tests.e2e.oauth_helpers import provider as sdk_provider
 from tests.e2e.test_oauth_mcp import person, text_of
 from tests.support.guard import Guard
@@ -108,7 +108,7 @@ async def test_client_id_metadata_document(
     guard: Guard = guard_factory(oauth_files_policy(mcp_server), env={"SSL_CERT_FILE": str(docs.cert)})
     alice = FormPerson(guard)
     person.append(alice)
-    storage = MemoryTokens()
+    storage = Tokens()
     url = f"{docs.base}/clients/desktop.json"
     async with mcp_client(guard, sdk_provider(guard, storage, alice.authorize, metadata_url=url)) as client:
         result = await client.call_tool("read_file", {"path": "notes/sources.txt"})

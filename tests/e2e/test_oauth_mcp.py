@@ -17,7 +17,7 @@ from tests.e2e.oauth_helpers import (
     PERSON,
     REDIRECT,
     FormPerson,
-    MemoryTokens,
+    Tokens,
     mcp_client,
     oauth_files_policy,
     pkce,
@@ -82,7 +82,7 @@ async def test_sdk_registers_is_authorized_calls_and_refreshes(
     alice = FormPerson(guard, decide={"decision": "approve", "purpose": "weekly report", "tools": ["files"],
                                       "max_calls": "50", "labels": "team=research"})
     person.append(alice)
-    storage = MemoryTokens()
+    storage = Tokens()
     async with mcp_client(guard, provider(guard, storage, alice.authorize)) as client:
         listed = await client.list_tools()
         assert {t.name for t in listed.tools} == {"search_files", "read_file", "whoami"}
@@ -144,7 +144,7 @@ async def test_refusal_gives_the_client_access_denied(
     guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
     bob = FormPerson(guard, user="bob@acme.example", decide={"decision": "refuse"})
     person.append(bob)
-    storage = MemoryTokens()
+    storage = Tokens()
     refused = await refused_authorization(guard, provider(guard, storage, bob.authorize))
     assert refused.params["error"] == "access_denied"
     assert refused.params["iss"] == guard.url
@@ -247,7 +247,7 @@ async def test_unregistered_client_is_refused_at_consent(
     guard: Guard = guard_factory(policy, OPEN)
     alice = FormPerson(guard)
     person.append(alice)
-    storage = MemoryTokens()
+    storage = Tokens()
     refused = await refused_authorization(guard, provider(guard, storage, alice.authorize))
     assert refused.params["error"] == "access_denied"
     assert refused.params["error_description"].startswith("unregistered_agent")
@@ -265,7 +265,7 @@ async def test_revocation_completes_the_task(
     guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
     alice = FormPerson(guard, decide={"decision": "approve", "tools": ["files", "notes"]})
     person.append(alice)
-    storage = MemoryTokens()
+    storage = Tokens()
     async with mcp_client(guard, provider(guard, storage, alice.authorize)) as client:
         await client.list_tools()
     assert storage.tokens is not None and storage.client is not None

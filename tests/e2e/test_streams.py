@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import shutil
 import time
 from collections.abc import AsyncIterator, Awaitable, Iterator
 from contextlib import asynccontextmanager
@@ -27,7 +26,7 @@ from mcp.client.streamable_http import streamable_http_client
 
 from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.guard import Guard
-from tests.support.process import PY, ROOT, free_port, spawn, wait_port
+from tests.support.process import module_server
 from tests.support.upstream import Seen, Upstream
 
 TRIGGERS = {"complete": "task_completed", "revoke": "task_revoked", "expire": "task_expired",
@@ -82,16 +81,8 @@ class Feed:
 
 @pytest.fixture
 def stream_tool(tmp_path: Path) -> Iterator[str]:
-    port = free_port()
-    proc = spawn([PY, "-m", "tests.e2e.stream_tool", "--port", str(port)], ROOT, f"stream-tool-{port}.log")
-    try:
-        wait_port(port, proc=proc.popen)
+    with module_server("tests.e2e.stream_tool", tmp_path) as port:
         yield f"http://127.0.0.1:{port}/mcp"
-    finally:
-        proc.stop()
-        log = ROOT / f"stream-tool-{port}.log"
-        if log.exists():
-            shutil.move(log, tmp_path / log.name)
 
 
 @dataclass

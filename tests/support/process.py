@@ -6,11 +6,14 @@ Shared by the fixtures in tests/ and by benchmarks/.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -109,3 +112,20 @@ class Stoppable:
         """SIGSTOP, SIGCONT…: a process that hangs without going away."""
         assert self.proc is not None
         os.kill(self.proc.pid, sig)
+
+
+@contextmanager
+def module_server(module: str, logs: Path) -> Iterator[int]:
+    """`python -m MODULE --port P` from the repository as a real process, on a free port; yields P.
+    Its log is moved into `logs` (the test's temp dir) when it stops."""
+    port = free_port()
+    name = f"{module.rsplit('.', 1)[-1]}-{port}.log"
+    proc = spawn([PY, "-m", module, "--port", str(port)], ROOT, name)
+    try:
+        wait_port(port, proc=proc.popen)
+        yield port
+    finally:
+        proc.stop()
+        log = ROOT / name
+        if log.exists():
+            shutil.move(log, logs / name)
