@@ -60,3 +60,14 @@ async def store(store_url: str) -> AsyncIterator[Store]:
     s = await open_store(store_url, wait_replicas=1 if store_url.startswith(TOPOLOGIES) else 0)
     yield s
     await s.close()
+
+
+@pytest.fixture
+async def peer(store: Store, store_url: str) -> AsyncIterator[Store]:
+    """A second instance on the same backend (the same store in memory, where state is per process)."""
+    if store_url.startswith("memory://"):
+        yield store
+        return
+    other = await open_store(store_url)
+    yield other
+    await other.close()

@@ -9,7 +9,6 @@ import asyncio
 import dataclasses
 import itertools
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -17,17 +16,7 @@ import pytest
 from guard.audit.chain import GENESIS, verify_chain
 from guard.domain import Approval, AuditRecord, CallLimits, Task, TaskState
 from guard.identity.tokens import new_id
-from guard.stores import Store, open_store
-
-
-@pytest.fixture
-async def peer(store: Store, store_url: str) -> AsyncIterator[Store]:
-    if store_url.startswith("memory://"):
-        yield store
-        return
-    other = await open_store(store_url)
-    yield other
-    await other.close()
+from guard.stores import Store
 
 
 def make_task(now: float | None = None, **kw: Any) -> Task:

@@ -5,21 +5,8 @@ instances racing on the same token."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import pytest
-
-from guard.stores import Store, open_store
-
-
-@pytest.fixture
-async def peer(store: Store, store_url: str) -> AsyncIterator[Store]:
-    if store_url.startswith("memory://"):
-        yield store
-        return
-    other = await open_store(store_url)
-    yield other
-    await other.close()
+from guard.stores import Store
 
 
 async def test_put_get_take(store: Store, peer: Store) -> None:
