@@ -5,13 +5,13 @@ once per session and flushed before each test; their stores wait for one replica
 
 from __future__ import annotations
 
-import os
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 from guard.stores import Store, open_store
+from tests.support.process import require
 from tests.support.redis import RedisServer, redis_missing_reason
 from tests.support.redis_topology import ClusterTopology, SentinelTopology
 
@@ -19,11 +19,7 @@ TOPOLOGIES = ("redis+cluster://", "redis+sentinel://")
 
 
 def _need_redis() -> None:
-    reason = redis_missing_reason()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+    require(redis_missing_reason())
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,6 @@ primary (a resharding) while the store is in use. The store follows MOVED and ca
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from pathlib import Path
 
@@ -15,6 +14,7 @@ from guard.domain import CallLimits, Task
 from guard.identity.tokens import new_id
 from guard.stores import open_store
 from guard.stores.redis.keys import task_key
+from tests.support.process import require
 from tests.support.redis import redis_missing_reason
 from tests.support.redis_topology import ClusterTopology
 
@@ -22,11 +22,7 @@ pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 
 async def test_a_task_whose_slot_moves_to_another_primary_carries_on(tmp_path: Path) -> None:
-    reason = redis_missing_reason()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+    require(redis_missing_reason())
     with ClusterTopology(tmp_path / "cluster").start() as cluster:
         store = await open_store(cluster.url, wait_replicas=1)
         now = time.time()

@@ -8,7 +8,6 @@ stay consumed and no budget is over-spent."""
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,6 +20,7 @@ import pytest
 from guard.stores.redis.keys import task_key
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
 from tests.support.guard import Guard
+from tests.support.process import require
 from tests.support.redis import redis_missing_reason
 from tests.support.redis_topology import ClusterTopology, RedisNode, SentinelTopology
 from tests.support.upstream import Upstream
@@ -32,11 +32,7 @@ Topology = ClusterTopology | SentinelTopology
 
 @pytest.fixture(params=["cluster", "sentinel"])
 def topology(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Topology]:
-    reason = redis_missing_reason()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+    require(redis_missing_reason())
     kind = ClusterTopology if request.param == "cluster" else SentinelTopology
     with kind(tmp_path / "redis").start() as t:
         yield t

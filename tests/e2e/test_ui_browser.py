@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import shutil
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -16,7 +15,7 @@ import pytest
 
 from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import Guard
-from tests.support.process import ROOT
+from tests.support.process import ROOT, require
 from tests.support.upstream import Upstream
 
 CHROMIUM = "/usr/bin/chromium"
@@ -39,11 +38,7 @@ def _missing() -> str | None:
 
 @pytest.fixture
 async def browser() -> AsyncIterator[Any]:
-    reason = _missing()
-    if reason:
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"CI=true but {reason}")
-        pytest.skip(reason)
+    require(_missing())
     from playwright.async_api import async_playwright
 
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
