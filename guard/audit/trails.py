@@ -70,12 +70,16 @@ def parse_since(value: str | None) -> float:
     return (dt if dt.tzinfo is not None else dt.replace(tzinfo=UTC)).timestamp()
 
 
+MTIME_SLACK_S = 1.0  # a file's mtime can trail the clock by a kernel tick
+
+
 def records_since(directory: str | Path, since: float) -> Iterator[list[dict[str, Any]]]:
     """Per task (in task id order), the records of the audit folder with `ts >= since`.
-    Files not modified since `since` are skipped unread."""
+    Files not modified since `since` (less a second: file times are coarser than record times) are
+    skipped unread."""
     for task_id in list_trails(directory):
         try:
-            if trail_path(directory, task_id).stat().st_mtime < since:
+            if trail_path(directory, task_id).stat().st_mtime < since - MTIME_SLACK_S:
                 continue
         except (OSError, ValueError):
             continue
