@@ -123,9 +123,9 @@ class Bench:
         return self.redis_url, self.redis_pid
 
     def start(self, name: str, store_url: str, instances: int = 1, workers: int = 1,
-              baseline: bool = False) -> Setup:
+              baseline: str | None = None) -> Setup:
         """`instances` guard processes on one store, sharing their keys (a task token works on
-        each); the tasks are created on the first."""
+        each); the tasks are created on the first. `baseline`: the checkout whose guard runs."""
         self.count += 1
         gdir = self.env.dir / f"setup-{self.count}"
         gdir.mkdir()
@@ -143,7 +143,7 @@ class Bench:
             config = gdir / f"guard-{i}.yaml"
             config.write_text(yaml.safe_dump(cfg))
             extra = ["--workers", str(workers)] if workers > 1 else []
-            env = {"PYTHONPATH": self.args.baseline} if baseline else None
+            env = {"PYTHONPATH": baseline} if baseline else None
             procs.append(spawn(f"{name} {i}".replace(" ", "-"),
                                [PY, "-m", "guard", "--config", str(config), "serve", *extra], gdir, port, env))
             self.env.procs.append(procs[-1])
@@ -292,12 +292,18 @@ def scenario_busy(bench: Bench) -> tuple[list[Cell], list[tuple[Cell, Cell]], li
     setups = [bench.start("guard memory", "memory://")]
     if bench.redis_url or not redis_missing():
         setups.append(bench.start("guard redis", bench.redis()[0]))
-        if bench.args.baseline:  # the same code path before a change, side by side
-            setups.append(bench.start("guard redis (baseline)", bench.redis()[0], baseline=True))
+        for checkout in bench.args.baseline:  # the same code path before a change, side by side
+            setups.append(bench.start(f"guard redis ({Path(checkout).name})", bench.redis()[0], baseline=checkout))
     cells, pairs = [], []
+    ours: dict[str, Cell] = {}  # this checkout's spread cell per request
     for s in setups:
         for req in ("http POST 1 KiB", "mcp tools/call"):
             spread, busy = Cell(s, req, "spread over 32 tasks"), Cell(s, req, "one task")
+            if bench.args.spread_only:  # before/after of the common case: each checkout ÷ this one
+                ours.setdefault(req, spread)
+                cells.append(spread)
+                pairs.append((ours[req], spread))
+                continue
             cells += [spread, busy]
             pairs.append((spread, busy))
     return cells, pairs, setups
@@ -349,7 +355,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=4.0, help="seconds of each closed-loop phase (default 4)")
     p.add_argument("--connections", type=int, default=64, help="keep-alive connections of the closed loop")
     p.add_argument("--no-wrk", action="store_true", help="use the aiohttp load generator even if wrk is installed")
-    p.add_argument("--baseline", help="also run the guard of this checkout (busy scenario), for before/after")
+    p.add_argument("--baseline", action="append", default=[], metavar="DIR",
+                   help="also run the guard of this checkout (busy scenario), for before/after; repeatable")
+    p.add_argument("--spread-only", action="store_true",
+                   help="busy scenario: only the spread load (for before/after comparisons of the common case)")
     p.add_argument("--verbose", action="store_true", help="print each `guard audit verify` answer")
     args = p.parse_args(argv)
     unknown = set(args.scenario) - set(SCENARIOS)
