@@ -8,6 +8,7 @@ import json
 import time
 from pathlib import Path
 
+import jwt
 import pytest
 
 from guard.audit.chain import GENESIS, chain_record, verify_chain
@@ -74,6 +75,25 @@ def test_guard_tokens_are_strict_about_their_type_and_header(tmp_path: Path) -> 
     # the key file is reused, not replaced
     again = GuardKeys(load_or_create_key(tmp_path / "k.json"), "urn:guard")
     assert again.verify(token, TASK_TYP, "guard")["txn"] == "t"
+
+
+@pytest.mark.parametrize("algorithm", ["EdDSA", "ES256"])
+def test_guard_signatures_verify_with_the_published_jwks_and_refuse_tampering(tmp_path: Path, algorithm: str) -> None:
+    """What a tool does with a guard token: PyJWT and the JWKS (Ed25519 is signed with libsodium,
+    ES256 with OpenSSL); a flipped bit or a cut signature is refused by the guard itself."""
+    keys = GuardKeys(load_or_create_key(tmp_path / "k.json", algorithm), "urn:guard")
+    now = int(time.time())
+    token = keys.sign(CRED_TYP, {"iss": "urn:guard", "aud": "tool", "sub": "s", "iat": now, "exp": now + 60})
+    jwk = jwt.PyJWK(keys.jwks()["keys"][0])
+    assert jwt.decode(token, jwk.key, algorithms=[algorithm], audience="tool")["sub"] == "s"
+    assert keys.verify(token, CRED_TYP, "tool")["sub"] == "s"
+    header, payload, sig = token.split(".")
+    raw = bytearray(base64.urlsafe_b64decode(sig + "=="))
+    raw[5] ^= 1
+    flipped = base64.urlsafe_b64encode(bytes(raw)).rstrip(b"=").decode()
+    for bad in (f"{header}.{payload}.{flipped}", f"{header}.{payload}.{sig[:40]}", f"{header}.{payload[:-2]}.{sig}"):
+        with pytest.raises(Unauthenticated):
+            keys.verify(bad, CRED_TYP, "tool")
 
 
 def test_config_env_overrides_and_errors(tmp_path: Path) -> None:
