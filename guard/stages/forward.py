@@ -24,8 +24,6 @@ from guard.tasks.ends import EndReason, TaskWatch
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
 
-log = structlog.get_logger("guard.tools")
-
 log = structlog.get_logger("guard.forward")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
@@ -36,6 +34,9 @@ _NEVER_UPSTREAM = HOP_BY_HOP | {
     "guard-call-id", "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto",
     "prefer", "expect", "dpop",
 }
+# the request body codings aiohttp's parser decodes: the guard decides on the decoded body and
+# forwards exactly that, so the coding no longer describes it
+_DECODED = frozenset({"gzip", "deflate", "br", "zstd"})
 _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id", "guard-call-id", "server", "date"}
 
 # (status, latency_s, complete): complete when the tool's whole answer is already in hand, so the
@@ -98,8 +99,12 @@ def _connection_listed(headers: Mapping[str, str]) -> set[str]:
 
 def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str]) -> CIMultiDict[str]:
     """The agent's headers minus its credentials, cookies, hop-by-hop and Connection-listed
-    headers, plus the minted credential, Txn-Token and Guard ids."""
+    headers (and a Content-Encoding the body was decoded from), plus the minted credential,
+    Txn-Token and Guard ids."""
     drop = _NEVER_UPSTREAM | _connection_listed(incoming) | {k.lower() for k in minted}
+    coding = incoming.get("Content-Encoding")
+    if coding is not None and coding.lower() in _DECODED:
+        drop = drop | {"content-encoding"}
     out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
     out.update(minted)
     return out

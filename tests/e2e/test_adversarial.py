@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import hmac
 import json
@@ -359,6 +360,26 @@ async def test_malformed_requests_are_answered_with_problem_details(world: World
 
 
 # ------------------------------------------------------------------------------ slow clients
+
+
+async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(world: World) -> None:
+    """The guard decides on the decoded body of a gzip request, and the tool gets those very
+    bytes, without the Content-Encoding that no longer describes them; a write the policy denies
+    is denied inside gzip too."""
+    w = world
+    headers = {**bearer(w.task["task_token"]), "Content-Type": "application/json", "Content-Encoding": "gzip"}
+    body = json.dumps({"title": "t", "tags": ["a"]}).encode()
+    before = len(w.upstream.requests)
+    async with w.http.post(w.url + "/tools/echo/items", data=gzip.compress(body), headers=headers) as r:
+        assert r.status == 200, await r.text()
+    assert len(w.upstream.requests) == before + 1
+    seen = w.upstream.requests[-1]
+    assert seen.body == body
+    assert "content-encoding" not in {k.lower() for k in seen.headers}
+    secret = gzip.compress(json.dumps({"title": "t", "tags": ["secret"]}).encode())
+    async with w.http.post(w.url + "/tools/echo/items", data=secret, headers=headers) as r:
+        assert r.status == 403 and (await problem_of(r))["code"] == "denied"
+    assert len(w.upstream.requests) == before + 1
 
 
 async def test_slow_clients_are_cut_off(guard_factory: Any, upstream: Upstream) -> None:
