@@ -348,6 +348,7 @@ async def test_malformed_requests_are_answered_with_problem_details(world: World
         "missing host": (b"GET /tools/echo/items/1 HTTP/1.1\r\n" + auth + b"\r\n", 400),
         "body that does not decode": (post + b"Content-Encoding: gzip\r\nContent-Length: "
                                       + str(len(gzip_garbage)).encode() + b"\r\n\r\n" + gzip_garbage, 400),
+        "a coding with no decoder": (post + b"Content-Encoding: br\r\nContent-Length: 2\r\n\r\n{}", 400),
         "unknown expectation": (post + b"Expect: 200-ok\r\nContent-Length: 2\r\n\r\n{}", 417),
     }
     for name, (data, status) in shapes.items():
@@ -357,9 +358,6 @@ async def test_malformed_requests_are_answered_with_problem_details(world: World
         assert problem["code"] == "bad_request", (name, problem)
         assert w.task["task_token"].encode() not in response, name
     await assert_untouched(w)
-
-
-# ------------------------------------------------------------------------------ slow clients
 
 
 async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(world: World) -> None:
@@ -380,6 +378,9 @@ async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(wor
     async with w.http.post(w.url + "/tools/echo/items", data=secret, headers=headers) as r:
         assert r.status == 403 and (await problem_of(r))["code"] == "denied"
     assert len(w.upstream.requests) == before + 1
+
+
+# ------------------------------------------------------------------------------ slow clients
 
 
 async def test_slow_clients_are_cut_off(guard_factory: Any, upstream: Upstream) -> None:
