@@ -70,3 +70,45 @@ def test_scale_benchmark_runs_every_scenario_and_verifies_the_chains() -> None:
             assert any(f"| {setup}" in r and "| one task " in r for r in rows), (setup, out.stdout)
         assert "redis CPU per call" in out.stdout
     assert out.stdout.count("chains verified") == (1 if redis_missing_reason() else 3), out.stdout
+
+
+def test_scale_compares_checkouts_under_spread_load() -> None:
+    """`--spread-only` with `--baseline` twice: a row per checkout and request, each over this one."""
+    from tests.support.process import require
+
+    require(redis_missing_reason())
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.scale", "busy", "--spread-only", "--baseline", str(ROOT), "--baseline", str(ROOT),
+         "--rounds", "1", "--duration", "1", "--connections", "8"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "setup" not in line]
+    assert not any("| one task " in r for r in rows), out.stdout
+    for request in ("http POST 1 KiB", "mcp tools/call"):
+        ours = [r for r in rows if f"| {request} " in r]
+        assert len(ours) == 4 and sum(f"| guard redis ({ROOT.name}) " in r for r in ours) == 2, out.stdout
+    assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout
+
+
+@pytest.mark.slow
+def test_instruction_counts_of_every_target_and_a_baseline() -> None:
+    """Under callgrind: instructions per call of the bare proxy, guard and another checkout's guard,
+    each a positive count with its ratio to the bare proxy."""
+    import shutil
+
+    from tests.support.process import require
+
+    require(None if shutil.which("valgrind") else "valgrind is not installed (apt-get install valgrind)")
+    out = subprocess.run(
+        [PY, "-m", "benchmarks.instructions", "--calls", "20", "--warmup", "10", "--memory-only",
+         "--baseline", str(ROOT)],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in out.stdout.splitlines()
+            if line.startswith("| ") and "target" not in line]
+    for request in ("http POST 1 KiB", "mcp tools/call"):
+        got = {r[0]: r for r in rows if r[1] == request}
+        assert set(got) == {"bare proxy", "guard-memory", f"guard-memory-{ROOT.name}"}, out.stdout
+        for target, row in got.items():
+            assert int(row[2].replace(",", "")) > 0 and float(row[3]) > 0, (target, out.stdout)
+        assert got[f"guard-memory-{ROOT.name}"][4] != "-", out.stdout  # ÷ this: the baseline over this tree
