@@ -15,11 +15,11 @@ from typing import Any
 
 import structlog
 
-from guard.approvals.notify import open_notifier
 from guard.approvals.webhooks import Webhooks, WebhookStore
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
+from guard.stores.notify import open_notifier
 from guard.tasks.ends import TaskEnds, TaskWatch
 
 __all__ = ["Approvals", "effective_status"]

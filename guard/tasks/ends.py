@@ -55,11 +55,11 @@ from typing import Literal
 
 import structlog
 
-from guard.approvals.notify import Notifier, open_notifier
 from guard.audit.log import AuditLog
 from guard.domain import Task, TaskState
 from guard.errors import GuardError
 from guard.stores.base import Store
+from guard.stores.notify import Notifier, open_notifier
 from guard.stores.redis.keys import TASK_ENDS_CHANNEL
 
 __all__ = ["CHANNEL", "CHECK_S", "EndReason", "TaskEnded", "TaskEnds", "TaskWatch", "end_reason"]

@@ -195,7 +195,7 @@ async def test_an_approval_decided_at_one_instance_wakes_the_others(topology: To
     """Held calls (`Prefer: wait`) are woken through pub/sub on the same topology: a decision
     published by one instance reaches the subscription of another (any cluster node, or the
     primary behind Sentinel)."""
-    from guard.approvals.notify import RedisNotifier
+    from guard.stores.notify import RedisNotifier
 
     a, b = RedisNotifier(topology.url), RedisNotifier(topology.url)
     woken: asyncio.Queue[str] = asyncio.Queue()

@@ -25,7 +25,7 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
     guard:{oauth}:<kind>:<key>  string (JSON, expiring): OAuth requests, codes, clients, sessions,
                           refresh tokens (keys are digests); `…:refresh_used:<key>` a used refresh token
-    guard:approvals       the pub/sub channel of decided approvals (guard/approvals/notify.py)
+    guard:approvals       the pub/sub channel of decided approvals (guard/stores/notify.py)
     guard:task_ends       the pub/sub channel of ended tasks (guard/tasks/ends.py)
 """
 

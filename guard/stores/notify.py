@@ -1,8 +1,9 @@
-"""Wake-ups for calls held on an approval (`Prefer: wait`), across instances when they share Redis.
+"""News every instance on one store must hear: approval decisions (they wake calls held with
+`Prefer: wait`, guard.approvals) and task ends (they close what a task holds open, guard.tasks.ends).
 
-`open_notifier(store_url)` picks the kind that fits the store: in memory, a decision can only be
-made in this process, so publishing calls the local callback; with Redis, decisions are published
-on the `guard:approvals` channel and every instance subscribed to it wakes its own held calls.
+`open_notifier(store_url, channel)` picks the kind that fits the store: in memory, everything
+happens in this process, so publishing calls the local callback; with Redis, a message is published
+on its channel (`guard:approvals` by default) and every instance subscribed to it hears it.
 """
 
 from __future__ import annotations
