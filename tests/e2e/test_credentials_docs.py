@@ -12,9 +12,9 @@ from typing import Any
 
 import aiohttp
 
-from tests.e2e.credentials import tool_policy
 from tests.e2e.test_credentials_lease import db_tool
 from tests.support.client import AGENT, bearer, create_task
+from tests.support.credentials import tool_policy
 from tests.support.guard import Guard
 from tests.support.openbao import OpenBao, bao_binary
 from tests.support.postgres import Postgres

@@ -11,8 +11,8 @@ import aiohttp
 import pytest
 from aiohttp import web
 
-from tests.e2e.credentials import audit_of, everything_written, metrics_text, tool_policy
 from tests.support.client import AGENT, OTHER, bearer, create_task, until
+from tests.support.credentials import audit_of, everything_written, metrics_text, tool_policy
 from tests.support.guard import Guard
 from tests.support.openbao import OpenBao
 from tests.support.postgres import Postgres

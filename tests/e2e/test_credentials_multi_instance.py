@@ -10,10 +10,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.credentials import audit_of, everything_written, tool_policy
 from tests.e2e.test_credentials_lease import db_tool, lease_credentials, leases, setup_database_engine
 from tests.e2e.test_credentials_oauth import ToolAS, guard_client, oauth_credential
 from tests.support.client import AGENT, bearer, create_task, until
+from tests.support.credentials import audit_of, everything_written, tool_policy
 from tests.support.guard import Guard
 from tests.support.openbao import OpenBao
 from tests.support.postgres import Postgres

@@ -12,8 +12,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.credentials import audit_of, everything_written, metrics_text, tool_policy
 from tests.support.client import AGENT, bearer, create_task, until
+from tests.support.credentials import audit_of, everything_written, metrics_text, tool_policy
 from tests.support.guard import Guard
 from tests.support.oidc import OidcProvider, oidc_provider_missing_reason
 from tests.support.process import free_port, require

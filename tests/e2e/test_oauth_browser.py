@@ -16,7 +16,10 @@ import httpx2
 import pytest
 from aiohttp import web
 
-from tests.e2e.oauth_helpers import (
+from tests.e2e.test_oauth_mcp import text_of
+from tests.e2e.test_ui_browser import ARTIFACTS, browser
+from tests.support.guard import Guard
+from tests.support.oauth import (
     Redirected,
     Tokens,
     mcp_client,
@@ -24,9 +27,6 @@ from tests.e2e.oauth_helpers import (
     provider,
     refused_authorization,
 )
-from tests.e2e.test_oauth_mcp import text_of
-from tests.e2e.test_ui_browser import ARTIFACTS, browser
-from tests.support.guard import Guard
 from tests.support.oidc import OidcProvider, oidc_provider_missing_reason
 from tests.support.process import free_port, require
 

@@ -24,10 +24,10 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from tests.e2e.oauth_helpers import PERSON, REDIRECT, FormPerson, Tokens, mcp_client, oauth_files_policy, pkce
-from tests.e2e.oauth_helpers import provider as sdk_provider
 from tests.e2e.test_oauth_mcp import person, text_of
 from tests.support.guard import Guard
+from tests.support.oauth import PERSON, REDIRECT, FormPerson, Tokens, mcp_client, oauth_files_policy, pkce
+from tests.support.oauth import provider as sdk_provider
 from tests.support.process import free_port
 
 __all__ = ["person"]  # a fixture shared with test_oauth_mcp

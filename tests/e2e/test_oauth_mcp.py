@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from mcp import MCPError
 
-from tests.e2e.oauth_helpers import (
+from tests.support.guard import Guard
+from tests.support.oauth import (
     PERSON,
     REDIRECT,
     FormPerson,
@@ -24,7 +25,6 @@ from tests.e2e.oauth_helpers import (
     provider,
     refused_authorization,
 )
-from tests.support.guard import Guard
 
 OPEN = {"oauth": {"registration": {"mode": "open"}}}
 

@@ -1,4 +1,4 @@
-"""Helpers shared by the credential-provider end-to-end tests."""
+"""Helpers shared by the credential-provider end-to-end tests (tests/e2e/test_credentials_*.py)."""
 
 from __future__ import annotations
 
