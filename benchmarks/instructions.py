@@ -34,7 +34,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
-import yaml
 
 from benchmarks.common import PY, child_env, free_port
 from benchmarks.run import MCP_BODY
@@ -86,15 +85,7 @@ def start_guard(env: Environment, name: str, store_url: str, checkout: str | Non
     port = free_port()
     gdir = env.dir / name
     gdir.mkdir()
-    config = gdir / "guard.yaml"
-    config.write_text(yaml.safe_dump({
-        "listen": {"host": "127.0.0.1", "port": port},
-        "store": {"url": store_url},
-        "audit": {"dir": str(gdir / "audit")},
-        "signing": {"key_file": str(gdir / "signing-key.json")},
-        "dev_key_file": str(gdir / "dev-issuer-key.json"),
-        "policies": str(env.dir / "policies"),
-    }))
+    config = env.guard_config(gdir, port, store_url)
     extra = {"PYTHONPATH": checkout} if checkout else None
     proc, out = _under_callgrind(env, name, [PY, "-m", "guard", "--config", str(config), "serve"], port, extra)
     idp = subprocess.run([PY, "-m", "guard", "--config", str(config), "dev-token", "--sub", AGENT],

@@ -30,8 +30,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
 from benchmarks.common import PY, Proc, free_port, spawn
 from benchmarks.load import Request, Result, have_wrk, run_load
 from benchmarks.run import MCP_BODY, Settings, loader_name, machine
@@ -132,16 +130,7 @@ class Bench:
         procs, ports, configs = [], [], []
         for i in range(instances):
             port = free_port()
-            cfg = {
-                "listen": {"host": "127.0.0.1", "port": port},
-                "store": {"url": store_url},
-                "audit": {"dir": str(gdir / f"audit-{i}")},
-                "signing": {"key_file": str(gdir / "signing-key.json")},
-                "dev_key_file": str(gdir / "dev-issuer-key.json"),
-                "policies": str(self.env.dir / "policies"),
-            }
-            config = gdir / f"guard-{i}.yaml"
-            config.write_text(yaml.safe_dump(cfg))
+            config = self.env.guard_config(gdir, port, store_url, f"-{i}")
             extra = ["--workers", str(workers)] if workers > 1 else []
             env = {"PYTHONPATH": baseline} if baseline else None
             procs.append(spawn(f"{name} {i}".replace(" ", "-"),

@@ -95,20 +95,25 @@ class Environment:
         self.procs.append(server.proc)
         return server.url
 
+    def guard_config(self, gdir: Path, port: int, store_url: str, instance: str = "") -> Path:
+        """The config file of a benchmark guard on `port`: its keys in `gdir` (shared by the
+        instances of one setup), its audit folder and config file named by `instance`."""
+        config = gdir / f"guard{instance}.yaml"
+        config.write_text(yaml.safe_dump({
+            "listen": {"host": "127.0.0.1", "port": port},
+            "store": {"url": store_url},
+            "audit": {"dir": str(gdir / f"audit{instance}")},
+            "signing": {"key_file": str(gdir / "signing-key.json")},
+            "dev_key_file": str(gdir / "dev-issuer-key.json"),
+            "policies": str(self.dir / "policies"),
+        }))
+        return config
+
     def start_guard(self, name: str, store_url: str, tasks: int, extra: list[str] | None = None) -> Target:
         port = free_port()
         gdir = self.dir / name.replace(" ", "-")
         gdir.mkdir()
-        cfg = {
-            "listen": {"host": "127.0.0.1", "port": port},
-            "store": {"url": store_url},
-            "audit": {"dir": str(gdir / "audit")},
-            "signing": {"key_file": str(gdir / "signing-key.json")},
-            "dev_key_file": str(gdir / "dev-issuer-key.json"),
-            "policies": str(self.dir / "policies"),
-        }
-        config = gdir / "guard.yaml"
-        config.write_text(yaml.safe_dump(cfg))
+        config = self.guard_config(gdir, port, store_url)
         proc = self._spawn(name.replace(" ", "-"),
                            [PY, "-m", "guard", "--config", str(config), "serve", *(extra or [])], port)
         idp = subprocess.run([PY, "-m", "guard", "--config", str(config), "dev-token", "--sub", AGENT],
