@@ -11,8 +11,9 @@ round-robin over their ports); one worker against two. The requests are an http 
 1 KiB JSON body and an MCP tools/call. Beside req/s and latency it prints the CPU time per call
 of the guard processes and of redis-server (from /proc/<pid>/stat), and how busy each was, so a
 run says whether guard, Redis or the load generator set the pace. Afterwards `guard audit verify`
-checks the chains of the tasks that were used. `--baseline DIR` also runs the guard of another
-checkout (DIR on PYTHONPATH) beside this one, for before/after ratios in one run.
+checks the chains of the tasks that were used. `--baseline DIR` (repeatable) also runs the guard of
+another checkout (DIR on PYTHONPATH) beside this one, for before/after ratios in one run; with
+`--spread-only` the busy scenario measures only the spread load, each checkout over this one.
 """
 
 from __future__ import annotations
@@ -284,14 +285,14 @@ def scenario_busy(bench: Bench) -> tuple[list[Cell], list[tuple[Cell, Cell]], li
         for checkout in bench.args.baseline:  # the same code path before a change, side by side
             setups.append(bench.start(f"guard redis ({Path(checkout).name})", bench.redis()[0], baseline=checkout))
     cells, pairs = [], []
-    ours: dict[str, Cell] = {}  # this checkout's spread cell per request
+    ours: dict[tuple[str, bool], Cell] = {}  # this checkout's spread cell per request and store
     for s in setups:
         for req in ("http POST 1 KiB", "mcp tools/call"):
             spread, busy = Cell(s, req, "spread over 32 tasks"), Cell(s, req, "one task")
-            if bench.args.spread_only:  # before/after of the common case: each checkout ÷ this one
-                ours.setdefault(req, spread)
+            if bench.args.spread_only:  # before/after of the common case: each checkout ÷ this one, same store
+                first = ours.setdefault((req, s.redis_pid is not None), spread)
                 cells.append(spread)
-                pairs.append((ours[req], spread))
+                pairs.append((first, spread))
                 continue
             cells += [spread, busy]
             pairs.append((spread, busy))
@@ -327,8 +328,11 @@ def summary(name: str, pairs: list[tuple[Cell, Cell]]) -> Iterator[str]:
     for a, b in pairs:
         fa, fb = figures(a), figures(b)
         ratio = _med([y.rps / x.rps for (x, *_), (y, *_) in zip(a.results, b.results, strict=True)])
-        line = f"  {b.setup.name}, {b.request}: {b.load if name == 'busy' else b.setup.name.split(', ')[-1]} " \
-               f"÷ {a.load if name == 'busy' else a.setup.name.split(', ')[-1]}: req/s {ratio:.2f}"
+        if a.load == b.load and name == "busy":  # --spread-only: a checkout against this one
+            line = f"  {b.setup.name}, {b.request}: ÷ {a.setup.name}: req/s {ratio:.2f}"
+        else:
+            line = f"  {b.setup.name}, {b.request}: {b.load if name == 'busy' else b.setup.name.split(', ')[-1]} " \
+                   f"÷ {a.load if name == 'busy' else a.setup.name.split(', ')[-1]}: req/s {ratio:.2f}"
         if a.setup.redis_pid:
             line += (f", redis CPU per call {fb['redis_us'] / fa['redis_us']:.2f} "
                      f"(Lua scripts per call {fa['scripts']:.2f} → {fb['scripts']:.2f})")

@@ -73,7 +73,8 @@ def test_scale_benchmark_runs_every_scenario_and_verifies_the_chains() -> None:
 
 
 def test_scale_compares_checkouts_under_spread_load() -> None:
-    """`--spread-only` with `--baseline` twice: a row per checkout and request, each over this one."""
+    """`--spread-only` with `--baseline` twice: a row per checkout and request, each checkout's
+    throughput over this one's on the same store (Redis)."""
     from tests.support.process import require
 
     require(redis_missing_reason())
@@ -87,6 +88,7 @@ def test_scale_compares_checkouts_under_spread_load() -> None:
     for request in ("http POST 1 KiB", "mcp tools/call"):
         ours = [r for r in rows if f"| {request} " in r]
         assert len(ours) == 4 and sum(f"| guard redis ({ROOT.name}) " in r for r in ours) == 2, out.stdout
+        assert out.stdout.count(f"  guard redis ({ROOT.name}), {request}: ÷ guard redis: req/s ") == 2, out.stdout
     assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout
 
 
