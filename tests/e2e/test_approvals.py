@@ -31,7 +31,6 @@ from tests.support.upstream import Upstream
 # ------------------------------------------------------------------------------------ helpers
 
 
-
 @pytest.fixture
 def world(guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
           store_url: str) -> World:

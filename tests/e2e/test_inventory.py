@@ -40,9 +40,6 @@ def inventory_policy(upstream_url: str) -> dict[str, Any]:
     }
 
 
-
-
-
 async def agents_of(http: aiohttp.ClientSession, g: Guard, token: str | None = None) -> dict[str, dict[str, Any]]:
     token = token or g.token("auditor@acme.example", "guard:auditor")
     async with http.get(f"{g.url}/v1/agents", headers=bearer(token)) as r:

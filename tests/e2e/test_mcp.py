@@ -26,8 +26,6 @@ MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the se
 VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}
 
 
-
-
 @asynccontextmanager
 async def connect(guard: Guard, token: str, mode: str) -> AsyncIterator[Client]:
     """The SDK's streamable HTTP client, pointed at guard with the task token as its bearer."""

@@ -29,8 +29,6 @@ from tests.support.oauth import (
 OPEN = {"oauth": {"registration": {"mode": "open"}}}
 
 
-
-
 @pytest.fixture
 async def person(guard_factory: Any) -> AsyncIterator[list[FormPerson]]:
     people: list[FormPerson] = []

@@ -17,7 +17,6 @@ from tests.support.upstream import Upstream
 pytestmark = pytest.mark.redis
 
 
-
 @pytest.fixture
 def pair(guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B: one Redis, one signing key (tokens work at both), one audit folder."""

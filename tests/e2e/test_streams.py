@@ -96,7 +96,6 @@ class Setup:
     upstream: Upstream
 
 
-
 @pytest.fixture
 def setup(guard_factory: Any, upstream: Upstream, stream_tool: str, store_url: str, tmp_path: Path) -> Setup:
     feed = Feed()

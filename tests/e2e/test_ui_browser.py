@@ -48,7 +48,6 @@ async def browser() -> AsyncIterator[Any]:
         await b.close()
 
 
-
 async def pending_approval(http: aiohttp.ClientSession, guard: Guard, token: str) -> dict[str, Any]:
     for _ in range(200):
         async with http.get(f"{guard.url}/v1/approvals?status=pending", headers=bearer(token)) as r:

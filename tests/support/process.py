@@ -6,7 +6,6 @@ Shared by the fixtures in tests/ and by benchmarks/.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -117,15 +116,12 @@ class Stoppable:
 @contextmanager
 def module_server(module: str, logs: Path) -> Iterator[int]:
     """`python -m MODULE --port P` from the repository as a real process, on a free port; yields P.
-    Its log is moved into `logs` (the test's temp dir) when it stops."""
+    It runs in `logs` (the test's temp dir), where its log is, never in the repository."""
     port = free_port()
-    name = f"{module.rsplit('.', 1)[-1]}-{port}.log"
-    proc = spawn([PY, "-m", module, "--port", str(port)], ROOT, name)
+    proc = spawn([PY, "-m", module, "--port", str(port)], logs, f"{module.rsplit('.', 1)[-1]}-{port}.log",
+                 {"PYTHONPATH": str(ROOT)})
     try:
         wait_port(port, proc=proc.popen)
         yield port
     finally:
         proc.stop()
-        log = ROOT / name
-        if log.exists():
-            shutil.move(log, logs / name)
