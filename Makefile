@@ -5,19 +5,37 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 OIDC := tests/support/oidc
 
-.PHONY: demo demo-vault test test-fast test-long lint bench clean
+.PHONY: demo demo-vault test test-fast test-long test-latest lint lock bench clean
 
 # -qq: errors still show; pip's own warnings (an unreachable index named in a global pip config,
 # for one) do not bury them
 PIP_QUIET := -qq --disable-pip-version-check
 
-$(STAMP): pyproject.toml
+# Every environment installs from a lock file with hashes (requirements/*.lock, made by `make lock`):
+# a fresh machine gets exactly what CI got. guard itself goes in editable, without resolving again.
+$(STAMP): requirements/dev.lock pyproject.toml
 	$(PY) -m venv $(VENV)
-	$(BIN)/pip install $(PIP_QUIET) --upgrade pip
-	$(BIN)/pip install $(PIP_QUIET) -e '.[dev]'
-	touch $(STAMP)
+	$(BIN)/pip install $(PIP_QUIET) --require-hashes -r requirements/dev.lock
+	$(BIN)/pip install $(PIP_QUIET) --no-deps -e .
+	touch $(STAMP) $(DEMO_STAMP)
 
-demo: $(STAMP)
+# the demo needs guard and the MCP SDK only (not the test and lint tools): about 115 MB, with progress
+DEMO_STAMP := $(VENV)/.installed-demo
+$(DEMO_STAMP): requirements/demo.lock pyproject.toml
+	@echo "make demo: installing guard and the demo's dependencies into $(VENV) (requirements/demo.lock)"
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check --progress-bar on --require-hashes -r requirements/demo.lock
+	$(BIN)/pip install --disable-pip-version-check --no-deps -e .
+	touch $(DEMO_STAMP)
+
+# refresh the lock files from pyproject.toml's ranges (the package's own ranges stay ranges)
+lock: $(STAMP)
+	$(BIN)/uv pip compile pyproject.toml --extra dev --generate-hashes --python-version 3.11 \
+	  --upgrade -q -o requirements/dev.lock
+	$(BIN)/uv pip compile pyproject.toml --extra demo --generate-hashes --python-version 3.11 \
+	  --upgrade -q -o requirements/demo.lock
+
+demo: $(DEMO_STAMP)
 	$(BIN)/python -m examples.demo
 
 # guard brokering credentials from a real OpenBao (and PostgreSQL, when installed): a rotation, a revocation
@@ -46,8 +64,19 @@ test-fast: lint $(OIDC)/node_modules/.installed
 test-long: $(STAMP)
 	$(BIN)/pytest -q -m slow
 
+# the suite against the newest releases pyproject.toml admits, resolved fresh in a venv of its own:
+# finds upstream breakage on purpose (make test stays on the lock)
+LATEST := .venv-latest
+test-latest: $(OIDC)/node_modules/.installed
+	rm -rf $(LATEST)
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install $(PIP_QUIET) -e '.[dev]'
+	$(LATEST)/bin/ruff check guard tests examples benchmarks
+	$(LATEST)/bin/mypy guard tests examples benchmarks
+	$(LATEST)/bin/pytest -q
+
 bench: $(STAMP)
 	$(BIN)/python -m benchmarks.run
 
 clean:
-	rm -rf $(VENV) var .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(LATEST) var .mypy_cache .ruff_cache .pytest_cache

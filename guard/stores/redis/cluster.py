@@ -68,7 +68,7 @@ class Sender(Protocol):
 
 def sentinel_client(topology: Topology, packing: type[aioredis.Connection], **kwargs: Any) -> aioredis.Redis:
     """The primary behind Sentinel: each new connection asks the sentinels where it is now."""
-    sentinel = Sentinel(  # type: ignore[no-untyped-call]
+    sentinel = Sentinel(
         list(topology.nodes), socket_timeout=topology.op_timeout,
         sentinel_kwargs={"socket_timeout": topology.op_timeout, "socket_connect_timeout": 0.5})
     connection = type("HiredisSentinelConnection", (packing, SentinelManagedConnection), {})
@@ -100,7 +100,7 @@ def pubsub_client(url: str) -> Any:
     if topology.kind == "cluster":
         return SeedPubSub(topology)
     if topology.kind == "sentinel":
-        sentinel = Sentinel(list(topology.nodes), socket_timeout=topology.op_timeout)  # type: ignore[no-untyped-call]
+        sentinel = Sentinel(list(topology.nodes), socket_timeout=topology.op_timeout)
         return SentinelPubSub(sentinel.master_for(topology.master, db=topology.db, username=topology.username,
                                                   password=topology.password, socket_connect_timeout=2))
     return aioredis.Redis.from_url(url, socket_connect_timeout=2)
