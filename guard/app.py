@@ -30,7 +30,9 @@ from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
+from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
+from guard.signals.receiver import Signals
 from guard.stores import open_store
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
@@ -176,6 +178,24 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
     return release
 
 
+def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
+                     metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
+    """The Shared Signals receiver: push at POST /ssf/events, a poller per poll transmitter."""
+    assert cfg.signals is not None
+    signals_cfg = cfg.signals
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        ttl = cfg.sso.session_ttl_s if cfg.sso is not None else 86400
+        signals = Signals(signals_cfg, config_dir or Path.cwd(), opened.store, opened.audit, opened.task_ends,
+                          lambda: holder.current, metrics, ttl, cfg.environ)
+        app[signal_routes.SIGNALS] = signals
+        signals.start(opened.http)
+        yield
+        await signals.close()
+
+    return context
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
     cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
@@ -268,6 +288,9 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
-    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin):
+    if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics))
+    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
+                   signal_routes):
         app.router.add_routes(module.routes)
     return app

@@ -9,14 +9,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.domain import AgentStats, TaskState
+from guard.domain import AgentStats
 from guard.errors import BadRequest
 from guard.identity.auth import ADMIN, AUDITOR
 from guard.pipeline import Deps
 from guard.policy import AgentEntry, PolicySet
 from guard.routes.common import DEPS, authorized, json_response, read_model
-from guard.routes.tasks import end_task
 from guard.stages.task import expire_if_due
+from guard.tasks.suspend import suspend_agent as suspend
 
 __all__ = ["inventory", "routes"]
 
@@ -92,16 +92,6 @@ async def list_agents(request: web.Request) -> web.Response:
     return json_response(inventory(deps.policies.current, await deps.store.agent_stats(), active))
 
 
-async def _revoke_all(deps: Deps, agent: str, actor: str, reason: str) -> list[str]:
-    states: list[TaskState] = await deps.store.list_tasks(status="active", agent=agent)
-    revoked = []
-    for state in states:
-        if await end_task(deps, state.task.task_id, "revoked", actor, f"agent suspended: {reason}",
-                         "agent_suspended") is not None:
-            revoked.append(state.task.task_id)
-    return revoked
-
-
 @routes.post("/v1/agents/{sub}/suspend")
 async def suspend_agent(request: web.Request) -> web.Response:
     """Kill switch: refuse new tasks, then revoke every active one (on every instance, through the store)."""
@@ -109,11 +99,10 @@ async def suspend_agent(request: web.Request) -> web.Response:
     who = await authorized(request, ADMIN)
     agent = _sub(request)
     body = await read_model(request, SuspendRequest)
-    newly = await deps.store.suspend_agent(agent, body.reason, who.sub, time.time())
-    revoked = await _revoke_all(deps, agent, who.sub, body.reason)
-    log.warning("agent_suspended", agent=agent, actor=who.sub, reason=body.reason, revoked_tasks=revoked,
-                already=not newly)
-    return json_response({"agent": agent, "suspended": True, "revoked_tasks": revoked})
+    done = await suspend(deps.store, deps.task_ends, agent, body.reason, who.sub)
+    log.warning("agent_suspended", agent=agent, actor=who.sub, reason=body.reason, revoked_tasks=list(done.revoked),
+                already=not done.newly)
+    return json_response({"agent": agent, "suspended": True, "revoked_tasks": list(done.revoked)})
 
 
 @routes.post("/v1/agents/{sub}/restore")

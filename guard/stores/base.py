@@ -32,6 +32,7 @@ __all__ = [
     "GrantStore",
     "RefreshOutcome",
     "RetentionStore",
+    "SignalStore",
     "Store",
     "TaskStore",
 ]
@@ -210,8 +211,16 @@ class GrantStore(Protocol):
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
 
 
+class SignalStore(Protocol):
+    """Shared Signals (guard.signals)."""
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        """True the first time a SET (`key`: a digest of its transmitter and jti) is seen, by any
+        instance, False ever after (until exp); kept apart from credential and DPoP jtis."""
+
+
 class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore,
-            AuditStore, GrantStore, Protocol):
+            AuditStore, GrantStore, SignalStore, Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

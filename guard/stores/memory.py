@@ -59,6 +59,8 @@ class MemoryStore:
         self._consumed_heap: list[tuple[float, str]] = []
         self._dpop_seen: dict[str, float] = {}
         self._dpop_heap: list[tuple[float, str]] = []
+        self._sets_seen: dict[str, float] = {}  # Shared Signals SETs already received (guard.signals)
+        self._sets_heap: list[tuple[float, str]] = []
         self._approvals: dict[str, Approval] = {}
         self._pending_by_call: dict[tuple[str, str], str] = {}
         self._latest_by_call: dict[tuple[str, str], str] = {}
@@ -203,6 +205,17 @@ class MemoryStore:
             return False
         self._dpop_seen[key] = exp
         heapq.heappush(self._dpop_heap, (exp, key))
+        return True
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        now = time.time()
+        while self._sets_heap and self._sets_heap[0][0] < now:
+            _, old = heapq.heappop(self._sets_heap)
+            self._sets_seen.pop(old, None)
+        if key in self._sets_seen:
+            return False
+        self._sets_seen[key] = exp
+        heapq.heappush(self._sets_heap, (exp, key))
         return True
 
     # -- approvals ---------------------------------------------------------

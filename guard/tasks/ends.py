@@ -48,10 +48,10 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -197,14 +197,17 @@ class TaskEnds:
         return w
 
     async def end(self, task_id: str, status: str, actor: str | None, detail: str | None,
-                  reason: EndReason | None = None) -> Task | None:
+                  reason: EndReason | None = None, fields: Mapping[str, Any] | None = None) -> Task | None:
         """End an active task here: the store moves it to `status` (completed | revoked |
         expired), `task_<status>` is audited (with `actor` when given, `detail` as its
-        end_reason), and the end is announced everywhere. None when it was not active."""
+        end_reason, and `fields`, e.g. the jti of the signal behind it), and the end is
+        announced everywhere. None when it was not active."""
         ended = await self.store.end_task(task_id, status, time.time(), detail)
         if ended is None:
             return None
-        extra = {"actor": actor} if actor is not None else {}
+        extra: dict[str, Any] = dict(fields or {})
+        if actor is not None:
+            extra["actor"] = actor
         try:
             await self.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=detail, **extra)
         finally:  # ended in the store: announced even when the record could not be written (an error)

@@ -235,6 +235,17 @@ async def test_a_dpop_proof_is_used_once_under_concurrency_and_apart_from_creden
     assert await store.consume_dpop_jti(new_id("dpop"), exp)
 
 
+async def test_a_shared_signal_is_received_once_under_concurrency_and_apart_from_other_jtis(
+        store: Store, peer: Store) -> None:
+    key = new_id("set")
+    exp = time.time() + 30
+    results = await asyncio.gather(*((store if i % 2 else peer).consume_signal_jti(key, exp) for i in range(20)))
+    assert results.count(True) == 1
+    assert not await peer.consume_signal_jti(key, exp)
+    assert await store.consume_dpop_jti(key, exp) and await store.consume_credential(key, exp)
+    assert await store.consume_signal_jti(new_id("set"), exp)
+
+
 # -- approvals -------------------------------------------------------------------------------------
 
 

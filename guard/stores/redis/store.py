@@ -55,6 +55,7 @@ from guard.stores.redis.keys import (
     credential_key,
     dpop_key,
     grant_key,
+    signal_key,
     task_key,
     task_keys,
 )
@@ -309,6 +310,11 @@ class RedisStore(RedisConnection):
     async def consume_dpop_jti(self, key: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time()) * 1000))
         out = await self._write("consume_dpop_jti", [("SET", dpop_key(key), "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time()) * 1000))
+        out = await self._write("consume_signal_jti", [("SET", signal_key(key), "1", "NX", "PX", ttl_ms)])
         return out[0] is not None
 
     # -- approvals ---------------------------------------------------------
