@@ -229,15 +229,15 @@ class Signals:
         effect = ("none" if not acted(event_type, payload) else "act" if matched else "no_match")
         await self.audit.append(SIGNALS_TRAIL, "signal_received", f"transmitter:{got.transmitter}",
                                 **self._record(got, event_type, described, effect))
-        if effect != "act":
+        if effect == "none":
             return
+        if keys:  # a person's sessions are not indexed: whoever holds one under these keys is signed out
+            await self._end_sessions(keys)
         kind = short(event_type)
         for agent in sorted(agents):
             await self._suspend(got, event_type, described, agent, f"signal {kind} from {got.transmitter}", out)
         for state in people_tasks:
             await self._revoke_task(got, event_type, described, state, out)
-        if keys:
-            await self._end_sessions(keys)
         for entry in owned:
             subs = {entry.pattern} if not any(c in entry.pattern for c in "*?[") else \
                 {a for a in known | {st.task.agent for st in active} if policies.agent_entry(a) is entry}

@@ -19,6 +19,7 @@ from guard.routes.signals import SIGNALS
 from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import AGENT, OTHER, bearer, create_task, echo_policy, until
+from tests.support.oauth import Forms
 from tests.support.ssf import CAEP, RISC, SSF, SsfTransmitter, email, iss_sub, uri
 from tests.support.upstream import Upstream
 
@@ -260,3 +261,24 @@ async def test_without_signals_configured_the_endpoint_is_absent(
     guard = await app_factory(policy(upstream))
     status, body = await push(http, guard, transmitter.sign({CAEP + "session-revoked": {}}, uri(AGENT), AUD))
     assert status == 404 and body["code"] == "not_found"
+
+
+async def test_a_signal_about_a_person_ends_their_sign_in_sessions(
+        guard: AppGuard, transmitter: SsfTransmitter) -> None:
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as browser:
+        async with browser.get(f"{guard.url}/login") as r:
+            form = Forms(await r.text()).forms["/login/dev"]
+        async with browser.post(f"{guard.url}/login/dev", data={**form, "user": "erin@acme.example"},
+                                allow_redirects=False) as r:
+            assert r.status == 303
+        async with browser.get(f"{guard.url}/login/session") as r:
+            assert r.status == 200 and (await r.json())["sub"] == "erin@acme.example"
+        # someone else's signal leaves the session alone; hers ends it
+        assert (await push(browser, guard, transmitter.sign({CAEP + "session-revoked": {}},
+                                                            email("frank@acme.example"), AUD)))[0] == 202
+        async with browser.get(f"{guard.url}/login/session") as r:
+            assert r.status == 200
+        assert (await push(browser, guard, transmitter.sign({CAEP + "session-revoked": {}},
+                                                            email("Erin@acme.example"), AUD)))[0] == 202
+        async with browser.get(f"{guard.url}/login/session") as r:
+            assert r.status == 401
