@@ -24,6 +24,7 @@ from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import load_keys, policy_retain_s, watch_keys
 from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
@@ -33,6 +34,7 @@ from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
 from guard.signals.receiver import Signals
+from guard.signals.transmitter import Transmitter
 from guard.stores import open_store
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
@@ -179,8 +181,9 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
 
 
 def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
-                     metrics: Metrics) -> Callable[[web.Application], AsyncIterator[None]]:
-    """The Shared Signals receiver: push at POST /ssf/events, a poller per poll transmitter."""
+                     metrics: Metrics, keys: GuardKeys) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Shared Signals: the receiver (push at POST /ssf/events, a poller per poll transmitter) and
+    the transmitter (session-revoked to each receiver)."""
     assert cfg.signals is not None
     signals_cfg = cfg.signals
 
@@ -190,7 +193,15 @@ def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, hold
                           lambda: holder.current, metrics, ttl, cfg.environ)
         app[signal_routes.SIGNALS] = signals
         signals.start(opened.http)
+        transmitter = None
+        if signals_cfg.receivers:
+            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, opened.audit, opened.http)
+            opened.task_ends.on_ended_here(transmitter.task_ended)
+            opened.task_ends.on_suspended_here(transmitter.agent_suspended)
+            transmitter.start()
         yield
+        if transmitter is not None:
+            await transmitter.close()
         await signals.close()
 
     return context
@@ -289,7 +300,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
     if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
-        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics))
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
                    signal_routes):
         app.router.add_routes(module.routes)

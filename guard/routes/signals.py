@@ -10,6 +10,7 @@ from guard.identity.auth import ADMIN, AUDITOR
 from guard.routes.common import DEPS, authorized, json_response, read_body
 from guard.signals.receiver import Signals, agent_trail
 from guard.signals.sets import SetError
+from guard.signals.transmitter import ssf_configuration
 
 __all__ = ["SIGNALS", "routes"]
 
@@ -43,6 +44,15 @@ async def push(request: web.Request) -> web.Response:
     except SetError as e:
         return _refused(e)
     return web.Response(status=202)
+
+
+@routes.get("/.well-known/ssf-configuration")
+async def ssf_configuration_document(request: web.Request) -> web.Response:
+    """SSF 1.0 transmitter metadata: guard's SETs are signed with the keys at its jwks_uri."""
+    deps = request.app[DEPS]
+    if deps.cfg.signals is None:
+        raise NotFound("Shared Signals are not configured")
+    return json_response(ssf_configuration(deps.cfg), headers={"Cache-Control": "public, max-age=300"})
 
 
 @routes.get("/v1/signals/streams")

@@ -32,6 +32,8 @@ async def suspend_agent(store: Store, ends: TaskEnds, agent: str, reason: str, a
     """Suspend `agent` and revoke its active tasks; each `task_revoked` record carries `fields`,
     and `before_end(state)` runs before each task is ended (to write what led to it in its trail)."""
     newly = await store.suspend_agent(agent, reason, actor, time.time())
+    if newly:
+        ends.suspended_here(agent, reason)
     revoked = []
     for state in await store.list_tasks(status="active", agent=agent):
         if before_end is not None:
