@@ -17,6 +17,7 @@ from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
+from guard.credentials.hygiene import require_exceptions
 from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
@@ -127,6 +128,7 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     """Load and compile the policies; what their credentials need must be configured."""
     policies = load_policies(cfg.policies)
     check_credentials(cfg, policies)
+    require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
         missing = sorted(set(rule.approvers) - configured)

@@ -262,6 +262,14 @@ class SignalsCfg(_Section):
     max_set_bytes: int = Field(65536, gt=0, le=1_048_576)  # a pushed SET larger than this is refused (413)
     max_iat_age_s: float = Field(86400.0, gt=0)  # a SET issued longer ago is stale
     max_iat_skew_s: float = Field(300.0, ge=0)  # a SET issued further in the future is stale
+
+
+class CredentialsHygieneCfg(_Section):
+    """How old a static secret may be, and whether each needs a documented exception (guard.credentials.hygiene)."""
+
+    max_secret_age_s: float | None = Field(None, gt=0)  # None: ages are shown, never enforced
+    on_stale: Literal["deny", "warn"] = "deny"
+    require_exceptions: bool = False  # every static secret declares exception: {owner, reason, expires}
 # -- end of signals ------------------------------------------------------------------------------------
 
 
@@ -283,6 +291,7 @@ class Config(_Section):
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
     signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
+    credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 

@@ -15,7 +15,31 @@ from guard.config import load_config
 
 __all__ = ["add_commands", "format_inventory"]
 
-_COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "status")
+_COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "secrets",
+            "status")
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _secrets(row: dict[str, Any]) -> str:
+    """Each static secret of the agent's tools: tool:age, STALE, and its exception's end."""
+    cells = []
+    for tool, s in sorted((row.get("secrets") or {}).items()):
+        cell = f"{tool}:{_age(s.get('age_s'))}"
+        if s.get("stale"):
+            cell += " STALE"
+        exc = s.get("exception")
+        if exc:
+            cell += f" exc {'EXPIRED' if s.get('exception_expired') else 'to'} {str(exc.get('expires'))[:10]}"
+        cells.append(cell)
+    return ", ".join(cells) or "-"
 
 
 def _when(ts: Any) -> str:
@@ -36,6 +60,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         str(row.get("unregistered_attempts", 0)),
         _when(row.get("last_seen")),
         ",".join(row.get("tools_used") or []) or "-",
+        _secrets(row),
         status,
     ]
 

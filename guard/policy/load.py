@@ -27,6 +27,7 @@ from guard.policy.model import (
     ActionModel,
     ActionSpec,
     AgentEntry,
+    CredentialException,
     CredentialModel,
     CredentialSpec,
     LeaseSpec,
@@ -176,7 +177,7 @@ def _policy_files(path: Path) -> list[Path]:
 _MODE_KEYS: dict[str, frozenset[str]] = {
     "jwt": frozenset({"header", "ttl_s"}),
     "none": frozenset(),
-    "static": frozenset({"header", "secret_env", "secret", "format"}),
+    "static": frozenset({"header", "secret_env", "secret", "format", "exception"}),
     "oauth2": frozenset({"header", "format", "token_url", "revocation_url", "client_id", "client_auth",
                          "client_secret", "resource", "scopes", "per_task"}),
     "vault_lease": frozenset({"path", "headers"}),
@@ -279,6 +280,8 @@ def _credential(src: _Source, loc: Loc, tool: ToolModel) -> CredentialSpec:
         _format(src, loc, cred.format or default_fmt),
         _oauth(src, loc, cred) if cred.mode in ("oauth2", "token_exchange") else None,
         _lease(src, loc, cred) if cred.mode == "vault_lease" else None,
+        CredentialException(cred.exception.owner, cred.exception.reason, cred.exception.expires.timestamp())
+        if cred.exception is not None else None,
     )
 
 

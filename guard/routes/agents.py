@@ -89,7 +89,13 @@ async def list_agents(request: web.Request) -> web.Response:
     await authorized(request, ADMIN, AUDITOR)
     deps = request.app[DEPS]
     active = await _active_tasks(deps, time.time())
-    return json_response(inventory(deps.policies.current, await deps.store.agent_stats(), active))
+    policies = deps.policies.current
+    rows = inventory(policies, await deps.store.agent_stats(), active)
+    secrets = await deps.credentials.secret_report(policies.tools) if deps.credentials is not None else {}
+    for row in rows:  # credentials hygiene: the static secrets of the tools the agent may use
+        cap = row["tools_cap"]
+        row["secrets"] = {tool: view for tool, view in secrets.items() if cap is None or tool in cap}
+    return json_response(rows)
 
 
 @routes.post("/v1/agents/{sub}/suspend")
