@@ -34,6 +34,7 @@ from guard.routes import agents, approvals, audit, credentials, mcp, operate, si
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
+from guard.signals.baseline import Baselines
 from guard.signals.receiver import Signals
 from guard.signals.transmitter import Transmitter
 from guard.stores import open_store
@@ -285,6 +286,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
                                 x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+        if cfg.baseline is not None:
+            deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],

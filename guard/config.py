@@ -270,6 +270,12 @@ class CredentialsHygieneCfg(_Section):
     max_secret_age_s: float | None = Field(None, gt=0)  # None: ages are shown, never enforced
     on_stale: Literal["deny", "warn"] = "deny"
     require_exceptions: bool = False  # every static secret declares exception: {owner, reason, expires}
+
+
+class BaselineCfg(_Section):
+    """Agents' baselines (guard.signals.baseline): learn this long, then flag calls unlike them."""
+
+    learn_s: float = Field(gt=0)
 # -- end of signals ------------------------------------------------------------------------------------
 
 
@@ -292,6 +298,7 @@ class Config(_Section):
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
     signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
     credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
+    baseline: BaselineCfg | None = None  # agents' baselines: match.agent.unusual; None: off (costs nothing)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 

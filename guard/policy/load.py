@@ -27,6 +27,7 @@ from guard.policy.model import (
     ActionModel,
     ActionSpec,
     AgentEntry,
+    AgentMatchModel,
     CredentialException,
     CredentialModel,
     CredentialSpec,
@@ -355,6 +356,12 @@ def _tools(sources: list[_Source]) -> dict[str, ToolSpec]:
 # --------------------------------------------------------------------------- agents
 
 
+def _agent_globs(agent: AgentMatchModel | list[str] | None) -> Globs | None:
+    """match.agent: a list of globs, or {sub: [globs], unusual: bool}."""
+    names = agent.sub if isinstance(agent, AgentMatchModel) else agent
+    return Globs.of(tuple(names)) if names is not None else None
+
+
 def _agents(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[AgentEntry, ...]:
     entries: list[AgentEntry] = []
     seen: dict[str, str] = {}
@@ -466,7 +473,8 @@ def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], or
         file=src.file,
         line=src.lines.line(loc),
         order=order,
-        agents=Globs.of(tuple(m.agent)) if m.agent is not None else None,
+        agents=_agent_globs(m.agent),
+        unusual=m.agent.unusual if isinstance(m.agent, AgentMatchModel) else None,
         tools=_names(m.tool),
         actions=_names(m.action),
         args=_conditions(src, mloc, m),

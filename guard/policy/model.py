@@ -163,8 +163,15 @@ class HistoryMatchModel(_Schema):
     not_called: OptNames = None
 
 
+# -- baselines (guard.signals.baseline): match.agent as {unusual: true, sub: [globs]} ---------------------
+class AgentMatchModel(_Schema):
+    unusual: bool | None = None  # the call is unusual for its agent (a baseline: guard.yaml `baseline`)
+    sub: OptNames = None  # glob(s) on the agent's sub, as `agent: [...]`
+# -- end of baselines ------------------------------------------------------------------------------------
+
+
 class MatchModel(_Schema):
-    agent: OptNames = None
+    agent: AgentMatchModel | OptNames = None
     tool: OptNames = None
     action: OptNames = None
     args: list[ConditionModel] = []
@@ -361,6 +368,7 @@ class CallContext:
     allowed_tools: frozenset[str] | None = None
     chain: tuple[str, ...] = ()
     history: frozenset[str] = frozenset()
+    unusual: bool = False  # unlike the agent's baseline (guard.signals.baseline)
 
     @property
     def depth(self) -> int:

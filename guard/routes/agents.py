@@ -95,6 +95,14 @@ async def list_agents(request: web.Request) -> web.Response:
     for row in rows:  # credentials hygiene: the static secrets of the tools the agent may use
         cap = row["tools_cap"]
         row["secrets"] = {tool: view for tool, view in secrets.items() if cap is None or tool in cap}
+    if deps.baselines is not None:  # baselines: what each agent usually does
+        learn_s = deps.baselines.learn_s
+        stats = await deps.store.baseline_stats([row["agent"] for row in rows])
+        for row in rows:
+            b = stats.get(row["agent"])
+            row["baseline"] = None if b is None else {
+                "since": b.first_at, "learning": b.first_at is not None and time.time() - b.first_at < learn_s,
+                "actions": sorted(b.actions), "busiest_hour_calls": b.busiest, "this_hour_calls": b.hour_calls}
     return json_response(rows)
 
 

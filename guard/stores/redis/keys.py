@@ -21,7 +21,8 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:dpop:<digest>   a used DPoP proof (digest of its key and jti), until it could no longer be fresh
     guard:set:<digest>    a received Shared Signals SET (digest of its transmitter and jti), until it is stale
     guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
-                          `…:tasks` set of the agent's task ids
+                          `…:tasks` set of the agent's task ids; `…:baseline` hash (first_at, hour,
+                          count, busiest) and `…:actions` set of tool.actions (guard.signals.baseline)
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
     guard:{oauth}:<kind>:<key>  string (JSON, expiring): OAuth requests, codes, clients, sessions,
