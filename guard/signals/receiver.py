@@ -26,6 +26,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import hmac
+import secrets
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -131,6 +133,7 @@ class Signals:
         self._last = Gauge("guard_signal_last_event_timestamp_seconds", "When a transmitter's last SET arrived",
                            ["transmitter"], registry=r)
         self._pollers: list[asyncio.Task[None]] = []
+        self._verifying: dict[str, str] = {}  # transmitter -> the state of the verification guard asked for
 
     # -- lifecycle ----------------------------------------------------------------------------
     def start(self, http: aiohttp.ClientSession) -> None:
@@ -138,6 +141,7 @@ class Signals:
         loop = asyncio.get_running_loop()
         self._pollers = [loop.create_task(self._poll_forever(t)) for t in self.cfg.transmitters
                          if t.delivery.method == "poll"]
+        self._pollers += [loop.create_task(self._manage(t)) for t in self.cfg.transmitters if t.configuration_url]
 
     async def close(self) -> None:
         for p in self._pollers:
@@ -206,7 +210,9 @@ class Signals:
                             payload: dict[str, Any]) -> None:
         kind = short(event_type)
         if kind == "verification":
-            stream.verified_at = time.time()
+            expected = self._verifying.get(got.transmitter)
+            if expected is None or hmac.compare_digest(str(payload.get("state", "")), expected):
+                stream.verified_at = time.time()
         elif kind == "stream-updated" and payload.get("status") in ("enabled", "paused", "disabled"):
             stream.status = str(payload["status"])
             log.warning("signal_stream_updated", transmitter=got.transmitter, status=stream.status,
@@ -276,6 +282,40 @@ class Signals:
         now = time.time()
         for key in keys:
             await self.store.put_grant("sessions_ended", sessions_ended_key(key), {"at": now}, self.session_ttl_s)
+
+    # -- stream management (SSF 1.0), where the transmitter offers it ---------------------------------
+    async def _manage(self, t: TransmitterCfg) -> None:
+        """At start: read the transmitter's configuration, the stream's status, and ask for a
+        verification event (its `state` is checked when it arrives). Failures are counted, not fatal."""
+        assert self.http is not None and t.configuration_url is not None
+        stream = self.streams[t.issuer]
+        headers = {"Accept": "application/json"}
+        if t.delivery.token is not None:
+            headers["Authorization"] = f"Bearer {self._secret(t.delivery.token)}"
+        timeout = aiohttp.ClientTimeout(total=10)
+        try:
+            async with self.http.get(t.configuration_url, headers=headers, timeout=timeout) as r:
+                r.raise_for_status()
+                meta = await r.json(content_type=None)
+            status_url, verify_url = meta.get("status_endpoint"), meta.get("verification_endpoint")
+            if isinstance(status_url, str):
+                async with self.http.get(status_url, headers=headers, timeout=timeout) as r:
+                    r.raise_for_status()
+                    status = (await r.json(content_type=None)).get("status")
+                if status in ("enabled", "paused", "disabled"):
+                    stream.status = status
+            if isinstance(verify_url, str):
+                state = secrets.token_urlsafe(16)
+                self._verifying[t.issuer] = state
+                async with self.http.post(verify_url, json={"state": state}, headers=headers, timeout=timeout) as r:
+                    r.raise_for_status()
+            log.info("signal_stream_managed", transmitter=t.issuer, status=stream.status,
+                     verification_requested=isinstance(verify_url, str))
+        except (aiohttp.ClientError, TimeoutError, ValueError, AttributeError) as e:
+            stream.failures += 1
+            stream.last_error = type(e).__name__
+            self._failures.labels(t.issuer).inc()
+            log.warning("signal_stream_management_failed", transmitter=t.issuer, error=type(e).__name__)
 
     # -- poll delivery (RFC 8936) ---------------------------------------------------------------
     async def _poll_forever(self, t: TransmitterCfg) -> None:

@@ -4,6 +4,7 @@ with RFC 8935 errors that change nothing."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from collections.abc import Iterator
@@ -282,3 +283,22 @@ async def test_a_signal_about_a_person_ends_their_sign_in_sessions(
                                                             email("Erin@acme.example"), AUD)))[0] == 202
         async with browser.get(f"{guard.url}/login/session") as r:
             assert r.status == 401
+
+
+async def test_stream_management_reads_the_status_and_verifies_the_stream(
+        app_factory: AppFactory, upstream: Upstream, transmitter: SsfTransmitter, http: aiohttp.ClientSession) -> None:
+    transmitter.stream_status = "paused"
+    config = signals_config(transmitter, method="poll", url=f"{transmitter.url}/poll", interval_s=0.2)
+    config["signals"]["transmitters"][0]["configuration_url"] = f"{transmitter.url}/.well-known/ssf-configuration"
+    guard = await app_factory(policy(upstream), config)
+
+    async def verified() -> dict[str, Any] | None:
+        async with http.get(f"{guard.url}/v1/signals/streams",
+                            headers=bearer(guard.token("root", "guard:admin"))) as r:
+            (stream,) = await r.json()
+        return stream if stream["verified_at"] is not None else None
+
+    stream = await until(verified, "the verification event asked for")
+    assert stream["status"] == "paused" and stream["refused"] == 0
+    (asked,) = transmitter.verify_requests
+    assert len(asked["state"]) >= 16

@@ -53,6 +53,9 @@ class SsfTransmitter:
         self.polls = 0
         self.jwks_fetches = 0
         self.status = 200
+        self.stream_status = "enabled"
+        self.verify_requests: list[dict[str, Any]] = []
+        self.aud = "https://guard.example"  # the audience of the verification events it sends
         self._lock = threading.Lock()
 
     def start(self) -> SsfTransmitter:
@@ -95,6 +98,18 @@ class SsfTransmitter:
         if request.path == "/jwks":
             self.jwks_fetches += 1
             return web.json_response(self.jwks())
+        if request.path == "/.well-known/ssf-configuration":
+            return web.json_response({"spec_version": "1_0", "issuer": self.issuer, "jwks_uri": f"{self.url}/jwks",
+                                      "delivery_methods_supported": ["urn:ietf:rfc:8936"],
+                                      "status_endpoint": f"{self.url}/status",
+                                      "verification_endpoint": f"{self.url}/verify"})
+        if request.path == "/status":
+            return web.json_response({"status": self.stream_status})
+        if request.path == "/verify" and request.method == "POST":
+            body = json.loads(seen.body or b"{}")
+            self.verify_requests.append(body)
+            self.enqueue(self.sign({SSF + "verification": {"state": body.get("state")}}, None, self.aud))
+            return web.Response(status=204)
         if request.path == "/poll" and request.method == "POST":
             self.polls += 1
             if self.status != 200:
