@@ -4,7 +4,6 @@ with RFC 8935 errors that change nothing."""
 
 from __future__ import annotations
 
-import asyncio
 import time
 import uuid
 from collections.abc import Iterator
