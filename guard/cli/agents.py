@@ -112,6 +112,8 @@ def cmd_agents(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     """Register `guard agents` on the CLI's subparsers."""
     a = sub.add_parser("agents", help="list the agent inventory of a running guard")
+    a.add_argument("action", nargs="?", choices=["list"], default="list",
+                   help="list (the default): one agent a line, with its static secrets' age and exceptions")
     a.add_argument("--url", default=os.environ.get("GUARD_URL"),
                    help="the guard's base URL (default $GUARD_URL, else the config's public_url or listen address)")
     a.add_argument("--token", default=os.environ.get("GUARD_TOKEN"),
