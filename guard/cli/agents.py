@@ -13,7 +13,7 @@ from typing import Any
 
 from guard.config import load_config
 
-__all__ = ["add_commands", "format_inventory"]
+__all__ = ["add_commands", "format_inventory", "format_streams"]
 
 _COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "secrets",
             "status")
@@ -72,14 +72,21 @@ def format_inventory(rows: list[dict[str, Any]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table]
 
 
-def _fetch(url: str, token: str) -> list[dict[str, Any]]:
+def format_streams(streams: list[dict[str, Any]]) -> list[str]:
+    """The Shared Signals streams guard listens to: status, last event, refused SETs, failed polls."""
+    return [f"signals from {s.get('transmitter')}: {s.get('status')}, last event {_when(s.get('last_event_at'))}, "
+            f"{s.get('received', 0)} received, {s.get('refused', 0)} refused, {s.get('failures', 0)} failures"
+            for s in streams]
+
+
+def _fetch(url: str, token: str, path: str = "/v1/agents") -> list[dict[str, Any]]:
     req = urllib.request.Request(  # noqa: S310 - the operator names the guard's URL
-        url.rstrip("/") + "/v1/agents", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310
         data = json.loads(resp.read())
     if not isinstance(data, list):
-        raise ValueError("unexpected answer from /v1/agents")
+        raise ValueError(f"unexpected answer from {path}")
     return data
 
 
@@ -105,6 +112,12 @@ def cmd_agents(args: argparse.Namespace) -> int:
         print(json.dumps(rows, ensure_ascii=False, indent=2))
         return 0
     for line in format_inventory(rows):
+        print(line)
+    try:  # the Shared Signals streams, where guard listens to some (an older guard has no such endpoint)
+        streams = _fetch(args.url, args.token, "/v1/signals/streams")
+    except (urllib.error.URLError, OSError, ValueError):
+        streams = []
+    for line in format_streams(streams):
         print(line)
     return 0
 

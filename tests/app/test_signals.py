@@ -15,6 +15,7 @@ import jwt
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from guard.cli.agents import format_streams
 from guard.routes.signals import SIGNALS
 from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
@@ -301,3 +302,15 @@ async def test_stream_management_reads_the_status_and_verifies_the_stream(
     assert stream["status"] == "paused" and stream["refused"] == 0
     (asked,) = transmitter.verify_requests
     assert len(asked["state"]) >= 16
+
+
+async def test_the_inventory_command_shows_each_stream(
+        guard: AppGuard, transmitter: SsfTransmitter, http: aiohttp.ClientSession) -> None:
+    assert (await push(http, guard, transmitter.sign({CAEP + "session-revoked": {}}, uri("spiffe://x/y"), AUD)))[0] \
+        == 202
+    assert (await push(http, guard, transmitter.sign({CAEP + "session-revoked": {}}, uri("spiffe://x/y"), "nope")))[0] \
+        == 400
+    async with http.get(f"{guard.url}/v1/signals/streams", headers=bearer(guard.token("root", "guard:admin"))) as r:
+        (line,) = format_streams(await r.json())
+    assert line.startswith(f"signals from {transmitter.issuer}: enabled, last event 20")
+    assert line.endswith("1 received, 1 refused, 0 failures")
