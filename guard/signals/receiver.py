@@ -239,6 +239,8 @@ class Signals:
             return
         if keys:  # a person's sessions are not indexed: whoever holds one under these keys is signed out
             await self._end_sessions(keys)
+            await self.audit.append(SIGNALS_TRAIL, "sessions_ended", f"transmitter:{got.transmitter}",
+                                    jti=got.jti, people=sorted(keys))
         kind = short(event_type)
         for agent in sorted(agents):
             await self._suspend(got, event_type, described, agent, f"signal {kind} from {got.transmitter}", out)

@@ -283,6 +283,10 @@ async def test_a_signal_about_a_person_ends_their_sign_in_sessions(
                                                             email("Erin@acme.example"), AUD)))[0] == 202
         async with browser.get(f"{guard.url}/login/session") as r:
             assert r.status == 401
+    async with aiohttp.ClientSession() as http, http.get(f"{guard.url}/v1/tasks/signals/audit",
+                        headers=bearer(guard.token("root", "guard:auditor"))) as r:
+        ended = [rec for rec in (await r.json())["records"] if rec["event"] == "sessions_ended"]
+    assert [rec["people"] for rec in ended] == [["frank@acme.example"], ["erin@acme.example"]]
 
 
 async def test_stream_management_reads_the_status_and_verifies_the_stream(
