@@ -17,6 +17,7 @@ from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
 from guard.credentials import Credentials
+from guard.credentials.hygiene import require_exceptions
 from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
@@ -24,13 +25,18 @@ from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import load_keys, policy_retain_s, watch_keys
 from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
+from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
+from guard.signals.baseline import Baselines
+from guard.signals.receiver import Signals
+from guard.signals.transmitter import Transmitter
 from guard.stores import open_store
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
@@ -123,6 +129,7 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     """Load and compile the policies; what their credentials need must be configured."""
     policies = load_policies(cfg.policies)
     check_credentials(cfg, policies)
+    require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
         missing = sorted(set(rule.approvers) - configured)
@@ -174,6 +181,33 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
         credentials.release_soon(ended.task_id)
 
     return release
+
+
+def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
+                     metrics: Metrics, keys: GuardKeys) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Shared Signals: the receiver (push at POST /ssf/events, a poller per poll transmitter) and
+    the transmitter (session-revoked to each receiver)."""
+    assert cfg.signals is not None
+    signals_cfg = cfg.signals
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        ttl = cfg.sso.session_ttl_s if cfg.sso is not None else 86400
+        signals = Signals(signals_cfg, config_dir or Path.cwd(), opened.store, opened.audit, opened.task_ends,
+                          lambda: holder.current, metrics, ttl, cfg.environ)
+        app[signal_routes.SIGNALS] = signals
+        signals.start(opened.http)
+        transmitter = None
+        if signals_cfg.receivers:
+            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, opened.audit, opened.http)
+            opened.task_ends.on_ended_here(transmitter.task_ended)
+            opened.task_ends.on_suspended_here(transmitter.agent_suspended)
+            transmitter.start()
+        yield
+        if transmitter is not None:
+            await transmitter.close()
+        await signals.close()
+
+    return context
 
 
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
@@ -252,6 +286,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
                                 x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+        if cfg.baseline is not None:
+            deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
@@ -268,6 +304,9 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
-    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin):
+    if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
+    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
+                   signal_routes):
         app.router.add_routes(module.routes)
     return app

@@ -205,6 +205,80 @@ class RetentionCfg(_Section):
         return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
 
 
+# -- posture and lifecycle signals (guard.signals): OpenID Shared Signals received and sent -------------
+class SignalDeliveryCfg(_Section):
+    method: Literal["push", "poll"] = "push"  # push: RFC 8935 at POST /ssf/events; poll: RFC 8936 against `url`
+    url: str | None = None  # poll: the transmitter's polling endpoint
+    interval_s: float = Field(5.0, gt=0, le=10)  # poll: at least every 10 s
+    max_events: int = Field(50, gt=0, le=1000)  # poll: maxEvents per request
+    token: SecretSource | None = None  # poll: a bearer token the transmitter asks for
+
+    @model_validator(mode="after")
+    def _url(self) -> SignalDeliveryCfg:
+        if self.method == "poll" and not self.url:
+            raise ValueError("poll delivery needs the transmitter's polling `url`")
+        return self
+
+
+class TransmitterCfg(_Section):
+    """A Shared Signals transmitter guard listens to (an IdP, a device manager)."""
+
+    issuer: str = Field(min_length=1)
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    audience: str = Field(min_length=1)  # the SET's aud that names this guard
+    delivery: SignalDeliveryCfg = Field(default_factory=SignalDeliveryCfg)  # type: ignore[arg-type]
+    algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA", "PS256"])
+    configuration_url: str | None = None  # its /.well-known/ssf-configuration (stream status, verification)
+    jwks_refetch_min_s: float = Field(30.0, ge=0)  # an unknown kid refetches the JWKS at most this often
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algs(cls, v: list[str]) -> list[str]:
+        allowed = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+        if not v or set(v) - allowed:
+            raise ValueError(f"asymmetric algorithms only (never none or HS*), at least one: {sorted(allowed)}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> TransmitterCfg:
+        if (self.jwks_uri is None) == (self.jwks_file is None):
+            raise ValueError("name the transmitter's keys: jwks_uri or jwks_file (exactly one)")
+        return self
+
+
+class ReceiverCfg(_Section):
+    """Where guard sends its own SETs (CAEP session-revoked), RFC 8935 push."""
+
+    url: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    token: SecretSource | None = None  # a bearer token the receiver asks for
+    attempts: int = Field(5, gt=0, le=20)  # each SET is tried this often, with backoff, then given up (audited)
+
+
+class SignalsCfg(_Section):
+    transmitters: list[TransmitterCfg] = Field(default_factory=list)
+    receivers: list[ReceiverCfg] = Field(default_factory=list)
+    max_set_bytes: int = Field(65536, gt=0, le=1_048_576)  # a pushed SET larger than this is refused (413)
+    max_iat_age_s: float = Field(86400.0, gt=0)  # a SET issued longer ago is stale
+    max_iat_skew_s: float = Field(300.0, ge=0)  # a SET issued further in the future is stale
+
+
+class CredentialsHygieneCfg(_Section):
+    """How old a static secret may be, and whether each needs a documented exception (guard.credentials.hygiene)."""
+
+    max_secret_age_s: float | None = Field(None, gt=0)  # None: ages are shown, never enforced
+    on_stale: Literal["deny", "warn"] = "deny"
+    require_exceptions: bool = False  # every static secret declares exception: {owner, reason, expires}
+
+
+class BaselineCfg(_Section):
+    """Agents' baselines (guard.signals.baseline): learn this long, then flag calls unlike them."""
+
+    learn_s: float = Field(gt=0)
+# -- end of signals ------------------------------------------------------------------------------------
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -222,6 +296,9 @@ class Config(_Section):
     sso: SsoCfg | None = None
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
+    signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
+    credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
+    baseline: BaselineCfg | None = None  # agents' baselines: match.agent.unusual; None: off (costs nothing)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 

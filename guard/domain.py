@@ -18,6 +18,7 @@ __all__ = [
     "AGENT_COUNTERS",
     "PLAIN",
     "Action",
+    "Activity",
     "Admission",
     "AgentEvent",
     "AgentStats",
@@ -25,6 +26,7 @@ __all__ = [
     "ApprovalStatus",
     "AuditRecord",
     "Authorized",
+    "BaselineStats",
     "CallLimits",
     "Caller",
     "Delivery",
@@ -392,3 +394,24 @@ class Authorized:
     timeout_s: float
     minted: Minted
     audit_fields: dict[str, Any] = field(default_factory=dict)
+
+
+# -- baselines (guard.signals.baseline) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """An agent's activity after one more call was counted (BaselineStore.observe_activity)."""
+
+    first_at: float  # the agent's first counted call
+    known: bool  # the agent had called this tool.action before
+    hour_calls: int  # calls in the current clock hour, this one included
+    busiest: int  # the most calls of any earlier hour
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineStats:
+    """An agent's baseline as the inventory shows it."""
+
+    first_at: float | None
+    actions: frozenset[str]
+    busiest: int
+    hour_calls: int

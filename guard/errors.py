@@ -25,6 +25,8 @@
     ├── StoreUnavailable             503 store_unavailable
     ├── AuditUnavailable             503 audit_unavailable
     ├── CredentialUnavailable        503 credential_unavailable
+    │   ├── CredentialStale          503 credential_stale (credentials_hygiene)
+    │   └── CredentialExceptionExpired 503 credential_exception_expired
     └── UpstreamTimeout              504 upstream_timeout
 
 ConfigError is separate: it is raised at load time and never reaches HTTP.
@@ -44,6 +46,8 @@ __all__ = [
     "BudgetExhausted",
     "ChainTooDeep",
     "ConfigError",
+    "CredentialExceptionExpired",
+    "CredentialStale",
     "CredentialUnavailable",
     "Denied",
     "DuplicateDecision",
@@ -196,6 +200,16 @@ class AuditUnavailable(GuardError):
 
 class CredentialUnavailable(GuardError):
     status, code, title = 503, "credential_unavailable", "Credential unavailable"
+
+
+# -- credentials hygiene (guard.credentials.hygiene) ----------------------------------------------------
+class CredentialStale(CredentialUnavailable):
+    status, code, title = 503, "credential_stale", "Credential past its rotation age"
+
+
+class CredentialExceptionExpired(CredentialUnavailable):
+    status, code, title = 503, "credential_exception_expired", "Credential exception expired"
+# -- end of credentials hygiene ------------------------------------------------------------------------
 
 
 class UpstreamTimeout(GuardError):

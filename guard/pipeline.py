@@ -12,7 +12,7 @@ from __future__ import annotations
 import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import fnmatchcase
 from typing import Any
 
@@ -33,6 +33,7 @@ from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
+from guard.signals.baseline import Baselines
 from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
@@ -68,6 +69,7 @@ class Deps:
     x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
     tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
     credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
+    baselines: Baselines | None = None  # guard.signals.baseline, when `baseline` is configured
 
     @property
     def creds(self) -> Credentials:
@@ -123,7 +125,10 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         action = match_action(call, tool)
         refusal.action = action.name
-        decision = policies.evaluate(_context(policies, caller, state, action))
+        context = _context(policies, caller, state, action)
+        if deps.baselines is not None:  # off: no store round trip
+            context = replace(context, unusual=await deps.baselines.observe(caller, action, call.call_id))
+        decision = policies.evaluate(context)
         if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
             state, refusal.stale = await _read_task(caller, deps), False
         approval_id = None

@@ -53,6 +53,7 @@ class Vault:
         self._login: asyncio.Future[str] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._kv: dict[str, tuple[dict[str, Any], int | None, float]] = {}  # path -> (data, version, read at)
+        self._kv_created: dict[str, float | None] = {}  # path -> created_time of the version read (hygiene)
         self._kv_reads: dict[str, asyncio.Future[tuple[dict[str, Any], int | None]]] = {}
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
 
@@ -217,6 +218,11 @@ class Vault:
             raise CredentialUnavailable(f"the secret has no field {m['field']!r}")
         return value, version
 
+    def kv_created(self, ref: str) -> float | None:
+        """When the version last read of `MOUNT/data/PATH#FIELD` was written (KV metadata created_time)."""
+        m = VAULT_REF.match(ref)
+        return self._kv_created.get(f"{m['mount']}/data/{m['path']}") if m is not None else None
+
     async def _read_kv(self, path: str) -> tuple[dict[str, Any], int | None]:
         try:
             out = (await self.call("GET", path)).get("data") or {}
@@ -224,6 +230,7 @@ class Vault:
             raise CredentialUnavailable("the secrets manager did not answer the read") from e
         data, meta = out.get("data") or {}, out.get("metadata") or {}
         version = meta.get("version") if isinstance(meta.get("version"), int) else None
+        self._kv_created[path] = _rfc3339(meta.get("created_time"))
         self._kv[path] = (data, version, time.monotonic())
         return data, version
 
@@ -242,3 +249,20 @@ class Vault:
     async def revoke_lease(self, lease_id: str) -> None:
         await self.call("PUT", "sys/leases/revoke", {"lease_id": lease_id})
 
+
+
+def _rfc3339(value: object) -> float | None:
+    """KV metadata's created_time (RFC 3339, nanoseconds, Z) as unix time; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    from datetime import datetime
+
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Python reads at most microseconds
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

@@ -18,6 +18,7 @@ from aiohttp import web
 from guard.config import Config
 from guard.errors import Forbidden
 from guard.identity.tokens import Principal
+from guard.signals.subjects import sessions_ended_key
 from guard.stores import Store
 
 __all__ = ["CSRF_HEADER", "LOGIN_COOKIE", "SESSIONS", "Person", "Sessions", "safe_next", "session_principal"]
@@ -95,7 +96,16 @@ class Sessions:
         if data is None:
             return None
         person = Person.from_json(data)
-        return person if person.expires_at > time.time() else None
+        if person.expires_at <= time.time():
+            return None
+        if self.cfg.signals is not None and await self._ended_by_signal(person):
+            return None
+        return person
+
+    async def _ended_by_signal(self, person: Person) -> bool:
+        """A Shared Signal about this person (guard.signals) ended the sessions they had then."""
+        ended = await self.store.get_grant("sessions_ended", sessions_ended_key(person.sub))
+        return ended is not None and float(ended.get("at", 0)) >= person.expires_at - self.ttl_s
 
     async def end(self, request: web.Request, response: web.StreamResponse) -> None:
         value = request.cookies.get(self.cookie)

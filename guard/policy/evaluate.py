@@ -118,6 +118,7 @@ class Rule:
     credential_ttl_s: int | None = None
     rate: RateSpec | None = None
     audit_args: Literal["digest", "full"] = "digest"
+    unusual: bool | None = None  # match.agent.unusual: the call is (un)usual for its agent's baseline
 
     @property
     def allows_loop(self) -> bool:
@@ -126,7 +127,7 @@ class Rule:
     @property
     def unconditional(self) -> bool:
         """True when the rule looks at neither args nor history (used by could_allow)."""
-        return not self.args and self.history is None
+        return not self.args and self.history is None and self.unusual is None
 
     def matches(self, ctx: CallContext, *, with_call: bool = True) -> bool:
         """Whether the rule holds; `with_call=False` ignores args and history."""
@@ -138,6 +139,8 @@ class Rule:
             return False
         if not with_call:
             return True
+        if self.unusual is not None and self.unusual != ctx.unusual:
+            return False
         if self.history is not None and not self.history.holds(ctx.history):
             return False
         return all(c.holds(ctx.args) for c in self.args)

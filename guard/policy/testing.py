@@ -5,7 +5,7 @@ Each file is a YAML list of cases:
     - name: researcher may read notes
       call: {agent: spiffe://acme/agent/r, tool: notes, action: read, args: {id: "1"},
              task: {purpose: weekly report, labels: {env: prod}, tools: [notes]},
-             chain: [], history: [vault.read]}
+             chain: [], history: [vault.read], unusual: false}   # unusual: for match.agent.unusual
       expect: allow            # allow | deny | step_up
       rule: notes-read         # optional: the rule that must decide
 """
@@ -45,6 +45,7 @@ class CaseCall(_Schema):
     task: CaseTask = CaseTask()
     chain: Names = []
     history: Names = []
+    unusual: bool = False  # the call is unusual for its agent's baseline (guard.signals.baseline)
 
 
 class Case(_Schema):
@@ -117,6 +118,7 @@ def _decide(policies: PolicySet, call: CaseCall, max_chain_depth: int | None = N
         allowed_tools=allowed,
         chain=tuple(call.chain),
         history=frozenset(call.history),
+        unusual=call.unusual,
     )
     return policies.evaluate(ctx)
 

@@ -148,6 +148,14 @@ def _paths() -> dict[str, Any]:
                                                  params=("sub",), tag="agents")},
         "/v1/agents/{sub}/restore": {"post": _op("Lift a suspension (admin)", _json("Agent", "restored"), auth,
                                                  params=("sub",), tag="agents")},
+        "/v1/agents/{sub}/history": {"get": _op(
+            "The agent's history: Shared Signals about it and the suspensions they caused (admin, auditor)",
+            _json(_obj({"agent": S, "records": {"type": "array", "items": _ref("AuditRecord")}}), "history"), auth,
+            params=("sub",), tag="agents")},
+        "/v1/signals/streams": {"get": _op(
+            "The Shared Signals streams guard listens to: status, last event, SETs received and refused, "
+            "failed polls (admin, auditor)", _json({"type": "array", "items": {"type": "object"}}, "streams"), auth,
+            tag="agents")},
         "/v1/approvals": {"get": _op("Approvals by status, pending by default (approver, admin)",
                                      _json("ApprovalList", "approvals"), auth, query=("status",), tag="approvals")},
         "/v1/approvals/{approval_id}": {"get": _op("An approval (owner agent, approver, admin)",

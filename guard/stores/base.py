@@ -9,11 +9,13 @@ from __future__ import annotations
 from typing import Any, Literal, Protocol
 
 from guard.domain import (
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
@@ -22,9 +24,11 @@ from guard.domain import (
 )
 
 __all__ = [
+    "BASELINE_MAX_ACTIONS",
     "AgentStore",
     "ApprovalStore",
     "AuditStore",
+    "BaselineStore",
     "CallStore",
     "CredentialStore",
     "DecideOutcome",
@@ -32,10 +36,12 @@ __all__ = [
     "GrantStore",
     "RefreshOutcome",
     "RetentionStore",
+    "SignalStore",
     "Store",
     "TaskStore",
 ]
 
+BASELINE_MAX_ACTIONS = 1000  # tool.actions remembered per agent (MCP tool names are the caller's to choose)
 DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
 RefreshOutcome = Literal["rotated", "reused", "unknown"]
 
@@ -210,8 +216,29 @@ class GrantStore(Protocol):
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
 
 
+class SignalStore(Protocol):
+    """Shared Signals (guard.signals)."""
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        """True the first time a SET (`key`: a digest of its transmitter and jti) is seen, by any
+        instance, False ever after (until exp); kept apart from credential and DPoP jtis."""
+
+
+class BaselineStore(Protocol):
+    """Agents' baselines (guard.signals.baseline): the tool.actions each used and its calls per hour."""
+
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        """Count one call of `agent` to `key` ("tool.action") at `now`, atomically: the agent's
+        first call time is set once, `known` says whether it used `key` before (an agent keeps at
+        most BASELINE_MAX_ACTIONS; past that a new one stays unknown), the current clock hour's
+        count goes up, and the count of the hour before it is kept as `busiest` when higher."""
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        """The baselines of these agents (those that have one)."""
+
+
 class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore,
-            AuditStore, GrantStore, Protocol):
+            AuditStore, GrantStore, SignalStore, BaselineStore, Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

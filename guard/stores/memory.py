@@ -13,19 +13,21 @@ from typing import Any
 from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
     AGENT_COUNTERS,
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     ApprovalStatus,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
     Task,
     TaskState,
 )
-from guard.stores.base import DecideOutcome, RefreshOutcome
+from guard.stores.base import BASELINE_MAX_ACTIONS, DecideOutcome, RefreshOutcome
 
 __all__ = ["MemoryStore"]
 
@@ -59,6 +61,9 @@ class MemoryStore:
         self._consumed_heap: list[tuple[float, str]] = []
         self._dpop_seen: dict[str, float] = {}
         self._dpop_heap: list[tuple[float, str]] = []
+        self._baselines: dict[str, dict[str, Any]] = {}  # agent -> first_at, hour, count, busiest, actions
+        self._sets_seen: dict[str, float] = {}  # Shared Signals SETs already received (guard.signals)
+        self._sets_heap: list[tuple[float, str]] = []
         self._approvals: dict[str, Approval] = {}
         self._pending_by_call: dict[tuple[str, str], str] = {}
         self._latest_by_call: dict[tuple[str, str], str] = {}
@@ -203,6 +208,34 @@ class MemoryStore:
             return False
         self._dpop_seen[key] = exp
         heapq.heappush(self._dpop_heap, (exp, key))
+        return True
+
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        b = self._baselines.setdefault(agent, {"first_at": now, "hour": -1, "count": 0, "busiest": 0,
+                                               "actions": set()})
+        known = key in b["actions"]
+        if not known and len(b["actions"]) < BASELINE_MAX_ACTIONS:
+            b["actions"].add(key)
+        hour = int(now // 3600)
+        if hour > b["hour"]:
+            b["busiest"] = max(b["busiest"], b["count"])
+            b["hour"], b["count"] = hour, 0
+        b["count"] += 1
+        return Activity(b["first_at"], known, b["count"], b["busiest"])
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        return {a: BaselineStats(b["first_at"], frozenset(b["actions"]), b["busiest"], b["count"])
+                for a in agents if (b := self._baselines.get(a)) is not None}
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        now = time.time()
+        while self._sets_heap and self._sets_heap[0][0] < now:
+            _, old = heapq.heappop(self._sets_heap)
+            self._sets_seen.pop(old, None)
+        if key in self._sets_seen:
+            return False
+        self._sets_seen[key] = exp
+        heapq.heappush(self._sets_heap, (exp, key))
         return True
 
     # -- approvals ---------------------------------------------------------

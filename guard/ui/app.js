@@ -236,6 +236,19 @@ async function viewApprovals() {
 
 // ---------------------------------------------------------------- the agent inventory
 
+// credentials hygiene: each static secret's age, STALE past max_secret_age_s, and its exception
+function secretsCell(secrets) {
+  return Object.keys(secrets).sort().map((tool) => {
+    const s = secrets[tool];
+    const age = typeof s.age_s === "number" ? Math.floor(s.age_s / 86400) + "d" : "?";
+    const parts = [tool + ": " + age];
+    if (s.stale) parts.push("STALE");
+    if (s.exception) parts.push((s.exception_expired ? "exception EXPIRED " : "exception until ")
+      + String(s.exception.expires).slice(0, 10) + " (" + s.exception.owner + ")");
+    return el("div", { class: s.stale || s.exception_expired ? "secret stale" : "secret" }, parts.join(" "));
+  });
+}
+
 async function viewAgents() {
   const data = await api("/v1/agents");
   const agents = Array.isArray(data) ? data : data.agents || [];
@@ -250,12 +263,13 @@ async function viewAgents() {
     el("td", { class: "calls" }, String(a.active_tasks ?? 0)),
     el("td", { class: "calls" }, String(a.calls ?? 0)),
     el("td", { class: "calls" }, String(a.denied ?? 0)),
-    el("td", { class: "mono" }, [].concat(a.tools_used || []).join(", "))));
+    el("td", { class: "mono" }, [].concat(a.tools_used || []).join(", ")),
+    el("td", { class: "mono secrets" }, secretsCell(a.secrets || {}))));
   main.replaceChildren(
     el("h2", {}, "Agents"),
     el("table", { id: "agents" },
       el("thead", {}, el("tr", {}, ["agent", "owner", "purpose", "registered", "suspended", "first seen",
-        "last seen", "active tasks", "calls", "denied", "tools used"].map((h) => el("th", {}, h)))),
+        "last seen", "active tasks", "calls", "denied", "tools used", "static secrets"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
     ...(rows.length ? [] : [el("p", { class: "hint" }, "No agent has been seen yet.")]));
 }

@@ -171,3 +171,26 @@ async def test_ui_needs_a_token_and_guards_its_assets(guard_factory: Any, upstre
         assert r.status == 401 and r.headers["Content-Type"] == "application/problem+json"
     async with http.get(f"{guard.url}/v1/tasks", headers=bearer(guard.token(AGENT))) as r:
         assert r.status == 403
+
+
+async def test_the_agents_view_shows_static_secrets_age_and_exception(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, browser: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "notes-key"
+    secret.write_text("a-static-secret\n")
+    policy = echo_policy(upstream.url)
+    policy["tools"]["echo"]["credential"] = {
+        "mode": "static", "header": "X-Api-Key", "secret": {"file": str(secret)},
+        "exception": {"owner": REVIEWER, "reason": "no OAuth yet", "expires": "2099-03-01T00:00:00Z"}}
+    guard: Guard = guard_factory(policy, config={"credentials_hygiene": {"max_secret_age_s": 86400}})
+    await create_task(http, guard.url, guard.token(AGENT))
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(f"{guard.url}/ui")
+    await page.fill("#token", guard.token(REVIEWER, "guard:auditor"))
+    await page.click("#token-form button[type=submit]")
+    await page.goto(f"{guard.url}/ui#/agents")
+    cell = page.locator(f"tr.agent-row[data-agent='{AGENT}'] td.secrets")
+    await cell.wait_for()
+    assert await cell.text_content() == f"echo: 0d exception until 2099-03-01 ({REVIEWER})"
+    assert "a-static-secret" not in (await page.content())
+    await page.close()

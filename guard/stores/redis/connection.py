@@ -115,7 +115,7 @@ class RedisConnection:
             for name in ("ADMIT_CALL", "END_TASK", "POP_DUE", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
                          "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH",
-                         "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS")
+                         "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS", "OBSERVE_ACTIVITY")
         }
 
     # -- plumbing ------------------------------------------------------------

@@ -27,6 +27,7 @@ __all__ = [
     "END_TASK",
     "HOLD_CREDENTIAL",
     "LATEST_APPROVAL",
+    "OBSERVE_ACTIVITY",
     "OPEN_APPROVAL",
     "POP_DUE",
     "RECORD_AND_FINISH",
@@ -367,4 +368,24 @@ DELETE_DELIVERY = """
 redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
+"""
+
+
+# KEYS: the agent's baseline hash, its set of tool.actions. ARGV: now, the clock hour, tool.action,
+# the most tool.actions kept. Returns {first_at, known (1/0), calls this hour, busiest earlier hour}.
+OBSERVE_ACTIVITY = """
+redis.call('HSETNX', KEYS[1], 'first_at', ARGV[1])
+local known = redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1
+if not known and redis.call('SCARD', KEYS[2]) < tonumber(ARGV[4]) then redis.call('SADD', KEYS[2], ARGV[3]) end
+local hour = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'hour') or '-1')
+if hour > cur then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  local busiest = tonumber(redis.call('HGET', KEYS[1], 'busiest') or '0')
+  if count > busiest then busiest = count end
+  redis.call('HSET', KEYS[1], 'hour', ARGV[2], 'count', '0', 'busiest', tostring(busiest))
+end
+local calls = redis.call('HINCRBY', KEYS[1], 'count', 1)
+local busiest = tonumber(redis.call('HGET', KEYS[1], 'busiest') or '0')
+return {redis.call('HGET', KEYS[1], 'first_at'), known and 1 or 0, calls, busiest}
 """

@@ -27,18 +27,20 @@ import structlog
 
 from guard.domain import (
     AGENT_COUNTERS,
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
     Task,
     TaskState,
 )
-from guard.stores.base import DecideOutcome, RefreshOutcome
+from guard.stores.base import BASELINE_MAX_ACTIONS, DecideOutcome, RefreshOutcome
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.chain import ChainAppender, Link
 from guard.stores.redis.connection import RedisConnection
@@ -55,6 +57,7 @@ from guard.stores.redis.keys import (
     credential_key,
     dpop_key,
     grant_key,
+    signal_key,
     task_key,
     task_keys,
 )
@@ -309,6 +312,30 @@ class RedisStore(RedisConnection):
     async def consume_dpop_jti(self, key: str, exp: float) -> bool:
         ttl_ms = max(1000, int((exp - time.time()) * 1000))
         out = await self._write("consume_dpop_jti", [("SET", dpop_key(key), "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
+
+    # -- baselines (guard.signals.baseline) -------------------------------------------------------
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        out = await self._script("OBSERVE_ACTIVITY", [agent_key(agent, "baseline"), agent_key(agent, "actions")],
+                                 [_num(now), int(now // 3600), key, BASELINE_MAX_ACTIONS])
+        return Activity(float(out[0]), bool(int(out[1])), int(out[2]), int(out[3]))
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for agent in agents:
+                pipe.hgetall(agent_key(agent, "baseline"))
+                pipe.smembers(agent_key(agent, "actions"))
+            return list(await pipe.execute())
+
+        out = await self._read("baseline_stats", fetch) if agents else []
+        return {a: BaselineStats(float(row["first_at"]), frozenset(str(x) for x in acts), int(row.get("busiest", 0)),
+                                 int(row.get("count", 0)))
+                for a, row, acts in zip(agents, out[::2], out[1::2], strict=True) if row}
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time()) * 1000))
+        out = await self._write("consume_signal_jti", [("SET", signal_key(key), "1", "NX", "PX", ttl_ms)])
         return out[0] is not None
 
     # -- approvals ---------------------------------------------------------
