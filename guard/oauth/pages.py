@@ -21,7 +21,7 @@ def _e(value: object) -> str:
 def _page(title: str, body: str, person: Person | None = None) -> str:
     who = ""
     if person is not None:
-        who = (f'<span id="who">Signed in as <b class="person">{_e(person.sub)}</b>'
+        who = (f'<span id="who">Signed in as <b class="person">{_e(person.name)}</b>'
                f'{" (development sign-in)" if person.via == "development" else ""}</span>'
                f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
                f'value="{_e(person.csrf)}"><button type="submit" id="logout">Sign out</button></form>')
