@@ -99,8 +99,9 @@ class Sso:
         meta = await self.metadata()
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
                 "code_verifier": login["verifier"], "client_id": self.sso.client_id}
-        auth = aiohttp.BasicAuth(self.sso.client_id, self.secret) if self.secret else None
-        async with self.http.post(meta["token_endpoint"], data=form, auth=auth,
+        basic = base64.b64encode(f"{self.sso.client_id}:{self.secret}".encode()).decode() if self.secret else None
+        headers = {"Authorization": f"Basic {basic}"} if basic else None
+        async with self.http.post(meta["token_endpoint"], data=form, headers=headers,
                                   timeout=aiohttp.ClientTimeout(total=10)) as r:
             body = await r.json(content_type=None)
         if r.status != 200 or not isinstance(body, dict) or not isinstance(body.get("id_token"), str):
