@@ -146,10 +146,10 @@ class ClientRegistry:
         try:
             client = self._parse_document(url, await self._fetch(url))
         except OAuthError as e:
-            if not (self.dev and _loopback_host(urlsplit(url).hostname or "")):
+            if not self.dev:  # outside development no loopback address is ever reached
                 raise
-            # a loopback document (development only): one answer whatever went wrong, so that the
-            # caller cannot tell which loopback ports answer, and how
+            # development reaches loopback addresses (also behind a name that resolves to one): one
+            # answer whatever went wrong, so that the caller cannot tell which ports answer, and how
             log.info("client_metadata_failed", client_id=url, reason=e.description)
             raise OAuthError("invalid_client", NOT_FETCHED, 401) from e
         if len(self._cache) > 1000:

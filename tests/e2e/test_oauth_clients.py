@@ -145,7 +145,7 @@ async def test_metadata_document_fetch_limits(
                          ("/clients/big.json", "too large"),
                          ("/clients/other.json", "not its own URL")):
         status, text = await _authorize_status(http, guard, f"{docs.base}{path}")
-        # a loopback document (development only): the caller learns nothing of the port; the log says why
+        # development mode (it reaches loopback): the caller learns nothing of the port; the log says why
         assert status == 400 and NOT_FETCHED in text and reason not in text, (path, text)
         await eventually(functools.partial(_logged, guard, reason))
     assert "/clients/desktop.json" not in docs.hits  # the redirect was not followed
