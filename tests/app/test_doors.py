@@ -27,6 +27,7 @@ from tests.support.app import AppGuard
 from tests.support.client import bearer
 from tests.support.oauth import FormPerson, Forms, oauth_files_policy, pkce
 from tests.support.process import free_port
+from tests.support.redis import RedisServer
 from tests.support.world import claims_of
 
 OPEN = {"oauth": {"registration": {"mode": "open"}}}
@@ -339,3 +340,22 @@ async def test_a_policy_reload_that_raises_a_ttl_extends_the_old_keys_window(
     now = await kids()
     assert now[0] == first[0] and len(now) == 2
     assert old_kid is None or old_kid in now
+
+
+async def test_a_development_session_does_not_outlive_development_mode(
+    app_factory: AppFactory, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """A session made with the development sign-in, in a store the next configuration shares, is
+    not a session there once real issuers are configured."""
+    store = {"store": {"url": redis_server.url}}
+    dev = await app_factory(oauth_files_policy(NOWHERE), store, subdir="dev")
+    s, _ = await dev_session(dev)
+    async with s:
+        real = await app_factory(oauth_files_policy(NOWHERE), {**store, "issuers": [Idp(tmp_path).issuer_config()]},
+                                 subdir="real")
+        async with s.get(f"{dev.url}/login/session") as r:
+            assert r.status == 200
+        async with s.get(f"{real.url}/login/session") as r:  # the same cookie (cookies ignore the port)
+            assert r.status == 401
+        async with s.get(f"{real.url}/v1/tasks") as r:
+            assert r.status == 401
