@@ -48,7 +48,7 @@ def test_the_image_runs_as_a_user_and_needs_its_configuration(tmp_path: Path) ->
     env, command, user = dockerfile()
     assert user.split(":")[0] not in ("root", "0")
     assert env["GUARD_LISTEN_HOST"] == "0.0.0.0"
-    assert "COPY --chown=guard:guard policies" not in (ROOT / "Dockerfile").read_text()  # no demo policies inside
+    assert not re.search(r"^COPY .*policies", (ROOT / "Dockerfile").read_text(), re.M)  # no demo policies inside
     # a `docker run` with nothing mounted: one line naming the missing file, and no listener
     out = serve(command, {**env, "GUARD_CONFIG": str(tmp_path / "etc" / "guard.yaml")}, tmp_path)
     assert out.returncode != 0
