@@ -75,14 +75,15 @@ class RetainWindow:
     def __init__(self, cfg: Config, policies: Callable[[], PolicySet]) -> None:
         self.cfg = cfg
         self.policies = policies
-        self._seen: tuple[int, float] | None = None  # (id of the policy set, retain_s)
+        self._seen: PolicySet | None = None  # the policy set last looked at (held: its id is not reused)
+        self._longest = 0.0
 
     def __call__(self) -> float:
         current = self.policies()
-        if self._seen is None or self._seen[0] != id(current):
-            longest = policy_retain_s(self.cfg, current)
-            self._seen = (id(current), max(longest, self._seen[1]) if self._seen is not None else longest)
-        return self._seen[1]
+        if current is not self._seen:
+            self._seen = current
+            self._longest = max(self._longest, policy_retain_s(self.cfg, current))
+        return self._longest
 
 
 def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credential_ttl_s: int = 0) -> float:
