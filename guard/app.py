@@ -23,7 +23,7 @@ from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, St
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
-from guard.identity.keyring import load_keys, policy_retain_s, watch_keys
+from guard.identity.keyring import RetainWindow, load_keys, watch_keys
 from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
@@ -215,15 +215,15 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
     approvals, credentials, TLS and key watchers, policy reloader, OAuth)."""
     policies = policies or load_checked_policies(cfg)
-    keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
-    keys = load_keys(cfg, keep_s)
+    holder = PolicyHolder(policies)
+    keep = RetainWindow(cfg, lambda: holder.current)  # how long a key verifies after a rotation
+    keys = load_keys(cfg, keep())
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
     identity = Identity(cfg, config_dir)
     if cfg.dev_mode:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=cfg.limits.max_body_bytes)
-    holder = PolicyHolder(policies)
     metrics = Metrics()
     tls = _server_tls(cfg)
     tool_tls = ToolContexts()
@@ -300,7 +300,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     app.cleanup_ctx.extend([store, audit_writer, client_session, task_ends, retention_sweeper, approvals_service,
                             credentials_service])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
-    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
+    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)

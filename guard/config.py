@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -11,7 +12,7 @@ from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationErr
 
 from guard.errors import ConfigError
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "is_loopback", "load_config"]
 
 
 class _Section(BaseModel):
@@ -128,14 +129,19 @@ class LimitsCfg(_Section):
 
 class RegistrationCfg(_Section):
     mode: Literal["off", "open"] = "off"  # open: RFC 7591 dynamic client registration
+    # `*` in a pattern stands for a port (1-5 digits) and nothing else
     redirect_uris: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:*/callback",
                                                               "http://localhost:*/callback"])
+    max_clients: int = Field(1000, gt=0)  # registered clients kept at once (over: 400 invalid_client_metadata)
+    max_redirect_uris: int = Field(5, gt=0)  # per client
+    max_metadata_bytes: int = Field(8192, gt=0)  # the registration request's body
+    per_source_per_min: int = Field(10, gt=0)  # registrations per client address and minute (over: 429)
 
 
 class OAuthCfg(_Section):
     """guard as the authorization server of /mcp/{tool} (guard.oauth)."""
 
-    registration: RegistrationCfg = Field(default_factory=RegistrationCfg)
+    registration: RegistrationCfg = Field(default_factory=RegistrationCfg)  # type: ignore[arg-type]
     metadata_documents: bool = True  # client_id as an https URL (Client ID Metadata Document)
     code_ttl_s: int = Field(60, gt=0, le=600)
     consent_ttl_s: int = Field(600, gt=0)  # an authorization request waits this long for sign-in and consent
@@ -159,7 +165,6 @@ class SsoCfg(_Section):
     client_secret: SecretSource | None = None  # none: a public client (PKCE only)
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email"])
     roles_claim: str = "roles"
-    user_claim: str = "email"  # who the person is in tasks and audit (falls back to sub)
     algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA", "PS256"])
     session_ttl_s: int = Field(1800, gt=0)
 
@@ -309,7 +314,15 @@ class Config(_Section):
 
     @property
     def dev_mode(self) -> bool:
-        return self.dev_issuer if self.dev_issuer is not None else not self.issuers
+        """Development mode: the development issuer is trusted (`dev_issuer: true`, or no
+        `issuers` and no `sso`). guard then listens on a loopback address only."""
+        return self.dev_issuer if self.dev_issuer is not None else not self.issuers and self.sso is None
+
+    @property
+    def dev_sign_in(self) -> bool:
+        """The development sign-in of people (`/login/dev`): development mode with no `issuers`
+        and no `sso` at all, never next to a real identity provider."""
+        return self.dev_mode and not self.issuers and self.sso is None
 
     @property
     def x509_issuers(self) -> list[X509IssuerCfg]:
@@ -344,6 +357,16 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
         else:
             merged[k] = v
     return merged
+
+
+def is_loopback(host: str) -> bool:
+    """A host name or address that only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -386,6 +409,12 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     for i, hook in enumerate(cfg.approvals.webhooks if secrets else ()):
         if not env.get(hook.secret_env):
             raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+    if cfg.dev_mode and not is_loopback(cfg.listen.host):
+        reason = (f"{cfg.listen.host!r} is not a loopback address: in development mode (dev_issuer: true, "
+                  "or no issuers and no sso) guard listens on loopback only; configure issuers to serve a network")
+        if "GUARD_LISTEN_HOST" in env:  # the override is what put it there
+            raise ConfigError("GUARD_LISTEN_HOST", "", reason)
+        raise ConfigError(source, "listen.host", reason)
     secret = cfg.sso.client_secret if cfg.sso is not None else None
     if secret is not None and (secret.env is None) == (secret.file is None):
         raise ConfigError(source, "sso.client_secret", "name exactly one source: env or file")

@@ -346,6 +346,7 @@ class ToolCall:
     counted: bool = True  # False for MCP traffic that is not a tools/call
     connected: Callable[[], bool] | None = None  # False once the client went away (ends a hold)
     presented: Presented = PLAIN  # mTLS identity and DPoP proof of the request
+    audience: str = "guard"  # the task token's `aud`: an OAuth access token's is its MCP endpoint (resource)
 
     @property
     def path_qs(self) -> str:

@@ -145,7 +145,8 @@ class X509Issuers:
 
 
 async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dict[str, str]]:
-    """Who creates a task (an IdP token, or an SVID admitted by an x509 issuer) and the `cnf`
+    """Who creates a task (an agent: an IdP token, or an SVID admitted by an x509 issuer; never a
+    person's browser session, which answers 401) and the `cnf`
     its task token gets: the connection's SPIFFE ID, the DPoP proof's key, both or none."""
     spiffe_id = deps.tls.spiffe_id(request) if deps.tls is not None else None
     cnf: dict[str, str] = {}
@@ -157,7 +158,7 @@ async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dic
             raise Unauthenticated(f"no bearer token, and no x509 issuer admits {spiffe_id}")
         who = Principal(spiffe_id, frozenset(), "x509", {})
     else:
-        who = await principal(request.headers, deps.identity, deps.keys, signed_in=lambda: session_principal(request))
+        who = await principal(request.headers, deps.identity, deps.keys)  # an agent's token: never a browser session
     proofs = request.headers.getall("DPoP", [])
     if len(proofs) > 1:
         raise InvalidDpopProof("one DPoP proof per request")

@@ -8,7 +8,8 @@ a key ring:
 
 After a rotation the new key signs; the previous one still verifies, and stays in JWKS, until
 every token it can have signed has expired plus the verification leeway (`retain_s`: the
-longest lifetime of a task token, credential or Txn-Token under this config and policies).
+longest lifetime of a task token, credential or Txn-Token under this config and policies,
+recomputed when a policy reload raises one: `RetainWindow`).
 
 Every instance reading the same file looks at it every `WATCH_S` and switches on its own, so
 instances sharing a key folder all sign with the new key within a few seconds; until then,
@@ -25,7 +26,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,7 +39,8 @@ from guard.identity.mtls import FileWatch
 from guard.identity.tokens import LEEWAY_S, GuardKeys, PrivateKey, _jwk_of, _key_from_jwk, _KeyPair, load_or_create_key
 from guard.policy import PolicySet
 
-__all__ = ["KeyRing", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate", "watch_keys"]
+__all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate",
+           "watch_keys"]
 
 log = structlog.get_logger("guard.keyring")
 WATCH_S = 1.0
@@ -63,6 +65,25 @@ def policy_retain_s(cfg: Config, policies: PolicySet) -> float:
     ttls = [t.credential.ttl_s or 0 for t in policies.tools.values()]
     ttls += [r.credential_ttl_s or 0 for r in policies.rules]
     return retain_s(cfg, max((t.timeout_s for t in policies.tools.values()), default=30.0), max(ttls, default=0))
+
+
+class RetainWindow:
+    """retain_s under the policies in force, never less than it has been since start: a reload
+    that raises a TTL or a tool's timeout extends how long a previous key verifies; one that
+    lowers them does not cut short tokens signed before."""
+
+    def __init__(self, cfg: Config, policies: Callable[[], PolicySet]) -> None:
+        self.cfg = cfg
+        self.policies = policies
+        self._seen: PolicySet | None = None  # the policy set last looked at (held: its id is not reused)
+        self._longest = 0.0
+
+    def __call__(self) -> float:
+        current = self.policies()
+        if current is not self._seen:
+            self._seen = current
+            self._longest = max(self._longest, policy_retain_s(self.cfg, current))
+        return self._longest
 
 
 def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credential_ttl_s: int = 0) -> float:
@@ -142,15 +163,16 @@ def load_keys(cfg: Config, keep_s: float) -> GuardKeys:
     return GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
 
 
-async def watch_keys(cfg: Config, keys: GuardKeys, keep_s: float) -> AsyncIterator[None]:
+async def watch_keys(cfg: Config, keys: GuardKeys, keep: Callable[[], float]) -> AsyncIterator[None]:
     """A cleanup context body: follow the key file (rotations by any instance or by hand),
-    drop previous keys whose time is over, and rotate when `signing.rotate_s` says so."""
+    drop previous keys whose time is over (`keep()`: how long they verify, recomputed on each
+    look), and rotate when `signing.rotate_s` says so."""
     path = cfg.signing.key_file
     watch = FileWatch([path])
     ring = read_ring(path, cfg.signing.algorithm)
-    state = {"kids": _kids(keys), "created_at": ring.created_at}
+    state = {"kids": _kids(keys), "created_at": ring.created_at, "keep_s": keep()}
 
-    def step() -> KeyRing | None:
+    def step(keep_s: float) -> KeyRing | None:
         """In a thread (file reads, the rotation lock): the ring to use, None when nothing changed."""
         rotate_s = cfg.signing.rotate_s
         if rotate_s is not None and time.time() - float(state["created_at"]) >= rotate_s:  # type: ignore[arg-type]
@@ -158,22 +180,23 @@ async def watch_keys(cfg: Config, keys: GuardKeys, keep_s: float) -> AsyncIterat
             if done is not None:
                 log.info("signing_key_rotated", kid=done.kid, previous_kid=done.previous_kid,
                          previous_until=round(done.previous_until), by="rotate_s")
-        if not watch.changed() and len(keys.jwks()["keys"]) == 1:
+        if not watch.changed() and len(keys.jwks()["keys"]) == 1 and keep_s <= float(state["keep_s"]):  # type: ignore[arg-type]
             return None
         return read_ring(path, cfg.signing.algorithm)
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(WATCH_S)
+            keep_s = keep()  # on the loop: reads the policies in force
             try:
-                ring = await asyncio.to_thread(step)
+                ring = await asyncio.to_thread(step, keep_s)
             except (OSError, ValueError, KeyError) as e:
                 log.error("signing_keys_reload_failed", file=path, reason=str(e),
                           detail="the keys in use stay in force")
                 continue
             if ring is None:
                 continue
-            state["created_at"] = ring.created_at
+            state["created_at"], state["keep_s"] = ring.created_at, keep_s
             keys.use(ring.current, _verifying(ring, keep_s, time.time()))  # on the loop: one swap
             kids = _kids(keys)
             if kids != state["kids"]:

@@ -204,6 +204,8 @@ class GuardKeys:
             hit = self._cache.get(token)
             if hit is not None:
                 if hit["exp"] + LEEWAY_S > now:
+                    if audience is not None and hit.get("aud") != audience:  # verified before for another audience
+                        raise Unauthenticated("wrong audience")
                     return hit
                 self._cache.pop(token, None)
         if len(token) > MAX_TOKEN_BYTES:
@@ -231,8 +233,7 @@ class GuardKeys:
                 raise Unauthenticated("token not yet valid")
         if claims.get("iss") != self.issuer:
             raise Unauthenticated("wrong issuer")
-        aud = claims.get("aud")  # a list (OAuth access tokens: guard and the resource) must include it
-        if audience is not None and aud != audience and not (isinstance(aud, list) and audience in aud):
+        if audience is not None and claims.get("aud") != audience:  # exactly: one token, one audience
             raise Unauthenticated("wrong audience")
         if cache:
             if len(self._cache) >= self.CACHE_MAX:

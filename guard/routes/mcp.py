@@ -68,6 +68,7 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,
         mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
         counted=is_call,
+        audience=resource_url(deps.cfg, request.match_info["tool"]) if request.get(DELEGATED) else "guard",
     )
 
 
@@ -95,17 +96,16 @@ def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
 
 
 def _delegated(request: web.Request, deps: Deps) -> bool:
-    """True for an access token of guard's authorization server (its `aud` lists the resources it is
-    for): one for another MCP endpoint is refused (RFC 8707)."""
+    """True for an access token of guard's authorization server (its `aud` is the one MCP endpoint
+    it is for): one for another MCP endpoint is refused (RFC 8707)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
     header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
     if header is None or header.get("typ") != TASK_TYP:
         return False
-    claims = deps.keys.verify(token.strip(), TASK_TYP, audience="guard", cache=True)
-    aud = claims.get("aud")
-    if not isinstance(aud, list):
+    aud = deps.keys.verify(token.strip(), TASK_TYP, audience=None, cache=True).get("aud")
+    if aud == "guard":  # an agent's own task token
         return False
-    if resource_url(deps.cfg, request.match_info["tool"]) not in aud:
+    if aud != resource_url(deps.cfg, request.match_info["tool"]):
         raise Unauthenticated("this access token is for another resource")
     return True
 

@@ -80,11 +80,13 @@ def agent_candidates(s: SubjectId) -> list[str]:
 
 def person_keys(s: SubjectId) -> set[str]:
     """How the person a simple identifier may name is written in `requested_by` and `owner`,
-    casefolded. (People signed in through `sso` are named by its `user_claim`, else their sub.)"""
+    casefolded. People signed in through `sso` are keyed `<iss>#<sub>` (guard.oauth.sso.person_key);
+    an `iss_sub` also names a plain `sub` written as an owner or `requested_by` (a revocation too many
+    rather than one too few)."""
     if s.format == "email":
         return {s.get("email").casefold()}
     if s.format == "iss_sub":
-        return {s.get("sub").casefold()}
+        return {f"{s.get('iss')}#{s.get('sub')}".casefold(), s.get("sub").casefold()}
     if s.format == "opaque":
         return {s.get("id").casefold()}
     uri = s.get("uri")

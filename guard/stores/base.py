@@ -6,6 +6,7 @@ redis/) implement `Store` and never import each other; tests/contract runs one s
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from guard.domain import (
@@ -35,6 +36,8 @@ __all__ = [
     "DeliveryStore",
     "GrantStore",
     "RefreshOutcome",
+    "RegistrationLimits",
+    "RegistrationOutcome",
     "RetentionStore",
     "SignalStore",
     "Store",
@@ -44,6 +47,16 @@ __all__ = [
 BASELINE_MAX_ACTIONS = 1000  # tool.actions remembered per agent (MCP tool names are the caller's to choose)
 DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
 RefreshOutcome = Literal["rotated", "reused", "unknown"]
+RegistrationOutcome = Literal["registered", "full", "rate_limited"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationLimits:
+    """Dynamic client registration's limits (config `oauth.registration`)."""
+
+    max_clients: int  # registered clients kept at once, across every instance
+    per_source: int  # registrations per source address and window
+    window_s: float
 
 
 class TaskStore(Protocol):
@@ -214,6 +227,14 @@ class GrantStore(Protocol):
         mark it used and store its object under `new` ("rotated", the object). When it was used
         before: ("reused", the object), and nothing changes. Unknown or expired: ("unknown", None).
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
+
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        """Count a registration attempt of `source` in its window (the window starts at its first
+        attempt and lasts `limits.window_s`); over `limits.per_source`: ("rate_limited", seconds
+        until the window ends), nothing stored. Else, when `limits.max_clients` clients (unexpired)
+        are kept already: ("full", 0). Else store `data` as put_grant("client", client_id, data,
+        ttl_s) would, and count it until it expires: ("registered", 0). One atomic step."""
 
 
 class SignalStore(Protocol):

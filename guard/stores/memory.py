@@ -27,7 +27,13 @@ from guard.domain import (
     Task,
     TaskState,
 )
-from guard.stores.base import BASELINE_MAX_ACTIONS, DecideOutcome, RefreshOutcome
+from guard.stores.base import (
+    BASELINE_MAX_ACTIONS,
+    DecideOutcome,
+    RefreshOutcome,
+    RegistrationLimits,
+    RegistrationOutcome,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -71,6 +77,8 @@ class MemoryStore:
         self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
         self._grants: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (kind, key) -> (expiry, obj)
         self._creds: dict[str, dict[str, str]] = {}  # per-task credential holdings, by slot
+        self._clients: dict[str, float] = {}  # registered client -> expiry (oauth.registration.max_clients)
+        self._registrations: dict[str, tuple[float, int]] = {}  # source -> (its window's end, attempts)
 
     async def ping(self) -> None:
         return None
@@ -456,3 +464,21 @@ class MemoryStore:
         self._grants[("refresh_used", old)] = (exp, {})
         self._grants[("refresh", new)] = (exp, dict(hit))
         return "rotated", dict(hit)
+
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        if len(self._registrations) > 10_000:
+            self._registrations = {s: w for s, w in self._registrations.items() if w[0] > now}
+        end, attempts = self._registrations.get(source, (0.0, 0))
+        if end <= now:
+            end, attempts = now + limits.window_s, 0
+        self._registrations[source] = (end, attempts + 1)
+        if attempts + 1 > limits.per_source:
+            return "rate_limited", end - now
+        if len(self._clients) >= limits.max_clients:
+            self._clients = {c: exp for c, exp in self._clients.items() if exp > now}
+            if len(self._clients) >= limits.max_clients:
+                return "full", 0.0
+        self._clients[client_id] = now + ttl_s
+        await self.put_grant("client", client_id, data, ttl_s)
+        return "registered", 0.0

@@ -75,7 +75,7 @@ function whoAmI() {
   document.getElementById("sign-in").hidden = Boolean(signedIn);
   document.getElementById("sign-out").hidden = !signedIn;
   if (!t && signedIn) {
-    who.textContent = "signed in as " + signedIn.sub + (signedIn.roles.length ? " (" + signedIn.roles.join(", ") + ")" : "");
+    who.textContent = "signed in as " + (signedIn.name || signedIn.sub) + (signedIn.roles.length ? " (" + signedIn.roles.join(", ") + ")" : "");
     return;
   }
   if (!t) return;

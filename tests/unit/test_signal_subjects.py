@@ -14,7 +14,8 @@ def test_simple_formats_name_agents_and_people() -> None:
     (mail,) = parse_subject({"format": "email", "email": "Alice@Acme.example"})
     assert agent_candidates(mail) == [] and person_keys(mail) == {"alice@acme.example"}
     (iss_sub,) = parse_subject({"format": "iss_sub", "iss": "https://idp", "sub": "notes-bot"})
-    assert agent_candidates(iss_sub) == ["notes-bot", "client:notes-bot"] and person_keys(iss_sub) == {"notes-bot"}
+    assert agent_candidates(iss_sub) == ["notes-bot", "client:notes-bot"]
+    assert person_keys(iss_sub) == {"https://idp#notes-bot", "notes-bot"}
     (mailto,) = parse_subject({"format": "uri", "uri": "mailto:bob@acme.example"})
     assert person_keys(mailto) == {"bob@acme.example"}
     assert same_person("BOB@acme.example", person_keys(mailto)) and not same_person(None, person_keys(mailto))

@@ -114,7 +114,7 @@ class RedisConnection:
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "POP_DUE", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
-                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH",
+                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH", "REGISTER_CLIENT",
                          "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS", "OBSERVE_ACTIVITY")
         }
 

@@ -31,6 +31,7 @@ __all__ = [
     "OPEN_APPROVAL",
     "POP_DUE",
     "RECORD_AND_FINISH",
+    "REGISTER_CLIENT",
     "ROTATE_REFRESH",
     "SAVE_DELIVERY",
     "SET_SUSPENDED",
@@ -335,6 +336,24 @@ if redis.call('EXISTS', KEYS[2]) == 1 then return {'reused', obj} end
 redis.call('SET', KEYS[2], '1', 'PX', ARGV[1])
 redis.call('SET', KEYS[3], obj, 'PX', ARGV[1])
 return {'rotated', obj}
+"""
+
+# KEYS: the registered clients (sorted set: client id scored by expiry), the new client's grant
+# key, the source's attempt counter (all under the hash tag {oauth}). ARGV: client id, its JSON,
+# ttl ms, now, max clients, attempts per window, window ms. Answers {outcome, retry-after ms}.
+REGISTER_CLIENT = """
+local attempts = redis.call('INCR', KEYS[3])
+if attempts == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[7]) end
+if attempts > tonumber(ARGV[6]) then
+  local left = redis.call('PTTL', KEYS[3])
+  if left < 0 then left = tonumber(ARGV[7]) end
+  return {'rate_limited', tostring(left)}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return {'full', '0'} end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[3]) / 1000, ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {'registered', '0'}
 """
 
 # KEYS: task creds hash. ARGV: slot, value, previous ('' = none). Sets the slot to value when it

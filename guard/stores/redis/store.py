@@ -40,7 +40,13 @@ from guard.domain import (
     Task,
     TaskState,
 )
-from guard.stores.base import BASELINE_MAX_ACTIONS, DecideOutcome, RefreshOutcome
+from guard.stores.base import (
+    BASELINE_MAX_ACTIONS,
+    DecideOutcome,
+    RefreshOutcome,
+    RegistrationLimits,
+    RegistrationOutcome,
+)
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.chain import ChainAppender, Link
 from guard.stores.redis.connection import RedisConnection
@@ -518,6 +524,16 @@ class RedisStore(RedisConnection):
         if outcome == "unknown":
             return "unknown", None
         return ("reused" if outcome == "reused" else "rotated"), json.loads(raw)
+
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        keys = [grant_key("clients", "all"), grant_key("client", client_id), grant_key("registrations", source)]
+        outcome, left_ms = await self._script("REGISTER_CLIENT", keys, [
+            client_id, json.dumps(data), _ttl_ms(ttl_s), _num(now), limits.max_clients, limits.per_source,
+            int(limits.window_s * 1000)])
+        if outcome == "rate_limited":
+            return "rate_limited", float(left_ms) / 1000
+        return ("full" if outcome == "full" else "registered"), 0.0
 
 
 def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats:
