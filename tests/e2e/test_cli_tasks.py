@@ -30,7 +30,8 @@ def guard(guard_factory: Any, upstream: Upstream) -> Guard:
 async def test_an_approver_lists_and_approves_a_step_up_from_the_command_line(
         http: aiohttp.ClientSession, guard: Guard, upstream: Upstream) -> None:
     task = await create_task(http, guard.url, guard.token(AGENT))
-    pay: dict[str, Any] = {"url": f"{guard.url}/tools/echo/pay", "json": {"amount": 500}, "headers": bearer(task["task_token"])}
+    pay: dict[str, Any] = {"url": f"{guard.url}/tools/echo/pay", "json": {"amount": 500},
+                           "headers": bearer(task["task_token"])}
     async with http.post(**pay) as r:
         assert r.status == 403
         approval_id = (await r.json())["approval_id"]
