@@ -21,13 +21,12 @@ from guard.tool.verify import Credential, CredentialRejected, GuardUnavailable, 
 __all__ = ["CREDENTIAL", "credential", "middleware", "protect", "txn_token_middleware"]
 
 #: Where the middleware keeps the request's Credential (`request[CREDENTIAL]`).
-CREDENTIAL = "guard_credential"
+CREDENTIAL = web.RequestKey("guard_credential", Credential)
 
 
 def credential(request: web.Request) -> Credential:
     """The verified credential of the request being handled."""
-    cred: Credential = request[CREDENTIAL]
-    return cred
+    return request[CREDENTIAL]
 
 
 def middleware(verifier: Verifier) -> Middleware:
