@@ -1,8 +1,9 @@
 """`guard init DIR`: a folder to run guard from, outside any checkout.
 
 It writes guard.yaml (safe defaults: loopback, development issuer only), example policies with a
-policy test, an example tool that checks guard's credentials, and a README saying how to make the
-first call. The files ship inside the package (guard/starter/) and are never overwritten.
+policy test, two example tools that check guard's credentials (aiohttp, FastAPI), a webhook
+approver, the agent SDK quick start, and a README saying how to run them and make the first call.
+The files ship inside the package (guard/starter/) and are never overwritten.
 """
 
 from __future__ import annotations
@@ -21,6 +22,9 @@ STARTER_FILES = (
     "guard.yaml",
     "README.md",
     "notes_tool.py",
+    "summarize_tool.py",
+    "approver.py",
+    "agent.py",
     "policies/tools.yaml",
     "policies/agents.yaml",
     "policies/rules.yaml",
@@ -42,6 +46,7 @@ def write_starter(folder: Path, port: int, tool_port: int, force: bool = False) 
     if existing and not force:
         raise FileExistsError(", ".join(str(t) for t in existing))
     values = {"{{GUARD_PORT}}": str(port), "{{TOOL_PORT}}": str(tool_port),
+              "{{SUMMARIZE_PORT}}": str(tool_port + 1), "{{APPROVER_PORT}}": str(tool_port + 2),
               "{{GUARD_URL}}": f"http://127.0.0.1:{port}"}
     for rel, target in zip(STARTER_FILES, targets, strict=True):
         text = _source(rel).read_text(encoding="utf-8")
@@ -54,7 +59,7 @@ def write_starter(folder: Path, port: int, tool_port: int, force: bool = False) 
 
 def _port(text: str) -> int:
     port = int(text)
-    if not 0 < port < 65536:
+    if not 0 < port < 65534:
         raise argparse.ArgumentTypeError(f"{text} is not a TCP port")
     return port
 
@@ -77,6 +82,6 @@ def add_commands(sub: Any) -> None:
     i.add_argument("dir", metavar="DIR", nargs="?", default=".", help="the folder to set up (default: here)")
     i.add_argument("--port", type=_port, default=8080, help="the port guard listens on, on loopback (default 8080)")
     i.add_argument("--tool-port", type=_port, default=9101,
-                   help="the port of the example notes tool (default 9101)")
+                   help="the example notes tool's port; summarize and the approver take the next two (default 9101)")
     i.add_argument("--force", action="store_true", help="overwrite files that exist")
     i.set_defaults(func=cmd_init)

@@ -7,18 +7,22 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import venv
 from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from tests.support.process import ROOT, Proc, free_port, require, spawn, wait_port
+from tests.support.process import ROOT, free_port, require, wait_port
+
+pytestmark = pytest.mark.slow  # a wheel build and a venv from the lock: about 1.5 minutes
 
 AGENT = "spiffe://example/agent/assistant"
 
@@ -69,10 +73,28 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     return target
 
 
+def _three_free_ports() -> int:
+    """A port N with N+1 and N+2 free too (the example tools and the approver)."""
+    for _ in range(50):
+        first = free_port()
+        if first < 65530 and all(_free(first + i) for i in (1, 2)):
+            return first
+    raise AssertionError("no three consecutive free ports")
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
 @pytest.fixture
 def initialised(installed: Installed, tmp_path: Path) -> Iterator[tuple[Path, int]]:
     folder = tmp_path / "my-guard"
-    port, tool_port = free_port(), free_port()
+    port, tool_port = free_port(), _three_free_ports()
     done = installed.run(["guard", "init", str(folder), "--port", str(port), "--tool-port", str(tool_port)], tmp_path)
     assert done.returncode == 0, done.stderr
     yield folder, port
@@ -96,8 +118,8 @@ def test_the_installed_package_is_not_the_checkout(installed: Installed, tmp_pat
 def test_init_writes_a_safe_config_policies_a_policy_test_and_a_readme(
         installed: Installed, initialised: tuple[Path, int]) -> None:
     folder, port = initialised
-    for rel in ("guard.yaml", "README.md", "notes_tool.py", "policies/tools.yaml", "policies/agents.yaml",
-                "policies/rules.yaml", "policies/tests/notes.yaml"):
+    for rel in ("guard.yaml", "README.md", "notes_tool.py", "summarize_tool.py", "approver.py", "agent.py",
+                "policies/tools.yaml", "policies/agents.yaml", "policies/rules.yaml", "policies/tests/notes.yaml"):
         assert (folder / rel).is_file(), rel
     import yaml
 
@@ -106,27 +128,46 @@ def test_init_writes_a_safe_config_policies_a_policy_test_and_a_readme(
     assert "issuers" not in config and "dev_issuer" not in config
     tested = installed.run(["guard", "policy", "test", "--config", "guard.yaml"], folder)
     assert tested.returncode == 0, tested.stdout + tested.stderr
-    assert "3 passed, 0 failed" in tested.stdout
+    assert "5 passed, 0 failed" in tested.stdout
     again = installed.run(["guard", "init", str(folder)], folder)  # never overwrites
     assert again.returncode == 1 and "--force" in again.stderr
 
 
-def test_guard_serves_outside_the_repository_and_the_first_call_works_as_the_readme_says(
+@contextmanager
+def run_block(lines: list[str], cwd: Path, env: dict[str, str], log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """The README's "Run it" block as the reader runs it: one shell, tools in the background, guard in
+    front. It runs in a session of its own, which is ended (every process of it) afterwards."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(["bash", "-c", "\n".join(lines)], cwd=cwd, env={**os.environ, **env}, stdout=out,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
+def test_guard_serves_outside_the_repository_and_the_readme_runs_as_written(
         installed: Installed, initialised: tuple[Path, int]) -> None:
     require(None if shutil.which("curl") else "curl is not installed (the README stub's first call uses it)")
     folder, port = initialised
     readme = (folder / "README.md").read_text()
-    run_lines = _blocks(readme, "Run it")
-    assert run_lines == ["python notes_tool.py", "guard serve --config guard.yaml --console-logs"]
-    tool_port = int(re.search(r"127\.0\.0\.1:(\d+)", (folder / "policies/tools.yaml").read_text()).group(1))  # type: ignore[union-attr]
-    procs: list[Proc] = []
-    try:
-        for i, line in enumerate(run_lines):
-            argv = shlex.split(line)
-            argv[0] = str(installed.bin / argv[0])
-            procs.append(spawn(argv, folder, f"step{i}.log", installed.env()))
-        wait_port(tool_port, proc=procs[0].popen)
-        wait_port(port, proc=procs[1].popen)
+    tools_yaml = (folder / "policies/tools.yaml").read_text()
+    tool_ports = [int(p) for p in re.findall(r"127\.0\.0\.1:(\d+)", tools_yaml)]
+    assert len(tool_ports) == 2
+    approver_port = int(re.findall(r"127\.0\.0\.1:(\d+)/hook", (folder / "guard.yaml").read_text())[0])
+    log = folder / "run-it.log"
+    with run_block(_blocks(readme, "Run it"), folder, installed.env(), log) as running:
+        for p in [*tool_ports, approver_port, port]:
+            try:
+                wait_port(p, timeout=30, proc=running)
+            except (RuntimeError, TimeoutError) as e:
+                raise AssertionError(f"port {p}: {e}\n{log.read_text()}") from e
         first_call = "\n".join(_blocks(readme, "The first call"))
         done = subprocess.run(["bash", "-euo", "pipefail", "-c", first_call], cwd=folder,
                               env={**os.environ, **installed.env()}, capture_output=True, text=True, timeout=60,
@@ -137,7 +178,14 @@ def test_guard_serves_outside_the_repository_and_the_first_call_works_as_the_rea
         audit = installed.run(["guard", "audit", "show", note["task"], "--config", "guard.yaml"], folder)
         assert audit.returncode == 0, audit.stderr
         assert "notes" in audit.stdout and "write" in audit.stdout
-    finally:
-        for p in procs:
-            p.stop()
-    assert "development_mode" in procs[1].log()
+
+        assert _blocks(readme, "The agent SDK") == ["python agent.py"]
+        agent = installed.run(["python", "agent.py"], folder)
+        assert agent.returncode == 0, agent.stdout + agent.stderr + log.read_text()
+        lines = agent.stdout.splitlines()
+        assert lines[0].startswith("wrote: {") and "'author': 'spiffe://example/agent/assistant'" in lines[0]
+        assert lines[1].startswith("summary: {") and "'notes': 2, 'summary': 'hello; hello'" in lines[1]
+        assert lines[2] == "deleted note 2 after approval"
+    text = log.read_text()
+    assert "development_mode" in text
+    assert "approved http://127.0.0.1" in text  # the webhook receiver decided the step-up
