@@ -6,7 +6,8 @@
 
 One tool per action of each http tool of the task: its name is `<tool>_<action>`, its argument
 schema has the action path's `{variables}` as required strings, and `body` (an object: the JSON
-body, for POST, PUT, PATCH) or `query` (an object: the query parameters, for the other methods). Every call goes through guard. What the model reads back is a tool message:
+body, for POST, PUT, PATCH) or `query` (an object: the query parameters, for the other methods).
+Every call goes through guard. What the model reads back is a tool message:
 the tool's JSON answer; `approval pending (apr_…)` for a step-up when the task raises them (a task
 made with `step_up="wait"` waits instead); `refused by guard (denied): …` for a refusal.
 """

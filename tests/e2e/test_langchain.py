@@ -7,20 +7,15 @@ from __future__ import annotations
 from typing import Any
 
 import aiohttp
-import pytest
+from langchain_core.language_models.fake_chat_models import GenericFakeChatModel
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage
 
+from guard.adapters.langchain import langchain_tools
 from guard.client import Guard
 from tests.support.client import AGENT, echo_policy
 from tests.support.credentials import audit_of
 from tests.support.guard import Guard as GuardProcess
 from tests.support.upstream import Upstream
-
-pytest.importorskip("langchain_core")
-
-from langchain_core.language_models.fake_chat_models import GenericFakeChatModel  # noqa: E402
-from langchain_core.messages import AIMessage, BaseMessage, HumanMessage, ToolMessage  # noqa: E402
-
-from guard.adapters.langchain import langchain_tools  # noqa: E402
 
 
 def _ask(name: str, args: dict[str, Any], n: int) -> AIMessage:
