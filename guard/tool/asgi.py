@@ -14,7 +14,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
-from guard.tool.verify import CredentialRejected, GuardUnavailable, Verifier, current_credential, refusal
+from guard.tool.verify import CredentialRejected, GuardUnavailable, Verifier, current_credential, problem, refusal
 
 __all__ = ["GuardMiddleware"]
 
@@ -31,9 +31,10 @@ class GuardMiddleware:
     `scope["state"]["guard"]` (Starlette's `request.state.guard`) and in `current_credential`.
     The body is read once to check the call digest, then replayed to the app unchanged."""
 
-    def __init__(self, app: ASGIApp, verifier: Verifier) -> None:
+    def __init__(self, app: ASGIApp, verifier: Verifier, max_body_bytes: int = 1 << 20) -> None:
         self.app = app
         self.verifier = verifier
+        self.max_body_bytes = max_body_bytes  # larger bodies get 413 before they are read in full
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "lifespan":
@@ -43,11 +44,18 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         chunks: list[bytes] = []
+        size = 0
         while True:
             message = await receive()
             if message["type"] == "http.disconnect":
                 return
-            chunks.append(message.get("body", b""))
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > self.max_body_bytes:
+                await self._refuse(send, 413, *problem(413, "payload too large",
+                                                       f"the body is over {self.max_body_bytes} bytes"))
+                return
+            chunks.append(chunk)
             if not message.get("more_body"):
                 break
         body = b"".join(chunks)
@@ -60,10 +68,7 @@ class GuardMiddleware:
             cred = await self.verifier.verify(headers.get("authorization"), scope["method"], path_qs, body,
                                               headers.get("txn-token"))
         except (CredentialRejected, GuardUnavailable) as e:
-            status, out_headers, payload = refusal(e)
-            await send({"type": "http.response.start", "status": status,
-                        "headers": [(k.lower().encode(), v.encode()) for k, v in out_headers.items()]})
-            await send({"type": "http.response.body", "body": payload})
+            await self._refuse(send, *refusal(e))
             return
         scope.setdefault("state", {})["guard"] = cred
         replayed = False
@@ -80,6 +85,12 @@ class GuardMiddleware:
             await self.app(scope, replay, send)
         finally:
             current_credential.reset(token)
+
+    @staticmethod
+    async def _refuse(send: Send, status: int, headers: dict[str, str], payload: bytes) -> None:
+        await send({"type": "http.response.start", "status": status,
+                    "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()]})
+        await send({"type": "http.response.body", "body": payload})
 
     async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass the lifespan through; close the verifier's HTTP session at shutdown."""

@@ -189,7 +189,7 @@ async def test_a_fastapi_tool_with_the_asgi_middleware_and_httpx(guard_factory: 
     g: Guard = guard_factory(chain_policy(front_port, notes_port, "fast"))
     seen: list[Credential] = []
     app = fastapi.FastAPI()
-    app.add_middleware(GuardMiddleware, verifier=Verifier(g.url, "fast"))
+    app.add_middleware(GuardMiddleware, verifier=Verifier(g.url, "fast"), max_body_bytes=4096)
 
     @app.post("/go")  # type: ignore[untyped-decorator]  # fastapi comes from importorskip (Any)
     async def go(request: Request) -> dict[str, Any]:
@@ -211,6 +211,8 @@ async def test_a_fastapi_tool_with_the_asgi_middleware_and_httpx(guard_factory: 
                 assert await r.json() == {"chained": 201, "body": {"saved": "via fastapi"}}
             async with http.post(f"http://127.0.0.1:{front_port}/go", json={"title": "x"}) as r:
                 assert r.status == 401 and (await r.json())["detail"] == "missing bearer credential"
+            async with http.post(f"http://127.0.0.1:{front_port}/go", data=b"x" * 5000) as r:
+                assert r.status == 413  # refused before the whole body is held
     finally:
         server.should_exit = True
         await serving
