@@ -1,4 +1,4 @@
-"""The example tools (examples/notes.py, research.py) behind a real guard, as processes on ports of
+"""The example tools (examples/notes.py, research.py, payments.py) behind a real guard, as processes on ports of
 their own: guard.tool checks each credential, and research's chained call saves a note."""
 
 from __future__ import annotations
@@ -16,9 +16,8 @@ from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
 
 
 @pytest.fixture
-def tools(tmp_path: Path) -> Iterator[dict[str, int]]:
-    ports = {"notes": free_port(), "research": free_port()}
-    yield ports
+def tools() -> Iterator[dict[str, int]]:
+    yield {"notes": free_port(), "research": free_port(), "payments": free_port()}
 
 
 def _start(module: str, port: int, guard_url: str, logs: Path) -> Proc:
@@ -37,9 +36,13 @@ async def test_research_saves_its_summary_as_a_note_through_guard(guard_factory:
                                   "write": {"method": "POST", "path": "/notes"}}},
             "research": {"kind": "http", "upstream": f"http://127.0.0.1:{tools['research']}",
                          "actions": {"run": {"method": "POST", "path": "/research"}}},
+            "payments": {"kind": "http", "upstream": f"http://127.0.0.1:{tools['payments']}",
+                         "actions": {"pay": {"method": "POST", "path": "/payments"}}},
         },
         "rules": [
             {"id": "uses-research", "effect": "allow", "match": {"agent": [AGENT], "tool": "research"}},
+            {"id": "pays", "effect": "allow",
+             "match": {"agent": [AGENT], "tool": "payments", "chain": {"depth_lte": 0}}},
             {"id": "lists-notes", "effect": "allow",
              "match": {"agent": [AGENT], "tool": "notes", "action": ["list"], "chain": {"depth_lte": 0}}},
             {"id": "research-saves-notes", "effect": "allow",
@@ -64,6 +67,11 @@ async def test_research_saves_its_summary_as_a_note_through_guard(guard_factory:
             assert [n["title"] for n in notes] == ["Research: agent sandboxes"]
             async with http.get(f"http://127.0.0.1:{tools['notes']}/notes") as r:  # around guard: refused
                 assert r.status == 401
+            async with http.post(f"{g.url}/tools/payments/payments", headers=auth,
+                                 json={"amount": 12.5, "currency": "EUR", "to": "acme"}) as r:
+                assert r.status == 201, await r.text()
+                paid = await r.json()
+            assert paid["agent"] == AGENT and paid["task_id"] == task["task_id"] and paid["status"] == "settled"
     finally:
         for p in procs:
             p.stop()
