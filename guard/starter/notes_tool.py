@@ -34,7 +34,10 @@ async def read_note(request: web.Request) -> web.Response:
 
 
 async def write_note(request: web.Request) -> web.Response:
-    data = await request.json()
+    try:
+        data = await request.json()
+    except ValueError:
+        return web.json_response({"detail": "the body must be JSON"}, status=400)
     if not isinstance(data, dict) or not isinstance(data.get("title"), str):
         return web.json_response({"detail": "a note needs a title"}, status=400)
     cred = credential(request)
