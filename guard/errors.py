@@ -137,6 +137,12 @@ class UnknownAction(Forbidden):
 class ApprovalRequired(Forbidden):
     code, title = "approval_required", "Approval required"
 
+    @property
+    def approval_id(self) -> str | None:
+        """The approval to wait for (guard.client raises this with the guard's answer)."""
+        found = self.extra.get("approval_id")
+        return str(found) if found is not None else None
+
 
 class ApprovalDenied(Forbidden):
     code, title = "approval_denied", "Approval denied or expired"

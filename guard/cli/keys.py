@@ -3,13 +3,26 @@
 from __future__ import annotations
 
 import argparse
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from guard.config import load_config
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "duration"]
+
+_DURATION = re.compile(r"(\d+)([smhd]?)")
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(text: str) -> int:
+    """Seconds from `90`, `90s`, `5m`, `2h` or `1d` (an argparse type: a bad value is a usage error)."""
+    found = _DURATION.fullmatch(text.strip())
+    seconds = int(found.group(1)) * _UNIT_S[found.group(2)] if found else 0
+    if seconds <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration: seconds, or 30s, 5m, 2h, 1d")
+    return seconds
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
@@ -53,7 +66,9 @@ def add_commands(sub: Any) -> None:
     kr.set_defaults(func=cmd_keys_rotate)
 
     d = sub.add_parser("dev-token", help="mint a token of the local development issuer")
-    d.add_argument("--sub", required=True)
-    d.add_argument("--role", action="append", help="guard:admin, guard:auditor, guard:approver")
-    d.add_argument("--ttl", type=int, default=3600)
+    d.add_argument("--sub", required=True, help="the token's subject: an agent (spiffe://...) or a person")
+    d.add_argument("--role", action="append",
+                   help="a role to grant (repeatable): guard:admin, guard:auditor, guard:approver")
+    d.add_argument("--ttl", type=duration, default=3600, metavar="DURATION",
+                   help="lifetime: seconds, or 30s, 5m, 2h, 1d (default 1h)")
     d.set_defaults(func=cmd_dev_token)

@@ -1,4 +1,5 @@
-"""guard serve | policy check | policy test | audit show|verify|export | agents | keys init|rotate | dev-token
+"""guard init | serve | policy check|test | audit show|verify|export | agents | tasks list|show|revoke
+| approvals list|decide | keys init|rotate | dev-token
 
 The parser and the entry point; each command group lives in its own module of guard/cli/.
 """
@@ -10,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from guard.cli import agents, audit, keys, policy, serve
+from guard.cli import agents, audit, init, keys, policy, remote, serve
 from guard.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
@@ -31,11 +32,13 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="guard", description="zero-trust proxy between AI agents and their tools", config_default=None)
     sub = p.add_subparsers(dest="command", required=True)
+    init.add_commands(sub)
     serve.add_commands(sub)
     policy.add_commands(sub)
     audit.add_commands(sub)
     keys.add_commands(sub)
     agents.add_commands(sub)
+    remote.add_commands(sub)
     return p
 
 

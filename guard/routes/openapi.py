@@ -61,6 +61,7 @@ SCHEMAS: dict[str, Any] = {
                   "expires_at": N, "calls": I, "max_calls": {"type": ["integer", "null"]},
                   "labels": {"type": "object"}, "pending_approvals": {"type": "array", "items": S}},
                  ("task_id", "agent", "purpose", "status", "calls")),
+    "TaskTools": _obj({"task_id": S, "tools": {"type": "array", "items": {"type": "object"}}}, ("task_id", "tools")),
     "TaskList": _obj({"tasks": {"type": "array", "items": _ref("Task")}, "total": I}, ("tasks",)),
     "Revoke": _obj({"reason": S}),
     "AuditRecord": _obj({"seq": I, "ts": N, "task_id": S, "event": S, "call_id": S, "agent": S, "tool": S,
@@ -130,6 +131,10 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/tasks/{task_id}": {"get": _op("A task (owner agent, admin, auditor)", _json("Task", "the task"),
                                            (*auth, "404"), params=tid)},
+        "/v1/tasks/{task_id}/tools": {"get": _op(
+            "The tools the task may reach and their actions (owner agent)",
+            _json("TaskTools", "{name, kind, url, actions: [{name, method, path}]} per tool"), (*auth, "404"),
+            params=tid)},
         "/v1/tasks/{task_id}/complete": {"post": _op("End the task (owner agent)", _json("Task", "completed"),
                                                      (*auth, "404"), params=tid)},
         "/v1/tasks/{task_id}/revoke": {"post": _op("Revoke the task (admin)", _json("Task", "revoked"),

@@ -167,6 +167,24 @@ function timeline(records) {
     el("tbody", {}, rows));
 }
 
+// an admin ends an active task at once: its tokens, credentials and pending approvals stop working
+function revokeForm(task) {
+  const reason = el("input", { id: "revoke-reason", class: "reason", placeholder: "reason (kept in the audit trail)",
+    maxlength: "500", required: "required" });
+  const result = el("span", { class: "result", role: "status" });
+  return el("form", { class: "actions", id: "revoke", onsubmit: async (ev) => {
+    ev.preventDefault();
+    result.textContent = "revoking…";
+    try {
+      await api("/v1/tasks/" + encodeURIComponent(task.task_id) + "/revoke",
+        { method: "POST", body: JSON.stringify({ reason: reason.value }) });
+      await viewTask(task.task_id);
+    } catch (e) {
+      result.textContent = String(e.message || e);
+    }
+  } }, el("button", { class: "deny", type: "submit" }, "Revoke task"), reason, result);
+}
+
 async function viewTask(taskId) {
   const [task, trail] = await Promise.all([
     api("/v1/tasks/" + encodeURIComponent(taskId)),
@@ -185,6 +203,7 @@ async function viewTask(taskId) {
       el("dt", {}, "calls"), el("dd", {}, String(task.calls)),
       el("dt", {}, "created / expires"), el("dd", {}, when(task.created_at) + " / " + when(task.expires_at)),
       el("dt", {}, "audit chain"), el("dd", { id: "verified" }, verified, " ", trail.records.length + " records")),
+    task.status === "active" ? revokeForm(task) : null,
     el("h2", {}, "Chain"), el("div", { id: "chain" }, chainTree(trail.records)),
     el("h2", {}, "Audit timeline"), timeline(trail.records));
 }
@@ -193,12 +212,19 @@ async function viewTask(taskId) {
 
 async function decide(approval, decision, reasonInput, result) {
   result.textContent = "sending…";
+  const card = result.closest("section.approval");
   try {
     const body = { decision };
     if (reasonInput.value) body.reason = reasonInput.value;
     const out = await api("/v1/approvals/" + encodeURIComponent(approval.approval_id) + "/decision",
       { method: "POST", body: JSON.stringify(body) });
     result.textContent = decision === "approve" ? "approved → " + out.status : "denied → " + out.status;
+    // the card shows the approval's new state; once it is no longer pending, nothing is left to decide
+    card.dataset.status = out.status;
+    card.querySelector("h3 .badge").replaceWith(badge(out.status));
+    if (out.status !== "pending") {
+      for (const control of card.querySelectorAll(".actions button, .actions input")) control.disabled = true;
+    }
   } catch (e) {
     result.textContent = String(e.message || e);
   }
@@ -208,7 +234,7 @@ function approvalCard(a) {
   const reason = el("input", { class: "reason", placeholder: "reason (optional)", maxlength: "500" });
   const result = el("span", { class: "result", role: "status" });
   const task = a.task || {};
-  return el("section", { class: "card approval", "data-approval-id": a.approval_id },
+  return el("section", { class: "card approval", "data-approval-id": a.approval_id, "data-status": a.status },
     el("h3", {}, el("span", { class: "mono" }, a.tool + "." + a.action), " ", badge(a.status)),
     el("dl", { class: "facts" },
       el("dt", {}, "request"), el("dd", { class: "mono" }, (a.method || "") + " " + (a.path || "")),

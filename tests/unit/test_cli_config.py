@@ -29,7 +29,7 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
     out: list[str] = []
     for a in parser._actions:
         if not a.option_strings and a.nargs not in ("?", "*"):
-            out.append("x")
+            out.append(str(next(iter(a.choices))) if a.choices else "x")
         elif a.option_strings and a.required:
             out += [a.option_strings[0], "x"]
     return out
