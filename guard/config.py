@@ -205,6 +205,21 @@ class RetentionCfg(_Section):
         return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
 
 
+class TelemetryCfg(_Section):
+    """Traces over OTLP/HTTP (guard.telemetry): one span per call, a child span per stage."""
+
+    otlp_endpoint: str = "http://127.0.0.1:4318"  # the collector's base URL; traces go to <it>/v1/traces
+    service_name: str = Field("guard", min_length=1)
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of the traces that start here; a caller's choice is kept
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+        return v.rstrip("/")
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -222,6 +237,7 @@ class Config(_Section):
     sso: SsoCfg | None = None
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
+    telemetry: TelemetryCfg | None = None  # off unless set (guard.telemetry)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
@@ -239,7 +255,7 @@ class Config(_Section):
         return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
-_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention")
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention", "telemetry")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 

@@ -156,15 +156,12 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     call = _tool_call(request, deps, body, msg)
     farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
-        if msg.method == "tools/call":
-            auth = await authorize_call(call, deps)
-            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
-        auth = await authorize_passthrough(call, deps, msg.label)
-        rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
-                                        task_ends=deps.task_ends, farewell=farewell)
+        if deps.tracing is None:
+            return await _proxy(request, deps, call, msg, farewell)
+        meta = msg.params.get("_meta")
+        with deps.tracing.call(call, request.headers, msg.label, msg.rpc_id,
+                               meta if isinstance(meta, dict) else None) as traced:
+            return await _proxy(request, deps, traced, msg, farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -172,6 +169,19 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
+
+
+async def _proxy(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                 farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
+    if msg.method == "tools/call":
+        auth = await authorize_call(call, deps)
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
+    auth = await authorize_passthrough(call, deps, msg.label)
+    rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+    return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                    event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
+                                    task_ends=deps.task_ends, farewell=farewell)
 
 
 def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:
