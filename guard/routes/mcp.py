@@ -41,6 +41,7 @@ from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
 from guard.tasks.ends import EndReason
+from guard.telemetry import Tracing
 
 __all__ = ["routes"]
 
@@ -156,12 +157,17 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     call = _tool_call(request, deps, body, msg)
     farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
-        if deps.tracing is None:
-            return await _proxy(request, deps, call, msg, farewell)
-        meta = msg.params.get("_meta")
-        with deps.tracing.call(call, request.headers, msg.label, msg.rpc_id,
-                               meta if isinstance(meta, dict) else None) as traced:
-            return await _proxy(request, deps, traced, msg, farewell)
+        if deps.tracing is not None:
+            return await _traced(request, deps, call, msg, farewell, deps.tracing)
+        if msg.method == "tools/call":
+            auth = await authorize_call(call, deps)
+            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
+        auth = await authorize_passthrough(call, deps, msg.label)
+        rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
+                                        task_ends=deps.task_ends, farewell=farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -171,8 +177,16 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
         return _refusal(err, msg)
 
 
-async def _proxy(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
-                 farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
+async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                  farewell: Callable[[EndReason], bytes] | None, tracing: Tracing) -> web.StreamResponse:
+    """mcp_post's forwarding, as a span (guard.telemetry); a refusal leaves it as an exception."""
+    meta = msg.params.get("_meta")
+    with tracing.call(call, request.headers, msg.label, msg.rpc_id, meta if isinstance(meta, dict) else None) as call:
+        return await _forward_message(request, deps, call, msg, farewell)
+
+
+async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                           farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
     if msg.method == "tools/call":
         auth = await authorize_call(call, deps)
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
