@@ -144,7 +144,11 @@ class _CallSpan:
         meta = params.get("_meta")
         params["_meta"] = {**(meta if isinstance(meta, dict) else {}), **self._headers}
         message["params"] = params
-        return replace(call, body=json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode())
+        try:
+            body = json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+        except ValueError:  # a number beyond a float's range: the body goes as it came, the header carries it
+            return call
+        return replace(call, body=body)
 
     def forwarding(self) -> dict[str, str]:
         self._end_stage()

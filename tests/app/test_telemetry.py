@@ -176,3 +176,34 @@ async def test_trace_starts_here_without_a_caller_traceparent(
     assert span.parent_span_id == "" and span.service_name == "guard"
     forward = _by_name(receiver.spans, span)["forward"]
     assert _names(upstream.requests[0].headers["traceparent"], forward)
+
+
+async def test_sampling_and_step_up(app_factory: AppFactory, upstream: Upstream, receiver: OtlpReceiver,
+                                    http: aiohttp.ClientSession) -> None:
+    """sample_ratio 0: a trace that starts at guard is not recorded (the tool is told so), a
+    caller's sampled trace still is; a step-up is the `approve` stage and guard.decision step_up."""
+    policies = {"tools": {"a": {"kind": "http", "upstream": upstream.url,
+                                "actions": {"run": {"method": "POST", "path": "/run"},
+                                            "pay": {"method": "POST", "path": "/pay"}}}},
+                "rules": [{"id": "a-runs", "effect": "allow", "match": {"tool": "a", "action": "run"}},
+                          {"id": "pay-needs-approval", "effect": "step_up", "approvers": "finance",
+                           "match": {"tool": "a", "action": "pay"}}]}
+    guard = await app_factory(policies, config={"telemetry": {"otlp_endpoint": receiver.url, "sample_ratio": 0.0}})
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    async with http.post(f"{guard.url}/tools/a/run", json={}, headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    unsampled = upstream.requests[0].headers["traceparent"]
+    assert int(unsampled.rsplit("-", 1)[1], 16) & 1 == 0  # not sampled (02: the W3C level 2 random bit)
+    trace_id = secrets.token_hex(16)
+    sampled = {**bearer(task["task_token"]), "traceparent": f"00-{trace_id}-{secrets.token_hex(8)}-01"}
+    async with http.post(f"{guard.url}/tools/a/pay", json={"amount": 5}, headers=sampled) as r:
+        assert r.status == 403 and (await r.json())["code"] == "approval_required"
+    await guard.close()
+    spans = await receiver.wait_for(1, {"gen_ai.tool.name": "a"})
+    assert [s.trace_id for s in spans] == [trace_id]  # the unsampled call sent nothing
+    (span,) = spans
+    assert span.attributes["guard.decision"] == "step_up" and span.attributes["guard.rule_id"] == "pay-needs-approval"
+    assert span.attributes["error.type"] == "approval_required" and span.attributes["guard.action"] == "pay"
+    stages = _by_name(receiver.spans, span)
+    assert "approve" in stages and "forward" not in stages
+    assert stages["approve"].attributes["error.type"] == "approval_required"
