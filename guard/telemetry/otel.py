@@ -58,6 +58,7 @@ class OtelTracing:
             resource=Resource.create({"service.name": cfg.service_name}),
             sampler=ParentBased(TraceIdRatioBased(cfg.sample_ratio)),
             id_generator=self.ids,
+            shutdown_on_exit=False,  # the app's cleanup closes it (close()), while the loop still runs
         )
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces")))
         self.tracer: Tracer = self.provider.get_tracer("guard")
