@@ -332,8 +332,8 @@ class CallTrace(Protocol):
     def stage(self, name: str) -> None:
         """The stage `name` starts (a child span); the one before it ends."""
 
-    def decided(self, task_id: str, effect: str, rule_id: str | None, action: str | None) -> None:
-        """The call's decision, for the call span's attributes."""
+    def decided(self, caller: Caller, effect: str, rule_id: str | None, action: str | None) -> None:
+        """The call's task, agent and decision, for the call span's attributes."""
 
     def to_tool(self, call: ToolCall) -> ToolCall:
         """`call` as the tool will receive it: an MCP request carries the forward span's `traceparent`

@@ -188,7 +188,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
              action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
     if trace is not None:
-        trace.decided(caller.task_id, "allow", decision.rule_id, action.name)
+        trace.decided(caller, "allow", decision.rule_id, action.name)
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
 
 
@@ -254,7 +254,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     action = Action(tool.name, method, None)
     if trace is not None:
         trace.stage("mint")
-        trace.decided(caller.task_id, "allow", None, method)
+        trace.decided(caller, "allow", None, method)
         call = trace.to_tool(call)
     try:
         minted = await mint_credentials(
@@ -327,4 +327,4 @@ async def record_refusal(
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
              action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)
     if call.trace is not None:
-        call.trace.decided(caller.task_id, effect, err.extra.get("rule_id"), action)
+        call.trace.decided(caller, effect, err.extra.get("rule_id"), action)

@@ -31,7 +31,7 @@ from opentelemetry.trace import Span, SpanKind, Status, StatusCode, Tracer, set_
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from guard.config import TelemetryCfg
-from guard.domain import ToolCall
+from guard.domain import Caller, ToolCall
 from guard.errors import GuardError
 
 __all__ = ["OtelTracing"]
@@ -120,9 +120,10 @@ class _CallSpan:
         self._end_stage()
         self._current = self._tracing.tracer.start_span(name, context=self.context, attributes={"guard.stage": name})
 
-    def decided(self, task_id: str, effect: str, rule_id: str | None, action: str | None) -> None:
+    def decided(self, caller: Caller, effect: str, rule_id: str | None, action: str | None) -> None:
         self.decision = effect
-        self.span.set_attribute("guard.task_id", task_id)
+        self.span.set_attribute("guard.task_id", caller.task_id)
+        self.span.set_attribute("gen_ai.agent.id", caller.agent)
         self.span.set_attribute("guard.decision", effect)
         if rule_id is not None:
             self.span.set_attribute("guard.rule_id", rule_id)

@@ -124,6 +124,7 @@ async def test_chained_call_span_tree(app_factory: AppFactory, upstream_factory:
                                                    "guard.rule_id", "guard.task_id")} == {
         "gen_ai.tool.name": "a", "guard.action": "run", "guard.decision": "allow", "guard.rule_id": "a-runs",
         "guard.task_id": task["task_id"]}
+    assert span_a.attributes["gen_ai.agent.id"] == AGENT
     stages_a = _by_name(receiver.spans, span_a)
     assert sorted(stages_a) == sorted(STAGES)
     assert all(s.trace_id == trace_id for s in stages_a.values())
