@@ -88,8 +88,8 @@ class OtelTracing:
         except GuardError as err:
             trace.fail(err.code, err.detail, err.status)
             raise
-        except BaseException as err:
-            trace.fail(type(err).__qualname__, str(err), None)
+        except BaseException as err:  # its type only: an internal error's text stays in guard's log
+            trace.fail(type(err).__qualname__, type(err).__qualname__, None)
             raise
         finally:
             trace.end()
