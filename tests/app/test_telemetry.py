@@ -105,6 +105,11 @@ async def test_chained_call_span_tree(app_factory: AppFactory, upstream_factory:
             **headers, "Accept": "application/json, text/event-stream"}) as r:
         assert r.status == 200 and "result" in await r.json()
         call_mcp = r.headers["Guard-Call-Id"]
+    ping = {"jsonrpc": "2.0", "id": 8, "method": "ping"}
+    async with http.post(f"{guard.url}/mcp/files", json=ping, headers={
+            **headers, "Accept": "application/json, text/event-stream"}) as r:
+        assert r.status == 200 and "result" in await r.json()
+        call_ping = r.headers["Guard-Call-Id"]
     async with http.delete(f"{guard.url}/tools/b/run", headers=headers) as r:
         assert r.status == 403
         call_denied = r.headers["Guard-Call-Id"] if "Guard-Call-Id" in r.headers else (await r.json())["call_id"]
@@ -155,6 +160,14 @@ async def test_chained_call_span_tree(app_factory: AppFactory, upstream_factory:
     cred = jwt.decode(seen.headers["Authorization"].removeprefix("Bearer "), options={"verify_signature": False})
     digest = base64.urlsafe_b64encode(hashlib.sha256(b"POST\n/mcp\n" + seen.body).digest()).rstrip(b"=").decode()
     assert cred["call_digest"] == digest
+
+    # other MCP requests are spans too, and carry the traceparent in params._meta
+    (span_ping,) = await receiver.wait_for(1, {"guard.call_id": call_ping})
+    assert (span_ping.name, span_ping.attributes["mcp.method.name"]) == ("ping", "ping")
+    assert "gen_ai.operation.name" not in span_ping.attributes
+    assert span_ping.parent_span_id == agent_span
+    forward_ping = _by_name(receiver.spans, span_ping)["forward"]
+    assert _names(json.loads(files.requests[1].body)["params"]["_meta"]["traceparent"], forward_ping)
 
     # a refusal: the deciding rule, error.type, and no forward stage
     (span_no,) = [s for s in calls if s.attributes["guard.call_id"] == call_denied]
