@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import Iterator, Mapping
-from concurrent.futures import Future
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -62,7 +62,10 @@ class OtelTracing:
         )
         self.provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=f"{cfg.otlp_endpoint}/v1/traces")))
         self.tracer: Tracer = self.provider.get_tracer("guard")
-        self._flushes: set[Future[bool] | asyncio.Future[bool]] = set()
+        # one flush at a time, on a thread of its own; the tasks that end while one waits share it
+        self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="guard-otel-flush")
+        self._flush_queued = False
+        self._flushes: set[asyncio.Future[None]] = set()
 
     @contextmanager
     def call(self, call: ToolCall, headers: Mapping[str, str], mcp_method: str | None = None,
@@ -95,11 +98,19 @@ class OtelTracing:
             trace.end()
 
     def flush_soon(self) -> None:
-        fut = asyncio.get_running_loop().run_in_executor(None, self.provider.force_flush)
+        if self._flush_queued:
+            return
+        self._flush_queued = True
+        fut = asyncio.get_running_loop().run_in_executor(self._flusher, self._flush)
         self._flushes.add(fut)
         fut.add_done_callback(self._flushes.discard)
 
+    def _flush(self) -> None:
+        self._flush_queued = False  # from here on, a task that ends asks for a flush of its own
+        self.provider.force_flush()
+
     async def close(self) -> None:
+        self._flusher.shutdown(wait=False, cancel_futures=True)
         await asyncio.to_thread(self.provider.shutdown)  # flushes the batch first
 
 

@@ -3,8 +3,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import threading
 from typing import TYPE_CHECKING
+
+import pytest
 
 from guard.config import TelemetryCfg
 from guard.domain import ToolCall
@@ -55,4 +59,26 @@ def test_a_body_json_cannot_carry_goes_unchanged() -> None:
         sent = traced.trace.to_tool(traced)
         assert traced.trace.forwarding()["traceparent"].startswith("00-")
     assert sent.body == body
+    tracing.provider.shutdown()
+
+
+async def test_tasks_ending_together_share_one_flush(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One flush runs at a time and one more may wait: the tasks that end meanwhile share the waiting one."""
+    tracing = _tracing()
+    flushes: list[int] = []
+    release = threading.Event()
+
+    def slow_flush(timeout_millis: int = 30000) -> bool:
+        flushes.append(1)
+        return release.wait(10)
+
+    monkeypatch.setattr(tracing.provider, "force_flush", slow_flush)
+    tracing.flush_soon()
+    while not flushes:  # the first flush runs (and holds its thread)
+        await asyncio.sleep(0.01)
+    for _ in range(100):  # a hundred tasks end meanwhile
+        tracing.flush_soon()
+    release.set()
+    await asyncio.gather(*tracing._flushes)
+    assert len(flushes) == 2
     tracing.provider.shutdown()
