@@ -166,6 +166,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     durable = deps.audit.keep_started(record)
     if trace is not None:
         trace.stage("mint")
+        trace.decided(caller, "allow", decision.rule_id, action.name)
         call = trace.to_tool(call)  # the forward span's traceparent, before the credential binds the body
     try:
         try:
@@ -187,8 +188,6 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         raise
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
              action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
-    if trace is not None:
-        trace.decided(caller, "allow", decision.rule_id, action.name)
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
 
 
