@@ -41,6 +41,7 @@ from guard.stores import open_store
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
+from guard.telemetry import Tracing, open_tracing
 
 __all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
 
@@ -210,6 +211,15 @@ def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, hold
     return context
 
 
+def _flusher(tracing: Tracing) -> Callable[[TaskEnded], Awaitable[None]]:
+    """A task's spans are exported when it ends, not when the batch next fills or times out."""
+
+    async def flush(ended: TaskEnded) -> None:
+        tracing.flush_soon()
+
+    return flush
+
+
 def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
     cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
@@ -232,6 +242,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         if tls.required:
             app.middlewares.append(require_client_cert(tls))
 
+    tracing = open_tracing(cfg)  # None when telemetry is off; stops start-up when it is on without the SDK
     opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
@@ -285,20 +296,27 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         credentials_.start()
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls, tracing=tracing)
         if cfg.baseline is not None:
             deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
+        if tracing is not None:
+            ends.subscribe(_flusher(tracing))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
         await credentials_.close()
 
+    async def telemetry(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if tracing is not None:
+            await tracing.close()  # the spans still batched are exported before the process ends
+
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
-    app.cleanup_ctx.extend([store, audit_writer, client_session, task_ends, retention_sweeper, approvals_service,
-                            credentials_service])
+    app.cleanup_ctx.extend([telemetry, store, audit_writer, client_session, task_ends, retention_sweeper,
+                            approvals_service, credentials_service])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
     app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)

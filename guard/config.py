@@ -282,6 +282,19 @@ class BaselineCfg(_Section):
 
     learn_s: float = Field(gt=0)
 # -- end of signals ------------------------------------------------------------------------------------
+class TelemetryCfg(_Section):
+    """Traces over OTLP/HTTP (guard.telemetry): one span per call, a child span per stage."""
+
+    otlp_endpoint: str = "http://127.0.0.1:4318"  # the collector's base URL; traces go to <it>/v1/traces
+    service_name: str = Field("guard", min_length=1)
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of the traces that start here; a caller's choice is kept
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+        return v.rstrip("/")
 
 
 class Config(_Section):
@@ -304,6 +317,7 @@ class Config(_Section):
     signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
     credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
     baseline: BaselineCfg | None = None  # agents' baselines: match.agent.unusual; None: off (costs nothing)
+    telemetry: TelemetryCfg | None = None  # off unless set (guard.telemetry)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
@@ -329,7 +343,7 @@ class Config(_Section):
         return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
-_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention")
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention", "telemetry")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from guard.audit.calltree import call_tree
 from guard.audit.chain import Verification, verify_chain
+from guard.audit.ocsf import ocsf_lines
 from guard.audit.trails import parse_since, read_trail, records_since
 from guard.config import load_config
 from guard.errors import ConfigError
@@ -88,9 +89,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    ocsf = args.format == "ocsf"
     try:
         if args.url:
-            query = urllib.parse.urlencode({"since": repr(since)})
+            query = urllib.parse.urlencode({"since": repr(since), "format": "ocsf" if ocsf else "json"})
             with _open(f"{args.url.rstrip('/')}/v1/audit?{query}", args.token, "application/x-ndjson") as resp:
                 for line in resp:
                     sys.stdout.write(line.decode())
@@ -100,7 +102,11 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         if not cfg.audit.dir:
             raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
         for records in records_since(cfg.audit.dir, since):
-            _write_lines(sys.stdout, records)
+            if ocsf:
+                sys.stdout.write(ocsf_lines(records).decode())
+                sys.stdout.flush()
+            else:
+                _write_lines(sys.stdout, records)
     except RemoteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -199,6 +205,7 @@ def add_commands(sub: Any) -> None:
     ve.set_defaults(func=cmd_audit_verify)
     ex = aud.add_parser("export", help="stream audit records since a time, one JSON object a line (for a SIEM)")
     ex.add_argument("--since", default="", help="unix seconds or an ISO 8601 time (default: everything)")
-    ex.add_argument("--format", choices=["ndjson"], default="ndjson", help="the output format (default ndjson)")
+    ex.add_argument("--format", choices=["ndjson", "ocsf"], default="ndjson",
+                    help="ndjson: guard's records; ocsf: OCSF API Activity events (class 6003), one a line")
     add_remote_args(ex)
     ex.set_defaults(func=cmd_audit_export)

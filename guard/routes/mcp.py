@@ -41,6 +41,7 @@ from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
 from guard.tasks.ends import EndReason
+from guard.telemetry import Tracing
 
 __all__ = ["routes"]
 
@@ -156,6 +157,8 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     call = _tool_call(request, deps, body, msg)
     farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
+        if deps.tracing is not None:
+            return await _traced(request, deps, call, msg, farewell, deps.tracing)
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
             return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
@@ -172,6 +175,27 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
+
+
+async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                  farewell: Callable[[EndReason], bytes] | None, tracing: Tracing) -> web.StreamResponse:
+    """mcp_post's forwarding, as a span (guard.telemetry); a refusal leaves it as an exception."""
+    meta = msg.params.get("_meta")
+    with tracing.call(call, request.headers, msg.label, msg.rpc_id, meta if isinstance(meta, dict) else None) as call:
+        return await _forward_message(request, deps, call, msg, farewell)
+
+
+async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                           farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
+    if msg.method == "tools/call":
+        auth = await authorize_call(call, deps)
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
+    auth = await authorize_passthrough(call, deps, msg.label)
+    rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+    return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                    event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
+                                    task_ends=deps.task_ends, farewell=farewell)
 
 
 def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:
