@@ -129,3 +129,20 @@ async def test_a_redis_that_stops_answering_fails_closed_and_is_used_again(
     async with http.get(f"{g.url}/tools/echo/items/7", headers=h) as r:
         assert r.status == 200
     assert [s.path_qs for s in upstream.requests] == ["/items/1", "/items/7"]
+
+
+async def test_after_a_redis_restart_calls_succeed_once_ready(
+    guard: Guard, upstream: Upstream, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """Redis restarts while the guard is idle: every connection it holds is stale. Once /readyz
+    answers 200, no call answers 503 store_unavailable."""
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=h) as r:
+        assert r.status == 200
+    redis_server.stop()
+    redis_server.start()
+    await wait_ready(http, guard)
+    for i in range(2, 5):
+        async with http.get(f"{guard.url}/tools/echo/items/{i}", headers=h) as r:
+            assert r.status == 200, await r.text()

@@ -213,3 +213,40 @@ async def test_an_approval_decided_at_one_instance_wakes_the_others(topology: To
     finally:
         await a.close()
         await b.close()
+
+
+async def test_after_a_failover_or_a_restart_calls_succeed_once_ready(
+    guard_factory: Any, upstream: Upstream, topology: Topology, http: aiohttp.ClientSession
+) -> None:
+    """The guard sits idle while its task's primary goes away: under Sentinel it is killed and a
+    replica is promoted; in a cluster it restarts (its connections go stale, and for a moment
+    it answers PING but refuses keys), then another primary is killed and its replica takes
+    over. Each time, once /readyz answers 200, no call answers 503 store_unavailable."""
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": topology.url}})
+    tasks = [await create_task(http, g.url, g.token(AGENT)) for _ in range(6)]  # over every primary
+
+    async def ready() -> bool:
+        async with http.get(f"{g.url}/readyz") as r:
+            return r.status == 200
+
+    async def calls_succeed() -> None:
+        for task in tasks:
+            answer = await call(http, g, task)
+            assert answer.status == 200, answer
+
+    await calls_succeed()
+    victim = victim_of(topology, tasks[0]["task_id"])
+    if isinstance(topology, SentinelTopology):
+        victim.kill()
+        await asyncio.to_thread(topology.wait_promoted, victim)
+    else:
+        victim.stop()
+        victim.start()
+    await until(ready, "the guard to be ready again")
+    await calls_succeed()
+    if isinstance(topology, ClusterTopology):
+        victim = next(n for n in topology.primaries() if n is not victim)
+        victim.kill()
+        await asyncio.to_thread(topology.wait_ok)
+        await until(ready, "the guard to be ready again")
+        await calls_succeed()

@@ -174,8 +174,17 @@ class RedisConnection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script of scripts.py. One that may run twice (scripts.IDEMPOTENT) is tried once
+        more after a connection error, on a fresh connection: its round trip may have been lost
+        on a connection that broke under it. Any other is never sent again: it may have run."""
         async with self._fail_closed(name.lower()):
-            return await self._eval(name, keys, args)
+            if name not in lua.IDEMPOTENT:
+                return await self._eval(name, keys, args)
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), wait=wait_exponential(0.05, max=0.2),
+                                               retry=retry_if_exception_type(TRANSIENT), reraise=True):
+                with attempt:
+                    return await self._eval(name, keys, args)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(self, op: str, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands that change state, in one round trip; an error reply raises."""
@@ -193,7 +202,9 @@ class RedisConnection:
         return sorted(await self._read("smembers", fetch))
 
     async def ping(self) -> None:
-        await self._read("ping", self._r.ping)
+        """Readiness, on the connections the calls use (reconnected first where Redis closed
+        them): once this answers, so do the calls."""
+        await self._read("ping", self._sender.ping)
 
     async def close(self) -> None:
         await self._sender.close()

@@ -26,6 +26,7 @@ __all__ = [
     "DELETE_DELIVERY",
     "END_TASK",
     "HOLD_CREDENTIAL",
+    "IDEMPOTENT",
     "LATEST_APPROVAL",
     "OPEN_APPROVAL",
     "POP_DUE",
@@ -368,3 +369,13 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
+
+# The scripts that may run twice: a second run changes nothing more and answers the same, so
+# one whose round trip was lost (a connection broke under it: it may or may not have run) is
+# sent again. Not the others: a second ADMIT_* counts the call twice, an audit append finds its
+# own record as a moved tail and appends it again, END_TASK, OPEN_/DECIDE_/CONSUME_APPROVAL,
+# ROTATE_REFRESH, POP_DUE and CLAIM_CREDENTIALS answer differently (already ended, a duplicate,
+# reused, nothing left to take), SET_SUSPENDED answers "unchanged".
+# LATEST_APPROVAL: the expiry it applies is applied once. CLAIM_DELIVERIES: the same owner
+# claims again what it claimed, with the same lease.
+IDEMPOTENT = frozenset({"LATEST_APPROVAL", "CLAIM_DELIVERIES"})
