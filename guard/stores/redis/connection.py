@@ -1,8 +1,9 @@
 """The store's Redis plumbing: the client (hiredis packing, no retries of anything that may have
 run) on one Redis, a Redis Cluster or Sentinel (cluster.py), one deadline per operation that
-turns every failure into StoreUnavailable, idempotent reads retried once, the scripts and every
-write sent over the shared connection of mux.py (or the cluster's pipeline), followed by WAIT
-with `wait_replicas`.
+turns every failure into StoreUnavailable, idempotent reads and the scripts that may run twice
+(scripts.IDEMPOTENT) retried once, readiness asked on the connections the calls use, the
+scripts and every write sent over the shared connection of mux.py (or the cluster's pipeline),
+followed by WAIT with `wait_replicas`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.errors import StoreUnavailable
@@ -32,13 +31,12 @@ from guard.stores.redis.cluster import (
     parse_topology,
     sentinel_client,
 )
-from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.mux import TRANSIENT, Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
 
 log = structlog.get_logger("guard.store")
 T = TypeVar("T")
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _FailClosed:

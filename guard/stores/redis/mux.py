@@ -8,6 +8,8 @@ calls instead of one of each per call, and no pool lock, retry wrapper or pipeli
 It is built on redis-py's own connection (connecting, AUTH/SELECT, TLS, reply parsing with
 hiredis). Any failure of the connection fails every caller waiting on it and drops it; the next
 command connects afresh. Nothing is ever re-sent here: a command that may have run is not repeated.
+What is retried is only what sent nothing: connecting, and a connection the server closed while
+it sat idle (a restart, a failover) is replaced before anything is written on it.
 A caller that gives up (its deadline, its client gone) leaves its reply to be read and dropped,
 so the replies of the others stay in step.
 """
@@ -27,11 +29,11 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-__all__ = ["Multiplexer", "address_of", "closed_by_server", "closed_while_idle"]
+__all__ = ["TRANSIENT", "Multiplexer", "address_of", "closed_by_server", "closed_while_idle"]
 
 log = structlog.get_logger("guard.store")
 Command = tuple[Any, ...]
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)  # what a fresh connection may not meet
 
 
 class _Waiter:

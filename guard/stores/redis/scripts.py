@@ -377,5 +377,6 @@ return 1
 # ROTATE_REFRESH, POP_DUE and CLAIM_CREDENTIALS answer differently (already ended, a duplicate,
 # reused, nothing left to take), SET_SUSPENDED answers "unchanged".
 # LATEST_APPROVAL: the expiry it applies is applied once. CLAIM_DELIVERIES: the same owner
-# claims again what it claimed, with the same lease.
+# claims again what it claimed, with the same lease. (HOLD_CREDENTIAL could be sent again too,
+# but it goes with another command in its round trip, through RedisConnection._eval.)
 IDEMPOTENT = frozenset({"LATEST_APPROVAL", "CLAIM_DELIVERIES"})
