@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -152,3 +153,6 @@ async def test_after_a_redis_restart_calls_succeed_once_ready(
         async with http.get(f"{guard.url}/tools/echo/items/{i}", headers=h) as r:
             assert r.status == 200, await r.text()
     assert [s.path_qs for s in upstream.requests] == [f"/items/{i}" for i in range(1, 6)]
+    events = [json.loads(line) for line in guard.log().splitlines() if line.startswith("{")]
+    reconnected = next(e for e in events if e["event"] == "store_reconnected")
+    assert (reconnected["address"], reconnected["cause"]) == (f"127.0.0.1:{redis_server.port}", "closed while idle")
