@@ -1,8 +1,9 @@
 """The store's Redis plumbing: the client (hiredis packing, no retries of anything that may have
 run) on one Redis, a Redis Cluster or Sentinel (cluster.py), one deadline per operation that
-turns every failure into StoreUnavailable, idempotent reads retried once, the scripts and every
-write sent over the shared connection of mux.py (or the cluster's pipeline), followed by WAIT
-with `wait_replicas`.
+turns every failure into StoreUnavailable, idempotent reads and the scripts that may run twice
+(scripts.IDEMPOTENT) retried once, readiness asked on the connections the calls use, the
+scripts and every write sent over the shared connection of mux.py (or the cluster's pipeline),
+followed by WAIT with `wait_replicas`.
 """
 
 from __future__ import annotations
@@ -16,9 +17,7 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.errors import StoreUnavailable
@@ -32,13 +31,12 @@ from guard.stores.redis.cluster import (
     parse_topology,
     sentinel_client,
 )
-from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.mux import TRANSIENT, Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
 
 log = structlog.get_logger("guard.store")
 T = TypeVar("T")
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _FailClosed:
@@ -174,8 +172,17 @@ class RedisConnection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script of scripts.py. One that may run twice (scripts.IDEMPOTENT) is tried once
+        more after a connection error, on a fresh connection: its round trip may have been lost
+        on a connection that broke under it. Any other is never sent again: it may have run."""
         async with self._fail_closed(name.lower()):
-            return await self._eval(name, keys, args)
+            if name not in lua.IDEMPOTENT:
+                return await self._eval(name, keys, args)
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), wait=wait_exponential(0.05, max=0.2),
+                                               retry=retry_if_exception_type(TRANSIENT), reraise=True):
+                with attempt:
+                    return await self._eval(name, keys, args)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(self, op: str, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands that change state, in one round trip; an error reply raises."""
@@ -193,7 +200,9 @@ class RedisConnection:
         return sorted(await self._read("smembers", fetch))
 
     async def ping(self) -> None:
-        await self._read("ping", self._r.ping)
+        """Readiness, on the connections the calls use (reconnected first where Redis closed
+        them): once this answers, so do the calls."""
+        await self._read("ping", self._sender.ping)
 
     async def close(self) -> None:
         await self._sender.close()

@@ -26,6 +26,7 @@ __all__ = [
     "DELETE_DELIVERY",
     "END_TASK",
     "HOLD_CREDENTIAL",
+    "IDEMPOTENT",
     "LATEST_APPROVAL",
     "OBSERVE_ACTIVITY",
     "OPEN_APPROVAL",
@@ -408,3 +409,16 @@ local calls = redis.call('HINCRBY', KEYS[1], 'count', 1)
 local busiest = tonumber(redis.call('HGET', KEYS[1], 'busiest') or '0')
 return {redis.call('HGET', KEYS[1], 'first_at'), known and 1 or 0, calls, busiest}
 """
+
+
+# The scripts that may run twice: a second run changes nothing more and answers the same, so
+# one whose round trip was lost (a connection broke under it: it may or may not have run) is
+# sent again. Not the others: a second ADMIT_* counts the call twice, an audit append finds its
+# own record as a moved tail and appends it again, END_TASK, OPEN_/DECIDE_/CONSUME_APPROVAL,
+# ROTATE_REFRESH, POP_DUE, CLAIM_CREDENTIALS and REGISTER_CLIENT answer differently (already ended, a duplicate,
+# reused, nothing left to take), SET_SUSPENDED answers "unchanged",
+# OBSERVE_ACTIVITY counts the call twice.
+# LATEST_APPROVAL: the expiry it applies is applied once. CLAIM_DELIVERIES: the same owner
+# claims again what it claimed, with the same lease. (HOLD_CREDENTIAL could be sent again too,
+# but it goes with another command in its round trip, through RedisConnection._eval.)
+IDEMPOTENT = frozenset({"LATEST_APPROVAL", "CLAIM_DELIVERIES"})

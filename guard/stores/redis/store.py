@@ -4,8 +4,9 @@ Each check-and-update is one Lua script (scripts.py), run with EVALSHA, on the k
 keys.py (those of one task share a hash slot).
 
 Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
-deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
-retried (once, after a reconnect); a script that may have run is never retried.
+deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads and the
+scripts that may run twice are retried (once, after a reconnect); any other script that may have
+run is never retried.
 
 The commands that change state (a call's admission, its records, its finish, and every other
 write) go over one connection that the calls of this process share (mux.py: one write per
