@@ -8,8 +8,12 @@ from pathlib import Path
 from typing import Any
 
 from guard.config import load_config
+from guard.errors import ConfigError
+from guard.identity.auth import ADMIN, APPROVER, AUDITOR
 
 __all__ = ["add_commands"]
+
+ROLES = (ADMIN, AUDITOR, APPROVER)
 
 
 def cmd_keys_init(args: argparse.Namespace) -> int:
@@ -38,9 +42,19 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
 
 
 def cmd_dev_token(args: argparse.Namespace) -> int:
+    """Only a token the configured guard accepts: it trusts the development issuer (development
+    mode), the roles are ones it knows (the parser's choices), the token is not born expired."""
     from guard.identity.issuers import dev_token
 
     cfg = load_config(args.config, secrets=False)
+    if not cfg.dev_mode:
+        why = "dev_issuer is false" if cfg.dev_issuer is False else "issuers are configured"
+        raise cfg.error(("dev_issuer",), f"this guard does not trust development tokens ({why}): "
+                        "ask one of its issuers for a token")
+    if not args.sub.strip():
+        raise ConfigError("--sub", "", "must name the agent or person (e.g. spiffe://acme/agent/researcher)")
+    if args.ttl < 1:
+        raise ConfigError("--ttl", "", "must be at least 1 second")
     print(dev_token(cfg, args.sub, args.role or [], args.ttl))
     return 0
 
@@ -54,6 +68,6 @@ def add_commands(sub: Any) -> None:
 
     d = sub.add_parser("dev-token", help="mint a token of the local development issuer")
     d.add_argument("--sub", required=True)
-    d.add_argument("--role", action="append", help="guard:admin, guard:auditor, guard:approver")
+    d.add_argument("--role", action="append", choices=ROLES, help="a role of the guard's API (repeatable)")
     d.add_argument("--ttl", type=int, default=3600)
     d.set_defaults(func=cmd_dev_token)
