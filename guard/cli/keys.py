@@ -10,6 +10,7 @@ from typing import Any
 from guard.config import load_config
 from guard.errors import ConfigError
 from guard.identity.auth import ADMIN, APPROVER, AUDITOR
+from guard.identity.tokens import KeyFileError
 
 __all__ = ["add_commands"]
 
@@ -22,7 +23,10 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.config, secrets=False)
     existed = Path(cfg.signing.key_file).exists()
-    keys = GuardKeys(read_ring(cfg.signing.key_file, cfg.signing.algorithm).current, cfg.issuer)
+    try:
+        keys = GuardKeys(read_ring(cfg.signing.key_file, cfg.signing.algorithm).current, cfg.issuer)
+    except KeyFileError as e:
+        raise cfg.error(("signing", "key_file"), str(e)) from None
     state = "exists" if existed else "created"
     print(f"{state}: {cfg.signing.key_file} (kid {keys.current.kid}, {keys.current.alg})")
     return 0
@@ -33,7 +37,10 @@ def cmd_keys_rotate(args: argparse.Namespace) -> int:
     from guard.policy import load_policies
 
     cfg = load_config(args.config, secrets=False)
-    done = rotate(cfg.signing.key_file, cfg.signing.algorithm, policy_retain_s(cfg, load_policies(cfg.policies)))
+    try:
+        done = rotate(cfg.signing.key_file, cfg.signing.algorithm, policy_retain_s(cfg, load_policies(cfg.policies)))
+    except KeyFileError as e:
+        raise cfg.error(("signing", "key_file"), str(e)) from None
     assert done is not None
     until = datetime.fromtimestamp(done.previous_until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
     print(f"rotated: {cfg.signing.key_file}: kid {done.kid} signs from now on; "

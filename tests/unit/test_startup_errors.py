@@ -192,3 +192,13 @@ def test_config_error_carries_the_line_of_the_key(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_config(path, env={})
     assert str(err.value) == f"{path}:5: audit.dir: the memory store keeps nothing durable: an audit folder is required"
+
+
+@pytest.mark.parametrize("command", [("keys", "init"), ("keys", "rotate")])
+def test_key_commands_name_a_corrupt_key_file(tmp_path: Path, command: tuple[str, ...]) -> None:
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "signing-key.json").write_text("[1, 2")
+    path = _config(tmp_path, "signing: {key_file: var/signing-key.json}\n")
+    out = _guard(tmp_path, "--config", str(path), *command)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
+    assert out.stderr == f"error: {path}:2: signing.key_file: var/signing-key.json: not a JSON key file (corrupt?)\n"
