@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import socket
 import ssl
 from typing import Any
@@ -94,7 +95,10 @@ def bind(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
     socks: list[socket.socket] = []
     try:
         for family, kind, proto, _, address in dict.fromkeys(infos):
-            sock = socket.socket(family, kind, proto)
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this host does not have (IPv6 off): as asyncio skips it
+                continue
             socks.append(sock)
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             if reuse_port:
@@ -102,6 +106,8 @@ def bind(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
             if family == socket.AF_INET6:
                 sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             sock.bind(address)
+        if not socks:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host} can be listened on")
     except OSError:
         for sock in socks:
             sock.close()
