@@ -49,7 +49,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(args.func(args))
     except ConfigError as e:  # a bad config, policy, key or TLS file, a port in use: one line
         print(f"error: {e}", file=sys.stderr)
-        return 2
+        return int(getattr(args, "config_error_exit", 2))  # `policy check|test` keep their documented 1
     except KeyboardInterrupt:
         return 130
 

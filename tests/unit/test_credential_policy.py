@@ -72,7 +72,7 @@ def test_policy_check_needs_secrets_vault(tmp_path: Path) -> None:
     cfg.write_text(f"policies: {pol}\n")
     out = subprocess.run([PY, "-m", "guard", "--config", str(cfg), "policy", "check"], capture_output=True,
                          text=True, timeout=60)
-    assert out.returncode == 2
+    assert out.returncode == 1
     assert "tools.db.credential" in out.stderr and "secrets.vault" in out.stderr
     cfg.write_text(f"policies: {pol}\nsecrets: {{vault: {{url: 'http://127.0.0.1:1', "
                    "auth: {method: token, token_file: ./t}}}\n")
@@ -82,4 +82,4 @@ def test_policy_check_needs_secrets_vault(tmp_path: Path) -> None:
     cfg.write_text(f"policies: {pol}\nsecrets: {{vault: {{url: 'http://127.0.0.1:1', auth: {{method: approle}}}}}}\n")
     out = subprocess.run([PY, "-m", "guard", "--config", str(cfg), "policy", "check"], capture_output=True,
                          text=True, timeout=60)
-    assert out.returncode == 2 and "secrets.vault.auth" in out.stderr and "role_id_file" in out.stderr
+    assert out.returncode == 1 and "secrets.vault.auth" in out.stderr and "role_id_file" in out.stderr
