@@ -242,8 +242,8 @@ class Config(_Section):
         variable = self._env_keys.get(loc)
         if variable is not None:
             return ConfigError(variable, "", reason)
-        line = self._lines.line(loc) if self.source != _EMBEDDED else None
-        return ConfigError(self.source, format_key(loc), reason, line)
+        written = self.source != _EMBEDDED and (*loc[:1],) in self._lines.lines  # a default: no line
+        return ConfigError(self.source, format_key(loc), reason, self._lines.line(loc) if written else None)
 
     @property
     def base_url(self) -> str:

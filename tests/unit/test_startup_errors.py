@@ -202,3 +202,11 @@ def test_key_commands_name_a_corrupt_key_file(tmp_path: Path, command: tuple[str
     out = _guard(tmp_path, "--config", str(path), *command)
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr
     assert out.stderr == f"error: {path}:2: signing.key_file: var/signing-key.json: not a JSON key file (corrupt?)\n"
+
+
+def test_a_default_that_fails_has_no_line(tmp_path: Path) -> None:
+    """The key is not written in the file: the error names the key, not line 1."""
+    (tmp_path / "var").mkdir()
+    (tmp_path / "var" / "signing-key.json").write_text("{}")
+    err = _check(tmp_path, "")  # signing.key_file: its default, ./var/signing-key.json
+    assert err.startswith("error: guard.yaml: signing.key_file: var/signing-key.json: not a private JWK"), err
