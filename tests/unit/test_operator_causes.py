@@ -3,6 +3,8 @@ address, once, not twice a second with no detail."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from structlog.testing import capture_logs
 
@@ -44,3 +46,17 @@ def test_without_userinfo() -> None:
     assert without_userinfo("redis://u:p@h:6379/0") == "redis://h:6379/0"
     assert without_userinfo("redis+sentinel://:pw@s1:26379,s2:26379/main/0") == "redis+sentinel://s1:26379,s2:26379/main/0"
     assert without_userinfo("memory://") == "memory://"
+
+
+def test_an_unreadable_trust_bundle_is_logged_when_an_svid_is_refused(tmp_path: Path) -> None:
+    """A bundle that goes missing after the start: SVIDs are refused (fail closed), and the log says why."""
+    from guard.config import X509IssuerCfg
+    from guard.identity.binding import X509Issuers
+
+    bundle = tmp_path / "bundle.pem"
+    issuers = X509Issuers([X509IssuerCfg(trust_bundle_file=str(bundle), spiffe_id="spiffe://acme/agent/*")])
+    with capture_logs() as logs:
+        assert not issuers.admit("spiffe://acme/agent/researcher", b"root")
+        assert not issuers.admit("spiffe://acme/agent/researcher", b"root")
+    [event] = [e for e in logs if e["event"] == "trust_bundle_unreadable"]  # once, not per request
+    assert event["file"] == str(bundle) and "No such file" in event["reason"]
