@@ -24,7 +24,7 @@ from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import RetainWindow, load_keys, watch_keys
-from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
+from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, pem_file_problem, require_client_cert, watch
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
@@ -147,10 +147,39 @@ def _server_tls(cfg: Config) -> ServerTLS | None:
         return None
     import ssl
 
+    files = [("cert_file", t.cert_file), ("key_file", t.key_file)]
+    files += [("client_ca_file", t.client_ca_file)] if t.client_ca_file else []
+    problem = pem_file_problem(files)
+    if problem is not None:
+        key, path, why = problem
+        raise cfg.error(("listen", "tls", key), f"{path}: {why}")
     try:
         return ServerTLS(t.cert_file, t.key_file, t.client_ca_file, t.client_auth)
     except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConfigError(cfg.source, "listen.tls", f"cannot load the certificate, key or bundle: {e}") from e
+        reason = getattr(e, "reason", None) or str(e)
+        raise cfg.error(("listen", "tls"), f"{t.cert_file}, {t.key_file}"
+                        f"{', ' + t.client_ca_file if t.client_ca_file else ''}: cannot be loaded together: "
+                        f"{reason}") from None
+
+
+def _check_trust_bundles(cfg: Config) -> None:
+    """Every x509 issuer's trust bundle holds certificates now: a missing one would start a guard
+    that refuses every SVID with nothing to say why."""
+    from cryptography import x509
+
+    for i, entry in enumerate(cfg.issuers):
+        if entry.x509 is None:
+            continue
+        loc = ("issuers", i, "x509", "trust_bundle_file")
+        path = entry.x509.trust_bundle_file
+        problem = pem_file_problem([("trust_bundle_file", path)])
+        if problem is not None:
+            raise cfg.error(loc, f"{path}: {problem[2]}")
+        try:
+            with open(path, "rb") as f:
+                x509.load_pem_x509_certificates(f.read())
+        except (OSError, ValueError):
+            raise cfg.error(loc, f"{path}: no PEM certificate in it") from None
 
 
 class _Opened:
@@ -220,22 +249,26 @@ def _flusher(tracing: Tracing) -> Callable[[TaskEnded], Awaitable[None]]:
     return flush
 
 
-def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
+def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool = False) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
     cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
-    approvals, credentials, TLS and key watchers, policy reloader, OAuth)."""
+    approvals, credentials, TLS and key watchers, policy reloader, OAuth).
+
+    Every check `guard serve` makes before it listens runs here, each failure a ConfigError naming
+    the file and key (`guard config check` runs this with `dry_run`: missing keys are not created)."""
     policies = policies or load_checked_policies(cfg)
     holder = PolicyHolder(policies)
     keep = RetainWindow(cfg, lambda: holder.current)  # how long a key verifies after a rotation
-    keys = load_keys(cfg, keep())
+    keys = load_keys(cfg, keep(), create=not dry_run)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
-    identity = Identity(cfg, config_dir)
-    if cfg.dev_mode:
+    identity = Identity(cfg, config_dir, create_keys=not dry_run)
+    tls = _server_tls(cfg)
+    _check_trust_bundles(cfg)
+    if cfg.dev_mode and not dry_run:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=cfg.limits.max_body_bytes)
     metrics = Metrics()
-    tls = _server_tls(cfg)
     tool_tls = ToolContexts()
     if tls is not None:
         app[SERVER_TLS] = tls

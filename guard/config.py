@@ -7,10 +7,19 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guard.errors import ConfigError
+from guard.policy.load import LineMap, Loc, format_key, read_yaml, validation_error
 
 __all__ = ["Config", "is_loopback", "load_config"]
 
@@ -320,6 +329,17 @@ class Config(_Section):
     telemetry: TelemetryCfg | None = None  # off unless set (guard.telemetry)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
+    _lines: LineMap = PrivateAttr(default_factory=LineMap)  # where each key is written in `source`
+    _env_keys: dict[Loc, str] = PrivateAttr(default_factory=dict)  # keys set by GUARD_* variables
+
+    def error(self, loc: Loc, reason: str) -> ConfigError:
+        """A problem with the value at `loc` (`("issuers", 0, "jwks_file")`): names the
+        environment variable that set it, or the config file and the key's line."""
+        variable = self._env_keys.get(loc)
+        if variable is not None:
+            return ConfigError(variable, "", reason)
+        written = self.source != _EMBEDDED and (*loc[:1],) in self._lines.lines  # a default: no line
+        return ConfigError(self.source, format_key(loc), reason, self._lines.line(loc) if written else None)
 
     @property
     def base_url(self) -> str:
@@ -343,24 +363,30 @@ class Config(_Section):
         return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
+_EMBEDDED = "<embedded default>"
 _SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention", "telemetry")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 
-def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+def _env_overrides(env: dict[str, str]) -> tuple[dict[str, Any], dict[Loc, str]]:
+    """The GUARD_* values as a config dict, and the variable that set each key."""
     out: dict[str, Any] = {}
+    names: dict[Loc, str] = {}
     for name, value in env.items():
         if not name.startswith("GUARD_") or name == "GUARD_CONFIG":
             continue
         rest = name[len("GUARD_"):].lower()
         if rest in _TOP:
             out[rest] = value
+            names[(rest,)] = name
             continue
         for section in _SECTIONS:
             if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                key = rest[len(section) + 1 :]
+                out.setdefault(section, {})[key] = value
+                names[(section, key)] = name
                 break
-    return out
+    return out, names
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -383,20 +409,14 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
-    try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(str(path), "", f"cannot read: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(str(path), "", f"YAML syntax error: {getattr(e, 'problem', e)}", line) from e
+def _read_yaml(path: Path) -> tuple[dict[str, Any], LineMap]:
+    """The file's mapping and the line of each key (read as policy files are: the same errors)."""
+    data, lines = read_yaml(path)
     if data is None:
-        return {}
+        return {}, lines
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "", "top level must be a mapping")
-    return data
+        raise ConfigError(str(path), "", "top level must be a mapping", 1)
+    return data, lines
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, secrets: bool = True) -> Config:
@@ -406,33 +426,41 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     env = dict(os.environ if env is None else env)
     path = path or env.get("GUARD_CONFIG")
     raw: dict[str, Any] = {}
-    source = "<embedded default>"
+    lines = LineMap()
+    source = _EMBEDDED
     if path:
-        raw = _read_yaml(Path(path))
+        raw, lines = _read_yaml(Path(path))
         source = str(path)
-    raw = _merge(raw, _env_overrides(env))
+    for internal in ("source", "environ"):  # fields of the model, not keys of the file
+        if internal in raw:
+            raise ConfigError(source, internal, "unknown key", lines.line((internal,)))
+    overrides, env_keys = _env_overrides(env)
+    raw = _merge(raw, overrides)
     raw["source"] = source
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(source, key, err["msg"]) from e
+        err = e.errors(include_url=False)[0]
+        for loc, variable in env_keys.items():
+            if tuple(err["loc"][: len(loc)]) == loc:  # a value an environment variable set
+                reason = validation_error(variable, lines, e).reason
+                raise ConfigError(variable, "", reason) from None
+        raise validation_error(source, lines if source != _EMBEDDED else LineMap(), e) from None
+    cfg._lines = lines
+    cfg._env_keys = env_keys
     if cfg.store.url.startswith("memory://") and not cfg.audit.dir:
-        raise ConfigError(source, "audit.dir", "the memory store keeps nothing durable: an audit folder is required")
+        raise cfg.error(("audit", "dir"), "the memory store keeps nothing durable: an audit folder is required")
     for i, hook in enumerate(cfg.approvals.webhooks if secrets else ()):
         if not env.get(hook.secret_env):
-            raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+            raise cfg.error(("approvals", "webhooks", i, "secret_env"), f"{hook.secret_env} is not set")
     if cfg.dev_mode and not is_loopback(cfg.listen.host):
-        reason = (f"{cfg.listen.host!r} is not a loopback address: in development mode (dev_issuer: true, "
-                  "or no issuers and no sso) guard listens on loopback only; configure issuers to serve a network")
-        if "GUARD_LISTEN_HOST" in env:  # the override is what put it there
-            raise ConfigError("GUARD_LISTEN_HOST", "", reason)
-        raise ConfigError(source, "listen.host", reason)
+        raise cfg.error(("listen", "host"), (
+            f"{cfg.listen.host!r} is not a loopback address: in development mode (dev_issuer: true, "
+            "or no issuers and no sso) guard listens on loopback only; configure issuers to serve a network"))
     secret = cfg.sso.client_secret if cfg.sso is not None else None
     if secret is not None and (secret.env is None) == (secret.file is None):
-        raise ConfigError(source, "sso.client_secret", "name exactly one source: env or file")
+        raise cfg.error(("sso", "client_secret"), "name exactly one source: env or file")
     if secret is not None and secret.env is not None and not env.get(secret.env):
-        raise ConfigError(source, "sso.client_secret.env", f"{secret.env} is not set")
+        raise cfg.error(("sso", "client_secret", "env"), f"{secret.env} is not set")
     # secrets named by *_env keys (webhooks, static credentials) are looked up in this snapshot
     return cfg.model_copy(update={"environ": env})

@@ -108,11 +108,16 @@ class Credentials:
             issued = await provider.issue(req)
         except CredentialUnavailable as err:
             self.metrics.credential_errors.labels(req.tool.name, req.tool.credential.mode).inc()
-            err.extra.setdefault("task_id", req.state.task.task_id)
-            err.extra.setdefault("call_id", req.call.call_id)
-            log.warning("credential_unavailable", task_id=req.state.task.task_id, call_id=req.call.call_id,
-                        tool=req.tool.name, mode=req.tool.credential.mode, reason=str(err))
-            raise
+            ids = {"task_id": req.state.task.task_id, "call_id": req.call.call_id}
+            cause = err.__cause__
+            log.warning("credential_unavailable", **ids, tool=req.tool.name, mode=req.tool.credential.mode,
+                        reason=str(err), cause=str(cause)[:300] if cause is not None else None)
+            if type(err) is not CredentialUnavailable:  # credential_stale, _exception_expired: the agent's to know
+                err.extra.update(ids)
+                raise
+            # the provider's detail (a secret's fields, the secrets manager's address) stays in the log
+            raise CredentialUnavailable(f"no credential could be issued for tool {req.tool.name}; "
+                                        "the guard's log says why", **{**err.extra, **ids}) from None
         if issued.audit is not None and "stale" in issued.audit:  # credentials_hygiene, on_stale: warn
             await self._stale(req, issued.audit)
         return issued

@@ -23,6 +23,7 @@ from guard.config import VaultCfg
 from guard.credentials.flight import shared
 from guard.errors import CredentialUnavailable
 from guard.identity.tokens import GuardKeys, jti
+from guard.log import network_cause, without_userinfo
 from guard.policy.load import VAULT_REF
 
 __all__ = ["Vault", "VaultError"]
@@ -33,10 +34,11 @@ RENEW_AT = 2 / 3  # of the token's TTL
 
 
 class VaultError(Exception):
-    """OpenBao answered with an error status (the body is never kept: it may echo a secret)."""
+    """OpenBao answered with an error status (the body is never kept: it may echo a secret), or
+    (status 0) gave no answer at all: `why` says what happened instead."""
 
-    def __init__(self, status: int, path: str) -> None:
-        super().__init__(f"OpenBao answered {status} for {path}")
+    def __init__(self, status: int, path: str, why: str | None = None) -> None:
+        super().__init__(f"OpenBao answered {status} for {path}" if status else f"{why or 'no answer'} ({path})")
         self.status = status
 
 
@@ -74,8 +76,12 @@ class Vault:
                     return {}
                 data: dict[str, Any] = await resp.json(content_type=None)
                 return data
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise VaultError(0, path) from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise VaultError(0, path, f"could not connect to OpenBao at {without_userinfo(self.url)}: "
+                                      f"{network_cause(e)}") from e
+        except ValueError as e:
+            raise VaultError(0, path, f"OpenBao at {without_userinfo(self.url)} answered something else than "
+                                      "JSON") from e
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """An API call with the guard's token; one fresh login when the token was refused."""
@@ -134,7 +140,7 @@ class Vault:
                 st = os.stat(path)
                 token = path.read_text(encoding="utf-8").strip()
             except OSError as e:
-                raise VaultError(0, "token_file") from e
+                raise VaultError(0, "token_file", f"cannot read {path}: {e.strerror or e}") from e
             info = (await self._request("GET", "auth/token/lookup-self", token=token)).get("data") or {}
             self._token_file_stat = (st.st_mtime_ns, st.st_size)
             ttl, renewable = float(info.get("ttl") or 0), bool(info.get("renewable"))
@@ -145,7 +151,7 @@ class Vault:
                     body = {"role_id": self._path(auth.role_id_file).read_text(encoding="utf-8").strip(),
                             "secret_id": self._path(auth.secret_id_file).read_text(encoding="utf-8").strip()}
                 except OSError as e:
-                    raise VaultError(0, "approle files") from e
+                    raise VaultError(0, "approle files", f"cannot read {e.filename}: {e.strerror or e}") from e
                 mount = auth.mount or "approle"
             else:
                 body = {"role": str(auth.role), "jwt": self._login_jwt()}
@@ -153,7 +159,7 @@ class Vault:
             out = (await self._request("POST", f"auth/{mount}/login", body)).get("auth") or {}
             token = str(out.get("client_token") or "")
             if not token:
-                raise VaultError(0, f"auth/{mount}/login")
+                raise VaultError(0, f"auth/{mount}/login", "the login answer holds no token")
             ttl, renewable = float(out.get("lease_duration") or 0), bool(out.get("renewable"))
         self._token, self._token_exp = token, (time.time() + ttl if ttl else 0.0)
         log.info("vault_logged_in", method=auth.method, ttl_s=ttl, renewable=renewable)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
 from aiohttp import web
 
 from guard.config import X509IssuerCfg
@@ -33,6 +34,8 @@ __all__ = [
     "Binding", "X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound",
     "task_creator", "task_principal",
 ]
+
+log = structlog.get_logger("guard.identity")
 
 Binding = Literal["bearer", "mtls", "dpop"]
 ANOTHER_WORKLOAD = "token bound to another workload"
@@ -133,7 +136,9 @@ class X509Issuers:
                 with open(path, "rb") as f:
                     certs = x509.load_pem_x509_certificates(f.read())
                 self._roots[path] = frozenset(hashlib.sha256(c.public_bytes(Encoding.DER)).digest() for c in certs)
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
+                log.error("trust_bundle_unreadable", file=path, reason=getattr(e, "strerror", None) or str(e),
+                          detail="the bundle last read stays in force; none: no SVID of it is admitted")
                 self._roots.setdefault(path, frozenset())
         return self._roots[path]
 

@@ -36,7 +36,18 @@ import structlog
 
 from guard.config import Config
 from guard.identity.mtls import FileWatch
-from guard.identity.tokens import LEEWAY_S, GuardKeys, PrivateKey, _jwk_of, _key_from_jwk, _KeyPair, load_or_create_key
+from guard.identity.tokens import (
+    LEEWAY_S,
+    GuardKeys,
+    KeyFileError,
+    PrivateKey,
+    _jwk_of,
+    _KeyPair,
+    key_from_json,
+    load_or_create_key,
+    may_create_in,
+    read_key_json,
+)
 from guard.policy import PolicySet
 
 __all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate",
@@ -95,18 +106,26 @@ def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credenti
     return float(longest + LEEWAY_S)
 
 
-def read_ring(path: str | Path, algorithm: str) -> KeyRing:
-    """The ring at `path` (a lone private JWK counts as a ring of one), created on first use."""
+def read_ring(path: str | Path, algorithm: str, create: bool = True) -> KeyRing:
+    """The ring at `path` (a lone private JWK counts as a ring of one), created on first use (in an
+    existing folder). A KeyFileError (a ValueError) says why a file cannot be used. With
+    `create=False`, a missing file gives a ring of a new key that is not saved (a dry run)."""
     p = Path(path)
     if not p.exists():
-        load_or_create_key(p, algorithm)
-    data = json.loads(p.read_text(encoding="utf-8"))
-    if "keys" not in data:  # one key, never rotated
-        return KeyRing(_key_from_jwk(data), p.stat().st_mtime, ())
+        key = load_or_create_key(p, algorithm, create)
+        if not create:
+            return KeyRing(key, time.time(), ())
+    data = read_key_json(p)
+    if not isinstance(data, dict) or "keys" not in data:  # one key, never rotated
+        return KeyRing(key_from_json(p, data), p.stat().st_mtime, ())
     entries = data["keys"]
-    current = entries[0]
-    previous = tuple((_key_from_jwk(e), float(e["rotated_at"])) for e in entries[1:])
-    return KeyRing(_key_from_jwk(current), float(current.get("created_at", 0)), previous)
+    try:
+        previous = tuple((key_from_json(p, e), float(e["rotated_at"])) for e in entries[1:])
+        return KeyRing(key_from_json(p, entries[0]), float(entries[0].get("created_at", 0)), previous)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        if isinstance(e, KeyFileError):
+            raise
+        raise KeyFileError(f"{p}: not a key ring of private JWKs") from None
 
 
 def _write_ring(path: Path, ring: KeyRing) -> None:
@@ -123,6 +142,7 @@ def _write_ring(path: Path, ring: KeyRing) -> None:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    may_create_in(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -158,9 +178,19 @@ def _verifying(ring: KeyRing, keep_s: float, now: float) -> list[PrivateKey]:
     return [k for k, at in ring.previous if at + keep_s > now]
 
 
-def load_keys(cfg: Config, keep_s: float) -> GuardKeys:
-    ring = read_ring(cfg.signing.key_file, cfg.signing.algorithm)
-    return GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
+def load_keys(cfg: Config, keep_s: float, create: bool = True) -> GuardKeys:
+    """The guard's keys from `signing.key_file`, created there on first start (`signing_key_created`);
+    a file that cannot be used stops the start with a config error naming it."""
+    path = Path(cfg.signing.key_file)
+    existed = path.exists()
+    try:
+        ring = read_ring(path, cfg.signing.algorithm, create)
+    except KeyFileError as e:
+        raise cfg.error(("signing", "key_file"), str(e)) from None
+    keys = GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
+    if create and not existed:
+        log.info("signing_key_created", file=str(path), kid=keys.current.kid)
+    return keys
 
 
 async def watch_keys(cfg: Config, keys: GuardKeys, keep: Callable[[], float]) -> AsyncIterator[None]:

@@ -33,6 +33,7 @@ __all__ = [
     "TASK_TYP",
     "TXN_TYP",
     "GuardKeys",
+    "KeyFileError",
     "Principal",
     "load_or_create_key",
     "new_id",
@@ -100,15 +101,52 @@ def _key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
     return ec.derive_private_key(d, ec.SECP256R1())
 
 
-def load_or_create_key(path: str | Path, algorithm: str = "EdDSA") -> PrivateKey:
-    """Load the private JWK at `path`, or create one (0600) on first start."""
+class KeyFileError(ValueError):
+    """A key file that cannot be used: missing folder, unreadable, or not a key (the reason says which)."""
+
+
+DEFAULT_KEY_DIR = Path("var")  # the guard's working folder, which it creates itself (relative to the cwd)
+
+
+def read_key_json(path: Path) -> Any:
+    """The JSON of a key file; a KeyFileError naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{path}: not a JSON key file (corrupt?)") from None
+
+
+def key_from_json(path: Path, data: Any) -> PrivateKey:
+    try:
+        return _key_from_jwk(data)
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{path}: not a private JWK of an Ed25519 or P-256 key") from None
+
+
+def may_create_in(path: Path) -> None:
+    """A key is created only in a folder that exists (a mistyped path must not make a new key, which
+    would break every token the other instances sign), except the guard's own `./var`."""
+    folder = path.parent
+    if folder.is_dir() or folder.resolve() == DEFAULT_KEY_DIR.resolve():
+        return
+    raise KeyFileError(f"{path}: no such file, and its folder {folder} does not exist "
+                       "(a key is created only in an existing folder)")
+
+
+def load_or_create_key(path: str | Path, algorithm: str = "EdDSA", create: bool = True) -> PrivateKey:
+    """Load the private JWK at `path`, or create one (0600) on first start. With `create=False`,
+    a missing file is only checked to be creatable, and a key that is not saved is returned."""
     p = Path(path)
     if p.exists():
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return _key_from_jwk(data)
+        return key_from_json(p, read_key_json(p))
+    may_create_in(p)
     key: PrivateKey = (
         ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
     )
+    if not create:
+        return key
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

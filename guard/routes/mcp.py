@@ -145,6 +145,7 @@ def _inactive(deps: Deps, tool: str, err: GuardError) -> Unauthenticated:
 @_challenged
 async def mcp_post(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
+    _presents_credentials(request)  # before the body is read: no token is the 401 challenge, whatever the body
     body = await read_body(request, deps.cfg.limits.max_body_bytes)
     try:
         msg = parse_message(body)
@@ -196,6 +197,15 @@ async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg
     return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
                                     event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
                                     task_ends=deps.task_ends, farewell=farewell)
+
+
+def _presents_credentials(request: web.Request) -> None:
+    """A request with neither a token (`Authorization`) nor a Txn-Token (a chained call) is
+    unauthenticated (401 with the challenge, added by _challenged). The token itself is checked in
+    the pipeline, as for every call."""
+    token, _ = authorization(request)  # a malformed Authorization header is a 401 too
+    if token is None and "Txn-Token" not in request.headers:
+        raise Unauthenticated("missing bearer token")
 
 
 def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:

@@ -184,10 +184,11 @@ def _paths() -> dict[str, Any]:
 
 def _mcp() -> dict[str, Any]:
     """MCP answers in JSON-RPC: a refused request is HTTP 200 with error -32001 and the problem
-    details in `error.data`; a body that is not JSON-RPC is a JSON-RPC error with HTTP 400."""
+    details in `error.data`; a body that is not JSON-RPC is a JSON-RPC error with HTTP 400. A request
+    without a token is a 401 with the challenge (RFC 9728), whatever its body."""
     post = _op("MCP streamable HTTP request (task token or Txn-Token)",
                {"description": "the MCP server's answer, or a JSON-RPC error whose `data` is problem details"},
-               ("413",), params=("tool",), tag="calls")
+               ("401", "413"), params=("tool",), tag="calls")
     post["responses"]["400"] = _json({"type": "object"}, "not a JSON-RPC message: a JSON-RPC error object")
     errors = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
     out = {m: _op("MCP streamable HTTP (task token or Txn-Token)", {"description": "the MCP server's answer"},

@@ -210,23 +210,35 @@ async function viewTask(taskId) {
 
 // ---------------------------------------------------------------- approvals
 
-async function decide(approval, decision, reasonInput, result) {
-  result.textContent = "sending…";
-  const card = result.closest("section.approval");
+// A decided card shows its approval's new status and takes no second decision (the store would refuse
+// it); a card whose approval was closed elsewhere (409) is settled the same way.
+function settle(card, status) {
+  if (status) {
+    const shown = badge(status);
+    card.status.replaceWith(shown);
+    card.status = shown;
+    const section = card.result.closest("section.approval");
+    if (section) section.dataset.status = status;
+  }
+  for (const control of card.controls) control.disabled = true;
+}
+
+async function decide(approval, decision, card) {
+  for (const control of card.controls) control.disabled = true;
+  card.result.textContent = "sending…";
   try {
     const body = { decision };
-    if (reasonInput.value) body.reason = reasonInput.value;
+    if (card.reason.value) body.reason = card.reason.value;
     const out = await api("/v1/approvals/" + encodeURIComponent(approval.approval_id) + "/decision",
       { method: "POST", body: JSON.stringify(body) });
-    result.textContent = decision === "approve" ? "approved → " + out.status : "denied → " + out.status;
-    // the card shows the approval's new state; once it is no longer pending, nothing is left to decide
-    card.dataset.status = out.status;
-    card.querySelector("h3 .badge").replaceWith(badge(out.status));
-    if (out.status !== "pending") {
-      for (const control of card.querySelectorAll(".actions button, .actions input")) control.disabled = true;
-    }
+    card.result.textContent = decision === "approve" ? "approved → " + out.status : "denied → " + out.status;
+    settle(card, out.status);
   } catch (e) {
-    result.textContent = String(e.message || e);
+    const why = String(e.message || e);
+    card.result.textContent = why;
+    if (why.startsWith("approval_closed:")) settle(card, why.split(" ").pop());  // "the approval is denied"
+    else if (why.startsWith("duplicate_decision:")) settle(card, null);
+    else for (const control of card.controls) control.disabled = false;
   }
 }
 
@@ -234,8 +246,12 @@ function approvalCard(a) {
   const reason = el("input", { class: "reason", placeholder: "reason (optional)", maxlength: "500" });
   const result = el("span", { class: "result", role: "status" });
   const task = a.task || {};
+  const card = { status: badge(a.status), reason, result, controls: [] };
+  const approve = el("button", { class: "approve", type: "button", onclick: () => decide(a, "approve", card) }, "Approve");
+  const deny = el("button", { class: "deny", type: "button", onclick: () => decide(a, "deny", card) }, "Deny");
+  card.controls.push(approve, deny, reason);
   return el("section", { class: "card approval", "data-approval-id": a.approval_id, "data-status": a.status },
-    el("h3", {}, el("span", { class: "mono" }, a.tool + "." + a.action), " ", badge(a.status)),
+    el("h3", {}, el("span", { class: "mono" }, a.tool + "." + a.action), " ", card.status),
     el("dl", { class: "facts" },
       el("dt", {}, "request"), el("dd", { class: "mono" }, (a.method || "") + " " + (a.path || "")),
       el("dt", {}, "task"), el("dd", {}, el("a", { href: "#/task/" + encodeURIComponent(a.task_id) }, a.task_id)),
@@ -246,10 +262,7 @@ function approvalCard(a) {
       el("dt", {}, "expires"), el("dd", {}, when(a.expires_at))),
     el("h4", {}, "Arguments"),
     el("pre", { class: "args" }, JSON.stringify(a.args, null, 2)),
-    el("div", { class: "actions" },
-      el("button", { class: "approve", type: "button", onclick: () => decide(a, "approve", reason, result) }, "Approve"),
-      el("button", { class: "deny", type: "button", onclick: () => decide(a, "deny", reason, result) }, "Deny"),
-      reason, result));
+    el("div", { class: "actions" }, approve, deny, reason, result));
 }
 
 async function viewApprovals() {

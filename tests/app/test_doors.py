@@ -316,6 +316,7 @@ async def test_a_policy_reload_that_raises_a_ttl_extends_the_old_keys_window(
     config = {"limits": {"task_ttl_s": 60}}
     # a key rotated 300 s ago: under these limits (about 90 s) it no longer verifies
     key_file = tmp_path / "g" / "var" / "signing-key.json"
+    key_file.parent.mkdir(parents=True)  # a key is created only in a folder that exists
     rotate(key_file, "EdDSA", 3600)
     ring = json.loads(key_file.read_text())
     ring["keys"][1]["rotated_at"] = time.time() - 300

@@ -49,6 +49,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def pair(guard_factory: Any, upstream: Upstream, topology: Topology, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B on the topology, one signing key (tokens work at both)."""
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {
         "store": {"url": topology.url, "wait_replicas": 1},
         "signing": {"key_file": str(shared / "signing-key.json")},

@@ -141,6 +141,8 @@ async def test_review_page(
 
     await card.locator("button.approve").click()
     await card.locator(".result").filter(has_text="approved").wait_for()
+    assert await card.locator("h3 .badge").all_text_contents() == ["approved"]  # not "pending" any more
+    assert await card.locator("button.approve").is_disabled() and await card.locator("button.deny").is_disabled()
     r = await asyncio.wait_for(held, 30)
     async with r:
         assert r.status == 200, await r.text()

@@ -104,7 +104,7 @@ def test_config_env_overrides_and_errors(tmp_path: Path) -> None:
     assert cfg.listen.port == 9100 and cfg.store.url == "redis://h:1/0"
     assert cfg.limits.max_body_bytes == 10 and cfg.limits.max_chain_depth == 2
     assert load_config(None, env={}).store.url == "memory://"
-    with pytest.raises(ConfigError, match=r"limits\.max_body_bytes"):
+    with pytest.raises(ConfigError, match=r"^GUARD_LIMITS_MAX_BODY_BYTES: "):
         load_config(cfg_file, env={"GUARD_LIMITS_MAX_BODY_BYTES": "lots"})
     cfg_file.write_text("approvals:\n  webhooks: [{name: f, url: 'http://x', secret_env: NOPE}]\n")
     with pytest.raises(ConfigError, match="NOPE is not set"):

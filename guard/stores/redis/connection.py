@@ -21,6 +21,7 @@ from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseE
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.errors import StoreUnavailable
+from guard.log import Repeats, network_cause, without_userinfo
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.cluster import (
     ClusterSender,
@@ -79,6 +80,8 @@ class RedisConnection:
         """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
         wait for that many replicas (WAIT) before they count as done."""
         self.url = url
+        self.where = without_userinfo(url)  # for the log
+        self._repeats = Repeats()
         topology = parse_topology(url)
         options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 0.5,
                                    "socket_timeout": topology.op_timeout, "health_check_interval": 5}
@@ -127,15 +130,19 @@ class RedisConnection:
                     async with asyncio.timeout(self.op_timeout):
                         await self._r.ping()
         except (RedisError, OSError) as e:
-            log.warning("store_unreachable", error=type(e).__name__)
+            log.warning("store_unreachable", error=type(e).__name__, store=self.where, detail=network_cause(e))
 
     def _fail_closed(self, op: str) -> _FailClosed:
         return _FailClosed(self, op)
 
     async def _failed(self, op: str, e: BaseException) -> None:
-        """A store operation failed: say so."""
-        detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
-        log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
+        """A store operation failed: say why and where (the first of a kind at once, then one every
+        10 s with the number of failures left out: a Redis that is down fails every loop)."""
+        repeated = self._repeats.due(type(e).__name__)
+        if repeated is not None:
+            detail = str(e)[:200] if isinstance(e, ResponseError) else network_cause(e)  # a script error: its line
+            log.warning("store_failed", op=op, error=type(e).__name__, store=self.where, detail=detail,
+                        repeated=repeated)
         if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
             await self._sender.reset()
             if hasattr(self._r, "connection_pool"):
