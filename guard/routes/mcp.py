@@ -98,8 +98,7 @@ def _delegated(request: web.Request, deps: Deps) -> bool:
     """True for an access token of guard's authorization server (its `aud` lists the resources it is
     for): one for another MCP endpoint is refused (RFC 8707)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-    if header is None or header.get("typ") != TASK_TYP:
+    if scheme.lower() != "bearer" or not token.strip() or deps.keys.typ_of(token.strip()) != TASK_TYP:
         return False
     claims = deps.keys.verify(token.strip(), TASK_TYP, audience="guard", cache=True)
     aud = claims.get("aud")
