@@ -102,8 +102,7 @@ async def task_principal(request: web.Request, deps: Deps) -> Principal:
     """`principal(allow_task_token=True)` for the task endpoints, where a bound task token must
     come from its holder too (its connection's SPIFFE ID, a fresh DPoP proof)."""
     token, scheme = authorization(request)
-    header = deps.keys.peek_header(token) if token is not None else None
-    if token is None or header is None or header.get("typ") != TASK_TYP:
+    if token is None or deps.keys.typ_of(token) != TASK_TYP:
         if scheme == "dpop":
             raise InvalidDpopProof("only a DPoP-bound task token goes with the DPoP scheme")
         return await principal(request.headers, deps.identity, deps.keys, allow_task_token=True,

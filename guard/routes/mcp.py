@@ -100,8 +100,7 @@ def _delegated(request: web.Request, deps: Deps) -> bool:
     """True for an access token of guard's authorization server (its `aud` is the one MCP endpoint
     it is for): one for another MCP endpoint is refused (RFC 8707)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-    if header is None or header.get("typ") != TASK_TYP:
+    if scheme.lower() != "bearer" or not token.strip() or deps.keys.typ_of(token.strip()) != TASK_TYP:
         return False
     aud = deps.keys.verify(token.strip(), TASK_TYP, audience=None, cache=True).get("aud")
     if aud == "guard":  # an agent's own task token

@@ -145,6 +145,9 @@ class MemoryStore:
 
     # -- calls -------------------------------------------------------------
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        return self._admit(task_id, limits)
+
+    def _admit(self, task_id: str, limits: CallLimits) -> Admission:
         row = self._tasks.get(task_id)
         if row is None:
             return Admission(False, "not_found")
@@ -176,6 +179,9 @@ class MemoryStore:
         return Admission(True, calls=row.calls)
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
+        self._finish(task_id, call_id)
+
+    def _finish(self, task_id: str, call_id: str) -> None:
         row = self._tasks.get(task_id)
         if row is not None:
             row.in_flight.discard(call_id)
@@ -187,12 +193,12 @@ class MemoryStore:
     async def admit_and_record(
         self, task_id: str, limits: CallLimits, fields: dict[str, Any]
     ) -> tuple[Admission, AuditRecord | None]:
-        admission = await self.admit_call(task_id, limits)  # no await inside: atomic with the append
-        return admission, (await self.append_audit(task_id, fields) if admission.ok else None)
+        admission = self._admit(task_id, limits)  # atomic with the append: nothing awaited between
+        return admission, (self._append(task_id, fields) if admission.ok else None)
 
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
-        record = await self.append_audit(task_id, fields)
-        await self.finish_call(task_id, call_id)
+        record = self._append(task_id, fields)
+        self._finish(task_id, call_id)
         return record
 
     # -- credentials -------------------------------------------------------
@@ -406,6 +412,9 @@ class MemoryStore:
     ) -> AuditRecord:
         if agent_event is not None:
             self._agent_event(str(fields["agent"]), agent_event, float(fields["ts"]), None)
+        return self._append(task_id, fields)
+
+    def _append(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
         if self._tails_only:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             record = chain_record(fields, seq + 1, prev)
