@@ -4,23 +4,50 @@ token, audit_dir), so a request-path test reads the same against either."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import io
+import logging
 import os
-from dataclasses import dataclass
+import subprocess
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
 
 from guard.app import build_app
+from guard.cli.main import main
 from guard.cli.serve import handler_options
 from guard.cli.serving import ProblemAppRunner
 from guard.config import Config, load_config
 from guard.identity.issuers import dev_token
+from guard.log import configure_logging
 from tests.support.guard import write_guard
 
-__all__ = ["AppGuard", "start_app_guard"]
+__all__ = ["AppGuard", "guard_log", "start_app_guard"]
+
+
+@contextlib.contextmanager
+def guard_log() -> Iterator[io.StringIO]:
+    """guard's log as `guard serve` writes it (JSON lines, redacted; aiohttp's own warnings with
+    their protocol-error filter), into a buffer of this process instead of stderr."""
+    buf = io.StringIO()
+    configure_logging(json_logs=True)
+    structlog.configure(logger_factory=lambda *_: structlog.WriteLogger(buf), cache_logger_on_first_use=False)
+    handler = logging.StreamHandler(buf)  # what reaches stderr of a process with no handler: WARNING and up
+    handler.setLevel(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield buf
+    finally:
+        root.removeHandler(handler)
+        structlog.reset_defaults()
 
 
 @dataclass
@@ -28,6 +55,9 @@ class AppGuard:
     cfg: Config
     client: TestClient[Any, Any]
     dir: Path
+    config_path: Path
+    env: dict[str, str] = field(default_factory=dict)
+    logs: io.StringIO = field(default_factory=io.StringIO)
 
     @property
     def port(self) -> int:
@@ -46,6 +76,29 @@ class AppGuard:
     def audit_dir(self) -> Path:
         return self.dir / "var" / "audit"
 
+    def log(self) -> str:
+        """What guard logged while this guard ran (shared by the guards of one test)."""
+        return self.logs.getvalue()
+
+    async def cli(self, *args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
+        """`guard --config <this guard's config> ARGS`, run by the CLI's entry point in a thread
+        of this process (the command's own event loop included), its output captured."""
+        argv = ["--config", str(self.config_path), *args]
+
+        def run() -> subprocess.CompletedProcess[str]:
+            out, err = io.StringIO(), io.StringIO()
+            with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), _environ(self.env):
+                try:
+                    code = main(argv)
+                except SystemExit as e:  # --help, a usage error
+                    code = e.code if isinstance(e.code, int) else 2
+            done = subprocess.CompletedProcess(["guard", *argv], code, out.getvalue(), err.getvalue())
+            if check:
+                done.check_returncode()
+            return done
+
+        return await asyncio.to_thread(run)
+
     async def close(self) -> None:
         await self.client.close()
 
@@ -63,15 +116,30 @@ class _Server(TestServer):
         return ProblemAppRunner(self.app, **{**kwargs, **self.options})
 
 
+@contextlib.contextmanager
+def _environ(env: dict[str, str]) -> Iterator[None]:
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 async def start_app_guard(
     tmp: Path,
     policies: dict[str, Any] | str | Path,
     config: dict[str, Any] | None = None,
     env: dict[str, str] | None = None,
+    logs: io.StringIO | None = None,
 ) -> AppGuard:
     """Write a guard folder under `tmp` (as write_guard does), build the app from it and serve it."""
     g = write_guard(tmp, policies, config, env)
     cfg = load_config(g.config_path, env={**os.environ, **g.env})
     client: TestClient[Any, Any] = TestClient(_Server(build_app(cfg), handler_options(cfg), cfg.listen.port))
     await client.start_server()
-    return AppGuard(cfg, client, g.dir)
+    return AppGuard(cfg, client, g.dir, g.config_path, g.env, logs or io.StringIO())
