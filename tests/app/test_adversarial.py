@@ -1,4 +1,4 @@
-"""Hostile input against a real guard process: each attack is answered with a clear 4xx,
+"""Hostile input against guard, in process (its app on real sockets): each attack is answered with a clear 4xx,
 nothing is forwarded, nothing is consumed (task calls, the credential), nothing is lost (the
 audit trail still verifies). Extends test_spine's token and path cases."""
 
@@ -23,8 +23,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from guard.approvals.signature import sign
 from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, echo_policy
-from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 from tests.support.world import (
     LEGAL_SECRET,
@@ -42,14 +43,14 @@ from tests.support.world import (
 )
 from tests.support.world import World as AnyWorld
 
-World = AnyWorld[Guard]
+World = AnyWorld[AppGuard]
 
 
 @pytest.fixture
-async def world(guard_factory: Any, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
+async def world(app_factory: AppFactory, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
     recorder = upstream_factory()
     policy, config, env = world_setup(upstream, recorder)
-    g: Guard = guard_factory(policy, config=config, env=env)
+    g = await app_factory(policy, config=config, env=env)
     async with aiohttp.ClientSession() as http:
         yield await open_world(g, upstream, recorder, http)
 
@@ -207,13 +208,13 @@ async def test_tokens_of_a_revoked_task(world: World) -> None:
     assert await w.verified()
 
 
-async def test_idp_token_header_tricks(guard_factory: Any, upstream: Upstream, upstream_factory: Any,
+async def test_idp_token_header_tricks(app_factory: AppFactory, upstream: Upstream, upstream_factory: Any,
                                        tmp_path: Path) -> None:
     from tests.idp import Idp
 
     recorder = upstream_factory()
     idp = Idp(tmp_path)
-    g: Guard = guard_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
+    g = await app_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
     attacker = ec.generate_private_key(ec.SECP256R1())
     attacker_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(attacker.public_key()))
     now = int(time.time())
@@ -285,6 +286,7 @@ async def test_request_smuggling_shapes_are_refused(world: World) -> None:
         assert w.task["task_token"].encode() not in response, name  # the offending bytes are not echoed
         assert b" 200 " not in response.split(b"\r\n", 1)[-1], name  # no second, smuggled answer
     # the server's own error logging never writes the offending bytes (and the token in them)
+    assert "http_request_rejected" in w.guard.log()
     assert w.task["task_token"] not in w.guard.log()
     await assert_untouched(w)
 
@@ -383,8 +385,9 @@ async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(wor
 # ------------------------------------------------------------------------------ slow clients
 
 
-async def test_slow_clients_are_cut_off(guard_factory: Any, upstream: Upstream) -> None:
-    g: Guard = guard_factory(echo_policy(upstream.url), config={"limits": {"read_timeout_s": 1}}, subdir="slow")
+@pytest.mark.slow  # trickles for read_timeout_s several times over: make test, not make test-fast
+async def test_slow_clients_are_cut_off(app_factory: AppFactory, upstream: Upstream) -> None:
+    g = await app_factory(echo_policy(upstream.url), config={"limits": {"read_timeout_s": 1}}, subdir="slow")
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(force_close=True)) as http:
         task = await create_task(http, g.url, g.token(AGENT))
 
@@ -466,19 +469,20 @@ async def test_hostile_strings_stay_inert(world: World) -> None:
         assert r.status == 200
     assert await w.verified(task["task_id"])
     log = w.guard.log()
+    assert f'"task_id":"{task["task_id"]}"' in log  # the calls were logged: what the log lacks, guard did not write
     for secret in (marker, task["task_token"], cred, idp, "<script>", "\x1b"):
         assert secret not in log, secret
     # the durable trail is valid JSON with no raw control characters, and verifies
     trail = (w.guard.audit_dir() / f"{task['task_id']}.jsonl").read_text()
     assert "\x1b" not in trail and "\x00" not in trail and marker not in trail
     assert all(json.loads(line)["hash"] for line in trail.splitlines())
-    out = w.guard.cli("audit", "verify", task["task_id"])
+    out = await w.guard.cli("audit", "verify", task["task_id"])
     assert out.returncode == 0, out.stdout
-    show = w.guard.cli("audit", "show", task["task_id"])
+    show = await w.guard.cli("audit", "show", task["task_id"])
     assert show.returncode == 0 and "chain: verified" in show.stdout
     assert not any(c in show.stdout for c in "\x1b\x00\x07\r\u202e"), repr(show.stdout)
     for ch in ("\x1b[31m", "\x00"):
-        assert ch not in w.guard.cli("agents", "--help").stdout
+        assert ch not in (await w.guard.cli("agents", "--help")).stdout
 
 
 # ------------------------------------------------------------------------------ webhook decisions
