@@ -1,4 +1,4 @@
-"""DPoP (RFC 9449) end to end: a real guard, proofs made by hand with `cryptography` and PyJWT
+"""DPoP (RFC 9449) in process: guard's app on real sockets, proofs made by hand with `cryptography` and PyJWT
 (tests/support/dpop.py), task tokens bound to the agent's key, http and MCP calls."""
 
 from __future__ import annotations
@@ -11,22 +11,23 @@ import jwt
 import pytest
 
 from guard.audit.trails import read_trail
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, echo_policy
 from tests.support.dpop import DpopKey
-from tests.support.guard import Guard
 from tests.support.upstream import Upstream
 
 
 @pytest.fixture
-def guard(guard_factory: Any, upstream: Upstream) -> Guard:
+async def guard(app_factory: AppFactory, upstream: Upstream) -> AppGuard:
     policy = echo_policy(upstream.url)
     policy["tools"]["notes"] = {"kind": "mcp", "upstream": f"{upstream.url}/mcp"}
     policy["rules"].append({"id": "notes", "effect": "allow", "match": {"tool": "notes"}})
-    g: Guard = guard_factory(policy)
+    g = await app_factory(policy)
     return g
 
 
-async def dpop_task(http: aiohttp.ClientSession, guard: Guard, key: DpopKey) -> dict[str, Any]:
+async def dpop_task(http: aiohttp.ClientSession, guard: AppGuard, key: DpopKey) -> dict[str, Any]:
     url = f"{guard.url}/v1/tasks"
     headers = {**bearer(guard.token(AGENT)), "DPoP": key.proof("POST", url)}
     async with http.post(url, json={"purpose": "weekly report"}, headers=headers) as r:
@@ -47,7 +48,7 @@ async def refusal(r: aiohttp.ClientResponse) -> str:
 
 
 async def test_a_dpop_task_token_works_only_with_fresh_proofs_of_its_key(
-        guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+        guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     key = DpopKey()
     task = await dpop_task(http, guard, key)
     token = task["task_token"]
@@ -83,7 +84,7 @@ async def test_a_dpop_task_token_works_only_with_fresh_proofs_of_its_key(
     assert [r["binding"] for r in records] == ["dpop"]
 
 
-async def test_a_task_creation_proof_cannot_be_replayed_either(guard: Guard, http: aiohttp.ClientSession) -> None:
+async def test_a_task_creation_proof_cannot_be_replayed_either(guard: AppGuard, http: aiohttp.ClientSession) -> None:
     key = DpopKey()
     url = f"{guard.url}/v1/tasks"
     headers = {**bearer(guard.token(AGENT)), "DPoP": key.proof("POST", url)}
@@ -97,7 +98,7 @@ async def test_a_task_creation_proof_cannot_be_replayed_either(guard: Guard, htt
 
 
 async def test_a_bearer_task_token_is_not_accepted_under_the_dpop_scheme(
-        guard: Guard, http: aiohttp.ClientSession) -> None:
+        guard: AppGuard, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{guard.url}/v1/tasks", json={"purpose": "x"}, headers=bearer(guard.token(AGENT))) as r:
         token = (await r.json())["task_token"]
     url = f"{guard.url}/tools/echo/items/1"
@@ -106,7 +107,7 @@ async def test_a_bearer_task_token_is_not_accepted_under_the_dpop_scheme(
 
 
 async def test_the_credential_says_how_the_agent_was_bound(
-        guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+        guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     key = DpopKey()
     task = await dpop_task(http, guard, key)
     url = f"{guard.url}/tools/echo/items/7"
@@ -118,7 +119,7 @@ async def test_the_credential_says_how_the_agent_was_bound(
     assert info["active"] is True and info["binding"] == "dpop"
 
 
-async def test_mcp_calls_need_the_proof_too(guard: Guard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
+async def test_mcp_calls_need_the_proof_too(guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession) -> None:
     key = DpopKey()
     task = await dpop_task(http, guard, key)
     token = task["task_token"]
@@ -136,14 +137,15 @@ async def test_mcp_calls_need_the_proof_too(guard: Guard, upstream: Upstream, ht
 
 @pytest.mark.redis
 async def test_a_proof_used_at_one_instance_is_refused_at_another(
-        guard_factory: Any, upstream: Upstream, redis_server: Any, tmp_path: Any, http: aiohttp.ClientSession) -> None:
+        app_factory: AppFactory, upstream: Upstream, redis_server: Any, tmp_path: Any,
+        http: aiohttp.ClientSession) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     public = "http://guard.acme.example"  # both instances behind one name: proofs name it
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-key.json"), "public_url": public}
-    a: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="a")
-    b: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="b")
+    a = await app_factory(echo_policy(upstream.url), config=config, subdir="a")
+    b = await app_factory(echo_policy(upstream.url), config=config, subdir="b")
     key = DpopKey()
     create = {**bearer(a.token(AGENT)), "DPoP": key.proof("POST", f"{public}/v1/tasks")}
     async with http.post(f"{a.url}/v1/tasks", json={"purpose": "x"}, headers=create) as r:
@@ -160,7 +162,7 @@ async def test_a_proof_used_at_one_instance_is_refused_at_another(
 
 
 async def test_the_task_endpoints_take_a_dpop_bound_token_only_with_a_proof(
-        guard: Guard, http: aiohttp.ClientSession) -> None:
+        guard: AppGuard, http: aiohttp.ClientSession) -> None:
     key = DpopKey()
     task = await dpop_task(http, guard, key)
     token = task["task_token"]
