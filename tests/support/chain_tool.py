@@ -1,7 +1,8 @@
-"""A tool for the chain tests: a real aiohttp server that, when called through the guard,
-makes the chained calls its JSON body lists, with the Txn-Token it received.
+"""A tool for the chain tests (tests/app/test_chains.py): an aiohttp app that, when called
+through the guard, makes the chained calls its JSON body lists, with the Txn-Token it received.
+The tests serve `make_app(guard_url)` in their own loop; as a process of its own:
 
-    python -m tests.e2e.chain_tool --port P --guard-url http://127.0.0.1:G
+    python -m tests.support.chain_tool --port P --guard-url http://127.0.0.1:G
 
 Body: {"steps": [{"tool": "b", "path": "/run", "body": {...}, "wait_for": "gate"}, ...]}; a
 step's body may hold its own `steps`, so one process serves every hop of a chain (several

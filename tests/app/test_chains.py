@@ -1,22 +1,24 @@
-"""Chained calls end to end: a real guard, a real tool process that calls other tools through
-the guard with the Txn-Token it received, over every store backend."""
+"""Chained calls in process: guard's app and a tool (tests/support/chain_tool.py) on real sockets
+in this loop, the tool calling other tools through the guard with the Txn-Token it received,
+over every store backend."""
 
 from __future__ import annotations
 
 import asyncio
-import os
 import re
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
+from tests.support.chain_tool import make_app
 from tests.support.client import AGENT, bearer, create_task
-from tests.support.guard import Guard
-from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
+from tests.support.process import free_port
 
 ADMIN = "admin@acme.example"
 
@@ -53,7 +55,7 @@ def chain_policy(tool_url: str) -> dict[str, Any]:
 
 @dataclass
 class Env:
-    guard: Guard
+    guard: AppGuard
     tool_url: str
     http: aiohttp.ClientSession
 
@@ -76,31 +78,17 @@ def step(tool: str, *then: dict[str, Any], path: str = "/run", wait_for: str | N
 
 
 @pytest.fixture
-def chain_tool() -> Iterator[Callable[[str, Path, int], str]]:
-    procs: list[Proc] = []
-
-    def start(guard_url: str, where: Path, port: int) -> str:
-        env = {"PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
-        proc = spawn([PY, "-m", "tests.e2e.chain_tool", "--port", str(port), "--guard-url", guard_url],
-                     where, f"chain-tool-{port}.log", env)
-        procs.append(proc)
-        wait_port(port, proc=proc.popen)
-        return f"http://127.0.0.1:{port}"
-
-    yield start
-    for p in procs:
-        p.stop()
-
-
-@pytest.fixture
-async def env(guard_factory: Any, chain_tool: Any, store_url: str, tmp_path: Path) -> AsyncIterator[Env]:
+async def env(app_factory: AppFactory, store_url: str) -> AsyncIterator[Env]:
     port = free_port()
     tool_url = f"http://127.0.0.1:{port}"
-    guard: Guard = guard_factory(chain_policy(tool_url),
-                                 config={"store": {"url": store_url}, "limits": {"max_chain_depth": 3}})
-    chain_tool(guard.url, tmp_path, port)
+    guard = await app_factory(chain_policy(tool_url),
+                              config={"store": {"url": store_url}, "limits": {"max_chain_depth": 3}})
+    tool = web.AppRunner(make_app(guard.url), access_log=None)
+    await tool.setup()
+    await web.TCPSite(tool, "127.0.0.1", port).start()
     async with aiohttp.ClientSession() as http:
         yield Env(guard, tool_url, http)
+    await tool.cleanup()
 
 
 async def test_allowed_chain_extends_the_chain_in_credential_and_txn_token(env: Env) -> None:
@@ -271,7 +259,7 @@ async def test_audit_shows_the_chain_as_a_tree(env: Env) -> None:
     assert decided["c"]["parent_call_id"] == decided["b"]["call_id"]
     assert decided["c"]["chain"] == ["a", "b"]
 
-    out = env.guard.cli("audit", "show", task["task_id"], check=True).stdout.splitlines()
+    out = (await env.guard.cli("audit", "show", task["task_id"], check=True)).stdout.splitlines()
     calls = [m.group(1) for line in out if (m := re.search(r"#\d+  ( *(?:└ )?call_\w+  \w+\.\w+)", line))]
     assert calls == [
         "call_decided  a.run",
