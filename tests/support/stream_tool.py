@@ -1,6 +1,6 @@
 """An MCP tool (official SDK, streamable HTTP) whose answers go on for as long as they are read.
 
-    python -m tests.e2e.stream_tool --port PORT
+    python -m tests.support.stream_tool --port PORT
 
 - `tick(interval_s)`: answers at once, then sends `notifications/resources/updated` with
   uri `tick://<n>` every `interval_s` on the session's own stream (the MCP GET stream);

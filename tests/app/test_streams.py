@@ -1,7 +1,8 @@
 """Streams end with their task: an MCP GET stream (the official SDK client), a streaming
 tools/call answer (SSE), a streaming http answer and a call held with `Prefer: wait` all end
 soon after the task is completed, revoked or expired, or its agent suspended. On both stores;
-on Redis the stream is open at instance A and the task is ended at instance B."""
+on Redis the stream is open at instance A and the task is ended at instance B. guard runs in
+process; the MCP tool (tests/support/stream_tool.py, the official SDK) is a process."""
 
 from __future__ import annotations
 
@@ -24,8 +25,9 @@ from mcp import Client, MCPError
 from mcp.client.session import MessageHandlerFnT
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, until
-from tests.support.guard import Guard
 from tests.support.process import module_server
 from tests.support.upstream import Seen, Upstream
 
@@ -33,6 +35,8 @@ TRIGGERS = {"complete": "task_completed", "revoke": "task_revoked", "expire": "t
             "suspend": "agent_suspended"}
 EXPIRING_TTL_S = 8  # the task of an `expire` case expires by itself this long after it was created
 DEADLINE_S = 15.0  # generous: the guard's bound is 1 s
+# the `expire` cases wait EXPIRING_TTL_S each: make test runs them, make test-fast does not
+ENDINGS = [pytest.param(t, marks=pytest.mark.slow) if t == "expire" else t for t in TRIGGERS]
 
 
 def policy(upstream: str, mcp_url: str) -> dict[str, Any]:
@@ -81,14 +85,14 @@ class Feed:
 
 @pytest.fixture
 def stream_tool(tmp_path: Path) -> Iterator[str]:
-    with module_server("tests.e2e.stream_tool", tmp_path) as port:
+    with module_server("tests.support.stream_tool", tmp_path) as port:
         yield f"http://127.0.0.1:{port}/mcp"
 
 
 @dataclass
 class Setup:
-    a: Guard  # where the stream is open
-    b: Guard  # where the task is ended (the same guard on the memory store)
+    a: AppGuard  # where the stream is open
+    b: AppGuard  # where the task is ended (the same guard on the memory store)
     admin: str
     auditor: str
     agent_idp: str
@@ -97,7 +101,8 @@ class Setup:
 
 
 @pytest.fixture
-def setup(guard_factory: Any, upstream: Upstream, stream_tool: str, store_url: str, tmp_path: Path) -> Setup:
+async def setup(app_factory: AppFactory, upstream: Upstream, stream_tool: str, store_url: str,
+                tmp_path: Path) -> Setup:
     feed = Feed()
     upstream.handler = feed.handle
     shared = tmp_path / "shared"
@@ -105,8 +110,8 @@ def setup(guard_factory: Any, upstream: Upstream, stream_tool: str, store_url: s
     config = {"store": {"url": store_url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
     pol = policy(upstream.url, stream_tool)
-    a: Guard = guard_factory(pol, config=config, subdir="a")
-    b = a if store_url.startswith("memory://") else guard_factory(pol, config=config, subdir="b")
+    a = await app_factory(pol, config=config, subdir="a")
+    b = a if store_url.startswith("memory://") else await app_factory(pol, config=config, subdir="b")
     return Setup(a, b, a.token("ops@acme.example", "guard:admin"), a.token("sec@acme.example", "guard:auditor"),
                  a.token(AGENT), feed, upstream)
 
@@ -151,7 +156,7 @@ async def within(aw: Awaitable[Any], what: str) -> Any:
 # a streaming http answer
 
 
-@pytest.mark.parametrize("trigger", list(TRIGGERS))
+@pytest.mark.parametrize("trigger", ENDINGS)
 async def test_a_streaming_http_answer_is_cut(setup: Setup, http: aiohttp.ClientSession, trigger: str) -> None:
     s = setup
     task = await new_task(http, s, trigger)
@@ -183,7 +188,7 @@ async def test_a_streaming_http_answer_is_cut(setup: Setup, http: aiohttp.Client
 # a call held with Prefer: wait
 
 
-@pytest.mark.parametrize("trigger", list(TRIGGERS))
+@pytest.mark.parametrize("trigger", ENDINGS)
 async def test_a_held_call_ends_with_task_inactive(setup: Setup, http: aiohttp.ClientSession, trigger: str) -> None:
     s = setup
     task = await new_task(http, s, trigger)
@@ -252,7 +257,7 @@ class Recording(httpx2.AsyncBaseTransport):
 
 
 @asynccontextmanager
-async def connect(guard: Guard, token: str, mode: str, gets: GetStreams | None = None,
+async def connect(guard: AppGuard, token: str, mode: str, gets: GetStreams | None = None,
                   on_message: MessageHandlerFnT | None = None) -> AsyncIterator[Client]:
     transport = Recording(gets or GetStreams())
     client = httpx2.AsyncClient(headers=bearer(token), timeout=httpx2.Timeout(30, read=120), transport=transport)
@@ -261,7 +266,7 @@ async def connect(guard: Guard, token: str, mode: str, gets: GetStreams | None =
         yield c
 
 
-@pytest.mark.parametrize("trigger", list(TRIGGERS))
+@pytest.mark.parametrize("trigger", ENDINGS)
 async def test_the_sdk_clients_get_stream_ends(setup: Setup, http: aiohttp.ClientSession, trigger: str) -> None:
     s = setup
     task = await new_task(http, s, trigger)
@@ -287,7 +292,7 @@ async def test_the_sdk_clients_get_stream_ends(setup: Setup, http: aiohttp.Clien
         assert all(status == 403 for status, _ in gets.seen[1:])
 
 
-@pytest.mark.parametrize("trigger", list(TRIGGERS))
+@pytest.mark.parametrize("trigger", ENDINGS)
 async def test_a_streaming_tools_call_answer_ends(setup: Setup, http: aiohttp.ClientSession, trigger: str) -> None:
     s = setup
     task = await new_task(http, s, trigger)
