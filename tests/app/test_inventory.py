@@ -1,5 +1,6 @@
-"""The NHI inventory end to end: registration, discovery of unregistered agents, the tools
-cap, counters shared by instances, the kill switch, restore and idle expiry."""
+"""The NHI inventory in process (guard's app on real sockets, the CLI run by its entry point):
+registration, discovery of unregistered agents, the tools cap, counters shared by instances, the
+kill switch, restore and idle expiry. (`guard policy check`: tests/e2e/test_inventory_cli.py.)"""
 
 from __future__ import annotations
 
@@ -15,8 +16,9 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, until
-from tests.support.guard import Guard
 from tests.support.redis import RedisServer
 from tests.support.upstream import Seen, Upstream
 
@@ -40,27 +42,27 @@ def inventory_policy(upstream_url: str) -> dict[str, Any]:
     }
 
 
-async def agents_of(http: aiohttp.ClientSession, g: Guard, token: str | None = None) -> dict[str, dict[str, Any]]:
+async def agents_of(http: aiohttp.ClientSession, g: AppGuard, token: str | None = None) -> dict[str, dict[str, Any]]:
     token = token or g.token("auditor@acme.example", "guard:auditor")
     async with http.get(f"{g.url}/v1/agents", headers=bearer(token)) as r:
         assert r.status == 200, await r.text()
         return {row["agent"]: row for row in await r.json()}
 
 
-async def read(http: aiohttp.ClientSession, g: Guard, task: dict[str, Any], tool: str = "echo") -> tuple[int, Any]:
+async def read(http: aiohttp.ClientSession, g: AppGuard, task: dict[str, Any], tool: str = "echo") -> tuple[int, Any]:
     async with http.get(f"{g.url}/tools/{tool}/items/1", headers=bearer(task["task_token"])) as r:
         return r.status, await r.json(content_type=None)
 
 
-async def post_task(http: aiohttp.ClientSession, g: Guard, sub: str) -> tuple[int, Any]:
+async def post_task(http: aiohttp.ClientSession, g: AppGuard, sub: str) -> tuple[int, Any]:
     async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(g.token(sub))) as r:
         return r.status, await r.json()
 
 
 async def test_unregistered_agent_is_refused_and_discovered(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
-    g: Guard = guard_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
+    g = await app_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
     for _ in range(2):
         status, problem = await post_task(http, g, ROGUE)
         assert (status, problem["code"]) == (403, "unregistered_agent")
@@ -78,22 +80,22 @@ async def test_unregistered_agent_is_refused_and_discovered(
         assert (r.status, (await r.json())["code"]) == (403, "forbidden")
 
     admin = g.token(ADMIN, "guard:admin")
-    out = g.cli("agents", "--url", g.url, "--token", admin)
+    out = await g.cli("agents", "--url", g.url, "--token", admin)
     assert out.returncode == 0, out.stderr
     rogue_line = next(line for line in out.stdout.splitlines() if line.startswith(ROGUE))
     assert " NO " in rogue_line and " 2 " in rogue_line
-    assert g.cli("agents", "--url", g.url, "--token", g.token(AGENT)).returncode == 1
+    assert (await g.cli("agents", "--url", g.url, "--token", g.token(AGENT))).returncode == 1
     # without --url or GUARD_URL: the guard the config describes (its listen address here)
     assert "GUARD_URL" not in os.environ
-    from_config = g.cli("agents", "--token", admin, "--json")
+    from_config = await g.cli("agents", "--token", admin, "--json")
     assert from_config.returncode == 0, from_config.stderr
     assert ROGUE in {row["agent"] for row in json.loads(from_config.stdout)}
 
 
 async def test_entry_tools_cap_every_task_and_counters(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
-    g: Guard = guard_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
+    g = await app_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
     task = await create_task(http, g.url, g.token(AGENT))
     assert (await read(http, g, task))[0] == 200
     status, problem = await read(http, g, task, tool="ledger")  # the rule allows it; the entry's cap does not
@@ -107,14 +109,14 @@ async def test_entry_tools_cap_every_task_and_counters(
 
 @pytest.mark.redis
 async def test_counters_cover_every_instance(
-    guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     shared = tmp_path / "shared"
     shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json")}
-    a: Guard = guard_factory(inventory_policy(upstream.url), config=config, subdir="a")
-    b: Guard = guard_factory(inventory_policy(upstream.url), config=config, subdir="b")
+    a = await app_factory(inventory_policy(upstream.url), config=config, subdir="a")
+    b = await app_factory(inventory_policy(upstream.url), config=config, subdir="b")
     task = await create_task(http, a.url, a.token(AGENT))
     assert (await read(http, a, task))[0] == 200
     assert (await read(http, b, task))[0] == 200
@@ -146,9 +148,9 @@ class HeldUpstream:
 
 
 async def test_suspension_mid_task_and_restore(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
-    g: Guard = guard_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
+    g = await app_factory(inventory_policy(upstream.url), config={"store": {"url": store_url}})
     task = await create_task(http, g.url, g.token(AGENT))
     async with http.post(f"{g.url}/tools/echo/pay", json={"amount": 5}, headers=bearer(task["task_token"])) as r:
         approval_id = (await r.json())["approval_id"]  # a pending approval, to be expired by the kill switch
@@ -193,9 +195,9 @@ async def test_suspension_mid_task_and_restore(
 
 
 async def test_idle_task_expires(
-    guard_factory: Any, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, upstream: Upstream, store_url: str, http: aiohttp.ClientSession
 ) -> None:
-    g: Guard = guard_factory(inventory_policy(upstream.url),
+    g = await app_factory(inventory_policy(upstream.url),
                              config={"store": {"url": store_url}, "limits": {"task_idle_s": 1}})
     task = await create_task(http, g.url, g.token(AGENT))
     assert (await read(http, g, task))[0] == 200
@@ -213,18 +215,3 @@ async def test_idle_task_expires(
     async with http.get(f"{g.url}/v1/tasks/{task['task_id']}/audit", headers=bearer(admin)) as r:
         expired = [rec for rec in (await r.json())["records"] if rec["event"] == "task_expired"]
     assert [rec["detail"] for rec in expired] == ["idle"]
-
-
-def test_policy_check_needs_owners_and_warns_about_uncovered_agents(guard_factory: Any, upstream: Upstream) -> None:
-    policy = inventory_policy(upstream.url)
-    policy["rules"].append({"id": "ghost", "effect": "allow", "match": {"agent": ["spiffe://nobody/x"]}})
-    g: Guard = guard_factory(policy, start=False, subdir="warn")
-    out = g.cli("policy", "check")
-    assert out.returncode == 0, out.stderr
-    assert "ghost" in out.stdout and "spiffe://nobody/x" in out.stdout and "warning" in out.stdout
-
-    del policy["agents"][AGENT]["owner"]
-    bad: Guard = guard_factory(policy, start=False, subdir="bad")
-    out = bad.cli("policy", "check")
-    assert out.returncode == 1
-    assert "owner" in out.stderr and "policy.yaml" in out.stderr
