@@ -1,15 +1,13 @@
-"""MCP through guard, end to end: the official SDK on both sides (examples/mcp_server.py as a
-real process on streamable HTTP, the SDK's streamable HTTP client pointed at guard); raw
-requests against a recording upstream run in process (tests/app/test_mcp_requests.py)."""
+"""MCP through guard: the official SDK on both sides (examples/mcp_server.py as a real process on
+streamable HTTP, the SDK's streamable HTTP client pointed at guard's app in this process); raw
+requests against a recording upstream: tests/app/test_mcp_requests.py; examples/mcp_agent.py:
+tests/e2e/test_mcp_agent.py."""
 
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -18,16 +16,16 @@ import pytest
 from mcp import Client, MCPError
 from mcp.client.streamable_http import streamable_http_client
 
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, files_policy, task_token
-from tests.support.guard import Guard
-from tests.support.process import PY, ROOT
 
 MODES = ["legacy", "2026-07-28"]  # 2025-11-25 (initialize, sessions) and the session-less revision
 VISIBLE = {"search_files", "read_file", "slow_count", "whoami", "share_file"}
 
 
 @asynccontextmanager
-async def connect(guard: Guard, token: str, mode: str) -> AsyncIterator[Client]:
+async def connect(guard: AppGuard, token: str, mode: str) -> AsyncIterator[Client]:
     """The SDK's streamable HTTP client, pointed at guard with the task token as its bearer."""
     client = httpx2.AsyncClient(headers=bearer(token), timeout=httpx2.Timeout(30, read=60))
     async with client, Client(streamable_http_client(f"{guard.url}/mcp/files", http_client=client), mode=mode) as c:
@@ -40,9 +38,9 @@ def text_of(result: Any) -> str:
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_list_is_filtered_and_calls_are_decided(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+    guard = await app_factory(files_policy(mcp_server))
     token = await task_token(guard, http)
     async with connect(guard, token, mode) as client:
         listed = await client.list_tools()
@@ -66,9 +64,9 @@ async def test_list_is_filtered_and_calls_are_decided(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_upstream_gets_credentials_never_the_task_token(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+    guard = await app_factory(files_policy(mcp_server))
     token = await task_token(guard, http)
     async with connect(guard, token, mode) as client:
         seen = json.loads(text_of(await client.call_tool("whoami", {})))
@@ -79,9 +77,9 @@ async def test_upstream_gets_credentials_never_the_task_token(
 
 @pytest.mark.parametrize("mode", MODES)
 async def test_progress_notifications_stream_through(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, mode: str
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+    guard = await app_factory(files_policy(mcp_server))
     token = await task_token(guard, http)
     seen: list[tuple[float, float | None, str | None]] = []
 
@@ -95,8 +93,8 @@ async def test_progress_notifications_stream_through(
     assert seen[-1][1] == 4
 
 
-async def test_step_up_on_a_tool_call(guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+async def test_step_up_on_a_tool_call(app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession) -> None:
+    guard = await app_factory(files_policy(mcp_server))
     token = await task_token(guard, http)
     args = {"path": "reports/2026-w01.md", "to": "partner@example.org"}
     async with connect(guard, token, "legacy") as client:
@@ -114,9 +112,9 @@ async def test_step_up_on_a_tool_call(guard_factory: Any, mcp_server: str, http:
 
 
 async def test_sessions_and_the_get_stream_pass_through(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server))
+    guard = await app_factory(files_policy(mcp_server))
     token = await task_token(guard, http)
     url = f"{guard.url}/mcp/files"
     headers = {**bearer(token), "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
@@ -144,9 +142,9 @@ async def test_sessions_and_the_get_stream_pass_through(
 
 
 async def test_calls_are_audited_before_the_answer(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, store_url: str
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, store_url: str
 ) -> None:
-    guard = guard_factory(files_policy(mcp_server), config={"store": {"url": store_url}})
+    guard = await app_factory(files_policy(mcp_server), config={"store": {"url": store_url}})
     idp = guard.token(AGENT)
     task = await create_task(http, guard.url, idp)
     async with connect(guard, task["task_token"], "2026-07-28") as client:
@@ -166,18 +164,3 @@ async def test_calls_are_audited_before_the_answer(
     assert not any(e[0] == "call_forwarded" and e[1] == "delete_file" for e in events)
     async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}", headers=bearer(auditor)) as r:
         assert (await r.json())["calls"] == 1  # only the allowed tools/call counts
-
-
-def test_the_example_mcp_agent(guard_factory: Any, mcp_server: str, tmp_path: Path) -> None:
-    """examples/mcp_agent.py against the demo policy, with the files tool at the test's server."""
-    policies = tmp_path / "demo-policies"
-    shutil.copytree(ROOT / "policies", policies)
-    tools = policies / "tools.yaml"
-    tools.write_text(tools.read_text().replace("http://127.0.0.1:9103/mcp", mcp_server))
-    guard = guard_factory(policies)
-    out = subprocess.run([PY, "-m", "examples.mcp_agent", "--guard-url", guard.url, "--config", str(guard.config_path)],
-                         cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert out.returncode == 0, out.stdout + out.stderr
-    listed = next(line for line in out.stdout.splitlines() if line.startswith("tools/list"))
-    assert "read_file" in listed and "delete_file" not in listed and "write_file" not in listed
-    assert "[denied]" in out.stdout and "rule file-deletes-denied" in out.stdout
