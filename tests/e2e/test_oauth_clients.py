@@ -1,7 +1,8 @@
 """Client ID Metadata Documents: the SDK's client authorizes with an https URL as its client_id
 (the document served by the test over TLS, its certificate trusted through SSL_CERT_FILE), and
 guard's fetch keeps to its SSRF limits (https only, no private or loopback address outside
-development, no redirects, a size bound, the document's own URL as client_id)."""
+development, no redirects, a size bound, the document's own URL as client_id). A process test:
+the TLS trust of a `guard serve` (SSL_CERT_FILE) is part of the subject."""
 
 from __future__ import annotations
 
@@ -26,13 +27,12 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from guard.oauth.clients import NOT_FETCHED
-from tests.e2e.test_oauth_mcp import person, text_of
+from tests.app.test_oauth_mcp import text_of
 from tests.support.guard import Guard
 from tests.support.oauth import PERSON, REDIRECT, FormPerson, Tokens, eventually, mcp_client, oauth_files_policy, pkce
 from tests.support.oauth import provider as sdk_provider
 from tests.support.process import free_port
 
-__all__ = ["person"]  # a fixture shared with test_oauth_mcp
 HOSTILE = '<img src=x onerror="document.title=1">Research desktop'
 
 
@@ -95,6 +95,15 @@ class DocServer:
     async def stop(self) -> None:
         if self.runner is not None:
             await self.runner.cleanup()
+
+
+@pytest.fixture
+async def person(guard_factory: Any) -> AsyncIterator[list[FormPerson]]:
+    """The people who sign in (closed before the guards stop)."""
+    people: list[FormPerson] = []
+    yield people
+    for p in people:
+        await p.close()
 
 
 @pytest.fixture

@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from examples.oauth_agent import Tokens as Tokens  # the SDK token storage a client keeps (re-exported)
-from tests.support.guard import Guard, GuardLike
+from tests.support.guard import GuardLike
 
 PERSON = "alice@acme.example"
 REDIRECT = "http://127.0.0.1:{port}/callback"
@@ -142,7 +142,7 @@ class AuthorizationRefused(Exception):
         self.params = params
 
 
-def provider(guard: Guard, storage: Tokens, authorize: Callable[[str], Awaitable[Redirected]],
+def provider(guard: GuardLike, storage: Tokens, authorize: Callable[[str], Awaitable[Redirected]],
              client_name: str = "Research desktop", redirect_port: int = 33418,
              metadata_url: str | None = None) -> OAuthClientProvider:
     """The SDK's OAuth client provider for guard's `/mcp/files`; `authorize` plays the browser."""
@@ -166,7 +166,7 @@ def provider(guard: Guard, storage: Tokens, authorize: Callable[[str], Awaitable
 
 
 @asynccontextmanager
-async def mcp_client(guard: Guard, auth: OAuthClientProvider, tool: str = "files") -> AsyncIterator[Client]:
+async def mcp_client(guard: GuardLike, auth: OAuthClientProvider, tool: str = "files") -> AsyncIterator[Client]:
     http = httpx2.AsyncClient(auth=auth, timeout=httpx2.Timeout(30, read=60))
     async with http, Client(streamable_http_client(f"{guard.url}/mcp/{tool}", http_client=http)) as c:
         yield c
@@ -201,7 +201,7 @@ def refusal_in(exc: BaseException | None) -> AuthorizationRefused | None:
     return None
 
 
-async def refused_authorization(guard: Guard, auth: OAuthClientProvider) -> AuthorizationRefused:
+async def refused_authorization(guard: GuardLike, auth: OAuthClientProvider) -> AuthorizationRefused:
     """Connect with the SDK and expect the authorization to come back refused."""
     caught: BaseException | None = None
     try:

@@ -1,4 +1,4 @@
-"""MCP authorization end to end: a real `guard serve`, the official SDK's OAuth client provider
+"""MCP authorization, guard in process: its app on real sockets, the official SDK's OAuth client provider
 (401, discovery, registration, authorization, token, tools/list, tools/call, refresh), and a
 person who signs in with the development sign-in and answers the consent page."""
 
@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 from mcp import MCPError
 
-from tests.support.guard import Guard
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.oauth import (
     PERSON,
     REDIRECT,
@@ -30,7 +31,7 @@ OPEN = {"oauth": {"registration": {"mode": "open"}}}
 
 
 @pytest.fixture
-async def person(guard_factory: Any) -> AsyncIterator[list[FormPerson]]:
+async def person(app_factory: AppFactory) -> AsyncIterator[list[FormPerson]]:
     people: list[FormPerson] = []
     yield people
     for p in people:
@@ -41,8 +42,8 @@ def text_of(result: Any) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
-async def test_discovery(guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server))
+async def test_discovery(app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession) -> None:
+    guard = await app_factory(oauth_files_policy(mcp_server))
     body = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
     async with http.post(f"{guard.url}/mcp/files", json=body) as r:
         assert r.status == 401
@@ -73,9 +74,9 @@ async def test_discovery(guard_factory: Any, mcp_server: str, http: aiohttp.Clie
 
 
 async def test_sdk_registers_is_authorized_calls_and_refreshes(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson], store_url: str
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson], store_url: str
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), {
+    guard = await app_factory(oauth_files_policy(mcp_server), {
         "store": {"url": store_url}, "oauth": {"registration": {"mode": "open"}, "access_ttl_s": 2}})
     alice = FormPerson(guard, decide={"decision": "approve", "purpose": "weekly report", "tools": ["files"],
                                       "max_calls": "50", "labels": "team=research"})
@@ -137,9 +138,9 @@ async def test_sdk_registers_is_authorized_calls_and_refreshes(
 
 
 async def test_refusal_gives_the_client_access_denied(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
+    guard = await app_factory(oauth_files_policy(mcp_server), OPEN)
     bob = FormPerson(guard, user="bob@acme.example", decide={"decision": "refuse"})
     person.append(bob)
     storage = Tokens()
@@ -152,7 +153,7 @@ async def test_refusal_gives_the_client_access_denied(
         assert (await r.json())["tasks"] == []  # a refusal creates nothing
 
 
-async def _register(http: aiohttp.ClientSession, guard: Guard, redirect: str, name: str = "raw") -> str:
+async def _register(http: aiohttp.ClientSession, guard: AppGuard, redirect: str, name: str = "raw") -> str:
     async with http.post(f"{guard.url}/oauth/register",
                          json={"redirect_uris": [redirect], "client_name": name,
                                "token_endpoint_auth_method": "none"}) as r:
@@ -162,9 +163,9 @@ async def _register(http: aiohttp.ClientSession, guard: Guard, redirect: str, na
 
 
 async def test_stolen_code_without_the_verifier_is_refused(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
+    guard = await app_factory(oauth_files_policy(mcp_server), OPEN)
     redirect = REDIRECT.format(port=40123)
     client_id = await _register(http, guard, redirect)
     verifier, challenge = pkce()
@@ -204,9 +205,9 @@ async def test_stolen_code_without_the_verifier_is_refused(
 
 
 async def test_authorization_request_checks(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
+    guard = await app_factory(oauth_files_policy(mcp_server), OPEN)
     redirect = REDIRECT.format(port=40124)
     client_id = await _register(http, guard, redirect)
     _, challenge = pkce()
@@ -239,10 +240,10 @@ async def test_authorization_request_checks(
 
 
 async def test_unregistered_client_is_refused_at_consent(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
 ) -> None:
     policy = oauth_files_policy(mcp_server, agents={"client:https://known.example/app.json": {"owner": PERSON}})
-    guard: Guard = guard_factory(policy, OPEN)
+    guard = await app_factory(policy, OPEN)
     alice = FormPerson(guard)
     person.append(alice)
     storage = Tokens()
@@ -258,9 +259,9 @@ async def test_unregistered_client_is_refused_at_consent(
 
 
 async def test_revocation_completes_the_task(
-    guard_factory: Any, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
+    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, person: list[FormPerson]
 ) -> None:
-    guard: Guard = guard_factory(oauth_files_policy(mcp_server), OPEN)
+    guard = await app_factory(oauth_files_policy(mcp_server), OPEN)
     alice = FormPerson(guard, decide={"decision": "approve", "tools": ["files", "notes"]})
     person.append(alice)
     storage = Tokens()
