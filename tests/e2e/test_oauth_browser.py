@@ -16,7 +16,7 @@ import httpx2
 import pytest
 from aiohttp import web
 
-from tests.e2e.test_oauth_mcp import text_of
+from tests.app.test_oauth_mcp import text_of
 from tests.e2e.test_ui_browser import ARTIFACTS, browser
 from tests.support.guard import Guard
 from tests.support.oauth import (

@@ -11,7 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.e2e.test_streams import Feed
+from tests.app.test_streams import Feed
 from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.guard import Guard
 from tests.support.redis import RedisServer

@@ -1,4 +1,4 @@
-"""The step-up world (tests/e2e/test_approvals.py, tests/app/test_holds.py): a payments tool whose
+"""The step-up world (tests/app/test_approvals.py, tests/app/test_holds.py): a payments tool whose
 big payments need an approval, a webhook receiver on a real port, and the client calls a test makes."""
 
 from __future__ import annotations

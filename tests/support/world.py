@@ -1,4 +1,4 @@
-"""The hostile-input world (tests/e2e/test_adversarial.py, tests/app/test_path_safety.py): a guard
+"""The hostile-input world (tests/app/test_adversarial.py, tests/app/test_path_safety.py): a guard
 with an echo tool, an MCP tool and two approver webhooks, a task with one allowed call made, and
 the checks that an attack changed nothing."""
 
