@@ -210,7 +210,7 @@ async def test_tokens_of_a_revoked_task(world: World) -> None:
 
 async def test_idp_token_header_tricks(app_factory: AppFactory, upstream: Upstream, upstream_factory: Any,
                                        tmp_path: Path) -> None:
-    from tests.idp import Idp
+    from tests.support.idp import Idp
 
     recorder = upstream_factory()
     idp = Idp(tmp_path)

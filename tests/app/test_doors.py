@@ -22,9 +22,9 @@ from aiohttp import web
 
 from guard.identity.keyring import rotate
 from tests.app.conftest import AppFactory
-from tests.idp import Idp
 from tests.support.app import AppGuard
 from tests.support.client import bearer
+from tests.support.idp import Idp
 from tests.support.oauth import FormPerson, Forms, oauth_files_policy, pkce
 from tests.support.process import free_port
 from tests.support.redis import RedisServer

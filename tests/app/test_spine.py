@@ -184,7 +184,7 @@ async def test_tokens_that_must_not_authenticate(
 
 async def test_configured_issuer_checks(app_factory: AppFactory, upstream: Upstream, tmp_path: Path,
                                         http: aiohttp.ClientSession) -> None:
-    from tests.idp import ISSUER, Idp
+    from tests.support.idp import ISSUER, Idp
 
     idp = Idp(tmp_path)
     g = await app_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
@@ -245,7 +245,7 @@ async def test_jwks_url_is_cached_and_refetched_for_an_unknown_kid(
 ) -> None:
     from aiohttp import web
 
-    from tests.idp import Idp
+    from tests.support.idp import Idp
 
     jwks_server: Upstream = upstream_factory()
     first, rotated = Idp(tmp_path, kid="k1"), Idp(tmp_path, kid="k2")

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import yaml
 
-from tests.idp import Idp
 from tests.support.client import echo_policy
 from tests.support.guard import write_guard
+from tests.support.idp import Idp
 from tests.support.process import PY, ROOT, free_port
 
 

@@ -10,24 +10,9 @@ import pytest
 
 from guard.policy import CallContext, CredentialSpec, PolicySet, ToolSpec, load_policies
 from guard.policy.model import ActionSpec
+from tests.support.policies import tools_yaml
 
-TOOLS = """
-tools:
-  notes:
-    kind: http
-    upstream: http://127.0.0.1:9101
-    actions:
-      read:  {method: GET,  path: "/notes/{id}"}
-      write: {method: POST, path: "/notes"}
-  vault:
-    kind: http
-    upstream: http://127.0.0.1:9102
-    actions:
-      read: {method: GET, path: "/secrets/{name}"}
-  research:
-    kind: mcp
-    upstream: http://127.0.0.1:9103/mcp
-"""
+TOOLS = tools_yaml(research={"kind": "mcp", "upstream": "http://127.0.0.1:9103/mcp"})
 
 AGENT = "spiffe://acme/agent/researcher"
 

@@ -10,18 +10,9 @@ import pytest
 from guard.cli.main import main
 from guard.errors import ConfigError
 from guard.policy import PolicySet, load_policies, run_policy_tests
+from tests.support.policies import tools_yaml
 
-POLICIES = """\
-tools:
-  notes:
-    kind: http
-    upstream: http://127.0.0.1:9101
-    actions:
-      read:  {method: GET,  path: "/notes/{id}"}
-      write: {method: POST, path: "/notes"}
-  vault:
-    kind: mcp
-    upstream: http://127.0.0.1:9102/mcp
+POLICIES = tools_yaml(vault={"kind": "mcp", "upstream": "http://127.0.0.1:9102/mcp"}) + """\
 agents:
   "spiffe://acme/agent/*": {owner: alice@acme.example, tools: [notes]}
 rules:

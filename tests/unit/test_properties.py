@@ -14,16 +14,10 @@ from hypothesis import strategies as st
 from guard.audit.chain import GENESIS, chain_record, verify_chain
 from guard.canonical import args_digest, call_digest, canonical_json
 from guard.policy import CallContext, PolicySet, load_policies
+from tests.support.policies import TOOLS
 
 SETTINGS = settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
-TOOLS = {
-    "notes": {"kind": "http", "upstream": "http://127.0.0.1:9101",
-              "actions": {"read": {"method": "GET", "path": "/notes/{id}"},
-                          "write": {"method": "POST", "path": "/notes"}}},
-    "vault": {"kind": "http", "upstream": "http://127.0.0.1:9102",
-              "actions": {"read": {"method": "GET", "path": "/secrets/{name}"}}},
-}
 AGENTS = ["spiffe://acme/agent/a", "spiffe://acme/agent/b", "spiffe://other/agent/c"]
 
 # ---------------------------------------------------------------------------------- rules
