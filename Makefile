@@ -56,11 +56,14 @@ $(OIDC)/node_modules/.installed: $(OIDC)/package.json $(OIDC)/package-lock.json
 test: lint $(OIDC)/node_modules/.installed
 	$(BIN)/pytest -q
 
-# for a quick local run: the suite without the tests marked slow
-test-fast: lint $(OIDC)/node_modules/.installed
-	$(BIN)/pytest -q -m "not slow"
+# the fast tier, for every change: lint, then the unit tests, the in-process app tests (build_app on
+# real sockets) and the store contract on the memory store, without the tests marked slow. No guard
+# process, no Redis; the e2e tier (real processes and components) runs in `make test`.
+FAST := tests/unit tests/app tests/contract
+test-fast: lint
+	$(BIN)/pytest -q -m "not slow and not redis" $(FAST)
 
-# only the load, soak and crash tests
+# only the tests marked slow: load, soak and crash, and the in-process ones that wait out a timeout
 test-long: $(STAMP)
 	$(BIN)/pytest -q -m slow
 

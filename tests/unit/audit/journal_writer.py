@@ -1,6 +1,6 @@
 """A real audit writer in its own process, for the journal tests:
 
-    python -m tests.unit.journal_writer DIR TASKS BATCHES [--die-after-journal-sync N] [--hold]
+    python -m tests.unit.audit.journal_writer DIR TASKS BATCHES [--die-after-journal-sync N] [--hold]
 
 Writes BATCHES batches, each one record (the next seq) for each of TASKS tasks, printing
 `acked <n>` once batch n is acknowledged. `--die-after-journal-sync N` SIGKILLs the process right

@@ -17,7 +17,7 @@ from guard.audit.journal import JOURNAL_DIR, datasync
 from guard.audit.trails import list_trails, read_trail
 from guard.audit.writer import AuditFiles
 from tests.support.process import ROOT
-from tests.unit.journal_writer import records
+from tests.unit.audit.journal_writer import records
 
 
 class SyncLog:
@@ -52,7 +52,7 @@ def journaled(path: Path) -> list[bytes]:
 
 
 def writer(d: Path, tasks: int, batches: int, *extra: str) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-m", "tests.unit.journal_writer", str(d), str(tasks), str(batches),
+    return subprocess.Popen([sys.executable, "-m", "tests.unit.audit.journal_writer", str(d), str(tasks), str(batches),
                              *extra], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
 
 
