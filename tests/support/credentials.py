@@ -8,7 +8,7 @@ from typing import Any
 import aiohttp
 
 from tests.support.client import bearer
-from tests.support.guard import Guard
+from tests.support.guard import Guard, GuardLike
 
 AUDITOR = "sec@acme.example"
 
@@ -24,7 +24,7 @@ def tool_policy(upstream_url: str, credential: dict[str, Any], name: str = "note
     }
 
 
-async def audit_of(http: aiohttp.ClientSession, g: Guard, task_id: str) -> list[dict[str, Any]]:
+async def audit_of(http: aiohttp.ClientSession, g: GuardLike, task_id: str) -> list[dict[str, Any]]:
     async with http.get(f"{g.url}/v1/tasks/{task_id}/audit", headers=bearer(g.token(AUDITOR, "guard:auditor"))) as r:
         assert r.status == 200
         body = await r.json()
@@ -41,6 +41,6 @@ def everything_written(g: Guard) -> str:
     return "\n".join(texts)
 
 
-async def metrics_text(http: aiohttp.ClientSession, g: Guard) -> str:
+async def metrics_text(http: aiohttp.ClientSession, g: GuardLike) -> str:
     async with http.get(f"{g.url}/metrics") as r:
         return await r.text()

@@ -1,11 +1,11 @@
-"""guard.client against a real guard: tasks that end with their block, calls by action name,
-guard's errors, step-ups raised or waited for, what is retried and what never is, DPoP, MCP,
-and the sync client."""
+"""guard.client against guard's app in process (real sockets): tasks that end with their block,
+calls by action name, guard's errors, step-ups raised or waited for, what is never retried, DPoP,
+MCP, and the sync client (in a thread of its own). A guard that starts late:
+tests/e2e/test_client_start.py."""
 
 from __future__ import annotations
 
 import asyncio
-import threading
 from typing import Any
 
 import aiohttp
@@ -21,9 +21,10 @@ from guard.client import (
     ToolError,
 )
 from guard.errors import Denied, Forbidden, TaskInactive, UnknownAction
+from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard as GuardProcess
 from tests.support.client import AGENT, OTHER, bearer, echo_policy, files_policy
 from tests.support.credentials import audit_of
-from tests.support.guard import Guard as GuardProcess
 from tests.support.upstream import Upstream
 
 ADMIN, APPROVER = "root@acme.example", "carol@acme.example"
@@ -36,10 +37,9 @@ async def http() -> Any:
 
 
 @pytest.fixture
-def guard(guard_factory: Any, upstream: Upstream) -> GuardProcess:
+async def guard(app_factory: AppFactory, upstream: Upstream) -> GuardProcess:
     # a short hold, so that a waiting step-up goes on by polling the approval
-    g: GuardProcess = guard_factory(echo_policy(upstream.url), {"approvals": {"max_wait_s": 1}})
-    return g
+    return await app_factory(echo_policy(upstream.url), {"approvals": {"max_wait_s": 1}})
 
 
 async def task_status(http: aiohttp.ClientSession, g: GuardProcess, task_id: str) -> str:
@@ -152,18 +152,6 @@ async def test_an_expired_token_is_fetched_again_once(guard: GuardProcess) -> No
     assert len(handed) == 2
 
 
-async def test_a_guard_not_yet_listening_is_reached_on_a_later_attempt(guard_factory: Any, upstream: Upstream) -> None:
-    g: GuardProcess = guard_factory(echo_policy(upstream.url), start=False, subdir="late")
-    starter = threading.Timer(0.5, lambda: g.start(wait=False))
-    starter.start()
-    try:
-        async with Guard(g.url, token=g.token(AGENT), connect_attempts=40) as client, \
-                client.task(purpose="late start") as t:
-            assert (await t.call("echo", "read", id=2))["path"] == "/items/2"
-    finally:
-        starter.join()
-
-
 async def test_a_forwarded_call_is_never_sent_twice(guard: GuardProcess, upstream: Upstream) -> None:
     upstream.delay_s = 3.0
     async with Guard(guard.url, token=guard.token(AGENT)) as admin_side, admin_side.task(purpose="p") as t:
@@ -197,10 +185,10 @@ async def test_only_the_tasks_agent_reads_its_tools(guard: GuardProcess, http: a
             assert r.status in (401, 403)
 
 
-async def test_an_mcp_session_through_guard(guard_factory: Any, mcp_server: str) -> None:
+async def test_an_mcp_session_through_guard(app_factory: AppFactory, mcp_server: str) -> None:
     from mcp import MCPError
 
-    g: GuardProcess = guard_factory(files_policy(mcp_server), subdir="mcp")
+    g = await app_factory(files_policy(mcp_server), subdir="mcp")
     async with Guard(g.url, token=g.token(AGENT)) as client, client.task(purpose="files") as t, \
             t.mcp("files") as session:
         names = {tool.name for tool in (await session.list_tools()).tools}
@@ -212,9 +200,12 @@ async def test_an_mcp_session_through_guard(guard_factory: Any, mcp_server: str)
         assert refused.value.data["code"] == "denied"
 
 
-def test_the_sync_client(guard: GuardProcess, upstream: Upstream) -> None:
-    with SyncGuard(guard.url, token=guard.token(AGENT)) as client, client.task(purpose="sync") as t:
-        assert t.call("echo", "read", id=5)["path"] == "/items/5"
-        with pytest.raises(Denied):
-            t.call("echo", "delete", id=5)
+async def test_the_sync_client(guard: GuardProcess, upstream: Upstream) -> None:
+    def agent() -> None:  # blocking calls, as a script makes them: in a thread, while guard serves here
+        with SyncGuard(guard.url, token=guard.token(AGENT)) as client, client.task(purpose="sync") as t:
+            assert t.call("echo", "read", id=5)["path"] == "/items/5"
+            with pytest.raises(Denied):
+                t.call("echo", "delete", id=5)
+
+    await asyncio.to_thread(agent)
     assert [s.path_qs for s in upstream.requests] == ["/items/5"]
