@@ -106,8 +106,10 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield s
 
 
-@pytest.fixture
-def mcp_server(tmp_path: Path) -> Iterator[str]:
-    """examples/mcp_server.py as a real process; yields its MCP endpoint URL."""
-    with module_server("examples.mcp_server", tmp_path) as port:
+@pytest.fixture(scope="session")
+def mcp_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """examples/mcp_server.py as a real process, one for the session (each test opens its own MCP
+    sessions through its own guard; every change a tool makes is one guard refuses in these
+    tests); yields its MCP endpoint URL."""
+    with module_server("examples.mcp_server", tmp_path_factory.mktemp("mcp-server")) as port:
         yield f"http://127.0.0.1:{port}/mcp"

@@ -83,9 +83,10 @@ class Feed:
         return resp
 
 
-@pytest.fixture
-def stream_tool(tmp_path: Path) -> Iterator[str]:
-    with module_server("tests.support.stream_tool", tmp_path) as port:
+@pytest.fixture(scope="module")
+def stream_tool(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """The MCP tool with long streams, one process for the module (each test has its own task)."""
+    with module_server("tests.support.stream_tool", tmp_path_factory.mktemp("stream-tool")) as port:
         yield f"http://127.0.0.1:{port}/mcp"
 
 
