@@ -1,6 +1,6 @@
-"""guard.tool against a real guard: an aiohttp tool and a FastAPI tool behind it verify guard's
-credentials (JWKS, call digest, single use), see the task, agent, chain and scope, and make their
-own chained calls through guard with no code for the Txn-Token."""
+"""guard.tool against guard in process (its app on real sockets): an aiohttp tool and a FastAPI
+tool behind it verify guard's credentials (JWKS, call digest, single use), see the task, agent,
+chain and scope, and make their own chained calls through guard with no code for the Txn-Token."""
 
 from __future__ import annotations
 
@@ -17,9 +17,9 @@ from starlette.requests import Request  # a module global: FastAPI reads the han
 
 from guard.tool import Credential, Verifier
 from guard.tool.aiohttp import credential, protect, txn_token_middleware
+from tests.app.conftest import AppFactory
 from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.credentials import audit_of
-from tests.support.guard import Guard
 from tests.support.process import free_port
 
 
@@ -99,9 +99,9 @@ async def http() -> Any:
 
 
 async def test_an_aiohttp_tool_sees_who_calls_and_refuses_what_guard_did_not_mint(
-        guard_factory: Any, http: aiohttp.ClientSession) -> None:
+        app_factory: AppFactory, http: aiohttp.ClientSession) -> None:
     front_port, notes_port = free_port(), free_port()
-    g: Guard = guard_factory(chain_policy(front_port, notes_port))
+    g = await app_factory(chain_policy(front_port, notes_port))
     seen: list[Credential] = []
     raw: list[str] = []
     verifier = CountingVerifier(g.url, "front")
@@ -130,7 +130,7 @@ async def test_an_aiohttp_tool_sees_who_calls_and_refuses_what_guard_did_not_min
 
         # guard rotates its key: the next credential names a kid the tool has not seen, and it refetches
         verifier.refetch_min_s = 0
-        rotated = g.cli("keys", "rotate", check=True).stdout
+        rotated = (await g.cli("keys", "rotate", check=True)).stdout
         new_kid = rotated.split("kid ", 1)[1].split(" ", 1)[0]
 
         async def new_key_signs() -> bool:
@@ -161,9 +161,9 @@ async def test_guard_unreachable_is_503_and_the_handler_never_runs(http: aiohttp
 
 
 async def test_an_aiohttp_tools_chained_call_carries_the_txn_token_with_no_code(
-        guard_factory: Any, http: aiohttp.ClientSession) -> None:
+        app_factory: AppFactory, http: aiohttp.ClientSession) -> None:
     front_port, notes_port = free_port(), free_port()
-    g: Guard = guard_factory(chain_policy(front_port, notes_port))
+    g = await app_factory(chain_policy(front_port, notes_port))
     seen: list[Credential] = []
     async with served(front_app(g.url, Verifier(g.url, "front"), seen, []), front_port), \
             served(notes_app(g.url, seen), notes_port):
@@ -177,7 +177,7 @@ async def test_an_aiohttp_tools_chained_call_carries_the_txn_token_with_no_code(
     assert [r["rule_id"] for r in records if r["event"] == "call_decided"] == ["agent-uses-front", "front-saves-notes"]
 
 
-async def test_a_fastapi_tool_with_the_asgi_middleware_and_httpx(guard_factory: Any,
+async def test_a_fastapi_tool_with_the_asgi_middleware_and_httpx(app_factory: AppFactory,
                                                                   http: aiohttp.ClientSession) -> None:
     fastapi = pytest.importorskip("fastapi")
     httpx = pytest.importorskip("httpx")
@@ -186,7 +186,7 @@ async def test_a_fastapi_tool_with_the_asgi_middleware_and_httpx(guard_factory: 
     from guard.tool.httpx import TxnTokenAuth
 
     front_port, notes_port = free_port(), free_port()
-    g: Guard = guard_factory(chain_policy(front_port, notes_port, "fast"))
+    g = await app_factory(chain_policy(front_port, notes_port, "fast"))
     seen: list[Credential] = []
     app = fastapi.FastAPI()
     app.add_middleware(GuardMiddleware, verifier=Verifier(g.url, "fast"), max_body_bytes=4096)
