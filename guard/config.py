@@ -205,6 +205,19 @@ class RetentionCfg(_Section):
         return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
 
 
+# --- inspect (content detectors, guard.content) ------------------------------------------------
+
+
+class InspectCfg(_Section):
+    """`inspect`: the content detectors that run on arguments and results (none by default)."""
+
+    detectors: list[Literal["secrets", "pii"]] = Field(default_factory=list)
+    max_bytes: int = Field(1048576, ge=1)  # text inspected per argument set or result; beyond: `uninspected`
+
+
+# --- end inspect ---------------------------------------------------------------------------------
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -222,6 +235,7 @@ class Config(_Section):
     sso: SsoCfg | None = None
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
+    inspect: InspectCfg = Field(default_factory=InspectCfg)  # type: ignore[arg-type]  # content detectors
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
 
