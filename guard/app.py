@@ -16,6 +16,8 @@ from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
+from guard.content.detectors import KIND_OF
+from guard.content.service import ContentGuard
 from guard.credentials import Credentials
 from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
@@ -119,10 +121,21 @@ def check_credentials(cfg: Config, policies: PolicySet) -> None:
                               f"mode {spec.mode} reads from OpenBao/Vault: configure secrets.vault in {cfg.source}")
 
 
+def check_redact(cfg: Config, policies: PolicySet) -> None:
+    """A tool's `redact` names finding kinds whose detectors `inspect.detectors` must list."""
+    listed = {KIND_OF[d] for d in cfg.inspect.detectors}
+    for name, spec in policies.tools.items():
+        missing = sorted(spec.redact - listed)
+        if missing:
+            raise ConfigError(str(cfg.policies), f"tools.{name}.redact",
+                              f"{', '.join(missing)}: its detector is not in inspect.detectors of {cfg.source}")
+
+
 def load_checked_policies(cfg: Config) -> PolicySet:
     """Load and compile the policies; what their credentials need must be configured."""
     policies = load_policies(cfg.policies)
     check_credentials(cfg, policies)
+    check_redact(cfg, policies)
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
         missing = sorted(set(rule.approvers) - configured)
@@ -251,7 +264,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         credentials_.start()
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls)
+                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls,
+                                content=ContentGuard(cfg, store, audit_log))
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],

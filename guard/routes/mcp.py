@@ -35,7 +35,7 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
-from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
+from guard.pipeline import Deps, authorize_call, authorize_passthrough, result_rewrite, tool_visibility
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
@@ -159,7 +159,8 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
         if msg.method == "tools/call":
             auth = await authorize_call(call, deps)
             return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
+                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell,
+                                            rewrite=result_rewrite(deps, auth))
         auth = await authorize_passthrough(call, deps, msg.label)
         rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,

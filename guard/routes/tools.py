@@ -7,7 +7,7 @@ from aiohttp import web
 from guard.errors import BadRequest
 from guard.identity.binding import presented
 from guard.identity.dpop import authorization
-from guard.pipeline import authorize_call
+from guard.pipeline import authorize_call, result_rewrite
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
@@ -33,4 +33,4 @@ async def http_tool_call(request: web.Request) -> web.StreamResponse:
                      deps.cfg.approvals.max_wait_s, connected(request), token, presented(request, deps, token, scheme))
     auth = await authorize_call(call, deps)
     return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl,
-                                    task_ends=deps.task_ends)
+                                    task_ends=deps.task_ends, rewrite=result_rewrite(deps, auth))

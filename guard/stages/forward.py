@@ -234,11 +234,17 @@ async def _forward(
         await resp.prepare(request)
         if flow.arm is not None:
             flow.arm()
+        settle = getattr(rewriter, "settle", None)  # a rewriter's findings are audited before they go out
         async for chunk in upstream.content.iter_any():
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:
+                if settle is not None:
+                    await settle()
                 await resp.write(out)
-        if rewriter is not None and (tail := rewriter.close()):
+        tail = rewriter.close() if rewriter is not None else b""
+        if settle is not None:
+            await settle()
+        if tail:
             await resp.write(tail)
         await resp.write_eof()
         return resp
