@@ -263,7 +263,7 @@ def result_rewrite(deps: Deps, auth: Authorized) -> Rewrite | None:
     if content is None or not content.applies(policies):
         return None
     tool = policies.tools.get(auth.action.tool)
-    return content.rewrite(auth, tool, auth.call.kind == "mcp") if tool is not None else None
+    return content.rewrite(auth, tool, policies) if tool is not None else None
 
 
 def tool_visibility(deps: Deps, auth: Authorized) -> Callable[[str], bool]:

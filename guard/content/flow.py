@@ -21,7 +21,7 @@ __all__ = ["MAX_TOKENS", "arg_digests", "strings", "token_digest", "value_digest
 
 MAX_TOKENS = 20_000  # per value set: a bound on what one call may make the guard remember or look up
 _RUN = re2.compile(r"[A-Za-z0-9]{8,}")
-_B64_RUN = re2.compile(r"[A-Za-z0-9+/_\-]{12,}={0,2}")
+_B64_RUN = re2.compile(r"[A-Za-z0-9+/_\-]{11,}={0,2}")  # 11: the unpadded base64 of 8 bytes
 _HEX_RUN = re2.compile(r"(?:[0-9A-Fa-f]{2}){6,}")
 _PERCENT = re2.compile(r"%[0-9A-Fa-f]{2}")
 

@@ -23,7 +23,9 @@ from guard.config import Config
 from guard.content.detectors import Detectors, Finding, Scan
 from guard.content.flow import MAX_TOKENS, arg_digests, strings, token_digest, value_digests
 from guard.domain import Action, Authorized, ToolCall
-from guard.policy import PolicySet, ToolSpec
+from guard.errors import ContentBlocked
+from guard.mcp.rpc import REFUSED
+from guard.policy import CallContext, PolicySet, ToolSpec
 from guard.stores.base import ContentStore
 
 __all__ = ["ArgsView", "ContentGuard", "ResultInspector"]
@@ -105,17 +107,12 @@ class ContentGuard:
 
     # -- results -------------------------------------------------------------------------------
 
-    def result_inspector(self, auth: Authorized, tool: ToolSpec, mcp: bool) -> ResultInspector | None:
+    def rewrite(self, auth: Authorized, tool: ToolSpec, policies: PolicySet
+                ) -> Callable[[CIMultiDictProxy[str]], ResultInspector | None] | None:
         """The rewriter of this call's result, or None when nothing is done with results of `tool`."""
         if not (self.detectors or tool.returns or tool.redact):
             return None
-        return ResultInspector(self, auth, tool, mcp)
-
-    def rewrite(self, auth: Authorized, tool: ToolSpec, mcp: bool) -> Callable[[CIMultiDictProxy[str]],
-                                                                               ResultInspector | None] | None:
-        inspector = self.result_inspector(auth, tool, mcp)
-        if inspector is None:
-            return None
+        inspector = ResultInspector(self, auth, tool, policies)
 
         def make(headers: CIMultiDictProxy[str]) -> ResultInspector | None:
             return inspector.for_headers(headers)
@@ -136,8 +133,11 @@ class ResultInspector:
     `max_bytes` passes unread), text as text. Findings are redacted when the tool says so; what
     was found is audited, labelled and remembered by `settle()` before the bytes are written."""
 
-    def __init__(self, guard: ContentGuard, auth: Authorized, tool: ToolSpec, mcp: bool) -> None:
-        self.guard, self.auth, self.tool, self.mcp = guard, auth, tool, mcp
+    def __init__(self, guard: ContentGuard, auth: Authorized, tool: ToolSpec, policies: PolicySet) -> None:
+        self.guard, self.auth, self.tool, self.policies = guard, auth, tool, policies
+        self.mcp = auth.call.kind == "mcp"
+        self.blocked: str | None = None  # the rule that withheld the result (content: {result: [...]})
+        self.block_audited = False
         self.mode = "json"
         self.chunks: list[bytes] = []
         self.size = 0
@@ -200,6 +200,11 @@ class ResultInspector:
             pending.labels.add(finding.kind)
             for d in value_digests(finding.value):
                 pending.remembered.setdefault(d, auth.call.call_id)
+        if self.blocked is not None and not self.block_audited:
+            await guard.audit.append(task_id, "result_blocked", agent, call_id=auth.call.call_id, tool=self.tool.name,
+                                     action=auth.action.name, rule_id=self.blocked, detail="content_blocked")
+            log.info("result_blocked", task_id=task_id, call_id=auth.call.call_id, rule_id=self.blocked)
+            self.block_audited = True
         if pending.labels:
             await guard.store.add_task_data(task_id, pending.labels)
         if pending.remembered:
@@ -261,6 +266,10 @@ class ResultInspector:
             redacted, scan = guard.detectors.redact(part, self.tool.redact, guard.max_bytes, base)
             self.pending.findings.extend(scan.findings)
             changed = any(f.kind in self.tool.redact for f in scan.findings)
+            if scan.findings:
+                denial = self._denial(scan.kinds)
+                if denial is not None:
+                    return denial
         if "private" in self.tool.returns:
             for text in strings(part, guard.max_bytes):
                 for d in value_digests(text):
@@ -270,6 +279,33 @@ class ResultInspector:
         if not changed:
             return value
         return {**value, "result": redacted} if part is not value else redacted
+
+
+    def _denial(self, kinds: frozenset[str]) -> Any | None:
+        """A deny rule matching `content: {result: [...]}`: the result withheld, in its place the
+        problem (an MCP result: the JSON-RPC error carrying it)."""
+        auth = self.auth
+        task = auth.state.task
+        ctx = CallContext(agent=auth.caller.agent, tool=auth.action.tool, action=auth.action.name,
+                          args=auth.action.args, task_purpose=task.purpose, task_labels=task.labels,
+                          chain=auth.caller.chain, history=auth.state.history, content_result=kinds)
+        rule = self.policies.result_denial(ctx)
+        if rule is None:
+            return None
+        self.blocked = self.blocked or rule.id
+        err = ContentBlocked(f"the result holds content rule {rule.id} denies", rule_id=rule.id,
+                             task_id=auth.caller.task_id, call_id=auth.call.call_id)
+        if self.mcp:
+            return {"jsonrpc": "2.0", "id": _rpc_id(auth.call.body),
+                    "error": {"code": REFUSED, "message": err.detail, "data": err.problem()}}
+        return err.problem()
+
+
+def _rpc_id(body: bytes) -> Any:
+    try:
+        return json.loads(body).get("id")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _dump(value: Any) -> bytes:

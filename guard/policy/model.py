@@ -30,7 +30,7 @@ __all__ = [
     "ToolSpec",
 ]
 
-Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep"]
+Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep", "exfiltration"]
 
 
 # --------------------------------------------------------------------------- YAML schema

@@ -281,3 +281,32 @@ def test_redact_naming_an_unlisted_detector_stops_start_up(tmp_path: Path, upstr
     cfg = load_config(g.config_path, env=g.env)
     with pytest.raises(ConfigError, match=r"tools\.crm\.redact: secret: its detector is not in inspect\.detectors"):
         build_app(cfg)
+
+
+async def test_a_result_rule_withholds_the_result_in_its_shape(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    policy = content_policy(upstream.url)
+    policy["rules"].insert(0, {"id": "no-pii-back", "effect": "deny",
+                               "match": {"tool": ["crm", "files"], "content": {"result": ["pii"]}}})
+    guard = await app_factory(policy, config=INSPECT)
+    note_tool(upstream)
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{guard.url}/tools/crm/people/7", headers=h) as r:
+        body = await r.json()
+    assert body["code"] == "content_blocked" and body["rule_id"] == "no-pii-back" and "name" not in body
+
+    async def mcp_answer(request: web.Request, seen: Seen) -> web.StreamResponse:
+        return web.json_response({"jsonrpc": "2.0", "id": 5, "result": {"content": [
+            {"type": "text", "text": "mail erin@example.com"}]}})
+
+    upstream.handler = mcp_answer
+    call = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "read_file", "arguments": {}}}
+    async with http.post(f"{guard.url}/mcp/files", json=call,
+                         headers={**h, "Accept": "application/json, text/event-stream"}) as r:
+        answer = await r.json()
+    assert answer["id"] == 5 and "result" not in answer
+    assert answer["error"]["code"] == -32001 and answer["error"]["data"]["code"] == "content_blocked"
+    blocked = [r for r in await trail(http, guard, task["task_id"]) if r["event"] == "result_blocked"]
+    assert [(r["tool"], r["rule_id"]) for r in blocked] == [("crm", "no-pii-back"), ("files", "no-pii-back")]
