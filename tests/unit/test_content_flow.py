@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import base64
 import string
+from collections.abc import Callable
 from urllib.parse import quote, quote_plus
 
 from hypothesis import given, settings
@@ -19,7 +20,7 @@ words = st.text(alphabet=ALNUM + " .,;:-'!?éü", max_size=40)
 values = st.builds(lambda a, r, b: f"{a} {r} {b}".strip(), words, runs, words)
 around = st.text(alphabet=string.ascii_letters + " ,.\n", max_size=30)
 
-ENCODINGS = {
+ENCODINGS: dict[str, Callable[[str], str]] = {
     "verbatim": lambda v: v,
     "base64": lambda v: base64.b64encode(v.encode()).decode(),
     "base64url": lambda v: base64.urlsafe_b64encode(v.encode()).decode().rstrip("="),
