@@ -30,7 +30,7 @@ from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
-from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
+from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes.common import DEPS
 from guard.stores import open_store
@@ -282,6 +282,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
-    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin):
+    for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
+                   pins):
         app.router.add_routes(module.routes)
     return app

@@ -22,8 +22,9 @@ from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.content.detectors import Detectors, Finding, Scan
 from guard.content.flow import MAX_TOKENS, arg_digests, strings, token_digest, value_digests
+from guard.content.pins import changed_key
 from guard.domain import Action, Authorized, ToolCall
-from guard.errors import ContentBlocked
+from guard.errors import ContentBlocked, ToolChanged
 from guard.mcp.rpc import REFUSED
 from guard.policy import CallContext, PolicySet, ToolSpec
 from guard.stores.base import ContentStore
@@ -44,7 +45,7 @@ class ArgsView:
 
 
 def uses_content(policies: PolicySet) -> bool:
-    if any(t.returns or t.egress or t.redact for t in policies.tools.values()):
+    if any(t.returns or t.egress or t.redact or t.pin != "off" for t in policies.tools.values()):
         return True
     return any(r.content is not None for r in policies.rules)
 
@@ -81,6 +82,8 @@ class ContentGuard:
     async def before(self, call: ToolCall, task_id: str, agent: str, tool: ToolSpec, action: Action) -> ArgsView:
         """Inspect the arguments, audit each finding, read the task's data labels when rules use them,
         and, for a tool with `egress: external`, look up the values the task received."""
+        if call.kind == "mcp" and tool.pin != "off":
+            await self._check_pin(tool, action.name)
         value = self._arg_value(call, action)
         scan = self.detectors.scan(value, self.max_bytes) if self.detectors else Scan()
         if len(call.body) > self.max_bytes:
@@ -97,6 +100,16 @@ class ContentGuard:
             if found:
                 view.flow_source = sorted(found.values())[0]
         return view
+
+    async def _check_pin(self, tool: ToolSpec, name: str) -> None:
+        """A tools/call of an MCP tool whose definition changed from its pin (or, with pins named in
+        the policy, that is not named) is refused `tool_changed`, and nothing is forwarded."""
+        if tool.pin == "sha256" and name not in tool.pins:
+            raise ToolChanged(f"{name} has no pin in the policy of {tool.name}")
+        changed = await self.store.tool_pins(changed_key(tool.name))
+        if changed.get(name):
+            raise ToolChanged(f"the definition of {name} changed since it was pinned: an admin must accept it "
+                              f"(POST /v1/tools/{tool.name}/pins)")
 
     async def _flagged(self, task_id: str, agent: str, call_id: str, tool: str, action: str, finding: Finding,
                        where: str) -> None:

@@ -35,7 +35,15 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
-from guard.pipeline import Deps, authorize_call, authorize_passthrough, result_rewrite, tool_visibility
+from guard.pipeline import (
+    Deps,
+    PinnedList,
+    authorize_call,
+    authorize_passthrough,
+    pin_check,
+    result_rewrite,
+    tool_visibility,
+)
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
@@ -162,7 +170,7 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
                                             tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell,
                                             rewrite=result_rewrite(deps, auth))
         auth = await authorize_passthrough(call, deps, msg.label)
-        rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+        rewrite = await _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
                                         event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
                                         task_ends=deps.task_ends, farewell=farewell)
@@ -196,13 +204,16 @@ def _check_call_shape(msg: RpcMessage) -> None:
         raise RpcError(INVALID_PARAMS, "Invalid params: params.arguments must be an object", msg.rpc_id)
 
 
-def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
-    """tools/list answers show only the tools this task could be allowed to call."""
+async def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
+    """tools/list answers show only the tools this task could be allowed to call, and (tool
+    pinning) only definitions that match their pins."""
     visible = tool_visibility(deps, auth)
+    check = await pin_check(deps, auth)
 
     def make(headers: CIMultiDictProxy[str]) -> BodyRewriter:
-        return tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
-                            msg.rpc_id, visible)
+        inner = tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
+                             msg.rpc_id, visible, check.keep if check is not None else None)
+        return inner if check is None else PinnedList(inner, check)
 
     return make
 

@@ -1,0 +1,97 @@
+"""MCP tool pinning: a tool definition's digest, checked against its pin in every tools/list answer.
+
+The store holds, per guard tool, three maps of MCP tool name -> digest: the pins (`<tool>`), the
+definitions last seen (`<tool>#seen`, what an admin accepts) and the changed ones (`<tool>#changed`,
+empty once settled), so every instance refuses a changed tool's calls with one read."""
+
+from __future__ import annotations
+
+import hmac
+from typing import Any
+
+import structlog
+
+from guard.audit.log import AuditLog
+from guard.canonical import canonical_json, sha256_hex
+from guard.domain import Authorized
+from guard.policy import ToolSpec
+from guard.stores.base import ContentStore
+
+__all__ = ["DEFINITION_FIELDS", "PinCheck", "changed_key", "definition_digest", "seen_key"]
+
+log = structlog.get_logger("guard.pins")
+DEFINITION_FIELDS = ("name", "description", "inputSchema", "outputSchema", "annotations")
+
+
+def definition_digest(tool: dict[str, Any]) -> str:
+    """sha256 (lowercase hex) over the canonical JSON of the definition's fields; absent ones left out."""
+    return sha256_hex(canonical_json({k: tool[k] for k in DEFINITION_FIELDS if k in tool}))
+
+
+def seen_key(tool: str) -> str:
+    return f"{tool}#seen"
+
+
+def changed_key(tool: str) -> str:
+    return f"{tool}#changed"
+
+
+class PinCheck:
+    """Keeps a tools/list answer's definitions that match their pins (`keep`, synchronous, as the
+    answer is rewritten); `settle` then pins the new ones (tofu), records what was seen and what
+    changed, and audits each change once (`tool_definition_changed` with both digests)."""
+
+    def __init__(self, store: ContentStore, audit: AuditLog, spec: ToolSpec, auth: Authorized,
+                 pins: dict[str, str], seen: dict[str, str], changed: dict[str, str]) -> None:
+        self.store, self.audit, self.spec, self.auth = store, audit, spec, auth
+        self.pins = dict(spec.pins) if spec.pin == "sha256" else pins
+        self.seen, self.changed = seen, changed
+        self.first: dict[str, str] = {}
+        self.seen_now: dict[str, str] = {}
+        self.changes: dict[str, tuple[str, str]] = {}  # name -> (pinned, current)
+        self.cleared: dict[str, str] = {}
+
+    def keep(self, tool: dict[str, Any]) -> bool:
+        name = tool.get("name")
+        if not isinstance(name, str):
+            return False
+        digest = definition_digest(tool)
+        if self.seen.get(name) != digest:
+            self.seen_now[name] = digest
+        pinned = self.pins.get(name)
+        if pinned is None:
+            if self.spec.pin == "sha256":  # the policy names every tool it trusts
+                return False
+            self.first[name] = digest
+            return True
+        if hmac.compare_digest(pinned, digest):
+            if self.changed.get(name):
+                self.cleared[name] = ""  # back to its pinned definition
+            return True
+        if self.changed.get(name) != digest:
+            self.changes[name] = (pinned, digest)
+        return False
+
+    async def settle(self) -> None:
+        tool, auth = self.spec.name, self.auth
+        first, self.first = self.first, {}
+        if first:
+            held = await self.store.pin_first(tool, first)
+            for name, digest in first.items():  # another instance pinned another definition first
+                if held.get(name) != digest:
+                    self.changes[name] = (held[name], digest)
+        seen_now, self.seen_now = self.seen_now, {}
+        if seen_now:
+            await self.store.set_pins(seen_key(tool), seen_now)
+            self.seen.update(seen_now)
+        changes, self.changes = self.changes, {}
+        cleared, self.cleared = self.cleared, {}
+        if changes or cleared:
+            await self.store.set_pins(changed_key(tool), {**cleared, **{n: cur for n, (_, cur) in changes.items()}})
+        for name, (pinned, current) in changes.items():
+            self.changed[name] = current
+            await self.audit.append(auth.caller.task_id, "tool_definition_changed", auth.caller.agent,
+                                    call_id=auth.call.call_id, tool=tool, action=name,
+                                    detail={"name": name, "pinned": pinned, "current": current})
+            log.warning("tool_definition_changed", task_id=auth.caller.task_id, call_id=auth.call.call_id,
+                        tool=tool, name=name, pinned=pinned, current=current)
