@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from guard.cli import agents, audit, keys, policy, serve
+from guard.cli import agents, audit, keys, policy, serve, tools
 from guard.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
@@ -36,6 +36,7 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_commands(sub)
     keys.add_commands(sub)
     agents.add_commands(sub)
+    tools.add_commands(sub)
     return p
 
 

@@ -5,7 +5,9 @@ accepting the new definition brings it back."""
 
 from __future__ import annotations
 
+import asyncio
 import json
+import subprocess
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -138,3 +140,28 @@ def test_a_definition_digest_leaves_absent_fields_out_and_ignores_others() -> No
     assert definition_digest(base) == definition_digest({**base, "title": "ignored", "icons": []})
     assert definition_digest(base) != definition_digest({**base, "annotations": None})
     assert definition_digest(base) != definition_digest({**base, "description": "d "})
+
+
+async def test_guard_tools_pin_accepts_a_changed_definition(
+    app_factory: AppFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    port = free_port()
+    with rug_pull_server(tmp_path, port, HONEST) as url:
+        guard = await app_factory(policy(url))
+        task = await create_task(http, guard.url, guard.token(AGENT))
+        await (await Session(http, guard, task["task_token"]).open()).tools()
+    with rug_pull_server(tmp_path, port, RUG_PULL):
+        session = await Session(http, guard, task["task_token"]).open()
+        assert "read_file" not in await session.tools()
+        admin = guard.token("root@acme.example", "guard:admin")
+        out = await asyncio.to_thread(
+            subprocess.run, [PY, "-m", "guard", "tools", "pin", "files", "read_file", "--url", guard.url,
+                             "--token", admin], capture_output=True, text=True, cwd=ROOT, check=False)
+        assert out.returncode == 0, out.stderr
+        assert out.stdout.startswith("files  read_file  ") and len(out.stdout.split()[-1]) == 64
+        assert (await session.tools())["read_file"]["description"] == RUG_PULL
+        denied = await asyncio.to_thread(
+            subprocess.run, [PY, "-m", "guard", "tools", "pin", "files", "--url", guard.url, "--token",
+                             guard.token("sec@acme.example", "guard:auditor")], capture_output=True, text=True,
+            cwd=ROOT, check=False)
+        assert denied.returncode == 1 and "403" in denied.stderr
