@@ -275,7 +275,8 @@ async def pin_check(deps: Deps, auth: Authorized) -> PinCheck | None:
         return None
     store = deps.store
     return PinCheck(store, deps.audit, tool, auth, await store.tool_pins(tool.name),
-                    await store.tool_pins(seen_key(tool.name)), await store.tool_pins(changed_key(tool.name)))
+                    await store.tool_pins(seen_key(tool.name)), await store.tool_pins(changed_key(tool.name)),
+                    deps.content.note_changed if deps.content is not None else None)
 
 
 class PinnedList:

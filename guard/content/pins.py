@@ -7,6 +7,7 @@ empty once settled), so every instance refuses a changed tool's calls with one r
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from typing import Any
 
 import structlog
@@ -42,8 +43,9 @@ class PinCheck:
     changed, and audits each change once (`tool_definition_changed` with both digests)."""
 
     def __init__(self, store: ContentStore, audit: AuditLog, spec: ToolSpec, auth: Authorized,
-                 pins: dict[str, str], seen: dict[str, str], changed: dict[str, str]) -> None:
-        self.store, self.audit, self.spec, self.auth = store, audit, spec, auth
+                 pins: dict[str, str], seen: dict[str, str], changed: dict[str, str],
+                 noted: Callable[[str, dict[str, str]], None] | None = None) -> None:
+        self.store, self.audit, self.spec, self.auth, self.noted = store, audit, spec, auth, noted
         self.pins = dict(spec.pins) if spec.pin == "sha256" else pins
         self.seen, self.changed = seen, changed
         self.first: dict[str, str] = {}
@@ -87,7 +89,10 @@ class PinCheck:
         changes, self.changes = self.changes, {}
         cleared, self.cleared = self.cleared, {}
         if changes or cleared:
-            await self.store.set_pins(changed_key(tool), {**cleared, **{n: cur for n, (_, cur) in changes.items()}})
+            update = {**cleared, **{n: cur for n, (_, cur) in changes.items()}}
+            await self.store.set_pins(changed_key(tool), update)
+            if self.noted is not None:  # this instance refuses the changed tool's calls at once
+                self.noted(tool, update)
         for name, (pinned, current) in changes.items():
             self.changed[name] = current
             await self.audit.append(auth.caller.task_id, "tool_definition_changed", auth.caller.agent,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -32,6 +33,7 @@ from guard.stores.base import ContentStore
 __all__ = ["ArgsView", "ContentGuard", "ResultInspector"]
 
 log = structlog.get_logger("guard.content")
+CHANGED_TTL_S = 1.0  # how long an instance reuses its read of a tool's changed definitions
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 
 
@@ -61,6 +63,7 @@ class ContentGuard:
         self.store = store
         self.audit = audit
         self._applies: tuple[int, bool, bool] = (0, False, False)  # (id of the policy set, applies, task data)
+        self._changed: dict[str, tuple[float, dict[str, str]]] = {}  # tool -> (until, changed definitions)
 
     def applies(self, policies: PolicySet) -> bool:
         if self._applies[0] != id(policies):
@@ -101,12 +104,29 @@ class ContentGuard:
                 view.flow_source = sorted(found.values())[0]
         return view
 
+    async def changed(self, tool: str) -> dict[str, str]:
+        """The changed definitions of `tool` (name -> digest, "" once settled), read from the store
+        at most once a second per tool: a change seen at another instance is refused here within
+        CHANGED_TTL_S; one seen here at once (`note_changed`)."""
+        now = time.monotonic()
+        hit = self._changed.get(tool)
+        if hit is not None and hit[0] > now:
+            return hit[1]
+        changed = await self.store.tool_pins(changed_key(tool))
+        self._changed[tool] = (now + CHANGED_TTL_S, changed)
+        return changed
+
+    def note_changed(self, tool: str, changes: dict[str, str]) -> None:
+        hit = self._changed.get(tool)
+        if hit is not None:
+            hit[1].update(changes)
+
     async def _check_pin(self, tool: ToolSpec, name: str) -> None:
         """A tools/call of an MCP tool whose definition changed from its pin (or, with pins named in
         the policy, that is not named) is refused `tool_changed`, and nothing is forwarded."""
         if tool.pin == "sha256" and name not in tool.pins:
             raise ToolChanged(f"{name} has no pin in the policy of {tool.name}")
-        changed = await self.store.tool_pins(changed_key(tool.name))
+        changed = await self.changed(tool.name)
         if changed.get(name):
             raise ToolChanged(f"the definition of {name} changed since it was pinned: an admin must accept it "
                               f"(POST /v1/tools/{tool.name}/pins)")

@@ -42,5 +42,7 @@ async def pin_tools(request: web.Request) -> web.Response:
     accepted = {n: seen[n] for n in names}
     await deps.store.set_pins(name, accepted)
     await deps.store.set_pins(changed_key(name), dict.fromkeys(accepted, ""))
+    if deps.content is not None:
+        deps.content.note_changed(name, dict.fromkeys(accepted, ""))
     log.warning("tools_pinned", tool=name, actor=who.sub, names=sorted(accepted))
     return json_response({"tool": name, "pins": await deps.store.tool_pins(name)})
