@@ -134,7 +134,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         refusal.action = action.name
         ctx = _context(policies, caller, state, action)
         view: ArgsView | None = None
-        if deps.content is not None and deps.content.applies(policies):  # off: not a single attribute more
+        if deps.content is not None and deps.content.applies_to(policies, tool):  # off: one test more
             view = await deps.content.before(call, caller.task_id, caller.agent, tool, action)
             ctx = _with_content(ctx, view)
         decision = policies.evaluate(ctx)

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import math
+from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -73,7 +74,6 @@ _PII_FORMATS = {
     "phone": r"\+[1-9](?:[ .\-]?\(?[0-9]\)?){6,16}[0-9]",
 }
 
-_KEYWORD_RE = re2.compile(r"(?i)api[_\-]?key|apikey|access[_\-]?key|secret|token|passw(?:or)?d|credential|auth")
 _TOKEN_CHARS = re2.compile(r"[A-Za-z0-9+/_.=~\-]{20,}")
 _CARD_IIN = re2.compile(r"4|5[1-5]|2[2-7]|3[47]|3[068]|35|6(?:011|5|4[4-9])|62")
 
@@ -83,7 +83,18 @@ def _compile(formats: dict[str, str]) -> Any:
 
 
 _SECRETS_RE = _compile(_SECRET_FORMATS)
-_PII_RE = _compile(_PII_FORMATS)
+# pii: one pattern a family, each run only when the text holds the character it cannot match without
+_EMAIL_RE = _compile({"email": _PII_FORMATS["email"]})
+_PHONE_RE = _compile({"phone": _PII_FORMATS["phone"]})
+_NUMBER_RE = _compile({k: _PII_FORMATS[k] for k in ("iban", "payment_card")})
+_DIGITS = tuple(bytes([c]) for c in b"0123456789")
+_SECRET_MIN = 15  # no secret format is shorter (xoxb- and 10 characters)
+_PII_MIN = 6  # nor a pii one (a@b.co)
+
+
+def _chars(data: bytes, offset: int) -> int:
+    """The character offset of a byte offset of UTF-8 `data`."""
+    return len(data[:offset].decode("utf-8", "surrogatepass"))
 _KEYWORD_VALUE = _SECRETS_RE.groupindex["keyword_value"]  # re2 spans take a group number
 
 
@@ -181,12 +192,17 @@ class Detectors:
     # -- strings ------------------------------------------------------------------------------
 
     def scan_text(self, text: str) -> list[Hit]:
-        """Every finding in one string, in order, not overlapping."""
+        """Every finding in one string, in order, not overlapping. RE2 runs on the UTF-8 bytes
+        (its Python wrapper maps offsets back to characters on every match of a str, which costs
+        more than the match); offsets are mapped back only for what is found."""
+        data = text.encode("utf-8", "surrogatepass")
         hits: list[Hit] = []
-        if "secrets" in self.names:
-            hits.extend(self._secrets(text))
-        if "pii" in self.names:
-            hits.extend(self._pii(text))
+        if "secrets" in self.names and len(data) >= _SECRET_MIN:
+            hits.extend(self._secrets(data))
+        if "pii" in self.names and len(data) >= _PII_MIN:
+            hits.extend(self._pii(data))
+        if hits and len(data) != len(text):  # not ASCII: byte offsets to character offsets
+            hits = [Hit(h.detector, h.label, _chars(data, h.start), _chars(data, h.end)) for h in hits]
         if len(hits) > 1:
             hits.sort(key=lambda h: (h.start, -h.end))
             kept: list[Hit] = []
@@ -196,7 +212,7 @@ class Detectors:
             hits = kept
         return hits
 
-    def _secrets(self, text: str) -> Iterator[Hit]:
+    def _secrets(self, text: bytes) -> Iterator[Hit]:
         for m in _SECRETS_RE.finditer(text):
             label = m.lastgroup
             start, end = m.span()
@@ -204,10 +220,10 @@ class Detectors:
                 label = "keyword_secret"
             if label == "keyword_secret":
                 start, end = m.span(_KEYWORD_VALUE)
-                value = text[start:end]
+                value = text[start:end].decode("ascii")  # the value's pattern is ASCII only
                 if not _random_looking(value) or self._own_jwt(value):
                     continue
-            elif label == "jwt" and not self._foreign_jwt(text[start:end]):
+            elif label == "jwt" and not self._foreign_jwt(text[start:end].decode("ascii")):
                 continue
             elif label == "private_key_header":
                 label = "private_key"
@@ -228,11 +244,22 @@ class Detectors:
         claims = _b64json(parts[1])
         return isinstance(claims, dict) and self.own_issuer is not None and claims.get("iss") == self.own_issuer
 
-    def _pii(self, text: str) -> Iterator[Hit]:
-        for m in _PII_RE.finditer(text):
+    def _pii(self, text: bytes) -> Iterator[Hit]:
+        """Each family's pattern runs only when the text could hold one (a substring test in C is
+        far cheaper than a call into RE2): emails need '@', international numbers '+', cards and
+        IBANs digits."""
+        if b"@" in text:
+            yield from self._pii_matches(_EMAIL_RE, text)
+        if b"+" in text:
+            yield from self._pii_matches(_PHONE_RE, text)
+        if len(text) >= 13 and any(d in text for d in _DIGITS):
+            yield from self._pii_matches(_NUMBER_RE, text)
+
+    def _pii_matches(self, pattern: Any, text: bytes) -> Iterator[Hit]:
+        for m in pattern.finditer(text):
             label = str(m.lastgroup)
             start, end = m.span()
-            value = text[start:end]
+            value = text[start:end].decode("ascii")  # every pii pattern is ASCII only
             if label == "payment_card":
                 number = _digits(value)
                 if not (13 <= len(number) <= 19 and _CARD_IIN.match(number) and luhn.is_valid(number)):
@@ -250,67 +277,106 @@ class Detectors:
         """Every finding in a JSON value (strings, and each string of arrays and objects, keys
         named as JSONPath), inspecting at most `max_bytes` characters of text."""
         scan = Scan(budget=max_bytes)
-        self._walk(value, location, None, scan)
+        for (loc, _key, text), hits in self._hits(value, location, scan):
+            for hit in hits:
+                part = text[hit.start : hit.end]
+                scan.findings.append(Finding(hit.detector, hit.label, loc, digest(part), part))
         return scan
 
-    def _walk(self, value: Any, location: str, key: str | None, scan: Scan) -> None:
+    def _hits(self, value: Any, location: str, scan: Scan) -> list[tuple[tuple[str, str | None, str], list[Hit]]]:
+        """Each string of `value` (within the budget) with its findings. The strings are joined with
+        NUL (which no pattern matches, and `\b` sees as a boundary) and scanned in one pass: a
+        call into RE2 per pattern family, not per string."""
+        items: list[tuple[str, str | None, str]] = []
+        self._collect(value, location, None, scan, items)
+        if not items:
+            return []
+        found: list[list[Hit]] = [[] for _ in items]
+        if len(items) == 1:
+            found[0] = self.scan_text(items[0][2])
+        else:
+            starts, pos = [], 0
+            for _, _, text in items:
+                starts.append(pos)
+                pos += len(text) + 1
+            for hit in self.scan_text("\x00".join(text for _, _, text in items)):
+                i = bisect_right(starts, hit.start) - 1
+                base = starts[i]
+                if hit.end <= base + len(items[i][2]):  # a match across two strings is none
+                    found[i].append(Hit(hit.detector, hit.label, hit.start - base, hit.end - base))
+        if "secrets" in self.names:
+            for i, (_, key, text) in enumerate(items):
+                keyed = self._keyed_secret(text, key) if not found[i] and key is not None else None
+                if keyed is not None:
+                    found[i].append(keyed)
+        return list(zip(items, found, strict=True))
+
+    def _collect(self, value: Any, location: str, key: str | None, scan: Scan,
+                 items: list[tuple[str, str | None, str]]) -> None:
         if isinstance(value, str):
-            for hit, text in self._string_hits(value, key, scan):
-                scan.findings.append(Finding(hit.detector, hit.label, location, digest(text), text))
+            if scan.budget <= 0:
+                scan.uninspected = True
+                return
+            if len(value) > scan.budget:
+                value, scan.uninspected = value[: scan.budget], True
+            scan.budget -= len(value)
+            items.append((location, key, value))
         elif isinstance(value, dict):
             for k, v in value.items():
-                self._walk(v, _child(location, str(k)), str(k), scan)
+                self._collect(v, _child(location, str(k)), str(k), scan, items)
         elif isinstance(value, list):
             for i, v in enumerate(value):
-                self._walk(v, f"{location}[{i}]", key, scan)
-
-    def _string_hits(self, value: str, key: str | None, scan: Scan) -> list[tuple[Hit, str]]:
-        if scan.budget <= 0:
-            scan.uninspected = True
-            return []
-        if len(value) > scan.budget:
-            value, scan.uninspected = value[: scan.budget], True
-        scan.budget -= len(value)
-        hits = self.scan_text(value)
-        if not hits and key is not None and "secrets" in self.names:
-            hit = self._keyed_secret(value, key)
-            if hit is not None:
-                hits = [hit]
-        return [(h, value[h.start : h.end]) for h in hits]
+                self._collect(v, f"{location}[{i}]", key, scan, items)
 
     def _keyed_secret(self, value: str, key: str) -> Hit | None:
         """A whole string value under a key that says it is a secret (`"api_key": "..."`)."""
-        if _KEYWORD_RE.search(key) is None or _TOKEN_CHARS.fullmatch(value) is None:
+        if len(value) < 20 or not _keyword(key) or _TOKEN_CHARS.fullmatch(value) is None:
             return None
         if not _random_looking(value) or self._own_jwt(value):
             return None
         return Hit("secrets", "keyword_secret", 0, len(value))
 
     def redact(self, value: Any, kinds: frozenset[str], max_bytes: int, location: str = "$") -> tuple[Any, Scan]:
-        """`value` with each finding of the given kinds replaced by `[REDACTED:<kind>]` (a copy;
-        shapes and other values unchanged), and the scan (every finding, redacted or not)."""
+        """`value` with each finding of the given kinds replaced by `[REDACTED:<kind>]` (a copy
+        where something was redacted; shapes and other values unchanged), and the scan (every
+        finding, redacted or not)."""
         scan = Scan(budget=max_bytes)
-        return self._rewrite(value, location, None, kinds, scan), scan
-
-    def _rewrite(self, value: Any, location: str, key: str | None, kinds: frozenset[str], scan: Scan) -> Any:
-        if isinstance(value, str):
-            pairs = self._string_hits(value, key, scan)
+        replaced: dict[str, str] = {}  # location -> the redacted string
+        for (loc, _key, text), hits in self._hits(value, location, scan):
             out, last = [], 0
-            for hit, text in pairs:
-                scan.findings.append(Finding(hit.detector, hit.label, location, digest(text), text))
+            for hit in hits:
+                part = text[hit.start : hit.end]
+                scan.findings.append(Finding(hit.detector, hit.label, loc, digest(part), part))
                 if hit.kind in kinds:
-                    out.append(value[last : hit.start])
-                    out.append(f"[REDACTED:{hit.kind}]")
+                    out += [text[last : hit.start], f"[REDACTED:{hit.kind}]"]
                     last = hit.end
-            if not out:
-                return value
-            out.append(value[last:])
-            return "".join(out)
-        if isinstance(value, dict):
-            return {k: self._rewrite(v, _child(location, str(k)), str(k), kinds, scan) for k, v in value.items()}
-        if isinstance(value, list):
-            return [self._rewrite(v, f"{location}[{i}]", key, kinds, scan) for i, v in enumerate(value)]
-        return value
+            if out:
+                replaced[loc] = "".join(out) + text[last:]
+        if not replaced:
+            return value, scan
+        return _replace(value, location, replaced), scan
+
+
+def _replace(value: Any, location: str, replaced: dict[str, str]) -> Any:
+    """A copy of `value` with the strings at the given locations replaced (as `_collect` names them;
+    a string cut at the budget is replaced by its redacted beginning)."""
+    if isinstance(value, str):
+        return replaced.get(location, value)
+    if isinstance(value, dict):
+        return {k: _replace(v, _child(location, str(k)), replaced) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_replace(v, f"{location}[{i}]", replaced) for i, v in enumerate(value)]
+    return value
+
+
+_KEYWORDS = ("apikey", "api_key", "api-key", "accesskey", "access_key", "access-key", "secret", "token", "passwd",
+             "password", "credential", "auth")
+
+
+def _keyword(key: str) -> bool:
+    """Whether a JSON key says its value is a secret (api_key, token, password, ...)."""
+    lower = key.lower()
+    return any(k in lower for k in _KEYWORDS)
 
 
 def _valid_phone(value: str) -> bool:
@@ -321,10 +387,7 @@ def _valid_phone(value: str) -> bool:
     return bool(phonenumbers.is_valid_number(number))
 
 
-_PLAIN_KEY = re2.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-
-
 def _child(location: str, key: str) -> str:
-    if _PLAIN_KEY.fullmatch(key):
+    if key.isascii() and key.isidentifier():  # letters, digits and '_', not first a digit
         return f"{location}.{key}"
     return f"{location}[{json.dumps(key)}]"

@@ -17,8 +17,9 @@ from urllib.parse import unquote
 
 import re2
 
-__all__ = ["MAX_TOKENS", "arg_digests", "strings", "token_digest", "value_digests"]
+__all__ = ["MAX_TOKENS", "WHOLE_MIN", "arg_digests", "strings", "token_digest", "value_digests"]
 
+WHOLE_MIN = 8  # a private result's string is remembered whole only from this length (as its runs are)
 MAX_TOKENS = 20_000  # per value set: a bound on what one call may make the guard remember or look up
 _RUN = re2.compile(r"[A-Za-z0-9]{8,}")
 _B64_RUN = re2.compile(r"[A-Za-z0-9+/_\-]{11,}={0,2}")  # 11: the unpadded base64 of 8 bytes
@@ -36,13 +37,15 @@ def _tokens(text: str) -> Iterator[str]:
         yield m.group(0)
 
 
-def value_digests(value: str) -> set[str]:
-    """The digests a value is remembered by: itself whole and its runs of 8+ letters and digits."""
-    return {token_digest(t) for t in _tokens(value)}
+def value_digests(value: str, whole_min: int = 0) -> set[str]:
+    """The digests a value is remembered by: itself whole (when at least `whole_min` characters:
+    a result's "1" or "ok" would otherwise match any argument that says so) and its runs of 8+
+    letters and digits."""
+    return {token_digest(t) for t in _tokens(value) if t is not value or len(t) >= whole_min}
 
 
-def strings(value: Any, limit: int) -> list[str]:
-    """The strings of a JSON value (object keys included), at most `limit` characters in all."""
+def strings(value: Any, limit: int, keys: bool = True) -> list[str]:
+    """The strings of a JSON value (object keys too, with `keys`), at most `limit` characters in all."""
     out: list[str] = []
     stack = [value]
     left = limit
@@ -54,7 +57,8 @@ def strings(value: Any, limit: int) -> list[str]:
         elif isinstance(item, dict):
             for k, v in item.items():
                 stack.append(v)
-                stack.append(str(k))
+                if keys:
+                    stack.append(str(k))
         elif isinstance(item, list):
             stack.extend(item)
     return out

@@ -22,7 +22,7 @@ from multidict import CIMultiDictProxy
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.content.detectors import Detectors, Finding, Scan
-from guard.content.flow import MAX_TOKENS, arg_digests, strings, token_digest, value_digests
+from guard.content.flow import MAX_TOKENS, WHOLE_MIN, arg_digests, strings, token_digest, value_digests
 from guard.content.pins import changed_key
 from guard.domain import Action, Authorized, ToolCall
 from guard.errors import ContentBlocked, ToolChanged
@@ -64,11 +64,23 @@ class ContentGuard:
         self.audit = audit
         self._applies: tuple[int, bool, bool] = (0, False, False)  # (id of the policy set, applies, task data)
         self._changed: dict[str, tuple[float, dict[str, str]]] = {}  # tool -> (until, changed definitions)
+        self._every_call = False  # every call's arguments are checked (detectors, content rules)
 
     def applies(self, policies: PolicySet) -> bool:
+        """Whether anything of content integrity is on (detectors, or content in the policies)."""
+        self._refresh(policies)
+        return self._applies[1]
+
+    def applies_to(self, policies: PolicySet, tool: ToolSpec) -> bool:
+        """Whether a call to `tool` needs the argument checks: detectors on, a rule on content or
+        task data, or the tool is external (exfiltration) or a pinned MCP tool."""
+        self._refresh(policies)
+        return self._every_call or tool.egress or (tool.kind == "mcp" and tool.pin != "off")
+
+    def _refresh(self, policies: PolicySet) -> None:
         if self._applies[0] != id(policies):
             self._applies = (id(policies), bool(self.detectors) or uses_content(policies), uses_task_data(policies))
-        return self._applies[1]
+            self._every_call = bool(self.detectors) or any(r.content is not None for r in policies.rules)
 
     # -- arguments -----------------------------------------------------------------------------
 
@@ -304,8 +316,8 @@ class ResultInspector:
                 if denial is not None:
                     return denial
         if "private" in self.tool.returns:
-            for text in strings(part, guard.max_bytes):
-                for d in value_digests(text):
+            for text in strings(part, guard.max_bytes, keys=False):
+                for d in value_digests(text, WHOLE_MIN):
                     self.pending.remembered.setdefault(d, self.auth.call.call_id)
                 if len(self.pending.remembered) >= MAX_TOKENS:
                     break

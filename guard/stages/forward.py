@@ -213,8 +213,10 @@ async def _forward(
     try:
         latency_s = time.perf_counter() - started
         size = upstream.content_length
-        buffer = rewrite is None and size is not None and size <= BUFFER_MAX and call.method != "HEAD"
+        buffer = size is not None and size <= BUFFER_MAX and call.method != "HEAD"
         whole = await upstream.read() if buffer else None
+        if whole is not None and rewrite is not None:  # rewritten whole, its findings audited first
+            whole = await _rewritten(rewrite, upstream.headers, whole)
         await on_headers(upstream.status, latency_s, whole is not None)
         resp = web.Response(body=whole) if whole is not None else web.StreamResponse()
         resp.set_status(upstream.status, upstream.reason)
@@ -257,6 +259,17 @@ async def _forward(
         return resp
     finally:
         upstream.release()
+
+
+async def _rewritten(rewrite: Rewrite, headers: CIMultiDictProxy[str], whole: bytes) -> bytes:
+    rewriter = rewrite(headers)
+    if rewriter is None:
+        return whole
+    out = rewriter.feed(whole) + rewriter.close()
+    settle = getattr(rewriter, "settle", None)
+    if settle is not None:
+        await settle()
+    return out
 
 
 def _timeout(read_s: float) -> aiohttp.ClientTimeout:

@@ -310,3 +310,16 @@ async def test_a_result_rule_withholds_the_result_in_its_shape(
     assert answer["error"]["code"] == -32001 and answer["error"]["data"]["code"] == "content_blocked"
     blocked = [r for r in await trail(http, guard, task["task_id"]) if r["event"] == "result_blocked"]
     assert [(r["tool"], r["rule_id"]) for r in blocked] == [("crm", "no-pii-back"), ("files", "no-pii-back")]
+
+
+async def test_short_values_and_keys_of_a_private_result_are_not_remembered(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    guard = await app_factory(content_policy(upstream.url, redact=()))
+    note_tool(upstream)  # the note answers {"id": 1, "text": NOTE}
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{guard.url}/tools/notes/notes/1", headers=h) as r:
+        assert r.status == 200
+    async with http.post(f"{guard.url}/tools/mail/send", json={"id": 1, "text": "status: done"}, headers=h) as r:
+        assert r.status == 200

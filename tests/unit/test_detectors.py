@@ -197,3 +197,14 @@ def test_no_input_makes_a_detector_backtrack() -> None:
     detectors = Detectors(["secrets", "pii"])
     for text in nasty:
         detectors.scan_text(text)  # no timing assertion: a backtracking engine would not return at all
+
+
+def test_strings_are_scanned_together_but_a_match_never_spans_two() -> None:
+    detectors = Detectors(["secrets", "pii"])
+    split = {"a": "AKIAIOSFODNN", "b": "7EXAMPLE", "c": "+44 20", "d": "7946 0958"}
+    assert detectors.scan(split, max_bytes=1 << 20).findings == []
+    value = {"note": "Zoë wrote to zoe.muller@example.com — and ☎ +44 20 7946 0958", "n": ["é", "bob@example.com"]}
+    redacted, scan = detectors.redact(value, frozenset({"pii"}), max_bytes=1 << 20)
+    assert [(f.location, f.value) for f in scan.findings] == [
+        ("$.note", "zoe.muller@example.com"), ("$.note", "+44 20 7946 0958"), ("$.n[1]", "bob@example.com")]
+    assert redacted == {"note": "Zoë wrote to [REDACTED:pii] — and ☎ [REDACTED:pii]", "n": ["é", "[REDACTED:pii]"]}
