@@ -18,19 +18,31 @@ from guard.domain import Authorized
 from guard.policy import ToolSpec
 from guard.stores.base import ContentStore
 
-__all__ = ["DEFINITION_FIELDS", "PinCheck", "changed_key", "definition_digest", "seen_key"]
+__all__ = ["DEFINITION_FIELDS", "PinCheck", "changed_key", "definition", "definition_digest", "definitions_key",
+           "seen_key"]
 
 log = structlog.get_logger("guard.pins")
 DEFINITION_FIELDS = ("name", "description", "inputSchema", "outputSchema", "annotations")
 
 
+def definition(tool: dict[str, Any]) -> bytes:
+    """The canonical JSON of the definition's fields; absent ones left out."""
+    return canonical_json({k: tool[k] for k in DEFINITION_FIELDS if k in tool})
+
+
 def definition_digest(tool: dict[str, Any]) -> str:
     """sha256 (lowercase hex) over the canonical JSON of the definition's fields; absent ones left out."""
-    return sha256_hex(canonical_json({k: tool[k] for k in DEFINITION_FIELDS if k in tool}))
+    return sha256_hex(definition(tool))
 
 
 def seen_key(tool: str) -> str:
     return f"{tool}#seen"
+
+
+def definitions_key(tool: str, seen: bool) -> str:
+    """The definitions themselves (name -> canonical JSON): pinned, or last seen (the review page
+    shows a changed one beside its pin)."""
+    return f"{tool}#defseen" if seen else f"{tool}#def"
 
 
 def changed_key(tool: str) -> str:
@@ -50,6 +62,7 @@ class PinCheck:
         self.seen, self.changed = seen, changed
         self.first: dict[str, str] = {}
         self.seen_now: dict[str, str] = {}
+        self.defs_now: dict[str, str] = {}  # name -> canonical JSON of a definition seen anew
         self.changes: dict[str, tuple[str, str]] = {}  # name -> (pinned, current)
         self.cleared: dict[str, str] = {}
 
@@ -57,9 +70,11 @@ class PinCheck:
         name = tool.get("name")
         if not isinstance(name, str):
             return False
-        digest = definition_digest(tool)
+        text = definition(tool)
+        digest = sha256_hex(text)
         if self.seen.get(name) != digest:
             self.seen_now[name] = digest
+            self.defs_now[name] = text.decode("utf-8")
         pinned = self.pins.get(name)
         if pinned is None:
             if self.spec.pin == "sha256":  # the policy names every tool it trusts
@@ -77,11 +92,17 @@ class PinCheck:
     async def settle(self) -> None:
         tool, auth = self.spec.name, self.auth
         first, self.first = self.first, {}
+        defs, self.defs_now = self.defs_now, {}
+        if defs:
+            await self.store.set_pins(definitions_key(tool, seen=True), defs)
         if first:
             held = await self.store.pin_first(tool, first)
             for name, digest in first.items():  # another instance pinned another definition first
                 if held.get(name) != digest:
                     self.changes[name] = (held[name], digest)
+            mine = {n: defs[n] for n, d in first.items() if held.get(n) == d and n in defs}
+            if mine:
+                await self.store.set_pins(definitions_key(tool, seen=False), mine)
         seen_now, self.seen_now = self.seen_now, {}
         if seen_now:
             await self.store.set_pins(seen_key(tool), seen_now)

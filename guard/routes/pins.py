@@ -3,13 +3,16 @@
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.content.pins import changed_key, seen_key
+from guard.content.pins import changed_key, definitions_key, seen_key
 from guard.errors import BadRequest, UnknownTool
-from guard.identity.auth import ADMIN
+from guard.identity.auth import ADMIN, AUDITOR
 from guard.routes.common import DEPS, authorized, json_response, read_model
 
 __all__ = ["routes"]
@@ -21,6 +24,29 @@ log = structlog.get_logger("guard.pins")
 class PinRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
     names: list[str] | None = Field(default=None, max_length=1000)
+
+
+@routes.get("/v1/tools/pins")
+async def list_pins(request: web.Request) -> web.Response:
+    """Every pinned MCP tool: its pins, and each changed definition beside its pin (the review page)."""
+    deps = request.app[DEPS]
+    await authorized(request, ADMIN, AUDITOR)
+    out: list[dict[str, Any]] = []
+    for name, spec in sorted(deps.policies.current.tools.items()):
+        if spec.kind != "mcp" or spec.pin == "off":
+            continue
+        pins = dict(spec.pins) if spec.pin == "sha256" else await deps.store.tool_pins(name)
+        changed = {n: d for n, d in (await deps.store.tool_pins(changed_key(name))).items() if d}
+        pinned_defs = await deps.store.tool_pins(definitions_key(name, seen=False)) if changed else {}
+        seen_defs = await deps.store.tool_pins(definitions_key(name, seen=True)) if changed else {}
+        out.append({"tool": name, "pin": spec.pin, "pins": pins, "changed": [
+            {"name": n, "pinned": {"digest": pins.get(n), "definition": _loads(pinned_defs.get(n))},
+             "current": {"digest": d, "definition": _loads(seen_defs.get(n))}} for n, d in sorted(changed.items())]})
+    return json_response({"tools": out})
+
+
+def _loads(text: str | None) -> Any:
+    return json.loads(text) if text else None
 
 
 @routes.post("/v1/tools/{tool}/pins")
@@ -41,6 +67,8 @@ async def pin_tools(request: web.Request) -> web.Response:
         raise BadRequest(f"no definition of {', '.join(unseen)} has been seen in a tools/list answer of {name}")
     accepted = {n: seen[n] for n in names}
     await deps.store.set_pins(name, accepted)
+    current = await deps.store.tool_pins(definitions_key(name, seen=True))
+    await deps.store.set_pins(definitions_key(name, seen=False), {n: current[n] for n in accepted if n in current})
     await deps.store.set_pins(changed_key(name), dict.fromkeys(accepted, ""))
     if deps.content is not None:
         deps.content.note_changed(name, dict.fromkeys(accepted, ""))

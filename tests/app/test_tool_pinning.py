@@ -17,8 +17,8 @@ import aiohttp
 
 from guard.content.pins import definition_digest
 from tests.app.conftest import AppFactory
-from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task
+from tests.support.guard import GuardLike
 from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
 HONEST = "The text of one file."
@@ -39,7 +39,7 @@ def rug_pull_server(tmp: Path, port: int, description: str) -> Iterator[str]:
 class Session:
     """One MCP session through guard (initialize, then requests), as an MCP client makes it."""
 
-    def __init__(self, http: aiohttp.ClientSession, guard: AppGuard, token: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, guard: GuardLike, token: str) -> None:
         self.http, self.guard, self.token = http, guard, token
         self.headers = {**bearer(token), "Accept": "application/json, text/event-stream"}
         self.next_id = 1
