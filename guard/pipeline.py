@@ -136,7 +136,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         view: ArgsView | None = None
         if deps.content is not None and deps.content.applies_to(policies, tool):  # off: one test more
             view = await deps.content.before(call, caller.task_id, caller.agent, tool, action)
-            ctx = _with_content(ctx, view)
+            if view is not None:
+                ctx = _with_content(ctx, view)
         decision = policies.evaluate(ctx)
         if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
             state, refusal.stale = await _read_task(caller, deps), False

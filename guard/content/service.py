@@ -94,11 +94,15 @@ class ContentGuard:
             return {"args": action.args, "body": body}
         return action.args
 
-    async def before(self, call: ToolCall, task_id: str, agent: str, tool: ToolSpec, action: Action) -> ArgsView:
-        """Inspect the arguments, audit each finding, read the task's data labels when rules use them,
-        and, for a tool with `egress: external`, look up the values the task received."""
+    async def before(self, call: ToolCall, task_id: str, agent: str, tool: ToolSpec,
+                     action: Action) -> ArgsView | None:
+        """Refuse a changed MCP tool definition; inspect the arguments, audit each finding, read the
+        task's data labels when rules use them, and, for a tool with `egress: external`, look up the
+        values the task received. None when only the pin was to be checked."""
         if call.kind == "mcp" and tool.pin != "off":
             await self._check_pin(tool, action.name)
+            if not (self._every_call or tool.egress):
+                return None
         value = self._arg_value(call, action)
         scan = self.detectors.scan(value, self.max_bytes) if self.detectors else Scan()
         if len(call.body) > self.max_bytes:
