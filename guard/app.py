@@ -38,7 +38,7 @@ from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
 
-__all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
+__all__ = ["build_app", "check_credentials", "check_redact", "load_checked_policies", "problem_response"]
 
 log = structlog.get_logger("guard.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]

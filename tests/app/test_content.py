@@ -323,3 +323,14 @@ async def test_short_values_and_keys_of_a_private_result_are_not_remembered(
         assert r.status == 200
     async with http.post(f"{guard.url}/tools/mail/send", json={"id": 1, "text": "status: done"}, headers=h) as r:
         assert r.status == 200
+
+
+def test_policy_check_refuses_redact_without_its_detector(tmp_path: Path, upstream: Upstream) -> None:
+    import subprocess
+    import sys
+
+    g = write_guard(tmp_path, content_policy(upstream.url), {"inspect": {"detectors": ["secrets"]}})
+    out = subprocess.run([sys.executable, "-m", "guard", "--config", str(g.config_path), "policy", "check"],
+                         capture_output=True, text=True, env={**g.env, "PATH": "/usr/bin:/bin"}, timeout=60,
+                         check=False)
+    assert out.returncode != 0 and "tools.crm.redact: pii: its detector is not in inspect.detectors" in out.stderr
