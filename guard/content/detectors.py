@@ -313,20 +313,23 @@ class Detectors:
 
     def _collect(self, value: Any, location: str, key: str | None, scan: Scan,
                  items: list[tuple[str, str | None, str]]) -> None:
-        if isinstance(value, str):
-            if scan.budget <= 0:
-                scan.uninspected = True
-                return
-            if len(value) > scan.budget:
-                value, scan.uninspected = value[: scan.budget], True
-            scan.budget -= len(value)
-            items.append((location, key, value))
-        elif isinstance(value, dict):
-            for k, v in value.items():
-                self._collect(v, _child(location, str(k)), str(k), scan, items)
-        elif isinstance(value, list):
-            for i, v in enumerate(value):
-                self._collect(v, f"{location}[{i}]", key, scan, items)
+        """The strings of `value` in document order with their JSONPath and key (iterative: a
+        deeply nested value cannot exhaust the stack)."""
+        stack: list[tuple[Any, str, str | None]] = [(value, location, key)]
+        while stack:
+            item, loc, k = stack.pop()
+            if isinstance(item, str):
+                if scan.budget <= 0:
+                    scan.uninspected = True
+                    continue
+                if len(item) > scan.budget:
+                    item, scan.uninspected = item[: scan.budget], True
+                scan.budget -= len(item)
+                items.append((loc, k, item))
+            elif isinstance(item, dict):
+                stack.extend((v, _child(loc, str(ck)), str(ck)) for ck, v in reversed(list(item.items())))
+            elif isinstance(item, list):
+                stack.extend((v, f"{loc}[{i}]", k) for i, v in reversed(list(enumerate(item))))
 
     def _keyed_secret(self, value: str, key: str) -> Hit | None:
         """A whole string value under a key that says it is a secret (`"api_key": "..."`)."""

@@ -280,7 +280,7 @@ class ResultInspector:
         raw = b"\n".join(data)
         try:
             message = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):  # not JSON (or too deep): passes as it is
             return event
         rewritten = self._value(message)
         if rewritten is message:
@@ -300,7 +300,8 @@ class ResultInspector:
             return body if out is text else str(out).encode("utf-8")
         try:
             value = json.loads(body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            self._uninspected("the answer is not JSON guard can read")
             return body
         out = self._value(value)
         return body if out is value else _dump(out)
