@@ -165,3 +165,27 @@ async def test_guard_tools_pin_accepts_a_changed_definition(
                              guard.token("sec@acme.example", "guard:auditor")], capture_output=True, text=True,
             cwd=ROOT, check=False)
         assert denied.returncode == 1 and "403" in denied.stderr
+
+
+async def test_pii_in_a_real_mcp_servers_result_is_redacted_and_keeps_its_shape(
+    app_factory: AppFactory, http: aiohttp.ClientSession, tmp_path: Path
+) -> None:
+    """The official SDK's server answers tools/call as an event stream or JSON, with `content` and
+    `structuredContent`: an email in it reaches the agent redacted in both, and is audited."""
+    with rug_pull_server(tmp_path, free_port(), HONEST) as url:
+        tools = policy(url)
+        tools["tools"]["files"]["redact"] = ["pii"]
+        guard = await app_factory(tools, config={"inspect": {"detectors": ["pii"]}})
+        task = await create_task(http, guard.url, guard.token(AGENT))
+        session = await Session(http, guard, task["task_token"]).open()
+        answer = await session.request("tools/call", name="read_file", arguments={"path": "dana@example.com"})
+        result = answer["result"]
+        assert result["content"][0]["text"] == "the text of [REDACTED:pii]"
+        assert result["structuredContent"] == {"result": "the text of [REDACTED:pii]"}
+        assert "dana@example.com" not in json.dumps(answer)
+        auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
+        async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
+            records = (await r.json())["records"]
+        flagged = sorted(r["detail"]["location"] for r in records
+                         if r["event"] == "content_flagged" and r["detail"]["in"] == "result")
+        assert flagged == ["$.result.content[0].text", "$.result.structuredContent.result"]
