@@ -22,7 +22,6 @@ import structlog
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.config import Config
-from guard.content.pins import PinCheck, changed_key, seen_key
 from guard.content.service import ArgsView, ContentGuard
 from guard.credentials import Credentials
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
@@ -40,15 +39,14 @@ from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
 from guard.stages.finish import finish_quietly
-from guard.stages.forward import BodyRewriter, Rewrite, tool_ssl
+from guard.stages.forward import Rewrite, tool_ssl
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnds
 
-__all__ = ["Deps", "PinnedList", "authorize_call", "authorize_passthrough", "pin_check", "record_refusal",
-           "result_rewrite", "tool_visibility"]
+__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "result_rewrite", "tool_visibility"]
 
 log = structlog.get_logger("guard.pipeline")
 
@@ -267,33 +265,6 @@ def result_rewrite(deps: Deps, auth: Authorized) -> Rewrite | None:
         return None
     tool = policies.tools.get(auth.action.tool)
     return content.rewrite(auth, tool, policies) if tool is not None else None
-
-
-async def pin_check(deps: Deps, auth: Authorized) -> PinCheck | None:
-    """For MCP tools/list of a pinned tool (guard.content.pins): its pins, read before forwarding."""
-    tool = deps.policies.current.tools.get(auth.action.tool)
-    if tool is None or tool.pin == "off":
-        return None
-    store = deps.store
-    return PinCheck(store, deps.audit, tool, auth, await store.tool_pins(tool.name),
-                    await store.tool_pins(seen_key(tool.name)), await store.tool_pins(changed_key(tool.name)),
-                    deps.content.note_changed if deps.content is not None else None)
-
-
-class PinnedList:
-    """A tools/list rewriter whose pin changes are settled (stored, audited) before bytes go out."""
-
-    def __init__(self, inner: BodyRewriter, check: PinCheck) -> None:
-        self.inner, self.check = inner, check
-
-    def feed(self, chunk: bytes) -> bytes:
-        return self.inner.feed(chunk)
-
-    def close(self) -> bytes:
-        return self.inner.close()
-
-    async def settle(self) -> None:
-        await self.check.settle()
 
 
 def tool_visibility(deps: Deps, auth: Authorized) -> Callable[[str], bool]:

@@ -16,10 +16,11 @@ from guard.audit.log import AuditLog
 from guard.canonical import canonical_json, sha256_hex
 from guard.domain import Authorized
 from guard.policy import ToolSpec
+from guard.stages.forward import BodyRewriter
 from guard.stores.base import ContentStore
 
-__all__ = ["DEFINITION_FIELDS", "PinCheck", "changed_key", "definition", "definition_digest", "definitions_key",
-           "seen_key"]
+__all__ = ["DEFINITION_FIELDS", "PinCheck", "PinnedList", "changed_key", "definition", "definition_digest",
+           "definitions_key", "pin_check", "seen_key"]
 
 log = structlog.get_logger("guard.pins")
 DEFINITION_FIELDS = ("name", "description", "inputSchema", "outputSchema", "annotations")
@@ -121,3 +122,28 @@ class PinCheck:
                                     detail={"name": name, "pinned": pinned, "current": current})
             log.warning("tool_definition_changed", task_id=auth.caller.task_id, call_id=auth.call.call_id,
                         tool=tool, name=name, pinned=pinned, current=current)
+
+
+async def pin_check(store: ContentStore, audit: AuditLog, spec: ToolSpec | None, auth: Authorized,
+                    noted: Callable[[str, dict[str, str]], None] | None) -> PinCheck | None:
+    """For MCP tools/list of a pinned tool: its pins, read before forwarding (None: not pinned)."""
+    if spec is None or spec.pin == "off":
+        return None
+    return PinCheck(store, audit, spec, auth, await store.tool_pins(spec.name),
+                    await store.tool_pins(seen_key(spec.name)), await store.tool_pins(changed_key(spec.name)), noted)
+
+
+class PinnedList:
+    """A tools/list rewriter whose pin changes are settled (stored, audited) before bytes go out."""
+
+    def __init__(self, inner: BodyRewriter, check: PinCheck) -> None:
+        self.inner, self.check = inner, check
+
+    def feed(self, chunk: bytes) -> bytes:
+        return self.inner.feed(chunk)
+
+    def close(self) -> bytes:
+        return self.inner.close()
+
+    async def settle(self) -> None:
+        await self.check.settle()

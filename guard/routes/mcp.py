@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from guard.content.pins import PinnedList, pin_check
 from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.identity.binding import presented
@@ -35,15 +36,7 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
-from guard.pipeline import (
-    Deps,
-    PinnedList,
-    authorize_call,
-    authorize_passthrough,
-    pin_check,
-    result_rewrite,
-    tool_visibility,
-)
+from guard.pipeline import Deps, authorize_call, authorize_passthrough, result_rewrite, tool_visibility
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
@@ -208,7 +201,8 @@ async def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite
     """tools/list answers show only the tools this task could be allowed to call, and (tool
     pinning) only definitions that match their pins."""
     visible = tool_visibility(deps, auth)
-    check = await pin_check(deps, auth)
+    check = await pin_check(deps.store, deps.audit, deps.policies.current.tools.get(auth.action.tool), auth,
+                            deps.content.note_changed if deps.content is not None else None)
 
     def make(headers: CIMultiDictProxy[str]) -> BodyRewriter:
         inner = tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
