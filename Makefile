@@ -34,6 +34,8 @@ lock: $(STAMP)
 	  --upgrade -q -o requirements/dev.lock
 	$(BIN)/uv pip compile pyproject.toml --extra demo --generate-hashes --python-version 3.11 \
 	  --upgrade -q -o requirements/demo.lock
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --upgrade -q -o requirements/runtime.lock  # the image's (Dockerfile)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m examples.demo

@@ -6,7 +6,7 @@ Endpoints (guard's policy names them as actions of tool "notes"):
     GET    /notes?q=word   list        POST   /notes        write  {title, body, tags}
     GET    /notes/{id}     read        DELETE /notes/{id}   delete
 
-Every request must carry a guard credential; see examples/toolkit.py.
+Every request must carry a guard credential; guard.tool checks it (see examples/toolkit.py).
 """
 
 from __future__ import annotations
@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from examples.toolkit import parse_args, run, tool_app
+from guard.tool.aiohttp import credential
 
 __all__ = ["Note", "NoteBook", "make_app"]
 
@@ -83,14 +84,14 @@ async def write_note(request: web.Request) -> web.Response:
         return _bad_request("tags must be a list of strings")
 
     book = request.app[NOTEBOOK]
-    credential = request["credential"]
+    cred = credential(request)
     note = Note(
         id=str(next(book.ids)),
         title=title,
         body=body,
         tags=tags,
-        author=credential.get("sub", ""),
-        task_id=credential.get("txn", ""),
+        author=cred.agent,
+        task_id=cred.task,
     )
     book.notes[note.id] = note
     return web.json_response(asdict(note), status=201)

@@ -111,7 +111,8 @@ async def run(guard_url: str) -> int:
         surprises += not text.startswith("# Week 1")
     assert storage.tokens is not None
     async with aiohttp.ClientSession() as plain:
-        async with plain.post(f"{guard_url}/oauth/revoke", data={"token": storage.tokens.access_token}) as r:
+        revoke = {"token": storage.tokens.access_token, "client_id": client_id}  # only its own client revokes a token
+        async with plain.post(f"{guard_url}/oauth/revoke", data=revoke) as r:
             surprises += r.status != 200
         body: dict[str, Any] = {"jsonrpc": "2.0", "id": 1, "method": "tools/list"}
         async with plain.post(f"{guard_url}/mcp/files", json=body,

@@ -22,6 +22,7 @@ from typing import Any
 from aiohttp import web
 
 from examples.toolkit import parse_args, run, tool_app
+from guard.tool.aiohttp import credential
 
 __all__ = ["Ledger", "Payment", "make_app"]
 
@@ -84,15 +85,15 @@ async def pay(request: web.Request) -> web.Response:
         return _error(400, "bad_request", "memo must be a string")
 
     ledger = request.app[LEDGER]
-    credential = request["credential"]
+    cred = credential(request)
     payment = Payment(
         id=f"pay_{next(ledger.ids)}",
         amount=amount,
         currency=currency,
         to=to,
         memo=memo,
-        agent=credential.get("sub", ""),
-        task_id=credential.get("txn", ""),
+        agent=cred.agent,
+        task_id=cred.task,
     )
     ledger.payments[payment.id] = payment
     return web.json_response({**asdict(payment), "status": "settled"}, status=201)

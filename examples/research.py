@@ -32,8 +32,8 @@ async def chained_call(request: web.Request, method: str, path: str, body: dict[
     the tool's answer if it did not.
     """
     url = request.app[GUARD_URL].rstrip("/") + path
-    headers = {"Txn-Token": request["txn_token"] or ""}
-    async with request.app[GUARD_CLIENT].request(method, url, json=body, headers=headers) as resp:
+    # the guard client forwards this request's Txn-Token by itself (guard.tool.aiohttp.txn_token_middleware)
+    async with request.app[GUARD_CLIENT].request(method, url, json=body) as resp:
         try:
             answer: Any = await resp.json(content_type=None)  # None for an empty body
         except ValueError:

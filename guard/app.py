@@ -19,24 +19,31 @@ from guard.config import Config
 from guard.content.detectors import KIND_OF
 from guard.content.service import ContentGuard
 from guard.credentials import Credentials
+from guard.credentials.hygiene import require_exceptions
 from guard.domain import Retention
 from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
-from guard.identity.keyring import load_keys, policy_retain_s, watch_keys
-from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, require_client_cert, watch
+from guard.identity.keyring import RetainWindow, load_keys, watch_keys
+from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, pem_file_problem, require_client_cert, watch
+from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
+from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
+from guard.signals.baseline import Baselines
+from guard.signals.receiver import Signals
+from guard.signals.transmitter import Transmitter
 from guard.stores import open_store
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
+from guard.telemetry import Tracing, open_tracing
 
 __all__ = ["build_app", "check_credentials", "check_redact", "load_checked_policies", "problem_response"]
 
@@ -136,6 +143,7 @@ def load_checked_policies(cfg: Config) -> PolicySet:
     policies = load_policies(cfg.policies)
     check_credentials(cfg, policies)
     check_redact(cfg, policies)
+    require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
         missing = sorted(set(rule.approvers) - configured)
@@ -152,10 +160,39 @@ def _server_tls(cfg: Config) -> ServerTLS | None:
         return None
     import ssl
 
+    files = [("cert_file", t.cert_file), ("key_file", t.key_file)]
+    files += [("client_ca_file", t.client_ca_file)] if t.client_ca_file else []
+    problem = pem_file_problem(files)
+    if problem is not None:
+        key, path, why = problem
+        raise cfg.error(("listen", "tls", key), f"{path}: {why}")
     try:
         return ServerTLS(t.cert_file, t.key_file, t.client_ca_file, t.client_auth)
     except (OSError, ssl.SSLError, ValueError) as e:
-        raise ConfigError(cfg.source, "listen.tls", f"cannot load the certificate, key or bundle: {e}") from e
+        reason = getattr(e, "reason", None) or str(e)
+        raise cfg.error(("listen", "tls"), f"{t.cert_file}, {t.key_file}"
+                        f"{', ' + t.client_ca_file if t.client_ca_file else ''}: cannot be loaded together: "
+                        f"{reason}") from None
+
+
+def _check_trust_bundles(cfg: Config) -> None:
+    """Every x509 issuer's trust bundle holds certificates now: a missing one would start a guard
+    that refuses every SVID with nothing to say why."""
+    from cryptography import x509
+
+    for i, entry in enumerate(cfg.issuers):
+        if entry.x509 is None:
+            continue
+        loc = ("issuers", i, "x509", "trust_bundle_file")
+        path = entry.x509.trust_bundle_file
+        problem = pem_file_problem([("trust_bundle_file", path)])
+        if problem is not None:
+            raise cfg.error(loc, f"{path}: {problem[2]}")
+        try:
+            with open(path, "rb") as f:
+                x509.load_pem_x509_certificates(f.read())
+        except (OSError, ValueError):
+            raise cfg.error(loc, f"{path}: no PEM certificate in it") from None
 
 
 class _Opened:
@@ -189,28 +226,69 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
     return release
 
 
-def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application:
+def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
+                     metrics: Metrics, keys: GuardKeys) -> Callable[[web.Application], AsyncIterator[None]]:
+    """Shared Signals: the receiver (push at POST /ssf/events, a poller per poll transmitter) and
+    the transmitter (session-revoked to each receiver)."""
+    assert cfg.signals is not None
+    signals_cfg = cfg.signals
+
+    async def context(app: web.Application) -> AsyncIterator[None]:
+        ttl = cfg.sso.session_ttl_s if cfg.sso is not None else 86400
+        signals = Signals(signals_cfg, config_dir or Path.cwd(), opened.store, opened.audit, opened.task_ends,
+                          lambda: holder.current, metrics, ttl, cfg.environ)
+        app[signal_routes.SIGNALS] = signals
+        signals.start(opened.http)
+        transmitter = None
+        if signals_cfg.receivers:
+            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, opened.audit, opened.http)
+            opened.task_ends.on_ended_here(transmitter.task_ended)
+            opened.task_ends.on_suspended_here(transmitter.agent_suspended)
+            transmitter.start()
+        yield
+        if transmitter is not None:
+            await transmitter.close()
+        await signals.close()
+
+    return context
+
+
+def _flusher(tracing: Tracing) -> Callable[[TaskEnded], Awaitable[None]]:
+    """A task's spans are exported when it ends, not when the batch next fills or times out."""
+
+    async def flush(ended: TaskEnded) -> None:
+        tracing.flush_soon()
+
+    return flush
+
+
+def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool = False) -> web.Application:
     """The guard as an aiohttp application: the middleware, every route module, and one
     cleanup_ctx per resource (store, audit writer, client session, task ends, retention sweeper,
-    approvals, credentials, TLS and key watchers, policy reloader, OAuth)."""
+    approvals, credentials, TLS and key watchers, policy reloader, OAuth).
+
+    Every check `guard serve` makes before it listens runs here, each failure a ConfigError naming
+    the file and key (`guard config check` runs this with `dry_run`: missing keys are not created)."""
     policies = policies or load_checked_policies(cfg)
-    keep_s = policy_retain_s(cfg, policies)  # how long a key verifies after a rotation
-    keys = load_keys(cfg, keep_s)
+    holder = PolicyHolder(policies)
+    keep = RetainWindow(cfg, lambda: holder.current)  # how long a key verifies after a rotation
+    keys = load_keys(cfg, keep(), create=not dry_run)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
-    identity = Identity(cfg, config_dir)
-    if cfg.dev_mode:
+    identity = Identity(cfg, config_dir, create_keys=not dry_run)
+    tls = _server_tls(cfg)
+    _check_trust_bundles(cfg)
+    if cfg.dev_mode and not dry_run:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],
                           client_max_size=cfg.limits.max_body_bytes)
-    holder = PolicyHolder(policies)
     metrics = Metrics()
-    tls = _server_tls(cfg)
     tool_tls = ToolContexts()
     if tls is not None:
         app[SERVER_TLS] = tls
         if tls.required:
             app.middlewares.append(require_client_cert(tls))
 
+    tracing = open_tracing(cfg)  # None when telemetry is off; stops start-up when it is on without the SDK
     opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
@@ -265,24 +343,35 @@ def build_app(cfg: Config, policies: PolicySet | None = None) -> web.Application
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
                                 x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls,
-                                content=ContentGuard(cfg, store, audit_log))
+                                content=ContentGuard(cfg, store, audit_log), tracing=tracing)
+        if cfg.baseline is not None:
+            deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
+        if tracing is not None:
+            ends.subscribe(_flusher(tracing))
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
         await credentials_.close()
 
+    async def telemetry(app: web.Application) -> AsyncIterator[None]:
+        yield
+        if tracing is not None:
+            await tracing.close()  # the spans still batched are exported before the process ends
+
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
-    app.cleanup_ctx.extend([store, audit_writer, client_session, task_ends, retention_sweeper, approvals_service,
-                            credentials_service])
+    app.cleanup_ctx.extend([telemetry, store, audit_writer, client_session, task_ends, retention_sweeper,
+                            approvals_service, credentials_service])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
-    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep_s))
+    app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
+    if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
-                   pins):
+                   signal_routes, pins):
         app.router.add_routes(module.routes)
     return app

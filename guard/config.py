@@ -2,16 +2,26 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, NonNegativeInt, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    NonNegativeInt,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from guard.errors import ConfigError
+from guard.policy.load import LineMap, Loc, format_key, read_yaml, validation_error
 
-__all__ = ["Config", "load_config"]
+__all__ = ["Config", "is_loopback", "load_config"]
 
 
 class _Section(BaseModel):
@@ -128,14 +138,19 @@ class LimitsCfg(_Section):
 
 class RegistrationCfg(_Section):
     mode: Literal["off", "open"] = "off"  # open: RFC 7591 dynamic client registration
+    # `*` in a pattern stands for a port (1-5 digits) and nothing else
     redirect_uris: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:*/callback",
                                                               "http://localhost:*/callback"])
+    max_clients: int = Field(1000, gt=0)  # registered clients kept at once (over: 400 invalid_client_metadata)
+    max_redirect_uris: int = Field(5, gt=0)  # per client
+    max_metadata_bytes: int = Field(8192, gt=0)  # the registration request's body
+    per_source_per_min: int = Field(10, gt=0)  # registrations per client address and minute (over: 429)
 
 
 class OAuthCfg(_Section):
     """guard as the authorization server of /mcp/{tool} (guard.oauth)."""
 
-    registration: RegistrationCfg = Field(default_factory=RegistrationCfg)
+    registration: RegistrationCfg = Field(default_factory=RegistrationCfg)  # type: ignore[arg-type]
     metadata_documents: bool = True  # client_id as an https URL (Client ID Metadata Document)
     code_ttl_s: int = Field(60, gt=0, le=600)
     consent_ttl_s: int = Field(600, gt=0)  # an authorization request waits this long for sign-in and consent
@@ -159,7 +174,6 @@ class SsoCfg(_Section):
     client_secret: SecretSource | None = None  # none: a public client (PKCE only)
     scopes: list[str] = Field(default_factory=lambda: ["openid", "email"])
     roles_claim: str = "roles"
-    user_claim: str = "email"  # who the person is in tasks and audit (falls back to sub)
     algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA", "PS256"])
     session_ttl_s: int = Field(1800, gt=0)
 
@@ -218,6 +232,93 @@ class InspectCfg(_Section):
 # --- end inspect ---------------------------------------------------------------------------------
 
 
+# -- posture and lifecycle signals (guard.signals): OpenID Shared Signals received and sent -------------
+class SignalDeliveryCfg(_Section):
+    method: Literal["push", "poll"] = "push"  # push: RFC 8935 at POST /ssf/events; poll: RFC 8936 against `url`
+    url: str | None = None  # poll: the transmitter's polling endpoint
+    interval_s: float = Field(5.0, gt=0, le=10)  # poll: at least every 10 s
+    max_events: int = Field(50, gt=0, le=1000)  # poll: maxEvents per request
+    token: SecretSource | None = None  # poll: a bearer token the transmitter asks for
+
+    @model_validator(mode="after")
+    def _url(self) -> SignalDeliveryCfg:
+        if self.method == "poll" and not self.url:
+            raise ValueError("poll delivery needs the transmitter's polling `url`")
+        return self
+
+
+class TransmitterCfg(_Section):
+    """A Shared Signals transmitter guard listens to (an IdP, a device manager)."""
+
+    issuer: str = Field(min_length=1)
+    jwks_uri: str | None = None
+    jwks_file: str | None = None
+    audience: str = Field(min_length=1)  # the SET's aud that names this guard
+    delivery: SignalDeliveryCfg = Field(default_factory=SignalDeliveryCfg)  # type: ignore[arg-type]
+    algorithms: list[str] = Field(default_factory=lambda: ["ES256", "RS256", "EdDSA", "PS256"])
+    configuration_url: str | None = None  # its /.well-known/ssf-configuration (stream status, verification)
+    jwks_refetch_min_s: float = Field(30.0, ge=0)  # an unknown kid refetches the JWKS at most this often
+
+    @field_validator("algorithms")
+    @classmethod
+    def _algs(cls, v: list[str]) -> list[str]:
+        allowed = {"ES256", "ES384", "ES512", "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "EdDSA"}
+        if not v or set(v) - allowed:
+            raise ValueError(f"asymmetric algorithms only (never none or HS*), at least one: {sorted(allowed)}")
+        return v
+
+    @model_validator(mode="after")
+    def _keys(self) -> TransmitterCfg:
+        if (self.jwks_uri is None) == (self.jwks_file is None):
+            raise ValueError("name the transmitter's keys: jwks_uri or jwks_file (exactly one)")
+        return self
+
+
+class ReceiverCfg(_Section):
+    """Where guard sends its own SETs (CAEP session-revoked), RFC 8935 push."""
+
+    url: str = Field(min_length=1)
+    audience: str = Field(min_length=1)
+    token: SecretSource | None = None  # a bearer token the receiver asks for
+    attempts: int = Field(5, gt=0, le=20)  # each SET is tried this often, with backoff, then given up (audited)
+
+
+class SignalsCfg(_Section):
+    transmitters: list[TransmitterCfg] = Field(default_factory=list)
+    receivers: list[ReceiverCfg] = Field(default_factory=list)
+    max_set_bytes: int = Field(65536, gt=0, le=1_048_576)  # a pushed SET larger than this is refused (413)
+    max_iat_age_s: float = Field(86400.0, gt=0)  # a SET issued longer ago is stale
+    max_iat_skew_s: float = Field(300.0, ge=0)  # a SET issued further in the future is stale
+
+
+class CredentialsHygieneCfg(_Section):
+    """How old a static secret may be, and whether each needs a documented exception (guard.credentials.hygiene)."""
+
+    max_secret_age_s: float | None = Field(None, gt=0)  # None: ages are shown, never enforced
+    on_stale: Literal["deny", "warn"] = "deny"
+    require_exceptions: bool = False  # every static secret declares exception: {owner, reason, expires}
+
+
+class BaselineCfg(_Section):
+    """Agents' baselines (guard.signals.baseline): learn this long, then flag calls unlike them."""
+
+    learn_s: float = Field(gt=0)
+# -- end of signals ------------------------------------------------------------------------------------
+class TelemetryCfg(_Section):
+    """Traces over OTLP/HTTP (guard.telemetry): one span per call, a child span per stage."""
+
+    otlp_endpoint: str = "http://127.0.0.1:4318"  # the collector's base URL; traces go to <it>/v1/traces
+    service_name: str = Field("guard", min_length=1)
+    sample_ratio: float = Field(1.0, ge=0.0, le=1.0)  # of the traces that start here; a caller's choice is kept
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _http(cls, v: str) -> str:
+        if not v.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL (OTLP/HTTP)")
+        return v.rstrip("/")
+
+
 class Config(_Section):
     listen: Listen = Field(default_factory=Listen)  # type: ignore[arg-type]
     public_url: str | None = None
@@ -236,8 +337,23 @@ class Config(_Section):
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
     inspect: InspectCfg = Field(default_factory=InspectCfg)  # type: ignore[arg-type]  # content detectors
+    signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
+    credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
+    baseline: BaselineCfg | None = None  # agents' baselines: match.agent.unusual; None: off (costs nothing)
+    telemetry: TelemetryCfg | None = None  # off unless set (guard.telemetry)
     environ: dict[str, str] = Field(default_factory=dict, exclude=True, repr=False)  # for *_env secrets
     source: str = "<embedded default>"
+    _lines: LineMap = PrivateAttr(default_factory=LineMap)  # where each key is written in `source`
+    _env_keys: dict[Loc, str] = PrivateAttr(default_factory=dict)  # keys set by GUARD_* variables
+
+    def error(self, loc: Loc, reason: str) -> ConfigError:
+        """A problem with the value at `loc` (`("issuers", 0, "jwks_file")`): names the
+        environment variable that set it, or the config file and the key's line."""
+        variable = self._env_keys.get(loc)
+        if variable is not None:
+            return ConfigError(variable, "", reason)
+        written = self.source != _EMBEDDED and (*loc[:1],) in self._lines.lines  # a default: no line
+        return ConfigError(self.source, format_key(loc), reason, self._lines.line(loc) if written else None)
 
     @property
     def base_url(self) -> str:
@@ -246,31 +362,45 @@ class Config(_Section):
 
     @property
     def dev_mode(self) -> bool:
-        return self.dev_issuer if self.dev_issuer is not None else not self.issuers
+        """Development mode: the development issuer is trusted (`dev_issuer: true`, or no
+        `issuers` and no `sso`). guard then listens on a loopback address only."""
+        return self.dev_issuer if self.dev_issuer is not None else not self.issuers and self.sso is None
+
+    @property
+    def dev_sign_in(self) -> bool:
+        """The development sign-in of people (`/login/dev`): development mode with no `issuers`
+        and no `sso` at all, never next to a real identity provider."""
+        return self.dev_mode and not self.issuers and self.sso is None
 
     @property
     def x509_issuers(self) -> list[X509IssuerCfg]:
         return [i.x509 for i in self.issuers if i.x509 is not None]
 
 
-_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention")
+_EMBEDDED = "<embedded default>"
+_SECTIONS = ("listen", "store", "audit", "signing", "approvals", "limits", "retention", "telemetry")
 _TOP = ("public_url", "issuer", "policies", "dev_issuer", "dev_key_file")
 
 
-def _env_overrides(env: dict[str, str]) -> dict[str, Any]:
+def _env_overrides(env: dict[str, str]) -> tuple[dict[str, Any], dict[Loc, str]]:
+    """The GUARD_* values as a config dict, and the variable that set each key."""
     out: dict[str, Any] = {}
+    names: dict[Loc, str] = {}
     for name, value in env.items():
         if not name.startswith("GUARD_") or name == "GUARD_CONFIG":
             continue
         rest = name[len("GUARD_"):].lower()
         if rest in _TOP:
             out[rest] = value
+            names[(rest,)] = name
             continue
         for section in _SECTIONS:
             if rest.startswith(section + "_"):
-                out.setdefault(section, {})[rest[len(section) + 1 :]] = value
+                key = rest[len(section) + 1 :]
+                out.setdefault(section, {})[key] = value
+                names[(section, key)] = name
                 break
-    return out
+    return out, names
 
 
 def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -283,20 +413,24 @@ def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def is_loopback(host: str) -> bool:
+    """A host name or address that only this machine reaches (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except OSError as e:
-        raise ConfigError(str(path), "", f"cannot read: {e.strerror}") from e
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        raise ConfigError(str(path), "", f"YAML syntax error: {getattr(e, 'problem', e)}", line) from e
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_yaml(path: Path) -> tuple[dict[str, Any], LineMap]:
+    """The file's mapping and the line of each key (read as policy files are: the same errors)."""
+    data, lines = read_yaml(path)
     if data is None:
-        return {}
+        return {}, lines
     if not isinstance(data, dict):
-        raise ConfigError(str(path), "", "top level must be a mapping")
-    return data
+        raise ConfigError(str(path), "", "top level must be a mapping", 1)
+    return data, lines
 
 
 def load_config(path: str | Path | None = None, env: dict[str, str] | None = None, secrets: bool = True) -> Config:
@@ -306,27 +440,41 @@ def load_config(path: str | Path | None = None, env: dict[str, str] | None = Non
     env = dict(os.environ if env is None else env)
     path = path or env.get("GUARD_CONFIG")
     raw: dict[str, Any] = {}
-    source = "<embedded default>"
+    lines = LineMap()
+    source = _EMBEDDED
     if path:
-        raw = _read_yaml(Path(path))
+        raw, lines = _read_yaml(Path(path))
         source = str(path)
-    raw = _merge(raw, _env_overrides(env))
+    for internal in ("source", "environ"):  # fields of the model, not keys of the file
+        if internal in raw:
+            raise ConfigError(source, internal, "unknown key", lines.line((internal,)))
+    overrides, env_keys = _env_overrides(env)
+    raw = _merge(raw, overrides)
     raw["source"] = source
     try:
         cfg = Config.model_validate(raw)
     except ValidationError as e:
-        err = e.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        raise ConfigError(source, key, err["msg"]) from e
+        err = e.errors(include_url=False)[0]
+        for loc, variable in env_keys.items():
+            if tuple(err["loc"][: len(loc)]) == loc:  # a value an environment variable set
+                reason = validation_error(variable, lines, e).reason
+                raise ConfigError(variable, "", reason) from None
+        raise validation_error(source, lines if source != _EMBEDDED else LineMap(), e) from None
+    cfg._lines = lines
+    cfg._env_keys = env_keys
     if cfg.store.url.startswith("memory://") and not cfg.audit.dir:
-        raise ConfigError(source, "audit.dir", "the memory store keeps nothing durable: an audit folder is required")
+        raise cfg.error(("audit", "dir"), "the memory store keeps nothing durable: an audit folder is required")
     for i, hook in enumerate(cfg.approvals.webhooks if secrets else ()):
         if not env.get(hook.secret_env):
-            raise ConfigError(source, f"approvals.webhooks[{i}].secret_env", f"{hook.secret_env} is not set")
+            raise cfg.error(("approvals", "webhooks", i, "secret_env"), f"{hook.secret_env} is not set")
+    if cfg.dev_mode and not is_loopback(cfg.listen.host):
+        raise cfg.error(("listen", "host"), (
+            f"{cfg.listen.host!r} is not a loopback address: in development mode (dev_issuer: true, "
+            "or no issuers and no sso) guard listens on loopback only; configure issuers to serve a network"))
     secret = cfg.sso.client_secret if cfg.sso is not None else None
     if secret is not None and (secret.env is None) == (secret.file is None):
-        raise ConfigError(source, "sso.client_secret", "name exactly one source: env or file")
+        raise cfg.error(("sso", "client_secret"), "name exactly one source: env or file")
     if secret is not None and secret.env is not None and not env.get(secret.env):
-        raise ConfigError(source, "sso.client_secret.env", f"{secret.env} is not set")
+        raise cfg.error(("sso", "client_secret", "env"), f"{secret.env} is not set")
     # secrets named by *_env keys (webhooks, static credentials) are looked up in this snapshot
     return cfg.model_copy(update={"environ": env})

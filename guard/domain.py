@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from guard.canonical import args_digest, compact_json
 
@@ -18,6 +18,7 @@ __all__ = [
     "AGENT_COUNTERS",
     "PLAIN",
     "Action",
+    "Activity",
     "Admission",
     "AgentEvent",
     "AgentStats",
@@ -25,7 +26,9 @@ __all__ = [
     "ApprovalStatus",
     "AuditRecord",
     "Authorized",
+    "BaselineStats",
     "CallLimits",
+    "CallTrace",
     "Caller",
     "Delivery",
     "Effect",
@@ -324,6 +327,27 @@ class Presented:
 PLAIN = Presented()
 
 
+class CallTrace(Protocol):
+    """A call's span while telemetry is on (guard.telemetry); `ToolCall.trace` is None when it is off,
+    and nothing on the call's path does any tracing work then."""
+
+    def stage(self, name: str) -> None:
+        """The stage `name` starts (a child span); the one before it ends."""
+
+    def decided(self, caller: Caller, effect: str, rule_id: str | None, action: str | None) -> None:
+        """The call's task, agent and decision, for the call span's attributes."""
+
+    def to_tool(self, call: ToolCall) -> ToolCall:
+        """`call` as the tool will receive it: an MCP request carries the forward span's `traceparent`
+        in `params._meta` (before the credential, whose `call_digest` covers the body sent)."""
+
+    def forwarding(self) -> dict[str, str]:
+        """The forward span starts; the headers that carry it to the tool (`traceparent`)."""
+
+    def answered(self, status: int) -> None:
+        """The tool's HTTP status."""
+
+
 @dataclass(frozen=True, slots=True)
 class ToolCall:
     """One request through the guard, as parsed by the HTTP or MCP front end."""
@@ -344,6 +368,8 @@ class ToolCall:
     counted: bool = True  # False for MCP traffic that is not a tools/call
     connected: Callable[[], bool] | None = None  # False once the client went away (ends a hold)
     presented: Presented = PLAIN  # mTLS identity and DPoP proof of the request
+    audience: str = "guard"  # the task token's `aud`: an OAuth access token's is its MCP endpoint (resource)
+    trace: CallTrace | None = None  # its span, when telemetry is on (guard.telemetry)
 
     @property
     def path_qs(self) -> str:
@@ -392,3 +418,24 @@ class Authorized:
     timeout_s: float
     minted: Minted
     audit_fields: dict[str, Any] = field(default_factory=dict)
+
+
+# -- baselines (guard.signals.baseline) ----------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class Activity:
+    """An agent's activity after one more call was counted (BaselineStore.observe_activity)."""
+
+    first_at: float  # the agent's first counted call
+    known: bool  # the agent had called this tool.action before
+    hour_calls: int  # calls in the current clock hour, this one included
+    busiest: int  # the most calls of any earlier hour
+
+
+@dataclass(frozen=True, slots=True)
+class BaselineStats:
+    """An agent's baseline as the inventory shows it."""
+
+    first_at: float | None
+    actions: frozenset[str]
+    busiest: int
+    hour_calls: int

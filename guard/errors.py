@@ -28,6 +28,8 @@
     ├── StoreUnavailable             503 store_unavailable
     ├── AuditUnavailable             503 audit_unavailable
     ├── CredentialUnavailable        503 credential_unavailable
+    │   ├── CredentialStale          503 credential_stale (credentials_hygiene)
+    │   └── CredentialExceptionExpired 503 credential_exception_expired
     └── UpstreamTimeout              504 upstream_timeout
 
 ConfigError is separate: it is raised at load time and never reaches HTTP.
@@ -48,6 +50,8 @@ __all__ = [
     "ChainTooDeep",
     "ConfigError",
     "ContentBlocked",
+    "CredentialExceptionExpired",
+    "CredentialStale",
     "CredentialUnavailable",
     "Denied",
     "DuplicateDecision",
@@ -151,6 +155,12 @@ class UnknownAction(Forbidden):
 class ApprovalRequired(Forbidden):
     code, title = "approval_required", "Approval required"
 
+    @property
+    def approval_id(self) -> str | None:
+        """The approval to wait for (guard.client raises this with the guard's answer)."""
+        found = self.extra.get("approval_id")
+        return str(found) if found is not None else None
+
 
 class ApprovalDenied(Forbidden):
     code, title = "approval_denied", "Approval denied or expired"
@@ -214,6 +224,16 @@ class AuditUnavailable(GuardError):
 
 class CredentialUnavailable(GuardError):
     status, code, title = 503, "credential_unavailable", "Credential unavailable"
+
+
+# -- credentials hygiene (guard.credentials.hygiene) ----------------------------------------------------
+class CredentialStale(CredentialUnavailable):
+    status, code, title = 503, "credential_stale", "Credential past its rotation age"
+
+
+class CredentialExceptionExpired(CredentialUnavailable):
+    status, code, title = 503, "credential_exception_expired", "Credential exception expired"
+# -- end of credentials hygiene ------------------------------------------------------------------------
 
 
 class UpstreamTimeout(GuardError):

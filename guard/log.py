@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import errno
 import json
 import logging
 import os
+import re
+import socket
 import sys
 import time
 from collections.abc import MutableMapping
@@ -17,7 +20,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from guard.canonical import json_encoder
 
-__all__ = ["LineWriter", "ProtocolErrorFilter", "configure_logging", "redact"]
+__all__ = ["LineWriter", "ProtocolErrorFilter", "Repeats", "configure_logging", "network_cause", "redact",
+           "without_userinfo"]
 
 _SECRET_KEYS = frozenset(
     {"token", "task_token", "authorization", "secret", "password", "credential", "txn_token",
@@ -63,6 +67,64 @@ def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[s
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
     return event
+
+
+def without_userinfo(url: str) -> str:
+    """A URL fit for a log line: `redis://user:pw@host:6379/0` is `redis://host:6379/0`."""
+    scheme, sep, rest = url.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else url.rpartition("@")[2]
+
+
+_ERRNO_WORDS = {errno.ECONNREFUSED: "connection refused", errno.EHOSTUNREACH: "no route to the host",
+                errno.ENETUNREACH: "the network is unreachable", errno.ECONNRESET: "connection reset",
+                errno.ETIMEDOUT: "timed out"}
+
+
+def network_cause(e: BaseException) -> str:
+    """Why a service could not be reached, in the words an operator acts on: connection refused,
+    the name does not resolve (DNS), timed out, ... (the exception and its causes are looked at)."""
+    seen: BaseException | None = e
+    for _ in range(6):
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return f"the name does not resolve (DNS: {seen.strerror})"
+        if isinstance(seen, TimeoutError):
+            return "timed out"
+        code = getattr(seen, "errno", None)
+        if code in _ERRNO_WORDS:
+            return _ERRNO_WORDS[code]
+        os_error = getattr(seen, "os_error", None)  # aiohttp's ClientConnectorError
+        if isinstance(os_error, OSError) and os_error is not seen:
+            seen = os_error
+        else:
+            seen = seen.__cause__ or seen.__context__
+    m = re.match(r"Error (-?\d+) ", str(e))  # redis-py: "Error 111 connecting to host:port. ..."
+    if m and int(m.group(1)) in _ERRNO_WORDS:
+        return _ERRNO_WORDS[int(m.group(1))]
+    if m and int(m.group(1)) in (socket.EAI_NONAME, socket.EAI_AGAIN, -2, -3):
+        return "the name does not resolve (DNS)"
+    return str(e)[:200] or type(e).__name__
+
+
+class Repeats:
+    """How often to log a failure that repeats (a store that is down fails every background loop,
+    several times a second): the first of a kind at once, then at most one every `every_s` with the
+    number left out since (`repeated`)."""
+
+    def __init__(self, every_s: float = 10.0) -> None:
+        self.every_s = every_s
+        self._last: dict[str, tuple[float, int]] = {}  # kind: (when last logged, left out since)
+
+    def due(self, kind: str, now: float | None = None) -> int | None:
+        """None: leave this one out; else log it, with the number left out before it."""
+        now = time.monotonic() if now is None else now
+        last = self._last.get(kind)
+        if last is not None and now - last[0] < self.every_s:
+            self._last[kind] = (last[0], last[1] + 1)
+            return None
+        self._last[kind] = (now, 0)
+        return last[1] if last is not None else 0
 
 
 class LineWriter:

@@ -34,6 +34,7 @@ from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import CallContext, Decision, PolicySet
 from guard.policy.reload import PolicyHolder
+from guard.signals.baseline import Baselines
 from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
@@ -45,6 +46,7 @@ from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, load_active_task
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnds
+from guard.telemetry import Tracing
 
 __all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "result_rewrite", "tool_visibility"]
 
@@ -70,6 +72,8 @@ class Deps:
     tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
     credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
     content: ContentGuard | None = None  # guard.content: detectors, data labels, exfiltration (set by build_app)
+    baselines: Baselines | None = None  # guard.signals.baseline, when `baseline` is configured
+    tracing: Tracing | None = None  # guard.telemetry: None when telemetry is off
 
     @property
     def creds(self) -> Credentials:
@@ -114,23 +118,37 @@ def _with_content(ctx: CallContext, view: ArgsView) -> CallContext:
 
 async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     """authenticate → task → match → evaluate → approve → admit → audit → mint.
-    Raises a GuardError to refuse; every refusal that names a task is audited first."""
+    Raises a GuardError to refuse; every refusal that names a task is audited first.
+    With telemetry on (`call.trace`), each stage is a child span of the call's."""
+    trace = call.trace
+    if trace is not None:
+        trace.stage("authenticate")
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
     refuse_unbound(caller, call, policies)
     if caller.binding == "dpop":
         await consume_proof(caller, call, deps.store)
     tool = resolve_tool(call, policies)
+    if trace is not None:
+        trace.stage("task")
     state = deps.tasks.get(caller, policies)  # status is checked at admission, atomically
     cached = state is not None
     if state is None:
         state = await _read_task(caller, deps)
     async with _Refusals(deps, call, caller, call.mcp_action, count_denied=True) as refusal:
         refusal.stale = cached
+        if trace is not None:
+            trace.stage("chain")
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
+        if trace is not None:
+            trace.stage("match")
         action = match_action(call, tool)
         refusal.action = action.name
+        if trace is not None:
+            trace.stage("evaluate")
         ctx = _context(policies, caller, state, action)
+        if deps.baselines is not None:  # off: no store round trip
+            ctx = replace(ctx, unusual=await deps.baselines.observe(caller, action, call.call_id))
         view: ArgsView | None = None
         if deps.content is not None and deps.content.applies_to(policies, tool):  # off: one test more
             view = await deps.content.before(call, caller.task_id, caller.agent, tool, action)
@@ -149,6 +167,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
             raise ExfiltrationBlocked("the arguments carry a value this task received from a tool, to a tool whose "
                                       "arguments leave the organisation", source_call_id=view.flow_source)
         if decision.effect == "step_up":
+            if trace is not None:
+                trace.stage("approve")
             approval_id = await settle_approval(call, caller, state, action, decision, deps.approvals)
         limits = CallLimits(
             call_id=call.call_id,
@@ -159,12 +179,18 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
             count=call.counted,
             agent=caller.agent if call.counted else None,
         )
+        if trace is not None:
+            trace.stage("admit")
         fields = _audit_fields(call, caller, action, decision, approval_id)
         draft = deps.audit.draft(caller.task_id, "call_decided", caller.agent, effect="allow", **fields)
         record = await admit_and_record(deps.store, caller, limits, draft)  # one atomic store operation
     # The decision is durable before anything is forwarded; the credentials are made while
     # the writer makes it so (they go nowhere unless it is).
     durable = deps.audit.keep_started(record)
+    if trace is not None:
+        trace.stage("mint")
+        trace.decided(caller, "allow", decision.rule_id, action.name)
+        call = trace.to_tool(call)  # the forward span's traceparent, before the credential binds the body
     try:
         try:
             minted = await mint_credentials(
@@ -227,6 +253,9 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     resources/*, prompts/*, the GET stream, DELETE): authenticate → task active → the tool is
     within the task and `deny_methods` does not match → mint. Not counted against budget or
     rates; the caller audits the forward (`mcp_forwarded`)."""
+    trace = call.trace
+    if trace is not None:
+        trace.stage("authenticate")
     policies = deps.policies.current
     caller = authenticate(call, deps.keys)
     refuse_unbound(caller, call, policies)
@@ -245,6 +274,10 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
                             parent_call_id=caller.parent_call_id, count=False)
         await admit(deps.store, caller, limits)
     action = Action(tool.name, method, None)
+    if trace is not None:
+        trace.stage("mint")
+        trace.decided(caller, "allow", None, method)
+        call = trace.to_tool(call)
     try:
         minted = await mint_credentials(
             call, caller, state, action, tool, deps.keys, deps.creds,
@@ -325,3 +358,5 @@ async def record_refusal(
     )
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
              action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)
+    if call.trace is not None:
+        call.trace.decided(caller, effect, err.extra.get("rule_id"), action)

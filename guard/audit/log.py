@@ -32,7 +32,10 @@ class AuditLog:
     async def keep(self, record: AuditRecord) -> None:
         """A record the store has chained: its durable copy (awaited; records kept in the same
         loop iteration share one write) and the observer."""
-        await self._kept(record, self.files.submit(record) if self.files is not None else None)
+        if self.files is not None:
+            await self.files.submit(record)
+        if self.observer is not None:
+            self.observer(record.fields)
 
     def keep_started(self, record: AuditRecord) -> Awaitable[None]:
         """keep, with the write started now (an idle writer takes the record at once): the

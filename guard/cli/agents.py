@@ -13,9 +13,33 @@ from typing import Any
 
 from guard.config import load_config
 
-__all__ = ["add_commands", "format_inventory"]
+__all__ = ["add_commands", "format_inventory", "format_streams"]
 
-_COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "status")
+_COLUMNS = ("agent", "owner", "reg", "active", "calls", "denied", "tried", "last seen", "tools used", "secrets",
+            "status")
+
+
+def _age(seconds: Any) -> str:
+    if not isinstance(seconds, int | float):
+        return "?"
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{int(seconds // size)}{unit}"
+    return f"{int(seconds)}s"
+
+
+def _secrets(row: dict[str, Any]) -> str:
+    """Each static secret of the agent's tools: tool:age, STALE, and its exception's end."""
+    cells = []
+    for tool, s in sorted((row.get("secrets") or {}).items()):
+        cell = f"{tool}:{_age(s.get('age_s'))}"
+        if s.get("stale"):
+            cell += " STALE"
+        exc = s.get("exception")
+        if exc:
+            cell += f" exc {'EXPIRED' if s.get('exception_expired') else 'to'} {str(exc.get('expires'))[:10]}"
+        cells.append(cell)
+    return ", ".join(cells) or "-"
 
 
 def _when(ts: Any) -> str:
@@ -36,6 +60,7 @@ def _cells(row: dict[str, Any]) -> list[str]:
         str(row.get("unregistered_attempts", 0)),
         _when(row.get("last_seen")),
         ",".join(row.get("tools_used") or []) or "-",
+        _secrets(row),
         status,
     ]
 
@@ -47,14 +72,21 @@ def format_inventory(rows: list[dict[str, Any]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in table]
 
 
-def _fetch(url: str, token: str) -> list[dict[str, Any]]:
+def format_streams(streams: list[dict[str, Any]]) -> list[str]:
+    """The Shared Signals streams guard listens to: status, last event, refused SETs, failed polls."""
+    return [f"signals from {s.get('transmitter')}: {s.get('status')}, last event {_when(s.get('last_event_at'))}, "
+            f"{s.get('received', 0)} received, {s.get('refused', 0)} refused, {s.get('failures', 0)} failures"
+            for s in streams]
+
+
+def _fetch(url: str, token: str, path: str = "/v1/agents") -> list[dict[str, Any]]:
     req = urllib.request.Request(  # noqa: S310 - the operator names the guard's URL
-        url.rstrip("/") + "/v1/agents", headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
+        url.rstrip("/") + path, headers={"Authorization": f"Bearer {token}", "Accept": "application/json"}
     )
     with urllib.request.urlopen(req, timeout=15) as resp:  # noqa: S310
         data = json.loads(resp.read())
     if not isinstance(data, list):
-        raise ValueError("unexpected answer from /v1/agents")
+        raise ValueError(f"unexpected answer from {path}")
     return data
 
 
@@ -81,12 +113,20 @@ def cmd_agents(args: argparse.Namespace) -> int:
         return 0
     for line in format_inventory(rows):
         print(line)
+    try:  # the Shared Signals streams, where guard listens to some (an older guard has no such endpoint)
+        streams = _fetch(args.url, args.token, "/v1/signals/streams")
+    except (urllib.error.URLError, OSError, ValueError):
+        streams = []
+    for line in format_streams(streams):
+        print(line)
     return 0
 
 
 def add_commands(sub: Any) -> None:
     """Register `guard agents` on the CLI's subparsers."""
     a = sub.add_parser("agents", help="list the agent inventory of a running guard")
+    a.add_argument("action", nargs="?", choices=["list"], default="list",
+                   help="list (the default): one agent a line, with its static secrets' age and exceptions")
     a.add_argument("--url", default=os.environ.get("GUARD_URL"),
                    help="the guard's base URL (default $GUARD_URL, else the config's public_url or listen address)")
     a.add_argument("--token", default=os.environ.get("GUARD_TOKEN"),

@@ -20,6 +20,7 @@ from typing import IO, Any
 
 from guard.audit.calltree import call_tree
 from guard.audit.chain import Verification, verify_chain
+from guard.audit.ocsf import ocsf_lines
 from guard.audit.trails import parse_since, read_trail, records_since
 from guard.config import load_config
 from guard.errors import ConfigError
@@ -88,9 +89,10 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    ocsf = args.format == "ocsf"
     try:
         if args.url:
-            query = urllib.parse.urlencode({"since": repr(since)})
+            query = urllib.parse.urlencode({"since": repr(since), "format": "ocsf" if ocsf else "json"})
             with _open(f"{args.url.rstrip('/')}/v1/audit?{query}", args.token, "application/x-ndjson") as resp:
                 for line in resp:
                     sys.stdout.write(line.decode())
@@ -100,7 +102,11 @@ def cmd_audit_export(args: argparse.Namespace) -> int:
         if not cfg.audit.dir:
             raise ConfigError(cfg.source, "audit.dir", "no audit folder configured")
         for records in records_since(cfg.audit.dir, since):
-            _write_lines(sys.stdout, records)
+            if ocsf:
+                sys.stdout.write(ocsf_lines(records).decode())
+                sys.stdout.flush()
+            else:
+                _write_lines(sys.stdout, records)
     except RemoteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -189,16 +195,17 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     aud = sub.add_parser("audit", help="read audit trails").add_subparsers(dest="audit_cmd", required=True)
     sh = aud.add_parser("show", help="print a task's timeline")
-    sh.add_argument("task")
-    sh.add_argument("--json", action="store_true")
+    sh.add_argument("task", metavar="TASK_ID", help="the task's id (task_...)")
+    sh.add_argument("--json", action="store_true", help="print the records as JSON")
     add_remote_args(sh)
     sh.set_defaults(func=cmd_audit_show)
     ve = aud.add_parser("verify", help="verify a task's hash chain (exit 2 naming the first bad record)")
-    ve.add_argument("task")
+    ve.add_argument("task", metavar="TASK_ID", help="the task's id (task_...)")
     add_remote_args(ve)
     ve.set_defaults(func=cmd_audit_verify)
     ex = aud.add_parser("export", help="stream audit records since a time, one JSON object a line (for a SIEM)")
     ex.add_argument("--since", default="", help="unix seconds or an ISO 8601 time (default: everything)")
-    ex.add_argument("--format", choices=["ndjson"], default="ndjson")
+    ex.add_argument("--format", choices=["ndjson", "ocsf"], default="ndjson",
+                    help="ndjson: guard's records; ocsf: OCSF API Activity events (class 6003), one a line")
     add_remote_args(ex)
     ex.set_defaults(func=cmd_audit_export)

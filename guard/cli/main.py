@@ -1,4 +1,5 @@
-"""guard serve | policy check | policy test | audit show|verify|export | agents | keys init|rotate | dev-token
+"""guard init | serve | config check | policy check|test | audit show|verify|export | agents
+| tasks list|show|revoke | approvals list|decide | keys init|rotate | dev-token | --version
 
 The parser and the entry point; each command group lives in its own module of guard/cli/.
 """
@@ -10,7 +11,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from guard.cli import agents, audit, keys, policy, serve, tools
+from guard import __version__
+from guard.cli import agents, audit, check, init, keys, policy, remote, serve, tools
 from guard.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
@@ -30,12 +32,16 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="guard", description="zero-trust proxy between AI agents and their tools", config_default=None)
+    p.add_argument("--version", action="version", version=f"guard {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
+    init.add_commands(sub)
     serve.add_commands(sub)
+    check.add_commands(sub)
     policy.add_commands(sub)
     audit.add_commands(sub)
     keys.add_commands(sub)
     agents.add_commands(sub)
+    remote.add_commands(sub)
     tools.add_commands(sub)
     return p
 
@@ -44,9 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args))
-    except ConfigError as e:
+    except ConfigError as e:  # a bad config, policy, key or TLS file, a port in use: one line
         print(f"error: {e}", file=sys.stderr)
-        return 1
+        return int(getattr(args, "config_error_exit", 2))  # `policy check|test` keep their documented 1
     except KeyboardInterrupt:
         return 130
 

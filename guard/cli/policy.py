@@ -54,9 +54,9 @@ def cmd_policy_test(args: argparse.Namespace) -> int:
 def add_commands(sub: Any) -> None:
     pol = sub.add_parser("policy", help="check or test policies").add_subparsers(dest="policy_cmd", required=True)
     c = pol.add_parser("check", help="validate the policy folder")
-    c.add_argument("path", nargs="?")
-    c.set_defaults(func=cmd_policy_check)
+    c.add_argument("path", nargs="?", help="the policy folder or file (default: the config's `policies`)")
+    c.set_defaults(func=cmd_policy_check, config_error_exit=1)
     t = pol.add_parser("test", help="run the cases in policies/tests/*.yaml")
-    t.add_argument("path", nargs="?")
+    t.add_argument("path", nargs="?", help="the policy folder (default: the config's `policies`)")
     t.add_argument("--tests", help="folder of test cases (default: <policies>/tests)")
-    t.set_defaults(func=cmd_policy_test)
+    t.set_defaults(func=cmd_policy_test, config_error_exit=1)

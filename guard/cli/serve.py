@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import errno
 import gc
 import os
+import socket
 import sys
 from typing import Any
 
 from guard.config import Config, load_config
 
-__all__ = ["add_commands", "cmd_serve", "handler_options", "limit_malloc_arenas"]
+__all__ = ["add_commands", "cmd_serve", "handler_options", "limit_malloc_arenas", "listen"]
 
 
 def limit_malloc_arenas(arenas: int = 2) -> None:
@@ -47,12 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     configure_logging(json_logs=not args.console_logs)
     refused = check_workers(cfg, args.workers)
     if refused:
-        print(f"error: {refused}", file=sys.stderr)
-        return 1
+        raise cfg.error(("store", "url"), refused)
     if args.workers > 1:
         build_app(cfg)  # a bad policy stops here, once, not in every worker
+        for sock in listen(cfg, reuse_port=True):  # so does a port in use
+            sock.close()
         return supervise(args, args.workers)
     app = build_app(cfg)
+    socks = listen(cfg, reuse_port=args.reuse_port)  # before the app starts: a port in use is one line
     app.on_startup.append(tune_gc)  # after the app's own startup (cleanup contexts run first)
     try:
         import uvloop
@@ -64,15 +68,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     serving.run(
         app,
-        cfg.listen.host,
-        cfg.listen.port,
+        socks,
         ssl_context=app[SERVER_TLS].base if SERVER_TLS in app else None,
         access_log=None,
         shutdown_timeout=5,
-        reuse_port=args.reuse_port or None,
         **handler_options(cfg),
     )
     return 0
+
+
+def listen(cfg: Config, reuse_port: bool = False) -> list[socket.socket]:
+    """The bound sockets of `listen.host` and `listen.port`, or a config error saying why not."""
+    from guard.cli.serving import bind
+
+    host, port = cfg.listen.host, cfg.listen.port
+    try:
+        return bind(host, port, reuse_port)
+    except socket.gaierror as e:
+        raise cfg.error(("listen", "host"), f"{host}: cannot be resolved: {e.strerror}") from None
+    except OSError as e:
+        why = "already in use" if e.errno == errno.EADDRINUSE else (e.strerror or str(e))
+        key = "port" if e.errno in (errno.EADDRINUSE, errno.EACCES) else "host"
+        raise cfg.error(("listen", key), f"cannot listen on {host}:{port}: {why}") from None
 
 
 def handler_options(cfg: Config) -> dict[str, Any]:

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
+import socket
 import ssl
 from typing import Any
 
@@ -31,7 +33,7 @@ from guard.app import HTTPProblem, problem_response
 from guard.errors import GuardError
 from guard.routes.common import parse_error_detail
 
-__all__ = ["ProblemAppRunner", "ProblemRequestHandler", "run"]
+__all__ = ["ProblemAppRunner", "ProblemRequestHandler", "bind", "run"]
 
 
 class ProblemRequestHandler(web.RequestHandler):
@@ -85,15 +87,45 @@ class ProblemAppRunner(web.AppRunner):
         return _ProblemServer(plain, **self._handler_kwargs)
 
 
-def run(app: web.Application, host: str, port: int, *, reuse_port: bool | None = None,
-        ssl_context: ssl.SSLContext | None = None, shutdown_timeout: float = 5, **handler_kwargs: Any) -> None:
-    """Serve `app` until SIGINT or SIGTERM, then shut down gracefully (as `web.run_app` does)."""
+def bind(host: str, port: int, reuse_port: bool = False) -> list[socket.socket]:
+    """The listening sockets for `host:port` (every address the host names, as asyncio's
+    create_server binds them), bound before anything starts: a port in use is an OSError here,
+    before the store is opened or `guard_started` is logged."""
+    infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, address in dict.fromkeys(infos):
+            try:
+                sock = socket.socket(family, kind, proto)
+            except OSError:  # a family this host does not have (IPv6 off): as asyncio skips it
+                continue
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if reuse_port:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+            if family == socket.AF_INET6:
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            sock.bind(address)
+        if not socks:
+            raise OSError(errno.EADDRNOTAVAIL, f"no address of {host} can be listened on")
+    except OSError:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+def run(app: web.Application, socks: list[socket.socket], *, ssl_context: ssl.SSLContext | None = None,
+        shutdown_timeout: float = 5, **handler_kwargs: Any) -> None:
+    """Serve `app` on the bound `socks` until SIGINT or SIGTERM, then shut down gracefully (as
+    `web.run_app` does)."""
 
     async def serve() -> None:
         runner = ProblemAppRunner(app, handle_signals=True, shutdown_timeout=shutdown_timeout, **handler_kwargs)
         await runner.setup()
         try:
-            await web.TCPSite(runner, host, port, reuse_port=reuse_port, ssl_context=ssl_context).start()
+            for sock in socks:
+                await web.SockSite(runner, sock, ssl_context=ssl_context).start()
             await asyncio.Event().wait()  # the signal handlers end this with GracefulExit
         finally:
             await runner.cleanup()

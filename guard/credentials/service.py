@@ -18,6 +18,7 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import structlog
@@ -28,6 +29,7 @@ from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.credentials.base import CredentialRequest, Holding, Issued, Provider
 from guard.credentials.holdings import Holdings
+from guard.credentials.hygiene import secret_view
 from guard.credentials.jwt import JwtProvider
 from guard.credentials.lease import LeaseProvider
 from guard.credentials.none import NoneProvider
@@ -86,7 +88,8 @@ class Credentials:
             return JwtProvider(self.keys, spec.header)
         if spec.mode == "static":
             assert spec.secret is not None
-            return StaticProvider(secret_source(spec.secret, self.cfg.environ, self.vault), spec.header, spec.format)
+            return StaticProvider(secret_source(spec.secret, self.cfg.environ, self.vault), spec.header, spec.format,
+                                  spec, self.cfg.credentials_hygiene)
         if spec.mode == "vault_lease":
             assert spec.lease is not None
             return LeaseProvider(tool.name, spec.lease, self.vault, self.holdings, self._still_active)
@@ -102,14 +105,44 @@ class Credentials:
         """The call's credential; a provider that cannot answer is counted and fails closed."""
         provider = self.provider(req.tool)
         try:
-            return await provider.issue(req)
+            issued = await provider.issue(req)
         except CredentialUnavailable as err:
             self.metrics.credential_errors.labels(req.tool.name, req.tool.credential.mode).inc()
-            err.extra.setdefault("task_id", req.state.task.task_id)
-            err.extra.setdefault("call_id", req.call.call_id)
-            log.warning("credential_unavailable", task_id=req.state.task.task_id, call_id=req.call.call_id,
-                        tool=req.tool.name, mode=req.tool.credential.mode, reason=str(err))
-            raise
+            ids = {"task_id": req.state.task.task_id, "call_id": req.call.call_id}
+            cause = err.__cause__
+            log.warning("credential_unavailable", **ids, tool=req.tool.name, mode=req.tool.credential.mode,
+                        reason=str(err), cause=str(cause)[:300] if cause is not None else None)
+            if type(err) is not CredentialUnavailable:  # credential_stale, _exception_expired: the agent's to know
+                err.extra.update(ids)
+                raise
+            # the provider's detail (a secret's fields, the secrets manager's address) stays in the log
+            raise CredentialUnavailable(f"no credential could be issued for tool {req.tool.name}; "
+                                        "the guard's log says why", **{**err.extra, **ids}) from None
+        if issued.audit is not None and "stale" in issued.audit:  # credentials_hygiene, on_stale: warn
+            await self._stale(req, issued.audit)
+        return issued
+
+    async def _stale(self, req: CredentialRequest, audit: dict[str, Any]) -> None:
+        task = req.state.task
+        log.warning("credential_stale", task_id=task.task_id, call_id=req.call.call_id, tool=req.tool.name,
+                    age_s=audit.get("age_s"))
+        await self.audit.append(task.task_id, "credential_stale", task.agent, call_id=req.call.call_id,
+                                tool=req.tool.name, detail={"source": audit.get("source"), "age_s": audit.get("age_s")})
+
+    async def secret_report(self, tools: Mapping[str, ToolSpec]) -> dict[str, dict[str, Any]]:
+        """Each static secret's source, age and exception (the inventory's view; never a value)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name, tool in sorted(tools.items()):
+            if tool.credential.mode != "static" or tool.credential.secret is None:
+                continue
+            provider = self.provider(tool)
+            assert isinstance(provider, StaticProvider)
+            try:
+                secret, error = await provider.source.get(), None
+            except CredentialUnavailable as e:
+                secret, error = None, str(e)
+            out[name] = secret_view(secret, tool.credential, self.cfg.credentials_hygiene, error=error)
+        return out
 
     # -- task end ---------------------------------------------------------------------------
     async def _still_active(self, task_id: str) -> bool:

@@ -20,12 +20,14 @@ from guard.policy.model import SecretRef
 __all__ = ["FILE_CHECK_S", "Secret", "SecretSource", "secret_source"]
 
 FILE_CHECK_S = 0.5  # a file source looks at the file's stat at most this often (a change is seen within 1 s)
+STARTED = time.time()  # an environment variable's secret is as old as the process that read it
 
 
 @dataclass(frozen=True, slots=True)
 class Secret:
     value: str
     version: int | str | None = None  # the KV version, the file's mtime; never derived from the value
+    created_at: float | None = None  # when this value was set: KV created_time, file mtime, env: guard's start
 
 
 class SecretSource(Protocol):
@@ -40,7 +42,7 @@ class EnvSource:
     def __init__(self, ref: SecretRef, environ: Mapping[str, str]) -> None:
         self.label = ref.label
         value = environ.get(ref.ref)
-        self._secret = Secret(value) if value else None
+        self._secret = Secret(value, None, STARTED) if value else None
 
     async def get(self) -> Secret:
         if self._secret is None:
@@ -71,7 +73,7 @@ class FileSource:
                 with open(self.path, encoding="utf-8") as f:
                     value = f.read().rstrip("\r\n")
                 self._stat = stat
-                self._secret = Secret(value, st.st_mtime_ns // 1_000_000) if value else None
+                self._secret = Secret(value, st.st_mtime_ns // 1_000_000, st.st_mtime) if value else None
         except OSError:
             self._secret, self._stat = None, None
         if self._secret is None:
@@ -91,7 +93,7 @@ class VaultSource:
         if self.vault is None:
             raise CredentialUnavailable("secrets.vault is not configured")
         value, version = await self.vault.kv_field(self.ref)
-        return Secret(value, version)
+        return Secret(value, version, self.vault.kv_created(self.ref))
 
 
 def secret_source(ref: SecretRef, environ: Mapping[str, str], vault: Vault | None) -> SecretSource:

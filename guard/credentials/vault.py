@@ -23,6 +23,7 @@ from guard.config import VaultCfg
 from guard.credentials.flight import shared
 from guard.errors import CredentialUnavailable
 from guard.identity.tokens import GuardKeys, jti
+from guard.log import network_cause, without_userinfo
 from guard.policy.load import VAULT_REF
 
 __all__ = ["Vault", "VaultError"]
@@ -33,10 +34,11 @@ RENEW_AT = 2 / 3  # of the token's TTL
 
 
 class VaultError(Exception):
-    """OpenBao answered with an error status (the body is never kept: it may echo a secret)."""
+    """OpenBao answered with an error status (the body is never kept: it may echo a secret), or
+    (status 0) gave no answer at all: `why` says what happened instead."""
 
-    def __init__(self, status: int, path: str) -> None:
-        super().__init__(f"OpenBao answered {status} for {path}")
+    def __init__(self, status: int, path: str, why: str | None = None) -> None:
+        super().__init__(f"OpenBao answered {status} for {path}" if status else f"{why or 'no answer'} ({path})")
         self.status = status
 
 
@@ -53,6 +55,7 @@ class Vault:
         self._login: asyncio.Future[str] | None = None
         self._renewer: asyncio.Task[None] | None = None
         self._kv: dict[str, tuple[dict[str, Any], int | None, float]] = {}  # path -> (data, version, read at)
+        self._kv_created: dict[str, float | None] = {}  # path -> created_time of the version read (hygiene)
         self._kv_reads: dict[str, asyncio.Future[tuple[dict[str, Any], int | None]]] = {}
         self._timeout = aiohttp.ClientTimeout(total=cfg.timeout_s)
 
@@ -73,8 +76,12 @@ class Vault:
                     return {}
                 data: dict[str, Any] = await resp.json(content_type=None)
                 return data
-        except (aiohttp.ClientError, TimeoutError, ValueError) as e:
-            raise VaultError(0, path) from e
+        except (aiohttp.ClientError, TimeoutError) as e:
+            raise VaultError(0, path, f"could not connect to OpenBao at {without_userinfo(self.url)}: "
+                                      f"{network_cause(e)}") from e
+        except ValueError as e:
+            raise VaultError(0, path, f"OpenBao at {without_userinfo(self.url)} answered something else than "
+                                      "JSON") from e
 
     async def call(self, method: str, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """An API call with the guard's token; one fresh login when the token was refused."""
@@ -133,7 +140,7 @@ class Vault:
                 st = os.stat(path)
                 token = path.read_text(encoding="utf-8").strip()
             except OSError as e:
-                raise VaultError(0, "token_file") from e
+                raise VaultError(0, "token_file", f"cannot read {path}: {e.strerror or e}") from e
             info = (await self._request("GET", "auth/token/lookup-self", token=token)).get("data") or {}
             self._token_file_stat = (st.st_mtime_ns, st.st_size)
             ttl, renewable = float(info.get("ttl") or 0), bool(info.get("renewable"))
@@ -144,7 +151,7 @@ class Vault:
                     body = {"role_id": self._path(auth.role_id_file).read_text(encoding="utf-8").strip(),
                             "secret_id": self._path(auth.secret_id_file).read_text(encoding="utf-8").strip()}
                 except OSError as e:
-                    raise VaultError(0, "approle files") from e
+                    raise VaultError(0, "approle files", f"cannot read {e.filename}: {e.strerror or e}") from e
                 mount = auth.mount or "approle"
             else:
                 body = {"role": str(auth.role), "jwt": self._login_jwt()}
@@ -152,7 +159,7 @@ class Vault:
             out = (await self._request("POST", f"auth/{mount}/login", body)).get("auth") or {}
             token = str(out.get("client_token") or "")
             if not token:
-                raise VaultError(0, f"auth/{mount}/login")
+                raise VaultError(0, f"auth/{mount}/login", "the login answer holds no token")
             ttl, renewable = float(out.get("lease_duration") or 0), bool(out.get("renewable"))
         self._token, self._token_exp = token, (time.time() + ttl if ttl else 0.0)
         log.info("vault_logged_in", method=auth.method, ttl_s=ttl, renewable=renewable)
@@ -217,6 +224,11 @@ class Vault:
             raise CredentialUnavailable(f"the secret has no field {m['field']!r}")
         return value, version
 
+    def kv_created(self, ref: str) -> float | None:
+        """When the version last read of `MOUNT/data/PATH#FIELD` was written (KV metadata created_time)."""
+        m = VAULT_REF.match(ref)
+        return self._kv_created.get(f"{m['mount']}/data/{m['path']}") if m is not None else None
+
     async def _read_kv(self, path: str) -> tuple[dict[str, Any], int | None]:
         try:
             out = (await self.call("GET", path)).get("data") or {}
@@ -224,6 +236,7 @@ class Vault:
             raise CredentialUnavailable("the secrets manager did not answer the read") from e
         data, meta = out.get("data") or {}, out.get("metadata") or {}
         version = meta.get("version") if isinstance(meta.get("version"), int) else None
+        self._kv_created[path] = _rfc3339(meta.get("created_time"))
         self._kv[path] = (data, version, time.monotonic())
         return data, version
 
@@ -242,3 +255,20 @@ class Vault:
     async def revoke_lease(self, lease_id: str) -> None:
         await self.call("PUT", "sys/leases/revoke", {"lease_id": lease_id})
 
+
+
+def _rfc3339(value: object) -> float | None:
+    """KV metadata's created_time (RFC 3339, nanoseconds, Z) as unix time; None when absent or unreadable."""
+    if not isinstance(value, str) or not value:
+        return None
+    from datetime import datetime
+
+    text = value.replace("Z", "+00:00")
+    if "." in text:  # Python reads at most microseconds
+        head, _, rest = text.partition(".")
+        digits = "".join(c for c in rest if c.isdigit())
+        text = f"{head}.{digits[:6]}{rest[len(digits):]}"
+    try:
+        return datetime.fromisoformat(text).timestamp()
+    except ValueError:
+        return None

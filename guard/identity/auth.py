@@ -39,11 +39,9 @@ async def principal(
         if person is not None:
             return person
         raise Unauthenticated("missing bearer token")
-    if allow_task_token:
-        header = keys.peek_header(token)
-        if header is not None and header.get("typ") == TASK_TYP:
-            claims = keys.verify(token, TASK_TYP, audience="guard", cache=True)
-            return Principal(str(claims["sub"]), frozenset(), keys.issuer, claims)
+    if allow_task_token and keys.typ_of(token) == TASK_TYP:
+        claims = keys.verify(token, TASK_TYP, audience="guard", cache=True)
+        return Principal(str(claims["sub"]), frozenset(), keys.issuer, claims)
     return await identity.authenticate(token)
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 from typing import TYPE_CHECKING, Any, Literal
 
+import structlog
 from aiohttp import web
 
 from guard.config import X509IssuerCfg
@@ -33,6 +34,8 @@ __all__ = [
     "Binding", "X509Issuers", "binding_of", "bound_to", "consume_proof", "presented", "refuse_unbound",
     "task_creator", "task_principal",
 ]
+
+log = structlog.get_logger("guard.identity")
 
 Binding = Literal["bearer", "mtls", "dpop"]
 ANOTHER_WORKLOAD = "token bound to another workload"
@@ -99,8 +102,7 @@ async def task_principal(request: web.Request, deps: Deps) -> Principal:
     """`principal(allow_task_token=True)` for the task endpoints, where a bound task token must
     come from its holder too (its connection's SPIFFE ID, a fresh DPoP proof)."""
     token, scheme = authorization(request)
-    header = deps.keys.peek_header(token) if token is not None else None
-    if token is None or header is None or header.get("typ") != TASK_TYP:
+    if token is None or deps.keys.typ_of(token) != TASK_TYP:
         if scheme == "dpop":
             raise InvalidDpopProof("only a DPoP-bound task token goes with the DPoP scheme")
         return await principal(request.headers, deps.identity, deps.keys, allow_task_token=True,
@@ -133,7 +135,9 @@ class X509Issuers:
                 with open(path, "rb") as f:
                     certs = x509.load_pem_x509_certificates(f.read())
                 self._roots[path] = frozenset(hashlib.sha256(c.public_bytes(Encoding.DER)).digest() for c in certs)
-            except (OSError, ValueError):
+            except (OSError, ValueError) as e:
+                log.error("trust_bundle_unreadable", file=path, reason=getattr(e, "strerror", None) or str(e),
+                          detail="the bundle last read stays in force; none: no SVID of it is admitted")
                 self._roots.setdefault(path, frozenset())
         return self._roots[path]
 
@@ -145,7 +149,8 @@ class X509Issuers:
 
 
 async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dict[str, str]]:
-    """Who creates a task (an IdP token, or an SVID admitted by an x509 issuer) and the `cnf`
+    """Who creates a task (an agent: an IdP token, or an SVID admitted by an x509 issuer; never a
+    person's browser session, which answers 401) and the `cnf`
     its task token gets: the connection's SPIFFE ID, the DPoP proof's key, both or none."""
     spiffe_id = deps.tls.spiffe_id(request) if deps.tls is not None else None
     cnf: dict[str, str] = {}
@@ -157,7 +162,7 @@ async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dic
             raise Unauthenticated(f"no bearer token, and no x509 issuer admits {spiffe_id}")
         who = Principal(spiffe_id, frozenset(), "x509", {})
     else:
-        who = await principal(request.headers, deps.identity, deps.keys, signed_in=lambda: session_principal(request))
+        who = await principal(request.headers, deps.identity, deps.keys)  # an agent's token: never a browser session
     proofs = request.headers.getall("DPoP", [])
     if len(proofs) > 1:
         raise InvalidDpopProof("one DPoP proof per request")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -19,8 +18,11 @@ from guard.identity.tokens import (
     GUARD_TYPS,
     MAX_TOKEN_BYTES,
     GuardKeys,
+    KeyFileError,
     Principal,
+    PrivateKey,
     load_or_create_key,
+    read_key_json,
     unverified_header,
 )
 
@@ -41,7 +43,7 @@ class _Issuer:
         self.base_dir = base_dir
         self._fetching = asyncio.Lock()
         if cfg.jwks_file:
-            self._set_keys(json.loads((base_dir / cfg.jwks_file).read_text(encoding="utf-8")))
+            self._set_keys(_read_jwks(base_dir / cfg.jwks_file))
 
     def _set_keys(self, jwks: dict[str, Any]) -> None:
         keys: dict[str, jwt.PyJWK] = {}
@@ -91,16 +93,31 @@ class _Issuer:
             log.warning("jwks_fetch_failed", issuer=self.cfg.issuer, error=type(e).__name__)
 
 
-class Identity:
-    """Verifies IdP tokens presented to the API (task creation, admin, auditor, approver)."""
+def _read_jwks(path: Path) -> dict[str, Any]:
+    """A JWKS file; a KeyFileError naming it when it is missing, unreadable or not a JWKS."""
+    data = read_key_json(path)
+    if not isinstance(data, dict) or not isinstance(data.get("keys"), list):
+        raise KeyFileError(f"{path}: not a JWKS (a JSON object with a list of keys)")
+    return data
 
-    def __init__(self, cfg: Config, base_dir: Path | None = None) -> None:
+
+class Identity:
+    """Verifies IdP tokens presented to the API (task creation, admin, auditor, approver).
+    A JWKS file or development key that cannot be used is a config error naming it."""
+
+    def __init__(self, cfg: Config, base_dir: Path | None = None, create_keys: bool = True) -> None:
         base = base_dir or Path.cwd()
-        self.issuers: dict[str, _Issuer] = {i.issuer: _Issuer(i, base) for i in cfg.issuers if i.x509 is None}
+        self.issuers: dict[str, _Issuer] = {}
+        for i, entry in enumerate(cfg.issuers):
+            if entry.x509 is None:
+                try:
+                    self.issuers[entry.issuer] = _Issuer(entry, base)
+                except KeyFileError as e:
+                    raise cfg.error(("issuers", i, "jwks_file"), str(e)) from None
         self.http: aiohttp.ClientSession | None = None
         self.dev: GuardKeys | None = None
         if cfg.dev_mode:
-            self.dev = GuardKeys(load_or_create_key(cfg.dev_key_file, "EdDSA"), DEV_ISSUER)
+            self.dev = GuardKeys(dev_key(cfg, create_keys), DEV_ISSUER)
 
     async def authenticate(self, token: str) -> Principal:
         if len(token) > MAX_TOKEN_BYTES:
@@ -164,9 +181,17 @@ def _reason(e: jwt.PyJWTError) -> str:
     return "invalid token"
 
 
+def dev_key(cfg: Config, create: bool = True) -> PrivateKey:
+    """The development issuer's key (`dev_key_file`), created on first use in an existing folder."""
+    try:
+        return load_or_create_key(cfg.dev_key_file, "EdDSA", create)
+    except KeyFileError as e:
+        raise cfg.error(("dev_key_file",), str(e)) from None
+
+
 def dev_token(cfg: Config, sub: str, roles: list[str], ttl_s: int = 3600) -> str:
     """A token of the local development issuer (`guard dev-token`)."""
-    keys = GuardKeys(load_or_create_key(cfg.dev_key_file, "EdDSA"), DEV_ISSUER)
+    keys = GuardKeys(dev_key(cfg), DEV_ISSUER)
     now = int(time.time())
     claims: dict[str, Any] = {"iss": DEV_ISSUER, "aud": "guard", "sub": sub, "iat": now, "exp": now + ttl_s}
     if roles:

@@ -8,7 +8,8 @@ a key ring:
 
 After a rotation the new key signs; the previous one still verifies, and stays in JWKS, until
 every token it can have signed has expired plus the verification leeway (`retain_s`: the
-longest lifetime of a task token, credential or Txn-Token under this config and policies).
+longest lifetime of a task token, credential or Txn-Token under this config and policies,
+recomputed when a policy reload raises one: `RetainWindow`).
 
 Every instance reading the same file looks at it every `WATCH_S` and switches on its own, so
 instances sharing a key folder all sign with the new key within a few seconds; until then,
@@ -25,7 +26,7 @@ import fcntl
 import json
 import os
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,10 +36,22 @@ import structlog
 
 from guard.config import Config
 from guard.identity.mtls import FileWatch
-from guard.identity.tokens import LEEWAY_S, GuardKeys, PrivateKey, _jwk_of, _key_from_jwk, _KeyPair, load_or_create_key
+from guard.identity.tokens import (
+    LEEWAY_S,
+    GuardKeys,
+    KeyFileError,
+    PrivateKey,
+    _jwk_of,
+    _KeyPair,
+    key_from_json,
+    load_or_create_key,
+    may_create_in,
+    read_key_json,
+)
 from guard.policy import PolicySet
 
-__all__ = ["KeyRing", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate", "watch_keys"]
+__all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate",
+           "watch_keys"]
 
 log = structlog.get_logger("guard.keyring")
 WATCH_S = 1.0
@@ -65,6 +78,25 @@ def policy_retain_s(cfg: Config, policies: PolicySet) -> float:
     return retain_s(cfg, max((t.timeout_s for t in policies.tools.values()), default=30.0), max(ttls, default=0))
 
 
+class RetainWindow:
+    """retain_s under the policies in force, never less than it has been since start: a reload
+    that raises a TTL or a tool's timeout extends how long a previous key verifies; one that
+    lowers them does not cut short tokens signed before."""
+
+    def __init__(self, cfg: Config, policies: Callable[[], PolicySet]) -> None:
+        self.cfg = cfg
+        self.policies = policies
+        self._seen: PolicySet | None = None  # the policy set last looked at (held: its id is not reused)
+        self._longest = 0.0
+
+    def __call__(self) -> float:
+        current = self.policies()
+        if current is not self._seen:
+            self._seen = current
+            self._longest = max(self._longest, policy_retain_s(self.cfg, current))
+        return self._longest
+
+
 def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credential_ttl_s: int = 0) -> float:
     """How long a key verifies after it stopped signing: the longest token it may have signed
     (task tokens live at most task_ttl_s; credentials their ttl; Txn-Tokens a tool's timeout + 30 s)
@@ -74,18 +106,26 @@ def retain_s(cfg: Config, longest_tool_timeout_s: float = 30.0, longest_credenti
     return float(longest + LEEWAY_S)
 
 
-def read_ring(path: str | Path, algorithm: str) -> KeyRing:
-    """The ring at `path` (a lone private JWK counts as a ring of one), created on first use."""
+def read_ring(path: str | Path, algorithm: str, create: bool = True) -> KeyRing:
+    """The ring at `path` (a lone private JWK counts as a ring of one), created on first use (in an
+    existing folder). A KeyFileError (a ValueError) says why a file cannot be used. With
+    `create=False`, a missing file gives a ring of a new key that is not saved (a dry run)."""
     p = Path(path)
     if not p.exists():
-        load_or_create_key(p, algorithm)
-    data = json.loads(p.read_text(encoding="utf-8"))
-    if "keys" not in data:  # one key, never rotated
-        return KeyRing(_key_from_jwk(data), p.stat().st_mtime, ())
+        key = load_or_create_key(p, algorithm, create)
+        if not create:
+            return KeyRing(key, time.time(), ())
+    data = read_key_json(p)
+    if not isinstance(data, dict) or "keys" not in data:  # one key, never rotated
+        return KeyRing(key_from_json(p, data), p.stat().st_mtime, ())
     entries = data["keys"]
-    current = entries[0]
-    previous = tuple((_key_from_jwk(e), float(e["rotated_at"])) for e in entries[1:])
-    return KeyRing(_key_from_jwk(current), float(current.get("created_at", 0)), previous)
+    try:
+        previous = tuple((key_from_json(p, e), float(e["rotated_at"])) for e in entries[1:])
+        return KeyRing(key_from_json(p, entries[0]), float(entries[0].get("created_at", 0)), previous)
+    except (KeyError, TypeError, IndexError, AttributeError, ValueError) as e:
+        if isinstance(e, KeyFileError):
+            raise
+        raise KeyFileError(f"{p}: not a key ring of private JWKs") from None
 
 
 def _write_ring(path: Path, ring: KeyRing) -> None:
@@ -102,6 +142,7 @@ def _write_ring(path: Path, ring: KeyRing) -> None:
 
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
+    may_create_in(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path.with_name(path.name + ".lock"), os.O_WRONLY | os.O_CREAT, 0o600)
     try:
@@ -137,20 +178,31 @@ def _verifying(ring: KeyRing, keep_s: float, now: float) -> list[PrivateKey]:
     return [k for k, at in ring.previous if at + keep_s > now]
 
 
-def load_keys(cfg: Config, keep_s: float) -> GuardKeys:
-    ring = read_ring(cfg.signing.key_file, cfg.signing.algorithm)
-    return GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
+def load_keys(cfg: Config, keep_s: float, create: bool = True) -> GuardKeys:
+    """The guard's keys from `signing.key_file`, created there on first start (`signing_key_created`);
+    a file that cannot be used stops the start with a config error naming it."""
+    path = Path(cfg.signing.key_file)
+    existed = path.exists()
+    try:
+        ring = read_ring(path, cfg.signing.algorithm, create)
+    except KeyFileError as e:
+        raise cfg.error(("signing", "key_file"), str(e)) from None
+    keys = GuardKeys(ring.current, cfg.issuer, _verifying(ring, keep_s, time.time()))
+    if create and not existed:
+        log.info("signing_key_created", file=str(path), kid=keys.current.kid)
+    return keys
 
 
-async def watch_keys(cfg: Config, keys: GuardKeys, keep_s: float) -> AsyncIterator[None]:
+async def watch_keys(cfg: Config, keys: GuardKeys, keep: Callable[[], float]) -> AsyncIterator[None]:
     """A cleanup context body: follow the key file (rotations by any instance or by hand),
-    drop previous keys whose time is over, and rotate when `signing.rotate_s` says so."""
+    drop previous keys whose time is over (`keep()`: how long they verify, recomputed on each
+    look), and rotate when `signing.rotate_s` says so."""
     path = cfg.signing.key_file
     watch = FileWatch([path])
     ring = read_ring(path, cfg.signing.algorithm)
-    state = {"kids": _kids(keys), "created_at": ring.created_at}
+    state = {"kids": _kids(keys), "created_at": ring.created_at, "keep_s": keep()}
 
-    def step() -> KeyRing | None:
+    def step(keep_s: float) -> KeyRing | None:
         """In a thread (file reads, the rotation lock): the ring to use, None when nothing changed."""
         rotate_s = cfg.signing.rotate_s
         if rotate_s is not None and time.time() - float(state["created_at"]) >= rotate_s:  # type: ignore[arg-type]
@@ -158,22 +210,23 @@ async def watch_keys(cfg: Config, keys: GuardKeys, keep_s: float) -> AsyncIterat
             if done is not None:
                 log.info("signing_key_rotated", kid=done.kid, previous_kid=done.previous_kid,
                          previous_until=round(done.previous_until), by="rotate_s")
-        if not watch.changed() and len(keys.jwks()["keys"]) == 1:
+        if not watch.changed() and len(keys.jwks()["keys"]) == 1 and keep_s <= float(state["keep_s"]):  # type: ignore[arg-type]
             return None
         return read_ring(path, cfg.signing.algorithm)
 
     async def loop() -> None:
         while True:
             await asyncio.sleep(WATCH_S)
+            keep_s = keep()  # on the loop: reads the policies in force
             try:
-                ring = await asyncio.to_thread(step)
+                ring = await asyncio.to_thread(step, keep_s)
             except (OSError, ValueError, KeyError) as e:
                 log.error("signing_keys_reload_failed", file=path, reason=str(e),
                           detail="the keys in use stay in force")
                 continue
             if ring is None:
                 continue
-            state["created_at"] = ring.created_at
+            state["created_at"], state["keep_s"] = ring.created_at, keep_s
             keys.use(ring.current, _verifying(ring, keep_s, time.time()))  # on the loop: one swap
             kids = _kids(keys)
             if kids != state["kids"]:

@@ -178,16 +178,25 @@ class FileWatch:
         return True
 
 
-def _first_bad_file(build: Callable[[], Any], files: list[tuple[str, str]]) -> tuple[str, str]:
-    """Which file (key, path) a failed build stumbled on, and why."""
+def pem_file_problem(files: list[tuple[str, str]]) -> tuple[str, str, str] | None:
+    """The first of `files` (key, path) that cannot be read or is not PEM: (key, path, why)."""
     for key, path in files:
         try:
             with open(path, "rb") as f:
                 data = f.read()
         except OSError as e:
-            return path, f"{key}: cannot read: {e.strerror}"
+            return key, path, f"cannot read: {e.strerror or e}"
         if b"-----BEGIN" not in data:
-            return path, f"{key}: not a PEM file"
+            return key, path, "not a PEM file"
+    return None
+
+
+def _first_bad_file(build: Callable[[], Any], files: list[tuple[str, str]]) -> tuple[str, str]:
+    """Which file (key, path) a failed build stumbled on, and why."""
+    problem = pem_file_problem(files)
+    if problem is not None:
+        key, path, why = problem
+        return path, f"{key}: {why}"
     try:
         build()
     except (ssl.SSLError, OSError, ValueError) as e:

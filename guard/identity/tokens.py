@@ -8,6 +8,7 @@ must be byte-for-byte one the guard itself produces (so `alg`, `kid`, `typ`, `cr
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import secrets
@@ -33,6 +34,7 @@ __all__ = [
     "TASK_TYP",
     "TXN_TYP",
     "GuardKeys",
+    "KeyFileError",
     "Principal",
     "load_or_create_key",
     "new_id",
@@ -86,8 +88,6 @@ def _jwk_of(key: PrivateKey, private: bool) -> dict[str, str]:
 
 def _thumbprint(jwk: dict[str, str]) -> str:
     """RFC 7638 JWK thumbprint."""
-    import hashlib
-
     members = ("crv", "kty", "x") if jwk["kty"] == "OKP" else ("crv", "kty", "x", "y")
     canon = json.dumps({k: jwk[k] for k in members}, separators=(",", ":"), sort_keys=True)
     return b64url(hashlib.sha256(canon.encode()).digest())
@@ -100,15 +100,52 @@ def _key_from_jwk(jwk: dict[str, str]) -> PrivateKey:
     return ec.derive_private_key(d, ec.SECP256R1())
 
 
-def load_or_create_key(path: str | Path, algorithm: str = "EdDSA") -> PrivateKey:
-    """Load the private JWK at `path`, or create one (0600) on first start."""
+class KeyFileError(ValueError):
+    """A key file that cannot be used: missing folder, unreadable, or not a key (the reason says which)."""
+
+
+DEFAULT_KEY_DIR = Path("var")  # the guard's working folder, which it creates itself (relative to the cwd)
+
+
+def read_key_json(path: Path) -> Any:
+    """The JSON of a key file; a KeyFileError naming the file when it cannot be read or parsed."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise KeyFileError(f"{path}: cannot read: {e.strerror or e}") from None
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise KeyFileError(f"{path}: not a JSON key file (corrupt?)") from None
+
+
+def key_from_json(path: Path, data: Any) -> PrivateKey:
+    try:
+        return _key_from_jwk(data)
+    except (KeyError, TypeError, ValueError):
+        raise KeyFileError(f"{path}: not a private JWK of an Ed25519 or P-256 key") from None
+
+
+def may_create_in(path: Path) -> None:
+    """A key is created only in a folder that exists (a mistyped path must not make a new key, which
+    would break every token the other instances sign), except the guard's own `./var`."""
+    folder = path.parent
+    if folder.is_dir() or folder.resolve() == DEFAULT_KEY_DIR.resolve():
+        return
+    raise KeyFileError(f"{path}: no such file, and its folder {folder} does not exist "
+                       "(a key is created only in an existing folder)")
+
+
+def load_or_create_key(path: str | Path, algorithm: str = "EdDSA", create: bool = True) -> PrivateKey:
+    """Load the private JWK at `path`, or create one (0600) on first start. With `create=False`,
+    a missing file is only checked to be creatable, and a key that is not saved is returned."""
     p = Path(path)
     if p.exists():
-        data = json.loads(p.read_text(encoding="utf-8"))
-        return _key_from_jwk(data)
+        return key_from_json(p, read_key_json(p))
+    may_create_in(p)
     key: PrivateKey = (
         ed25519.Ed25519PrivateKey.generate() if algorithm == "EdDSA" else ec.generate_private_key(ec.SECP256R1())
     )
+    if not create:
+        return key
     p.parent.mkdir(parents=True, exist_ok=True)
     tmp = p.with_suffix(".tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -168,16 +205,40 @@ class _KeyPair:
         return True
 
 
+class _Verified:
+    """A token that verified: its claims, for the type and audience it was verified for, under
+    the header (hence the key) that signed it, until it expires."""
+
+    __slots__ = ("audience", "claims", "header", "txn", "typ", "until")
+
+    def __init__(self, claims: dict[str, Any], typ: str, audience: str | None, header: str, until: float) -> None:
+        self.claims, self.typ, self.audience, self.header, self.until = claims, typ, audience, header, until
+        txn = claims.get("txn")
+        self.txn = txn if isinstance(txn, str) else None
+
+
+def _token_digest(token: str) -> bytes:
+    """What the cache of verified tokens is keyed by: never the token itself (BLAKE2b: the
+    cheapest collision-resistant digest here, half the instructions of SHA-256)."""
+    return hashlib.blake2b(token.encode(), digest_size=32).digest()
+
+
 class GuardKeys:
-    """Signs and verifies the guard's own tokens. Verified task and Txn-Tokens are cached
-    until they expire (revocation is checked in the store on every call)."""
+    """Signs and verifies the guard's own tokens.
+
+    Verified task and Txn-Tokens (`cache=True`) are remembered until they expire, keyed by a
+    digest of the whole token, so an agent's token is verified once per process, not on every
+    call. A remembered token counts only for the type and audience it was verified for, and only
+    while the key that signed it still verifies (a rotation that retires a key retires its
+    tokens at once). Revocation is not cached: the task's state is read at admission on every
+    call; the holder's proof (mTLS, DPoP) is checked on every call too."""
 
     CACHE_MAX = 50_000
 
     def __init__(self, key: PrivateKey, issuer: str, previous: list[PrivateKey] | None = None) -> None:
         self.issuer = issuer
-        self._cache: dict[str, dict[str, Any]] = {}
-        self._by_txn: dict[str, list[str]] = {}  # task id -> its cached tokens (forget_task)
+        self._cache: dict[bytes, _Verified] = {}
+        self._by_txn: dict[str, list[bytes]] = {}  # task id -> the digests of its cached tokens (forget_task)
         self.use(key, previous or [])
 
     def use(self, key: PrivateKey, previous: list[PrivateKey]) -> None:
@@ -186,6 +247,7 @@ class GuardKeys:
         pairs = [current] + [_KeyPair(k) for k in previous]
         by_header = {(typ, pair.headers[typ]): pair for pair in pairs for typ in pair.headers}
         self.current, self._by_header, self._jwks = current, by_header, {"keys": [p.jwk for p in pairs]}
+        self._typ_of = {header: typ for typ, header in by_header}  # header segment -> its typ
         self.pairs = pairs  # the current key first, then those that still verify
 
     def jwks(self) -> dict[str, Any]:
@@ -200,12 +262,31 @@ class GuardKeys:
     def verify(self, token: str, typ: str, audience: str | None, cache: bool = False) -> dict[str, Any]:
         """Claims of a guard-signed token of type `typ`, or Unauthenticated."""
         now = time.time()
-        if cache:
-            hit = self._cache.get(token)
+        digest = None
+        if cache and len(token) <= MAX_TOKEN_BYTES:
+            digest = _token_digest(token)
+            hit = self._cache.get(digest)
             if hit is not None:
-                if hit["exp"] + LEEWAY_S > now:
-                    return hit
-                self._cache.pop(token, None)
+                if hit.until <= now or (hit.typ, hit.header) not in self._by_header:  # expired, or its key retired
+                    self._drop(digest)
+                elif hit.typ == typ and hit.audience == audience:
+                    return hit.claims
+        claims, header = self._verify(token, typ, audience, now)
+        if digest is not None:
+            self._remember(digest, _Verified(claims, typ, audience, header, float(claims["exp"]) + LEEWAY_S), now)
+        return claims
+
+    def _remember(self, digest: bytes, entry: _Verified, now: float) -> None:
+        if digest in self._cache:  # verified again for another type or audience: that one now
+            self._cache[digest] = entry
+            return
+        if len(self._cache) >= self.CACHE_MAX:
+            self._prune(now)
+        self._cache[digest] = entry
+        if entry.txn is not None:
+            self._by_txn.setdefault(entry.txn, []).append(digest)
+
+    def _verify(self, token: str, typ: str, audience: str | None, now: float) -> tuple[dict[str, Any], str]:
         if len(token) > MAX_TOKEN_BYTES:
             raise Unauthenticated("token too large")
         parts = token.split(".")
@@ -231,33 +312,43 @@ class GuardKeys:
                 raise Unauthenticated("token not yet valid")
         if claims.get("iss") != self.issuer:
             raise Unauthenticated("wrong issuer")
-        aud = claims.get("aud")  # a list (OAuth access tokens: guard and the resource) must include it
-        if audience is not None and aud != audience and not (isinstance(aud, list) and audience in aud):
+        if audience is not None and claims.get("aud") != audience:  # exactly: one token, one audience
             raise Unauthenticated("wrong audience")
-        if cache:
-            if len(self._cache) >= self.CACHE_MAX:
-                self._prune(now)
-            self._cache[token] = claims
-            txn = claims.get("txn")
-            if isinstance(txn, str):
-                self._by_txn.setdefault(txn, []).append(token)
-        return claims
+        return claims, parts[0]
 
     def forget_task(self, task_id: str) -> None:
         """The task ended: its tokens leave the cache (they would be refused at admission
         anyway; this keeps the cache to live tasks)."""
-        for token in self._by_txn.pop(task_id, ()):
-            self._cache.pop(token, None)
+        for digest in self._by_txn.pop(task_id, ()):
+            self._cache.pop(digest, None)
+
+    def _drop(self, digest: bytes) -> None:
+        entry = self._cache.pop(digest, None)
+        if entry is not None and entry.txn is not None:
+            digests = self._by_txn.get(entry.txn)
+            if digests is not None and digest in digests:
+                digests.remove(digest)
+                if not digests:
+                    del self._by_txn[entry.txn]
 
     def _prune(self, now: float) -> None:
-        expired = [t for t, c in self._cache.items() if c["exp"] + LEEWAY_S <= now]
-        for t in expired:
-            del self._cache[t]
+        self._cache = {d: e for d, e in self._cache.items() if e.until > now and (e.typ, e.header) in self._by_header}
         if len(self._cache) >= self.CACHE_MAX:
             self._cache.clear()
         self._by_txn = {}
-        for token, claims in self._cache.items():
-            self._by_txn.setdefault(str(claims.get("txn")), []).append(token)
+        for digest, entry in self._cache.items():
+            if entry.txn is not None:
+                self._by_txn.setdefault(entry.txn, []).append(digest)
+
+    def typ_of(self, token: str) -> str | None:
+        """The `typ` of a token's unverified header: only for routing (which verifier to use),
+        never for decisions. A header this guard signs with is known without decoding it."""
+        typ = self._typ_of.get(token.partition(".")[0])
+        if typ is not None:
+            return typ
+        header = self.peek_header(token)
+        found = header.get("typ") if header is not None else None
+        return found if isinstance(found, str) else None
 
     def peek_header(self, token: str) -> dict[str, Any] | None:
         """Unverified header: only for routing (which verifier to use), never for decisions."""

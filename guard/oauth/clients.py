@@ -5,7 +5,10 @@
   no private, loopback or link-local address (checked on the addresses the connection really
   uses, so DNS rebinding cannot slip past), no redirects, a size and a time bound.
 - A client registered by RFC 7591 Dynamic Client Registration (`oauth.registration.mode: open`),
-  whose redirect URIs must match the configured patterns. Kept in the store.
+  whose redirect URIs must match the configured patterns (`*` stands for a port). Kept in the
+  store, within `oauth.registration`'s limits: clients kept at once, redirect URIs per client,
+  request size (400 `invalid_client_metadata`) and registrations per source address and minute
+  (429 with Retry-After).
 
 Every client is public (`token_endpoint_auth_method: none`): PKCE is its proof.
 """
@@ -29,13 +32,23 @@ from aiohttp.resolver import DefaultResolver
 from guard.config import Config
 from guard.identity.tokens import new_id
 from guard.oauth.errors import OAuthError
-from guard.stores import Store
+from guard.stores import RegistrationLimits, Store
 
 __all__ = ["Client", "ClientRegistry", "is_metadata_url", "redirect_pattern"]
 
 log = structlog.get_logger("guard.oauth")
 CACHE_S = 300.0
-_MAX_URIS = 10
+_MAX_URIS = 10  # of a Client ID Metadata Document
+NOT_FETCHED = "the client ID metadata document could not be fetched or is not valid"
+
+
+class RegistrationLimited(OAuthError):
+    """Too many registrations from one source: 429 with Retry-After (seconds)."""
+
+    def __init__(self, retry_after_s: float) -> None:
+        super().__init__("invalid_client_metadata", "too many client registrations from this address: "
+                         "try again later", 429)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,9 +77,9 @@ def is_metadata_url(client_id: str) -> bool:
 
 
 def redirect_pattern(pattern: str) -> re.Pattern[str]:
-    """A redirect URI pattern: `*` stands for any run of characters other than / ? # @ \\ and
-    white space (so it cannot reach into the path, the query, or smuggle in a user-info part)."""
-    star = r"[^/?#@\\\s]*"
+    """A redirect URI pattern: `*` stands for a port, 1 to 5 digits, and nothing else (not a
+    host name, not a path, not a user-info part)."""
+    star = r"[0-9]{1,5}"
     return re.compile("".join(star if part == "*" else re.escape(part) for part in re.split(r"(\*)", pattern)))
 
 
@@ -129,7 +142,16 @@ class ClientRegistry:
         hit = self._cache.get(url)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        client = self._parse_document(url, await self._fetch(url))
+        self._check_url(url)
+        try:
+            client = self._parse_document(url, await self._fetch(url))
+        except OAuthError as e:
+            if not self.dev:  # outside development no loopback address is ever reached
+                raise
+            # development reaches loopback addresses (also behind a name that resolves to one): one
+            # answer whatever went wrong, so that the caller cannot tell which ports answer, and how
+            log.info("client_metadata_failed", client_id=url, reason=e.description)
+            raise OAuthError("invalid_client", NOT_FETCHED, 401) from e
         if len(self._cache) > 1000:
             self._cache.clear()
         self._cache[url] = (time.monotonic() + CACHE_S, client)
@@ -153,7 +175,6 @@ class ClientRegistry:
             raise OAuthError("invalid_client", "a client ID metadata document is on a public address", 401)
 
     async def _fetch(self, url: str) -> bytes:
-        self._check_url(url)
         limit = self.cfg.oauth.metadata_max_bytes
         connector = aiohttp.TCPConnector(resolver=_PublicOnlyResolver(self.dev), limit=1, force_close=True)
         timeout = aiohttp.ClientTimeout(total=self.cfg.oauth.metadata_timeout_s)
@@ -188,17 +209,22 @@ class ClientRegistry:
 
     # -- RFC 7591 ------------------------------------------------------------
     def _redirect_uris(self, uris: Any, patterns: bool) -> tuple[str, ...]:
-        if not isinstance(uris, list) or not uris or len(uris) > _MAX_URIS or \
+        most = self.cfg.oauth.registration.max_redirect_uris if patterns else _MAX_URIS
+        if isinstance(uris, list) and len(uris) > most:
+            raise OAuthError("invalid_client_metadata", f"redirect_uris: at most {most} URIs")
+        if not isinstance(uris, list) or not uris or \
                 not all(isinstance(u, str) and 0 < len(u) <= 2000 for u in uris):
-            raise OAuthError("invalid_redirect_uri", "redirect_uris: a list of one to ten URIs")
+            raise OAuthError("invalid_redirect_uri", f"redirect_uris: a list of one to {most} URIs")
         for uri in uris:
             _check_redirect_uri(uri)
             if patterns and not any(p.fullmatch(uri) for p in self._patterns):
                 raise OAuthError("invalid_redirect_uri", "a redirect URI is not allowed by oauth.registration")
         return tuple(uris)
 
-    async def register(self, body: Any) -> dict[str, Any]:
-        if self.cfg.oauth.registration.mode != "open":
+    async def register(self, body: Any, source: str) -> dict[str, Any]:
+        """Register a client for `body` (RFC 7591), asked from the address `source`."""
+        limits = self.cfg.oauth.registration
+        if limits.mode != "open":
             raise OAuthError("access_denied", "dynamic client registration is off", 403)
         if not isinstance(body, dict):
             raise OAuthError("invalid_client_metadata", "the body is a JSON object")
@@ -215,7 +241,16 @@ class ClientRegistry:
             raise OAuthError("invalid_client_metadata", "client_name: a string of at most 200 characters")
         client_id = new_id("client")
         record = {"client_name": name or client_id, "redirect_uris": list(uris)}
-        await self.store.put_grant("client", client_id, record, self.cfg.oauth.client_ttl_s)
+        outcome, retry_after = await self.store.register_client(
+            client_id, record, self.cfg.oauth.client_ttl_s, source,
+            RegistrationLimits(limits.max_clients, limits.per_source_per_min, 60.0), time.time())
+        if outcome == "rate_limited":
+            log.warning("client_registration_refused", source=source, reason="rate_limited")
+            raise RegistrationLimited(retry_after)
+        if outcome == "full":
+            log.warning("client_registration_refused", source=source, reason="max_clients")
+            raise OAuthError("invalid_client_metadata", f"this server keeps at most {limits.max_clients} "
+                             "registered clients: try again later")
         log.info("client_registered", client_id=client_id)
         return {
             "client_id": client_id,

@@ -4,12 +4,14 @@ creates the task, and the token endpoint's answers.
 - `/oauth/authorize` checks the client and its exact redirect URI first (a bad one is shown to the
   person, never redirected to), then everything else (errors go back to the client with `state`
   and `iss`, RFC 9207). The request waits in the store for sign-in and consent.
-- Consent creates the task (agent `client:<client_id>`, requested_by the person) and a code:
-  single use, `oauth.code_ttl_s`, bound to the client, the redirect URI, the PKCE challenge and
-  the resource. A code presented twice revokes its task (RFC 6749 §4.1.2).
-- The access token is a task token whose `aud` names both guard and the resource; the refresh
-  token is bound to the task, rotates on every use, and a reused one revokes the task.
-- Revoking either token (RFC 7009) completes the task.
+- Consent gives a code: single use, `oauth.code_ttl_s`, bound to the client, the redirect URI,
+  the PKCE challenge and the resource, carrying what the person decided. Redeeming it creates the
+  task (agent `client:<client_id>`, requested_by the person), so a code never redeemed leaves
+  nothing active. A code presented twice revokes its task (RFC 6749 §4.1.2).
+- The access token is a task token whose `aud` is the resource alone (RFC 8707): it works at that
+  MCP endpoint and nowhere else. The refresh token is bound to the task, rotates on every use,
+  and a reused one revokes the task.
+- Revoking either token (RFC 7009) completes the task; only the client it was issued to may.
 Codes and refresh tokens are kept as SHA-256 digests.
 """
 
@@ -35,7 +37,7 @@ from guard.errors import Unauthenticated
 from guard.identity.tokens import TASK_TYP, GuardKeys, jti, new_id
 from guard.oauth.clients import ClientRegistry
 from guard.oauth.errors import OAuthError
-from guard.oauth.metadata import as_issuer, resource_url, tool_of_resource
+from guard.oauth.metadata import as_issuer, tool_of_resource
 from guard.policy.reload import PolicyHolder
 from guard.stores import Store
 
@@ -137,7 +139,8 @@ class AuthorizationServer:
             raise back("invalid_request", "PKCE is required: code_challenge with code_challenge_method=S256")
         resource = query.get("resource", "")
         tool = tool_of_resource(self.cfg, resource)
-        if tool is None or tool not in self.policies.current.tools:
+        spec = self.policies.current.tools.get(tool) if tool is not None else None
+        if tool is None or spec is None or spec.kind != "mcp":  # an http tool is no MCP endpoint
             raise back("invalid_target", "resource must be the URL of one of guard's MCP endpoints")
         pending = PendingRequest(new_id("authz"), client.client_id, client.client_name, redirect_uri, state,
                                  query["code_challenge"], resource, tool)
@@ -184,29 +187,39 @@ class AuthorizationServer:
             return self.redirect(pending.redirect_uri, pending.state, error="access_denied",
                                  error_description="the person refused the delegation")
         offered = set(self.tools_offered(pending.agent))
-        tools = tuple(t for t in consent.tools if t in offered)
-        task = await self._create_task(pending, person, consent, tools)
+        tools = [t for t in consent.tools if t in offered]
         code = secrets.token_urlsafe(32)
-        await self.store.put_grant("code", digest(code), {
-            "task_id": task.task_id, "client_id": pending.client_id, "redirect_uri": pending.redirect_uri,
-            "code_challenge": pending.code_challenge, "resource": pending.resource,
+        await self.store.put_grant("code", digest(code), {  # the task is created when the code is redeemed
+            "client_id": pending.client_id, "redirect_uri": pending.redirect_uri,
+            "code_challenge": pending.code_challenge, "resource": pending.resource, "person": person,
+            "purpose": consent.purpose, "tools": tools, "ttl_s": consent.ttl_s, "max_calls": consent.max_calls,
+            "labels": consent.labels,
         }, self.cfg.oauth.code_ttl_s)
+        log.info("consent_approved", agent=pending.agent, person=person)
         return self.redirect(pending.redirect_uri, pending.state, code=code)
 
-    async def _create_task(self, pending: PendingRequest, person: str, consent: Consent,
-                           tools: tuple[str, ...]) -> Task:
+    async def _create_task(self, code: dict[str, Any]) -> Task:
+        """The task a redeemed code stands for: the client is its agent, the person who consented
+        requested it, with the purpose, tools, lifetime, budget and labels they chose."""
+        client_id, person = str(code["client_id"]), str(code["person"])
+        agent = f"client:{client_id}"
+        if await self.store.is_suspended(agent):
+            raise OAuthError("invalid_grant", f"agent_suspended: {agent} is suspended")
         now = time.time()
-        ttl = max(1, min(consent.ttl_s, self.cfg.limits.task_ttl_s))
-        task = Task(task_id=new_id("task"), agent=pending.agent, purpose=consent.purpose, requested_by=person,
-                    status="active", created_at=now, expires_at=now + ttl, max_calls=consent.max_calls,
-                    tools=tools, labels={**consent.labels, "oauth_client": pending.client_id},
+        ttl = max(1, min(int(code["ttl_s"]), self.cfg.limits.task_ttl_s))
+        max_calls = code.get("max_calls")
+        task = Task(task_id=new_id("task"), agent=agent, purpose=str(code["purpose"]), requested_by=person,
+                    status="active", created_at=now, expires_at=now + ttl,
+                    max_calls=int(max_calls) if max_calls is not None else None,
+                    tools=tuple(str(t) for t in code["tools"]),
+                    labels={**{str(k): str(v) for k, v in dict(code["labels"]).items()}, "oauth_client": client_id},
                     idle_s=float(self.cfg.limits.task_idle_s))
         await self.store.create_task(task)
         await self.audit.append(task.task_id, "task_created", task.agent, actor=person,
-                                detail=f"delegated by {person} to client {pending.client_id} "
+                                detail=f"delegated by {person} to client {client_id} "
                                        f"through OAuth consent; ttl_s={ttl}")
         await self.store.record_agent_event(task.agent, "task_created", now)
-        log.info("consent_approved", task_id=task.task_id, agent=task.agent, person=person)
+        log.info("delegation_redeemed", task_id=task.task_id, agent=task.agent, person=person)
         return task
 
     # -- the token endpoint ------------------------------------------------------
@@ -236,13 +249,13 @@ class AuthorizationServer:
             raise OAuthError("invalid_target", "resource differs from the authorization request's")
         verifier = form.get("code_verifier", "")
         if not _VERIFIER.match(verifier) or not hmac.compare_digest(_s256(verifier), str(data["code_challenge"])):
-            log.warning("pkce_failed", task_id=data["task_id"])  # the code stays for its rightful client
+            log.warning("pkce_failed", client_id=data["client_id"])  # the code stays for its rightful client
             raise OAuthError("invalid_grant", "code_verifier does not match the code_challenge")
         if await self.store.take_grant("code", key) is None:  # someone else won the race with it
-            await self.end_task(str(data["task_id"]), "revoked", "guard", "authorization code used twice")
             raise OAuthError("invalid_grant", "the code is unknown, used or expired")
-        await self.store.put_grant("code_used", key, {"task_id": data["task_id"]}, self.cfg.oauth.consent_ttl_s)
-        return await self._issue(str(data["task_id"]), str(data["client_id"]), str(data["resource"]), None)
+        task = await self._create_task(data)
+        await self.store.put_grant("code_used", key, {"task_id": task.task_id}, self.cfg.oauth.consent_ttl_s)
+        return await self._issue(task.task_id, str(data["client_id"]), str(data["resource"]), None)
 
     async def _refresh_grant(self, form: dict[str, str]) -> dict[str, Any]:
         old = form.get("refresh_token", "")
@@ -270,9 +283,8 @@ class AuthorizationServer:
             raise OAuthError("invalid_grant", "the delegation has ended")
         task = state.task
         exp = int(min(task.expires_at, now + self.cfg.oauth.access_ttl_s))
-        granted = [resource_url(self.cfg, t) for t in task.tools or () if resource_url(self.cfg, t) != resource]
-        token = self.keys.sign(TASK_TYP, {  # aud: guard, and every MCP endpoint the person granted
-            "iss": self.keys.issuer, "aud": ["guard", resource, *granted], "sub": task.agent, "txn": task.task_id,
+        token = self.keys.sign(TASK_TYP, {  # aud: the resource alone (refused at /tools/*, /v1/*, other MCP endpoints)
+            "iss": self.keys.issuer, "aud": resource, "sub": task.agent, "txn": task.task_id,
             "client_id": client_id, "iat": int(now), "exp": exp, "jti": jti()})
         if refresh is None:
             refresh = secrets.token_urlsafe(32)
@@ -285,19 +297,28 @@ class AuthorizationServer:
 
     # -- revocation (RFC 7009) ------------------------------------------------------
     async def revoke(self, form: dict[str, str]) -> None:
-        """Revoking the access or the refresh token completes the task. Unknown tokens: nothing."""
+        """Revoking the access or the refresh token completes the task, when the requesting client
+        (public: its `client_id`) is the one the token was issued to (RFC 7009 §2.1). Unknown
+        tokens: nothing."""
         token = form.get("token", "")
         if not token:
             raise OAuthError("invalid_request", "token is required")
+        client_id = form.get("client_id", "")
+        if not client_id:
+            raise OAuthError("invalid_client", "client_id is required: a client revokes only its own tokens", 401)
         data = await self.store.get_grant("refresh", digest(token))
+        owner = str(data["client_id"]) if data is not None else None
         task_id = str(data["task_id"]) if data is not None else None
-        actor = f"client:{data['client_id']}" if data is not None else "client"
-        if task_id is None:
+        if data is None:
             try:
-                claims = self.keys.verify(token, TASK_TYP, audience="guard")
+                claims = self.keys.verify(token, TASK_TYP, audience=None)
             except Unauthenticated:
                 return
-            if isinstance(claims.get("aud"), list):  # only tokens this authorization server issued
-                task_id, actor = str(claims["txn"]), str(claims["sub"])
+            if claims.get("aud") == "guard" or not isinstance(claims.get("client_id"), str):
+                return  # an agent's own task token: not this authorization server's to revoke
+            owner, task_id = str(claims["client_id"]), str(claims["txn"])
+        if owner is None or not hmac.compare_digest(owner.encode(), client_id.encode()):
+            log.warning("revoke_refused", task_id=task_id, client_id=client_id, reason="issued to another client")
+            raise OAuthError("unauthorized_client", "this token was issued to another client", 400)
         if task_id is not None:
-            await self.end_task(task_id, "completed", actor, "token revoked by the client")
+            await self.end_task(task_id, "completed", f"client:{owner}", "token revoked by the client")

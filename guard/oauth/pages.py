@@ -21,7 +21,7 @@ def _e(value: object) -> str:
 def _page(title: str, body: str, person: Person | None = None) -> str:
     who = ""
     if person is not None:
-        who = (f'<span id="who">Signed in as <b class="person">{_e(person.sub)}</b>'
+        who = (f'<span id="who">Signed in as <b class="person">{_e(person.name)}</b>'
                f'{" (development sign-in)" if person.via == "development" else ""}</span>'
                f'<form method="post" action="/logout" class="inline"><input type="hidden" name="csrf" '
                f'value="{_e(person.csrf)}"><button type="submit" id="logout">Sign out</button></form>')
@@ -62,7 +62,7 @@ def consent_page(pending: PendingRequest, person: Person, tools: list[str], max_
         f'<dt>Client ID</dt><dd class="mono" id="client-id">{_e(pending.client_id)}</dd>'
         f'<dt>Sends you back to</dt><dd class="mono" id="redirect-host">{_e(host)}</dd>'
         f'<dt>Asks for</dt><dd class="mono" id="resource">{_e(pending.resource)}</dd></dl>'
-        f'<p class="hint">Approving creates a task: the client acts for you, within these limits, until the '
+        f'<p class="hint">Approving lets the client start a task: it acts for you, within these limits, until the '
         f'task ends. You can end it at any time under "My delegations".</p>'
         f'<form method="post" action="/oauth/consent" id="consent">'
         f'<input type="hidden" name="request" value="{_e(pending.request_id)}">'

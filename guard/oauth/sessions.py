@@ -18,6 +18,7 @@ from aiohttp import web
 from guard.config import Config
 from guard.errors import Forbidden
 from guard.identity.tokens import Principal
+from guard.signals.subjects import sessions_ended_key
 from guard.stores import Store
 
 __all__ = ["CSRF_HEADER", "LOGIN_COOKIE", "SESSIONS", "Person", "Sessions", "safe_next", "session_principal"]
@@ -32,22 +33,24 @@ def digest(secret: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class Person:
-    """Someone signed in: `sub` names them in tasks and audit."""
+    """Someone signed in: `sub` names them in tasks, approvals and audit (through `sso`, the
+    IdP's `iss` and `sub`: guard.oauth.sso.person_key); `name` is what pages show."""
 
     sub: str
     roles: frozenset[str]
     via: str  # "sso" | "development"
     csrf: str
     expires_at: float
+    name: str = ""
 
     def to_json(self) -> dict[str, Any]:
         return {"sub": self.sub, "roles": sorted(self.roles), "via": self.via, "csrf": self.csrf,
-                "expires_at": self.expires_at}
+                "expires_at": self.expires_at, "name": self.name}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> Person:
         return cls(str(d["sub"]), frozenset(d.get("roles") or ()), str(d["via"]), str(d["csrf"]),
-                   float(d["expires_at"]))
+                   float(d["expires_at"]), str(d.get("name") or d["sub"]))
 
 
 def _loopback(url: str) -> bool:
@@ -80,9 +83,10 @@ class Sessions:
         response.set_cookie(name, value, max_age=max_age, path="/", httponly=True, secure=self.secure,
                             samesite="Lax")
 
-    async def start(self, response: web.StreamResponse, sub: str, roles: frozenset[str], via: str) -> Person:
+    async def start(self, response: web.StreamResponse, sub: str, roles: frozenset[str], via: str,
+                    name: str | None = None) -> Person:
         value = secrets.token_urlsafe(32)
-        person = Person(sub, roles, via, secrets.token_urlsafe(24), time.time() + self.ttl_s)
+        person = Person(sub, roles, via, secrets.token_urlsafe(24), time.time() + self.ttl_s, name or sub)
         await self.store.put_grant("session", digest(value), person.to_json(), self.ttl_s)
         self.set_cookie(response, self.cookie, value, self.ttl_s)
         return person
@@ -95,7 +99,18 @@ class Sessions:
         if data is None:
             return None
         person = Person.from_json(data)
-        return person if person.expires_at > time.time() else None
+        if person.via == "development" and not self.cfg.dev_sign_in:  # a session of an earlier configuration
+            return None
+        if person.expires_at <= time.time():
+            return None
+        if self.cfg.signals is not None and await self._ended_by_signal(person):
+            return None
+        return person
+
+    async def _ended_by_signal(self, person: Person) -> bool:
+        """A Shared Signal about this person (guard.signals) ended the sessions they had then."""
+        ended = await self.store.get_grant("sessions_ended", sessions_ended_key(person.sub))
+        return ended is not None and float(ended.get("at", 0)) >= person.expires_at - self.ttl_s
 
     async def end(self, request: web.Request, response: web.StreamResponse) -> None:
         value = request.cookies.get(self.cookie)

@@ -1,6 +1,10 @@
 """guard as an OpenID Connect relying party of the organisation's IdP (`sso:`): authorization
 code with PKCE and a nonce; the ID token is checked like any issuer token (signature by the IdP's
-JWKS, allowed algorithms, `iss`, `aud` = guard's client_id, `exp`, and the nonce)."""
+JWKS, allowed algorithms, `iss`, `aud` = guard's client_id, `exp`, and the nonce).
+
+A person is keyed on the ID token's `iss` and `sub` (OpenID Connect Core §5.7: the only claims
+that identify an end-user for good); the `email` claim is shown, and names them on pages, only
+when `email_verified` is true. Tasks, approvals, consents and delegations record the key."""
 
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from guard.config import Config, SecretSource, SsoCfg
 from guard.errors import ConfigError, Unauthenticated
 from guard.stores import Store
 
-__all__ = ["Sso", "read_secret"]
+__all__ = ["Sso", "person_key", "read_secret"]
 
 log = structlog.get_logger("guard.sso")
 LOGIN_TTL_S = 600
@@ -39,6 +43,14 @@ def read_secret(source: SecretSource, environ: dict[str, str], where: str) -> st
         except OSError as e:
             raise ConfigError(where, "sso.client_secret.file", f"cannot read: {e.strerror}") from e
     raise ConfigError(where, "sso.client_secret", "name a source: env or file")
+
+
+def person_key(claims: dict[str, Any]) -> tuple[str, str]:
+    """(the key of the person an ID token names: `<iss>#<sub>`, their display name)."""
+    key = f"{claims['iss']}#{claims['sub']}"
+    email = claims.get("email")
+    verified = claims.get("email_verified") is True
+    return key, str(email) if verified and isinstance(email, str) and email else key
 
 
 class Sso:
@@ -79,27 +91,28 @@ class Sso:
                  "code_challenge": challenge, "code_challenge_method": "S256"}
         return f"{meta['authorization_endpoint']}?{urlencode(query)}", state
 
-    async def finish(self, state: str, code: str) -> tuple[str, frozenset[str], str]:
-        """(the person, their roles, where to go next) for the IdP's answer."""
+    async def finish(self, state: str, code: str) -> tuple[tuple[str, str], frozenset[str], str]:
+        """((the person's key, their display name), their roles, where to go next) for the IdP's answer."""
         login = await self.store.take_grant("login", state)
         if login is None:
             raise Unauthenticated("this sign-in is unknown, used or expired: start again")
         meta = await self.metadata()
         form = {"grant_type": "authorization_code", "code": code, "redirect_uri": self.redirect_uri,
                 "code_verifier": login["verifier"], "client_id": self.sso.client_id}
-        auth = aiohttp.BasicAuth(self.sso.client_id, self.secret) if self.secret else None
-        async with self.http.post(meta["token_endpoint"], data=form, auth=auth,
+        basic = base64.b64encode(f"{self.sso.client_id}:{self.secret}".encode()).decode() if self.secret else None
+        headers = {"Authorization": f"Basic {basic}"} if basic else None
+        async with self.http.post(meta["token_endpoint"], data=form, headers=headers,
                                   timeout=aiohttp.ClientTimeout(total=10)) as r:
             body = await r.json(content_type=None)
         if r.status != 200 or not isinstance(body, dict) or not isinstance(body.get("id_token"), str):
             log.warning("sso_token_failed", status=r.status)
             raise Unauthenticated("the IdP did not issue an ID token")
         claims = await self._verify(body["id_token"], str(login["nonce"]))
-        person = claims.get(self.sso.user_claim) or claims["sub"]
+        person = person_key(claims)
         roles = claims.get(self.sso.roles_claim)
         role_set = frozenset(roles.split()) if isinstance(roles, str) else \
             frozenset(str(r) for r in roles) if isinstance(roles, list) else frozenset()
-        return str(person), role_set, str(login["next"])
+        return person, role_set, str(login["next"])
 
     async def _key(self, kid: str | None) -> jwt.PyJWK:
         if kid not in self._jwks and time.monotonic() - self._jwks_at > 30:

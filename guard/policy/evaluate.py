@@ -143,6 +143,7 @@ class Rule:
     rate: RateSpec | None = None
     audit_args: Literal["digest", "full"] = "digest"
     content: ContentMatch | None = None
+    unusual: bool | None = None  # match.agent.unusual: the call is (un)usual for its agent's baseline
 
     @property
     def allows_loop(self) -> bool:
@@ -151,7 +152,7 @@ class Rule:
     @property
     def unconditional(self) -> bool:
         """True when the rule looks at neither args nor history (used by could_allow)."""
-        return not self.args and self.history is None and self.content is None
+        return not self.args and self.history is None and self.content is None and self.unusual is None
 
     def matches(self, ctx: CallContext, *, with_call: bool = True) -> bool:
         """Whether the rule holds; `with_call=False` ignores args and history."""
@@ -163,6 +164,8 @@ class Rule:
             return False
         if not with_call:
             return True
+        if self.unusual is not None and self.unusual != ctx.unusual:
+            return False
         if self.history is not None and not self.history.holds(ctx.history):
             return False
         if self.content is not None and not self.content.holds(ctx):

@@ -27,6 +27,8 @@ from guard.policy.model import (
     ActionModel,
     ActionSpec,
     AgentEntry,
+    AgentMatchModel,
+    CredentialException,
     CredentialModel,
     CredentialSpec,
     LeaseSpec,
@@ -178,7 +180,7 @@ def _policy_files(path: Path) -> list[Path]:
 _MODE_KEYS: dict[str, frozenset[str]] = {
     "jwt": frozenset({"header", "ttl_s"}),
     "none": frozenset(),
-    "static": frozenset({"header", "secret_env", "secret", "format"}),
+    "static": frozenset({"header", "secret_env", "secret", "format", "exception"}),
     "oauth2": frozenset({"header", "format", "token_url", "revocation_url", "client_id", "client_auth",
                          "client_secret", "resource", "scopes", "per_task"}),
     "vault_lease": frozenset({"path", "headers"}),
@@ -281,6 +283,8 @@ def _credential(src: _Source, loc: Loc, tool: ToolModel) -> CredentialSpec:
         _format(src, loc, cred.format or default_fmt),
         _oauth(src, loc, cred) if cred.mode in ("oauth2", "token_exchange") else None,
         _lease(src, loc, cred) if cred.mode == "vault_lease" else None,
+        CredentialException(cred.exception.owner, cred.exception.reason, cred.exception.expires.timestamp())
+        if cred.exception is not None else None,
     )
 
 
@@ -353,6 +357,12 @@ def _tools(sources: list[_Source]) -> dict[str, ToolSpec]:
 
 
 # --------------------------------------------------------------------------- agents
+
+
+def _agent_globs(agent: AgentMatchModel | list[str] | None) -> Globs | None:
+    """match.agent: a list of globs, or {sub: [globs], unusual: bool}."""
+    names = agent.sub if isinstance(agent, AgentMatchModel) else agent
+    return Globs.of(tuple(names)) if names is not None else None
 
 
 def _agents(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[AgentEntry, ...]:
@@ -468,7 +478,8 @@ def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], or
         file=src.file,
         line=src.lines.line(loc),
         order=order,
-        agents=Globs.of(tuple(m.agent)) if m.agent is not None else None,
+        agents=_agent_globs(m.agent),
+        unusual=m.agent.unusual if isinstance(m.agent, AgentMatchModel) else None,
         tools=_rule_tools(m, tools),
         actions=_names(m.action),
         args=_conditions(src, mloc, m),

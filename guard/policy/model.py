@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
 from guard.domain import Effect
 
@@ -60,6 +60,14 @@ class SecretSourceModel(_Schema):
     vault: str | None = None
 
 
+# -- credentials hygiene (guard.credentials.hygiene): a static secret's documented exception -----------
+class CredentialExceptionModel(_Schema):
+    owner: str = Field(min_length=1, max_length=320)
+    reason: str = Field(min_length=1, max_length=1000)
+    expires: AwareDatetime  # RFC 3339 with a zone: "2027-03-01T00:00:00Z"
+# -- end of credentials hygiene ------------------------------------------------------------------------
+
+
 class CredentialModel(_Schema):
     mode: CredentialMode = "jwt"
     header: str | None = None
@@ -78,6 +86,7 @@ class CredentialModel(_Schema):
     audience: str | None = None  # token_exchange
     path: str | None = None  # vault_lease
     headers: dict[str, str] | None = None  # vault_lease
+    exception: CredentialExceptionModel | None = None  # static: why it is allowed, until when (hygiene)
 
 
 class ActionModel(_Schema):
@@ -197,8 +206,15 @@ class HistoryMatchModel(_Schema):
     not_called: OptNames = None
 
 
+# -- baselines (guard.signals.baseline): match.agent as {unusual: true, sub: [globs]} ---------------------
+class AgentMatchModel(_Schema):
+    unusual: bool | None = None  # the call is unusual for its agent (a baseline: guard.yaml `baseline`)
+    sub: OptNames = None  # glob(s) on the agent's sub, as `agent: [...]`
+# -- end of baselines ------------------------------------------------------------------------------------
+
+
 class MatchModel(_Schema):
-    agent: OptNames = None
+    agent: AgentMatchModel | OptNames = None
     tool: ToolSelector = None
     action: OptNames = None
     args: list[ConditionModel] = []
@@ -279,6 +295,21 @@ class LeaseSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class CredentialException:
+    """A static secret's documented exception (credentials_hygiene): who owns it, why, until when."""
+
+    owner: str
+    reason: str
+    expires: float  # unix time
+
+    def view(self) -> dict[str, Any]:
+        from datetime import UTC, datetime
+
+        return {"owner": self.owner, "reason": self.reason,
+                "expires": datetime.fromtimestamp(self.expires, UTC).isoformat().replace("+00:00", "Z")}
+
+
+@dataclass(frozen=True, slots=True)
 class CredentialSpec:
     mode: CredentialMode = "jwt"
     header: str = "Authorization"
@@ -288,6 +319,7 @@ class CredentialSpec:
     format: str = "{secret}"
     oauth: OAuthSpec | None = None
     lease: LeaseSpec | None = None
+    exception: CredentialException | None = None  # static (credentials_hygiene)
 
 
 _TEMPLATE_VAR = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -392,6 +424,7 @@ class CallContext:
     content_result: frozenset[str] = frozenset()  # finding kinds in the result (evaluated on the answer)
     uninspected: bool = False
     flow: bool = False  # the arguments carry a value remembered from a result (exfiltration)
+    unusual: bool = False  # unlike the agent's baseline (guard.signals.baseline)
 
     @property
     def depth(self) -> int:

@@ -5,7 +5,7 @@ Each file is a YAML list of cases:
     - name: researcher may read notes
       call: {agent: spiffe://acme/agent/r, tool: notes, action: read, args: {id: "1"},
              task: {purpose: weekly report, labels: {env: prod}, tools: [notes]},
-             chain: [], history: [vault.read]}
+             chain: [], history: [vault.read], unusual: false}   # unusual: for match.agent.unusual
       expect: allow            # allow | deny | step_up
       rule: notes-read         # optional: the rule that must decide
 
@@ -60,6 +60,7 @@ class CaseCall(_Schema):
     chain: Names = []
     history: Names = []
     content: CaseContent = CaseContent()
+    unusual: bool = False  # the call is unusual for its agent's baseline (guard.signals.baseline)
 
 
 class Case(_Schema):
@@ -137,6 +138,7 @@ def _decide(policies: PolicySet, call: CaseCall, max_chain_depth: int | None = N
         content_result=frozenset(call.content.result),
         uninspected=call.content.uninspected,
         flow=call.content.flow,
+        unusual=call.unusual,
     )
     decision = policies.evaluate(ctx)
     if decision.effect != "deny" and call.content.flow and not decision.allow_flow:

@@ -9,14 +9,14 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
-from guard.domain import AgentStats, TaskState
+from guard.domain import AgentStats
 from guard.errors import BadRequest
 from guard.identity.auth import ADMIN, AUDITOR
 from guard.pipeline import Deps
 from guard.policy import AgentEntry, PolicySet
 from guard.routes.common import DEPS, authorized, json_response, read_model
-from guard.routes.tasks import end_task
 from guard.stages.task import expire_if_due
+from guard.tasks.suspend import suspend_agent as suspend
 
 __all__ = ["inventory", "routes"]
 
@@ -89,17 +89,21 @@ async def list_agents(request: web.Request) -> web.Response:
     await authorized(request, ADMIN, AUDITOR)
     deps = request.app[DEPS]
     active = await _active_tasks(deps, time.time())
-    return json_response(inventory(deps.policies.current, await deps.store.agent_stats(), active))
-
-
-async def _revoke_all(deps: Deps, agent: str, actor: str, reason: str) -> list[str]:
-    states: list[TaskState] = await deps.store.list_tasks(status="active", agent=agent)
-    revoked = []
-    for state in states:
-        if await end_task(deps, state.task.task_id, "revoked", actor, f"agent suspended: {reason}",
-                         "agent_suspended") is not None:
-            revoked.append(state.task.task_id)
-    return revoked
+    policies = deps.policies.current
+    rows = inventory(policies, await deps.store.agent_stats(), active)
+    secrets = await deps.credentials.secret_report(policies.tools) if deps.credentials is not None else {}
+    for row in rows:  # credentials hygiene: the static secrets of the tools the agent may use
+        cap = row["tools_cap"]
+        row["secrets"] = {tool: view for tool, view in secrets.items() if cap is None or tool in cap}
+    if deps.baselines is not None:  # baselines: what each agent usually does
+        learn_s = deps.baselines.learn_s
+        stats = await deps.store.baseline_stats([row["agent"] for row in rows])
+        for row in rows:
+            b = stats.get(row["agent"])
+            row["baseline"] = None if b is None else {
+                "since": b.first_at, "learning": b.first_at is not None and time.time() - b.first_at < learn_s,
+                "actions": sorted(b.actions), "busiest_hour_calls": b.busiest, "this_hour_calls": b.hour_calls}
+    return json_response(rows)
 
 
 @routes.post("/v1/agents/{sub}/suspend")
@@ -109,11 +113,10 @@ async def suspend_agent(request: web.Request) -> web.Response:
     who = await authorized(request, ADMIN)
     agent = _sub(request)
     body = await read_model(request, SuspendRequest)
-    newly = await deps.store.suspend_agent(agent, body.reason, who.sub, time.time())
-    revoked = await _revoke_all(deps, agent, who.sub, body.reason)
-    log.warning("agent_suspended", agent=agent, actor=who.sub, reason=body.reason, revoked_tasks=revoked,
-                already=not newly)
-    return json_response({"agent": agent, "suspended": True, "revoked_tasks": revoked})
+    done = await suspend(deps.store, deps.task_ends, agent, body.reason, who.sub)
+    log.warning("agent_suspended", agent=agent, actor=who.sub, reason=body.reason, revoked_tasks=list(done.revoked),
+                already=not done.newly)
+    return json_response({"agent": agent, "suspended": True, "revoked_tasks": list(done.revoked)})
 
 
 @routes.post("/v1/agents/{sub}/restore")

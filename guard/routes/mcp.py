@@ -42,6 +42,7 @@ from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.forward import BodyRewriter, Rewrite
 from guard.tasks.ends import EndReason
+from guard.telemetry import Tracing
 
 __all__ = ["routes"]
 
@@ -69,6 +70,7 @@ def _tool_call(request: web.Request, deps: Deps, body: bytes, msg: RpcMessage | 
         mcp_action=msg.param_str("name") if is_call and msg is not None else None,
         mcp_args=(msg.params.get("arguments") or {}) if is_call and msg is not None else None,
         counted=is_call,
+        audience=resource_url(deps.cfg, request.match_info["tool"]) if request.get(DELEGATED) else "guard",
     )
 
 
@@ -96,17 +98,15 @@ def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
 
 
 def _delegated(request: web.Request, deps: Deps) -> bool:
-    """True for an access token of guard's authorization server (its `aud` lists the resources it is
-    for): one for another MCP endpoint is refused (RFC 8707)."""
+    """True for an access token of guard's authorization server (its `aud` is the one MCP endpoint
+    it is for): one for another MCP endpoint is refused (RFC 8707)."""
     scheme, _, token = request.headers.get("Authorization", "").partition(" ")
-    header = deps.keys.peek_header(token.strip()) if scheme.lower() == "bearer" and token.strip() else None
-    if header is None or header.get("typ") != TASK_TYP:
+    if scheme.lower() != "bearer" or not token.strip() or deps.keys.typ_of(token.strip()) != TASK_TYP:
         return False
-    claims = deps.keys.verify(token.strip(), TASK_TYP, audience="guard", cache=True)
-    aud = claims.get("aud")
-    if not isinstance(aud, list):
+    aud = deps.keys.verify(token.strip(), TASK_TYP, audience=None, cache=True).get("aud")
+    if aud == "guard":  # an agent's own task token
         return False
-    if resource_url(deps.cfg, request.match_info["tool"]) not in aud:
+    if aud != resource_url(deps.cfg, request.match_info["tool"]):
         raise Unauthenticated("this access token is for another resource")
     return True
 
@@ -145,6 +145,7 @@ def _inactive(deps: Deps, tool: str, err: GuardError) -> Unauthenticated:
 @_challenged
 async def mcp_post(request: web.Request) -> web.StreamResponse:
     deps = request.app[DEPS]
+    _presents_credentials(request)  # before the body is read: no token is the 401 challenge, whatever the body
     body = await read_body(request, deps.cfg.limits.max_body_bytes)
     try:
         msg = parse_message(body)
@@ -157,16 +158,9 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     call = _tool_call(request, deps, body, msg)
     farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
-        if msg.method == "tools/call":
-            auth = await authorize_call(call, deps)
-            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell,
-                                            rewrite=result_rewrite(deps, auth))
-        auth = await authorize_passthrough(call, deps, msg.label)
-        rewrite = await _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
-                                        task_ends=deps.task_ends, farewell=farewell)
+        if deps.tracing is not None:
+            return await _traced(request, deps, call, msg, farewell, deps.tracing)
+        return await _forward_message(request, deps, call, msg, farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -174,6 +168,39 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
         return _refusal(err, msg)
+
+
+async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                  farewell: Callable[[EndReason], bytes] | None, tracing: Tracing) -> web.StreamResponse:
+    """mcp_post's forwarding, as a span (guard.telemetry); a refusal leaves it as an exception."""
+    meta = msg.params.get("_meta")
+    with tracing.call(call, request.headers, msg.label, msg.rpc_id, meta if isinstance(meta, dict) else None) as call:
+        return await _forward_message(request, deps, call, msg, farewell)
+
+
+async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
+                           farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
+    """A message's way through the pipeline to its tool: a tools/call is authorized as a call (its
+    result inspected), anything else passes through (tools/list filtered to what the task may use)."""
+    if msg.method == "tools/call":
+        auth = await authorize_call(call, deps)
+        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                        tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell,
+                                        rewrite=result_rewrite(deps, auth))
+    auth = await authorize_passthrough(call, deps, msg.label)
+    rewrite = await _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+    return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
+                                    event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
+                                    task_ends=deps.task_ends, farewell=farewell)
+
+
+def _presents_credentials(request: web.Request) -> None:
+    """A request with neither a token (`Authorization`) nor a Txn-Token (a chained call) is
+    unauthenticated (401 with the challenge, added by _challenged). The token itself is checked in
+    the pipeline, as for every call."""
+    token, _ = authorization(request)  # a malformed Authorization header is a 401 too
+    if token is None and "Txn-Token" not in request.headers:
+        raise Unauthenticated("missing bearer token")
 
 
 def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:

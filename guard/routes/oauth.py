@@ -4,7 +4,10 @@ The logic lives in guard.oauth; this module speaks HTTP."""
 
 from __future__ import annotations
 
+import ipaddress
 import json
+import math
+import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -12,7 +15,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiDictProxy
 
-from guard.errors import NotFound
+from guard.errors import NotFound, PayloadTooLarge
+from guard.oauth.clients import RegistrationLimited
 from guard.oauth.errors import OAuthError
 from guard.oauth.grants import AuthorizationServer, Consent, RedirectError
 from guard.oauth.metadata import resource_metadata, server_metadata
@@ -76,6 +80,8 @@ def _oauth_error(err: OAuthError) -> web.Response:
     headers = {"Cache-Control": "no-store"}
     if err.status == 401:
         headers["WWW-Authenticate"] = 'Basic realm="guard"'
+    if isinstance(err, RegistrationLimited):
+        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
     return json_response(err.body(), err.status, headers=headers)
 
 
@@ -128,9 +134,27 @@ async def authorize(request: web.Request) -> web.Response:
     return _see_other(f"/oauth/consent?{urlencode({'request': pending.request_id})}")
 
 
+_HOST = re.compile(r"[A-Za-z0-9.-]{1,253}")
+
+
 def _redirect_origin(redirect_uri: str) -> str:
+    """The redirect URI's origin as a CSP source, rebuilt from its parsed scheme, host and port
+    (never its raw netloc, which could carry `;` and more directives); nothing when it does not
+    parse as one: the browser then refuses to follow the form there."""
     parts = urlsplit(redirect_uri)
-    return f" {parts.scheme}://{parts.netloc}"
+    try:
+        port = parts.port
+        host = parts.hostname or ""
+    except ValueError:
+        return ""
+    if parts.scheme not in ("http", "https"):
+        return ""
+    if not _HOST.fullmatch(host):
+        try:
+            host = f"[{ipaddress.IPv6Address(host).compressed}]"
+        except ValueError:
+            return ""
+    return f" {parts.scheme}://{host}{f':{port}' if port is not None else ''}"
 
 
 @routes.get("/oauth/consent")
@@ -218,13 +242,17 @@ async def token(request: web.Request) -> web.Response:
 @routes.post("/oauth/register")
 async def register(request: web.Request) -> web.Response:
     server = request.app[OAUTH].server
-    body = await read_body(request, 65536)
+    limit = request.app[DEPS].cfg.oauth.registration.max_metadata_bytes
     try:
+        try:
+            body = await read_body(request, limit)
+        except PayloadTooLarge as e:
+            raise OAuthError("invalid_client_metadata", f"the client metadata is over {limit} bytes") from e
         try:
             data = json.loads(body or b"null")
         except (ValueError, UnicodeDecodeError) as e:
             raise OAuthError("invalid_client_metadata", "the body is a JSON object") from e
-        return _oauth_json(await server.clients.register(data), 201)
+        return _oauth_json(await server.clients.register(data, request.remote or "unknown"), 201)
     except OAuthError as e:
         return _oauth_error(e)
 

@@ -61,6 +61,7 @@ SCHEMAS: dict[str, Any] = {
                   "expires_at": N, "calls": I, "max_calls": {"type": ["integer", "null"]},
                   "labels": {"type": "object"}, "pending_approvals": {"type": "array", "items": S}},
                  ("task_id", "agent", "purpose", "status", "calls")),
+    "TaskTools": _obj({"task_id": S, "tools": {"type": "array", "items": {"type": "object"}}}, ("task_id", "tools")),
     "TaskList": _obj({"tasks": {"type": "array", "items": _ref("Task")}, "total": I}, ("tasks",)),
     "Revoke": _obj({"reason": S}),
     "AuditRecord": _obj({"seq": I, "ts": N, "task_id": S, "event": S, "call_id": S, "agent": S, "tool": S,
@@ -130,17 +131,23 @@ def _paths() -> dict[str, Any]:
         },
         "/v1/tasks/{task_id}": {"get": _op("A task (owner agent, admin, auditor)", _json("Task", "the task"),
                                            (*auth, "404"), params=tid)},
+        "/v1/tasks/{task_id}/tools": {"get": _op(
+            "The tools the task may reach and their actions (owner agent)",
+            _json("TaskTools", "{name, kind, url, actions: [{name, method, path}]} per tool"), (*auth, "404"),
+            params=tid)},
         "/v1/tasks/{task_id}/complete": {"post": _op("End the task (owner agent)", _json("Task", "completed"),
                                                      (*auth, "404"), params=tid)},
         "/v1/tasks/{task_id}/revoke": {"post": _op("Revoke the task (admin)", _json("Task", "revoked"),
                                                    ("400", *auth, "404"), body="Revoke", params=tid)},
         "/v1/tasks/{task_id}/audit": {"get": _op(
-            "The task's audit trail (auditor, admin); Accept: application/x-ndjson for one record a line",
-            _json("AuditTrail", "records and the chain's verification"), (*auth, "404"), params=tid, tag="audit")},
-        "/v1/audit": {"get": _op("Export audit records since a time (auditor, admin)",
-                                 {"description": "one record a line",
+            "The task's audit trail (auditor, admin); Accept: application/x-ndjson for one record a line, "
+            "format=ocsf for one OCSF API Activity event (class_uid 6003) a line",
+            _json("AuditTrail", "records and the chain's verification"), ("400", *auth, "404"), params=tid,
+            query=("format",), tag="audit")},
+        "/v1/audit": {"get": _op("Export audit records since a time (auditor, admin); format=ocsf for OCSF events",
+                                 {"description": "one record (or OCSF event) a line",
                                   "content": {"application/x-ndjson": {"schema": _ref("AuditRecord")}}},
-                                 ("400", *auth), query=("since",), tag="audit")},
+                                 ("400", *auth), query=("since", "format"), tag="audit")},
         "/v1/agents": {"get": _op("The agent inventory (admin, auditor)",
                                   _json({"type": "array", "items": _ref("Agent")}, "agents"), auth, tag="agents")},
         "/v1/agents/{sub}/suspend": {"post": _op("Suspend an agent and revoke its tasks (admin)",
@@ -148,6 +155,14 @@ def _paths() -> dict[str, Any]:
                                                  params=("sub",), tag="agents")},
         "/v1/agents/{sub}/restore": {"post": _op("Lift a suspension (admin)", _json("Agent", "restored"), auth,
                                                  params=("sub",), tag="agents")},
+        "/v1/agents/{sub}/history": {"get": _op(
+            "The agent's history: Shared Signals about it and the suspensions they caused (admin, auditor)",
+            _json(_obj({"agent": S, "records": {"type": "array", "items": _ref("AuditRecord")}}), "history"), auth,
+            params=("sub",), tag="agents")},
+        "/v1/signals/streams": {"get": _op(
+            "The Shared Signals streams guard listens to: status, last event, SETs received and refused, "
+            "failed polls (admin, auditor)", _json({"type": "array", "items": {"type": "object"}}, "streams"), auth,
+            tag="agents")},
         "/v1/approvals": {"get": _op("Approvals by status, pending by default (approver, admin)",
                                      _json("ApprovalList", "approvals"), auth, query=("status",), tag="approvals")},
         "/v1/approvals/{approval_id}": {"get": _op("An approval (owner agent, approver, admin)",
@@ -169,10 +184,11 @@ def _paths() -> dict[str, Any]:
 
 def _mcp() -> dict[str, Any]:
     """MCP answers in JSON-RPC: a refused request is HTTP 200 with error -32001 and the problem
-    details in `error.data`; a body that is not JSON-RPC is a JSON-RPC error with HTTP 400."""
+    details in `error.data`; a body that is not JSON-RPC is a JSON-RPC error with HTTP 400. A request
+    without a token is a 401 with the challenge (RFC 9728), whatever its body."""
     post = _op("MCP streamable HTTP request (task token or Txn-Token)",
                {"description": "the MCP server's answer, or a JSON-RPC error whose `data` is problem details"},
-               ("413",), params=("tool",), tag="calls")
+               ("401", "413"), params=("tool",), tag="calls")
     post["responses"]["400"] = _json({"type": "object"}, "not a JSON-RPC message: a JSON-RPC error object")
     errors = ("400", "401", "403", "404", "413", "429", "502", "503", "504")
     out = {m: _op("MCP streamable HTTP (task token or Txn-Token)", {"description": "the MCP server's answer"},

@@ -1,5 +1,6 @@
 """People's sign-in (`/login`, `/login/callback`, `POST /logout`) through the organisation's IdP
-(`sso`), or, with no `sso` and no issuer configured, a clearly marked development sign-in; and
+(`sso`), or, in development mode with no `sso` and no issuer configured (Config.dev_sign_in),
+a clearly marked development sign-in (404 otherwise); and
 "my delegations": the tasks a person delegated, each of which they can end."""
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ async def login(request: web.Request) -> web.Response:
             return html_response(message_page("Sign-in unavailable", "The identity provider does not answer; "
                                               "try again later."), 502)
         resp = web.Response(status=303, headers={"Location": url, "Cache-Control": "no-store"})
-    elif deps.cfg.dev_mode:
+    elif deps.cfg.dev_sign_in:
         state = secrets.token_urlsafe(32)
         await deps.store.put_grant("login", state, {"next": next_path, "development": True}, LOGIN_TTL_S)
         resp = html_response(dev_login_page(state, next_path))
@@ -68,14 +69,14 @@ async def callback(request: web.Request) -> web.Response:
     if not _bound(request, state):
         return html_response(message_page("Not signed in", "This sign-in was not started in this browser."), 400)
     try:
-        person, roles, next_path = await oauth.sso.finish(state, request.query.get("code", ""))
+        (person, name), roles, next_path = await oauth.sso.finish(state, request.query.get("code", ""))
     except GuardError as e:
         return html_response(message_page("Not signed in", e.detail), 401)
     except (aiohttp.ClientError, TimeoutError, ValueError, KeyError):
         return html_response(message_page("Sign-in unavailable", "The identity provider does not answer; "
                                           "try again later."), 502)
     resp = web.Response(status=303, headers={"Location": safe_next(next_path), "Cache-Control": "no-store"})
-    await oauth.sessions.start(resp, person, roles, "sso")
+    await oauth.sessions.start(resp, person, roles, "sso", name)
     resp.del_cookie(LOGIN_COOKIE, path="/")
     return resp
 
@@ -84,7 +85,7 @@ async def callback(request: web.Request) -> web.Response:
 async def dev_login(request: web.Request) -> web.Response:
     oauth = request.app[OAUTH]
     deps = request.app[DEPS]
-    if oauth.sso is not None or not deps.cfg.dev_mode:
+    if not deps.cfg.dev_sign_in:
         raise NotFound("the development sign-in is off")
     form = await request.post()
     state, user = form.get("state"), form.get("user")
@@ -110,7 +111,7 @@ async def session(request: web.Request) -> web.Response:
     person = await request.app[OAUTH].sessions.current(request)
     if person is None:
         raise Unauthenticated("not signed in")
-    return json_response({"sub": person.sub, "roles": sorted(person.roles), "via": person.via,
+    return json_response({"sub": person.sub, "name": person.name, "roles": sorted(person.roles), "via": person.via,
                           "csrf": person.csrf}, headers={"Cache-Control": "no-store"})
 
 

@@ -157,6 +157,33 @@ async def get_task(request: web.Request) -> web.Response:
     return json_response(task_view(state, pending))
 
 
+@routes.get("/v1/tasks/{task_id}/tools")
+async def task_tools(request: web.Request) -> web.Response:
+    """Owner agent: the tools this task may reach and their actions (for the client SDK and the
+    framework adapters; whether a call is allowed is still decided per call by the rules)."""
+    deps = request.app[DEPS]
+    who = await task_principal(request, deps)
+    state = await _load(deps, request.match_info["task_id"])
+    if not _is_owner(who, state):
+        raise Forbidden("only the task's agent may list its tools", task_id=state.task.task_id)
+    policies = deps.policies.current
+    allowed = set(policies.tools)
+    if state.task.tools is not None:
+        allowed &= set(state.task.tools)
+    entry = policies.agent_entry(state.task.agent)
+    if entry is not None and entry.tools is not None:
+        allowed &= set(entry.tools)
+    tools: list[dict[str, Any]] = []
+    for name in sorted(allowed):
+        spec = policies.tools[name]
+        if spec.kind == "mcp":
+            tools.append({"name": name, "kind": "mcp", "url": f"/mcp/{name}"})
+        else:
+            tools.append({"name": name, "kind": "http", "url": f"/tools/{name}",
+                          "actions": [{"name": a.name, "method": a.method, "path": a.path} for a in spec.actions]})
+    return json_response({"task_id": state.task.task_id, "tools": tools})
+
+
 async def end_task(deps: Deps, task_id: str, status: str, actor: str, reason: str | None,
                    why: EndReason | None = None) -> Task | None:
     """End an active task (audited with who did it and why, announced to its open streams on

@@ -29,7 +29,7 @@ def authenticate(call: ToolCall, keys: GuardKeys) -> Caller:
                       binding, spiffe_id)
     if call.bearer is None:
         raise Unauthenticated("missing bearer token")
-    claims = keys.verify(call.bearer, TASK_TYP, audience="guard", cache=True)
+    claims = keys.verify(call.bearer, TASK_TYP, audience=call.audience, cache=True)
     binding, spiffe_id = _held(claims, call)
     return Caller(str(claims["sub"]), str(claims["txn"]), (), None, "task_token", binding, spiffe_id)
 

@@ -36,6 +36,7 @@ def tool_call(
     mcp_action: str | None = None,
     mcp_args: Any = None,
     counted: bool = True,
+    audience: str = "guard",
 ) -> ToolCall:
     """A new call (with its id). `token` is the one of the Authorization header (Bearer or DPoP
     scheme), `presented` what the request proves besides it (guard.identity.binding.presented).
@@ -57,4 +58,5 @@ def tool_call(
         counted=counted,
         connected=connected,
         presented=presented,
+        audience=audience,
     )

@@ -46,9 +46,14 @@ async def forward_and_finish(
     if auth.minted.audit is not None:  # {mode, source, version | token_id | lease}: never the secret
         base["credential"] = auth.minted.audit
     finished = False
+    trace = auth.call.trace
+    if trace is not None:  # the forward span starts; the tool receives its traceparent
+        auth.minted.headers.update(trace.forwarding())
 
     async def on_headers(status: int, latency_s: float, complete: bool) -> None:
         nonlocal finished
+        if trace is not None:
+            trace.answered(status)
         latency_ms = round(latency_s * 1000, 3)
         if complete:  # the tool has answered whole: the record and the call's end in one operation
             await audit.append_and_finish(task_id, call_id, event, agent, status=status,

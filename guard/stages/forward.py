@@ -19,6 +19,7 @@ from yarl import URL
 from guard.domain import Authorized
 from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
 from guard.identity.mtls import ToolContexts
+from guard.log import network_cause, without_userinfo
 from guard.policy.model import ToolSpec
 from guard.tasks.ends import EndReason, TaskWatch
 
@@ -203,10 +204,12 @@ async def _forward(
             ssl=ssl_context if ssl_context is not None else True,
         )
     except TimeoutError as e:
+        _unreachable(auth, e)
         raise UpstreamTimeout("the tool did not answer in time", **_ids(auth)) from e
     except aiohttp.ClientConnectorCertificateError as e:  # another identity: nothing was sent
         raise UpstreamUnavailable(f"the tool's certificate was refused: {e.certificate_error}", **_ids(auth)) from e
     except aiohttp.ClientError as e:
+        _unreachable(auth, e)
         raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
     flow.upstream = upstream
     resp: web.StreamResponse | None = None
@@ -277,6 +280,13 @@ def _timeout(read_s: float) -> aiohttp.ClientTimeout:
     if timeout is None:
         timeout = _TIMEOUTS[read_s] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_s)
     return timeout
+
+
+def _unreachable(auth: Authorized, e: BaseException) -> None:
+    """The operator's side of a 502/504: why (refused, DNS, timed out, ...) and which address. The
+    agent's problem says only that the tool could not be reached."""
+    log.warning("tool_unreachable", tool=auth.call.tool, upstream=without_userinfo(auth.upstream),
+                cause=network_cause(e), error=type(e).__name__, **_ids(auth))
 
 
 def _ids(auth: Authorized) -> dict[str, str]:

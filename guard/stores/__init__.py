@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from guard.domain import Retention
-from guard.stores.base import Store
+from guard.stores.base import RegistrationLimits, Store
 
-__all__ = ["Store", "open_store"]
+__all__ = ["RegistrationLimits", "Store", "open_store"]
 
 
 async def open_store(url: str, durable_audit: bool = False, retention: Retention | None = None,

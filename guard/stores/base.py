@@ -7,14 +7,17 @@ redis/) implement `Store` and never import each other; tests/contract runs one s
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
 from guard.domain import (
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
@@ -23,9 +26,11 @@ from guard.domain import (
 )
 
 __all__ = [
+    "BASELINE_MAX_ACTIONS",
     "AgentStore",
     "ApprovalStore",
     "AuditStore",
+    "BaselineStore",
     "CallStore",
     "ContentStore",
     "CredentialStore",
@@ -33,13 +38,27 @@ __all__ = [
     "DeliveryStore",
     "GrantStore",
     "RefreshOutcome",
+    "RegistrationLimits",
+    "RegistrationOutcome",
     "RetentionStore",
+    "SignalStore",
     "Store",
     "TaskStore",
 ]
 
+BASELINE_MAX_ACTIONS = 1000  # tool.actions remembered per agent (MCP tool names are the caller's to choose)
 DecideOutcome = Literal["recorded", "closed", "duplicate", "not_found"]
 RefreshOutcome = Literal["rotated", "reused", "unknown"]
+RegistrationOutcome = Literal["registered", "full", "rate_limited"]
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrationLimits:
+    """Dynamic client registration's limits (config `oauth.registration`)."""
+
+    max_clients: int  # registered clients kept at once, across every instance
+    per_source: int  # registrations per source address and window
+    window_s: float
 
 
 class TaskStore(Protocol):
@@ -211,6 +230,35 @@ class GrantStore(Protocol):
         before: ("reused", the object), and nothing changes. Unknown or expired: ("unknown", None).
         A family's first token is stored with put_grant("refresh", digest, object, ttl)."""
 
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        """Count a registration attempt of `source` in its window (the window starts at its first
+        attempt and lasts `limits.window_s`); over `limits.per_source`: ("rate_limited", seconds
+        until the window ends), nothing stored. Else, when `limits.max_clients` clients (unexpired)
+        are kept already: ("full", 0). Else store `data` as put_grant("client", client_id, data,
+        ttl_s) would, and count it until it expires: ("registered", 0). One atomic step."""
+
+
+class SignalStore(Protocol):
+    """Shared Signals (guard.signals)."""
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        """True the first time a SET (`key`: a digest of its transmitter and jti) is seen, by any
+        instance, False ever after (until exp); kept apart from credential and DPoP jtis."""
+
+
+class BaselineStore(Protocol):
+    """Agents' baselines (guard.signals.baseline): the tool.actions each used and its calls per hour."""
+
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        """Count one call of `agent` to `key` ("tool.action") at `now`, atomically: the agent's
+        first call time is set once, `known` says whether it used `key` before (an agent keeps at
+        most BASELINE_MAX_ACTIONS; past that a new one stays unknown), the current clock hour's
+        count goes up, and the count of the hour before it is kept as `busiest` when higher."""
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        """The baselines of these agents (those that have one)."""
+
 
 class ContentStore(Protocol):
     """Content and tool integrity (guard.content): a task's data labels and the digests of values
@@ -240,7 +288,7 @@ class ContentStore(Protocol):
 
 
 class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore,
-            AuditStore, GrantStore, ContentStore, Protocol):
+            AuditStore, GrantStore, ContentStore, SignalStore, BaselineStore, Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

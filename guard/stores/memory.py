@@ -14,19 +14,27 @@ from typing import Any
 from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
     AGENT_COUNTERS,
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     ApprovalStatus,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
     Task,
     TaskState,
 )
-from guard.stores.base import DecideOutcome, RefreshOutcome
+from guard.stores.base import (
+    BASELINE_MAX_ACTIONS,
+    DecideOutcome,
+    RefreshOutcome,
+    RegistrationLimits,
+    RegistrationOutcome,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -62,6 +70,9 @@ class MemoryStore:
         self._consumed_heap: list[tuple[float, str]] = []
         self._dpop_seen: dict[str, float] = {}
         self._dpop_heap: list[tuple[float, str]] = []
+        self._baselines: dict[str, dict[str, Any]] = {}  # agent -> first_at, hour, count, busiest, actions
+        self._sets_seen: dict[str, float] = {}  # Shared Signals SETs already received (guard.signals)
+        self._sets_heap: list[tuple[float, str]] = []
         self._approvals: dict[str, Approval] = {}
         self._pending_by_call: dict[tuple[str, str], str] = {}
         self._latest_by_call: dict[tuple[str, str], str] = {}
@@ -70,6 +81,8 @@ class MemoryStore:
         self._grants: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (kind, key) -> (expiry, obj)
         self._creds: dict[str, dict[str, str]] = {}  # per-task credential holdings, by slot
         self._pins: dict[str, dict[str, str]] = {}  # content: tool -> MCP tool name -> definition digest
+        self._clients: dict[str, float] = {}  # registered client -> expiry (oauth.registration.max_clients)
+        self._registrations: dict[str, tuple[float, int]] = {}  # source -> (its window's end, attempts)
 
     async def ping(self) -> None:
         return None
@@ -168,6 +181,9 @@ class MemoryStore:
 
     # -- calls -------------------------------------------------------------
     async def admit_call(self, task_id: str, limits: CallLimits) -> Admission:
+        return self._admit(task_id, limits)
+
+    def _admit(self, task_id: str, limits: CallLimits) -> Admission:
         row = self._tasks.get(task_id)
         if row is None:
             return Admission(False, "not_found")
@@ -199,6 +215,9 @@ class MemoryStore:
         return Admission(True, calls=row.calls)
 
     async def finish_call(self, task_id: str, call_id: str) -> None:
+        self._finish(task_id, call_id)
+
+    def _finish(self, task_id: str, call_id: str) -> None:
         row = self._tasks.get(task_id)
         if row is not None:
             row.in_flight.discard(call_id)
@@ -210,12 +229,12 @@ class MemoryStore:
     async def admit_and_record(
         self, task_id: str, limits: CallLimits, fields: dict[str, Any]
     ) -> tuple[Admission, AuditRecord | None]:
-        admission = await self.admit_call(task_id, limits)  # no await inside: atomic with the append
-        return admission, (await self.append_audit(task_id, fields) if admission.ok else None)
+        admission = self._admit(task_id, limits)  # atomic with the append: nothing awaited between
+        return admission, (self._append(task_id, fields) if admission.ok else None)
 
     async def record_and_finish(self, task_id: str, call_id: str, fields: dict[str, Any]) -> AuditRecord:
-        record = await self.append_audit(task_id, fields)
-        await self.finish_call(task_id, call_id)
+        record = self._append(task_id, fields)
+        self._finish(task_id, call_id)
         return record
 
     # -- credentials -------------------------------------------------------
@@ -239,6 +258,34 @@ class MemoryStore:
             return False
         self._dpop_seen[key] = exp
         heapq.heappush(self._dpop_heap, (exp, key))
+        return True
+
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        b = self._baselines.setdefault(agent, {"first_at": now, "hour": -1, "count": 0, "busiest": 0,
+                                               "actions": set()})
+        known = key in b["actions"]
+        if not known and len(b["actions"]) < BASELINE_MAX_ACTIONS:
+            b["actions"].add(key)
+        hour = int(now // 3600)
+        if hour > b["hour"]:
+            b["busiest"] = max(b["busiest"], b["count"])
+            b["hour"], b["count"] = hour, 0
+        b["count"] += 1
+        return Activity(b["first_at"], known, b["count"], b["busiest"])
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        return {a: BaselineStats(b["first_at"], frozenset(b["actions"]), b["busiest"], b["count"])
+                for a in agents if (b := self._baselines.get(a)) is not None}
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        now = time.time()
+        while self._sets_heap and self._sets_heap[0][0] < now:
+            _, old = heapq.heappop(self._sets_heap)
+            self._sets_seen.pop(old, None)
+        if key in self._sets_seen:
+            return False
+        self._sets_seen[key] = exp
+        heapq.heappush(self._sets_heap, (exp, key))
         return True
 
     # -- approvals ---------------------------------------------------------
@@ -401,6 +448,9 @@ class MemoryStore:
     ) -> AuditRecord:
         if agent_event is not None:
             self._agent_event(str(fields["agent"]), agent_event, float(fields["ts"]), None)
+        return self._append(task_id, fields)
+
+    def _append(self, task_id: str, fields: dict[str, Any]) -> AuditRecord:
         if self._tails_only:
             seq, prev = self._tails.get(task_id, (0, GENESIS))
             record = chain_record(fields, seq + 1, prev)
@@ -459,3 +509,21 @@ class MemoryStore:
         self._grants[("refresh_used", old)] = (exp, {})
         self._grants[("refresh", new)] = (exp, dict(hit))
         return "rotated", dict(hit)
+
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        if len(self._registrations) > 10_000:
+            self._registrations = {s: w for s, w in self._registrations.items() if w[0] > now}
+        end, attempts = self._registrations.get(source, (0.0, 0))
+        if end <= now:
+            end, attempts = now + limits.window_s, 0
+        self._registrations[source] = (end, attempts + 1)
+        if attempts + 1 > limits.per_source:
+            return "rate_limited", end - now
+        if len(self._clients) >= limits.max_clients:
+            self._clients = {c: exp for c, exp in self._clients.items() if exp > now}
+            if len(self._clients) >= limits.max_clients:
+                return "full", 0.0
+        self._clients[client_id] = now + ttl_s
+        await self.put_grant("client", client_id, data, ttl_s)
+        return "registered", 0.0

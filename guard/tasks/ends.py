@@ -48,10 +48,10 @@ import contextlib
 import json
 import time
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import structlog
 
@@ -165,6 +165,8 @@ class TaskEnds:
         self._delivered: OrderedDict[str, tuple[float, TaskEnded]] = OrderedDict()
         self._running: set[asyncio.Task[None]] = set()
         self._checker: asyncio.Task[None] | None = None
+        self._enders: list[Callable[[Task], None]] = []  # told of each end made here (guard.signals sends it)
+        self._suspenders: list[Callable[[str, str], None]] = []  # told of each agent suspended here
 
     async def start(self) -> None:
         await self._notifier.start(self._received)
@@ -197,19 +199,38 @@ class TaskEnds:
         return w
 
     async def end(self, task_id: str, status: str, actor: str | None, detail: str | None,
-                  reason: EndReason | None = None) -> Task | None:
+                  reason: EndReason | None = None, fields: Mapping[str, Any] | None = None) -> Task | None:
         """End an active task here: the store moves it to `status` (completed | revoked |
         expired), `task_<status>` is audited (with `actor` when given, `detail` as its
-        end_reason), and the end is announced everywhere. None when it was not active."""
+        end_reason, and `fields`, e.g. the jti of the signal behind it), and the end is
+        announced everywhere. None when it was not active."""
         ended = await self.store.end_task(task_id, status, time.time(), detail)
         if ended is None:
             return None
-        extra = {"actor": actor} if actor is not None else {}
+        extra: dict[str, Any] = dict(fields or {})
+        if actor is not None:
+            extra["actor"] = actor
         try:
             await self.audit.append(ended.task_id, f"task_{status}", ended.agent, detail=detail, **extra)
         finally:  # ended in the store: announced even when the record could not be written (an error)
             await self.announce(TaskEnded(ended.task_id, ended.agent, reason or end_reason(ended)))
+            for fn in self._enders:
+                fn(ended)
         return ended
+
+    def on_ended_here(self, fn: Callable[[Task], None]) -> None:
+        """`fn(task)` (plain, not async: it must not block) for every task this instance ends:
+        once per end in the whole deployment, unlike `subscribe`."""
+        self._enders.append(fn)
+
+    def on_suspended_here(self, fn: Callable[[str, str], None]) -> None:
+        """`fn(agent, reason)` (plain, must not block) for every agent newly suspended here
+        (guard.tasks.suspend), before its tasks are revoked."""
+        self._suspenders.append(fn)
+
+    def suspended_here(self, agent: str, reason: str) -> None:
+        for fn in self._suspenders:
+            fn(agent, reason)
 
     async def expired(self, state: TaskState, now: float) -> TaskState:
         """Persist (and audit, and announce) the expiry of a task past `expires_at` or idle for

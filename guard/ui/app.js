@@ -75,7 +75,7 @@ function whoAmI() {
   document.getElementById("sign-in").hidden = Boolean(signedIn);
   document.getElementById("sign-out").hidden = !signedIn;
   if (!t && signedIn) {
-    who.textContent = "signed in as " + signedIn.sub + (signedIn.roles.length ? " (" + signedIn.roles.join(", ") + ")" : "");
+    who.textContent = "signed in as " + (signedIn.name || signedIn.sub) + (signedIn.roles.length ? " (" + signedIn.roles.join(", ") + ")" : "");
     return;
   }
   if (!t) return;
@@ -167,6 +167,24 @@ function timeline(records) {
     el("tbody", {}, rows));
 }
 
+// an admin ends an active task at once: its tokens, credentials and pending approvals stop working
+function revokeForm(task) {
+  const reason = el("input", { id: "revoke-reason", class: "reason", placeholder: "reason (kept in the audit trail)",
+    maxlength: "500", required: "required" });
+  const result = el("span", { class: "result", role: "status" });
+  return el("form", { class: "actions", id: "revoke", onsubmit: async (ev) => {
+    ev.preventDefault();
+    result.textContent = "revoking…";
+    try {
+      await api("/v1/tasks/" + encodeURIComponent(task.task_id) + "/revoke",
+        { method: "POST", body: JSON.stringify({ reason: reason.value }) });
+      await viewTask(task.task_id);
+    } catch (e) {
+      result.textContent = String(e.message || e);
+    }
+  } }, el("button", { class: "deny", type: "submit" }, "Revoke task"), reason, result);
+}
+
 async function viewTask(taskId) {
   const [task, trail] = await Promise.all([
     api("/v1/tasks/" + encodeURIComponent(taskId)),
@@ -185,22 +203,42 @@ async function viewTask(taskId) {
       el("dt", {}, "calls"), el("dd", {}, String(task.calls)),
       el("dt", {}, "created / expires"), el("dd", {}, when(task.created_at) + " / " + when(task.expires_at)),
       el("dt", {}, "audit chain"), el("dd", { id: "verified" }, verified, " ", trail.records.length + " records")),
+    task.status === "active" ? revokeForm(task) : null,
     el("h2", {}, "Chain"), el("div", { id: "chain" }, chainTree(trail.records)),
     el("h2", {}, "Audit timeline"), timeline(trail.records));
 }
 
 // ---------------------------------------------------------------- approvals
 
-async function decide(approval, decision, reasonInput, result) {
-  result.textContent = "sending…";
+// A decided card shows its approval's new status and takes no second decision (the store would refuse
+// it); a card whose approval was closed elsewhere (409) is settled the same way.
+function settle(card, status) {
+  if (status) {
+    const shown = badge(status);
+    card.status.replaceWith(shown);
+    card.status = shown;
+    const section = card.result.closest("section.approval");
+    if (section) section.dataset.status = status;
+  }
+  for (const control of card.controls) control.disabled = true;
+}
+
+async function decide(approval, decision, card) {
+  for (const control of card.controls) control.disabled = true;
+  card.result.textContent = "sending…";
   try {
     const body = { decision };
-    if (reasonInput.value) body.reason = reasonInput.value;
+    if (card.reason.value) body.reason = card.reason.value;
     const out = await api("/v1/approvals/" + encodeURIComponent(approval.approval_id) + "/decision",
       { method: "POST", body: JSON.stringify(body) });
-    result.textContent = decision === "approve" ? "approved → " + out.status : "denied → " + out.status;
+    card.result.textContent = decision === "approve" ? "approved → " + out.status : "denied → " + out.status;
+    settle(card, out.status);
   } catch (e) {
-    result.textContent = String(e.message || e);
+    const why = String(e.message || e);
+    card.result.textContent = why;
+    if (why.startsWith("approval_closed:")) settle(card, why.split(" ").pop());  // "the approval is denied"
+    else if (why.startsWith("duplicate_decision:")) settle(card, null);
+    else for (const control of card.controls) control.disabled = false;
   }
 }
 
@@ -208,8 +246,12 @@ function approvalCard(a) {
   const reason = el("input", { class: "reason", placeholder: "reason (optional)", maxlength: "500" });
   const result = el("span", { class: "result", role: "status" });
   const task = a.task || {};
-  return el("section", { class: "card approval", "data-approval-id": a.approval_id },
-    el("h3", {}, el("span", { class: "mono" }, a.tool + "." + a.action), " ", badge(a.status)),
+  const card = { status: badge(a.status), reason, result, controls: [] };
+  const approve = el("button", { class: "approve", type: "button", onclick: () => decide(a, "approve", card) }, "Approve");
+  const deny = el("button", { class: "deny", type: "button", onclick: () => decide(a, "deny", card) }, "Deny");
+  card.controls.push(approve, deny, reason);
+  return el("section", { class: "card approval", "data-approval-id": a.approval_id, "data-status": a.status },
+    el("h3", {}, el("span", { class: "mono" }, a.tool + "." + a.action), " ", card.status),
     el("dl", { class: "facts" },
       el("dt", {}, "request"), el("dd", { class: "mono" }, (a.method || "") + " " + (a.path || "")),
       el("dt", {}, "task"), el("dd", {}, el("a", { href: "#/task/" + encodeURIComponent(a.task_id) }, a.task_id)),
@@ -220,10 +262,7 @@ function approvalCard(a) {
       el("dt", {}, "expires"), el("dd", {}, when(a.expires_at))),
     el("h4", {}, "Arguments"),
     el("pre", { class: "args" }, JSON.stringify(a.args, null, 2)),
-    el("div", { class: "actions" },
-      el("button", { class: "approve", type: "button", onclick: () => decide(a, "approve", reason, result) }, "Approve"),
-      el("button", { class: "deny", type: "button", onclick: () => decide(a, "deny", reason, result) }, "Deny"),
-      reason, result));
+    el("div", { class: "actions" }, approve, deny, reason, result));
 }
 
 async function viewApprovals() {
@@ -235,6 +274,19 @@ async function viewApprovals() {
 }
 
 // ---------------------------------------------------------------- the agent inventory
+
+// credentials hygiene: each static secret's age, STALE past max_secret_age_s, and its exception
+function secretsCell(secrets) {
+  return Object.keys(secrets).sort().map((tool) => {
+    const s = secrets[tool];
+    const age = typeof s.age_s === "number" ? Math.floor(s.age_s / 86400) + "d" : "?";
+    const parts = [tool + ": " + age];
+    if (s.stale) parts.push("STALE");
+    if (s.exception) parts.push((s.exception_expired ? "exception EXPIRED " : "exception until ")
+      + String(s.exception.expires).slice(0, 10) + " (" + s.exception.owner + ")");
+    return el("div", { class: s.stale || s.exception_expired ? "secret stale" : "secret" }, parts.join(" "));
+  });
+}
 
 async function viewAgents() {
   const data = await api("/v1/agents");
@@ -250,12 +302,13 @@ async function viewAgents() {
     el("td", { class: "calls" }, String(a.active_tasks ?? 0)),
     el("td", { class: "calls" }, String(a.calls ?? 0)),
     el("td", { class: "calls" }, String(a.denied ?? 0)),
-    el("td", { class: "mono" }, [].concat(a.tools_used || []).join(", "))));
+    el("td", { class: "mono" }, [].concat(a.tools_used || []).join(", ")),
+    el("td", { class: "mono secrets" }, secretsCell(a.secrets || {}))));
   main.replaceChildren(
     el("h2", {}, "Agents"),
     el("table", { id: "agents" },
       el("thead", {}, el("tr", {}, ["agent", "owner", "purpose", "registered", "suspended", "first seen",
-        "last seen", "active tasks", "calls", "denied", "tools used"].map((h) => el("th", {}, h)))),
+        "last seen", "active tasks", "calls", "denied", "tools used", "static secrets"].map((h) => el("th", {}, h)))),
       el("tbody", {}, rows)),
     ...(rows.length ? [] : [el("p", { class: "hint" }, "No agent has been seen yet.")]));
 }

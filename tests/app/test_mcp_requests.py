@@ -95,3 +95,21 @@ async def test_tools_list_over_sse_is_filtered_page_by_page(
     assert [t["name"] for t in events[1]["result"]["tools"]] == ["read_file"]
     assert events[1]["result"]["nextCursor"] == "page-2"
     assert "id: 1" in raw  # the event's other fields are kept
+
+
+async def test_an_unauthenticated_request_gets_the_challenge_whatever_its_body(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    """An MCP client's first request has no token: it must learn where to authorize (RFC 9728),
+    not that its body is malformed."""
+    guard = await app_factory(files_policy(f"{upstream.url}/mcp"))
+    bodies = [b"", b"{", b"[]", b"not json", json.dumps(rpc("tools/call", 1, name="read_file")).encode()]
+    for body in bodies:
+        for headers in ({}, {"Authorization": "Bearer"}, {"Authorization": "Basic dXNlcjpwdw=="}):
+            async with http.post(f"{guard.url}/mcp/files", data=body,
+                                 headers={"Content-Type": "application/json", **headers}) as r:
+                problem = json.loads(await r.read())
+                assert r.status == 401, (body, headers, problem)
+                assert problem["code"] == "unauthenticated"
+                assert "resource_metadata=" in r.headers["WWW-Authenticate"]
+    assert upstream.requests == []

@@ -193,3 +193,21 @@ async def test_every_refusal_of_a_task_is_audited(
         [row] = [a for a in await r.json() if a["agent"] == AGENT]
     assert row["denied"] == 2 and row["calls"] == 0
     assert upstream.requests == []
+
+
+async def test_a_txn_token_once_used_never_passes_as_a_task_token(
+    guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    """A tool holds the Txn-Token of the call it serves. Presented as a Txn-Token it is verified
+    and remembered; presented as a bearer task token it stays refused (it would call with the
+    task's full rights, past the end of its call)."""
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=bearer(task["task_token"])) as r:
+        assert r.status == 200
+    txn = upstream.requests[-1].headers["Txn-Token"]
+    async with http.get(f"{guard.url}/tools/echo/items/2", headers={"Txn-Token": txn}) as r:
+        assert r.status == 403  # its call has finished
+    async with http.get(f"{guard.url}/tools/echo/items/3", headers=bearer(txn)) as r:
+        assert r.status == 401
+        assert (await r.json(content_type=None))["code"] == "unauthenticated"
+    assert len(upstream.requests) == 1

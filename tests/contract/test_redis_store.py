@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from typing import Any
 
 import pytest
 import redis.asyncio as redis
@@ -13,11 +14,12 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from guard.audit.chain import verify_chain
-from guard.domain import Task
+from guard.domain import Delivery, Task
 from guard.errors import StoreUnavailable
 from guard.identity.tokens import new_id
 from guard.stores import open_store
 from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.store import RedisStore
 from tests.support.redis import RedisServer
 
 pytestmark = pytest.mark.redis
@@ -36,12 +38,8 @@ async def test_an_agent_is_listed_again_after_redis_lost_its_data(redis_server: 
                 aof.unlink()
         redis_server.start()
 
-        for _ in range(3):  # the first command after the restart may find the old connection dead
-            try:
-                await store.record_agent_event("spiffe://a/listed", "call_denied", 12.0)
-                break
-            except StoreUnavailable:
-                continue
+        # the old connection is dead: the first command after the restart reconnects first
+        await store.record_agent_event("spiffe://a/listed", "call_denied", 12.0)
         stats = await store.agent_stats()
         assert set(stats) == {"spiffe://a/listed"}
         assert (stats["spiffe://a/listed"].denied, stats["spiffe://a/listed"].first_seen) == (1, 12.0)
@@ -148,4 +146,35 @@ async def test_a_redis_that_lost_its_scripts_still_runs_every_operation(redis_se
         assert len(trail) == 21 and verify_chain(trail).verified
     finally:
         await r.aclose()
+        await store.close()
+
+
+async def test_a_lost_round_trip_is_sent_again_only_when_it_may_run_twice(redis_server: RedisServer) -> None:
+    """Redis closes the shared connection right after a command queued just before the store's
+    (CLIENT KILL of itself), so the store's command never runs, but the guard cannot know that.
+    Claiming deliveries may run twice: it is sent again on a fresh connection and answers.
+    Consuming a credential id may not: it fails closed, and it had not run."""
+    store = RedisStore(redis_server.url)
+    now = time.time()
+    delivery = Delivery(new_id("dlv"), new_id("apr"), new_id("task"), "spiffe://a/lost", "finance", "{}", now + 600)
+
+    def kill_the_shared_connection(connection_id: int) -> asyncio.Future[list[Any]]:
+        """Queued now: it goes out in the same write as the next command of the store."""
+        killed = asyncio.ensure_future(store._sender.send([("CLIENT", "KILL", "ID", connection_id, "SKIPME", "no")]))
+        killed.add_done_callback(lambda f: f.exception())
+        return killed
+
+    try:
+        await store.save_delivery(delivery)
+        [connection_id] = await store._send([("CLIENT", "ID")])
+        kill_the_shared_connection(connection_id)
+        claimed = await store.claim_deliveries("instance-a", now, now + 30)
+        assert [d.delivery_id for d in claimed] == [delivery.delivery_id]
+
+        [connection_id] = await store._send([("CLIENT", "ID")])
+        kill_the_shared_connection(connection_id)
+        with pytest.raises(StoreUnavailable):
+            await store.consume_credential("jti-lost", now + 30)
+        assert await store.consume_credential("jti-lost", now + 30)  # it had not run: still unused
+    finally:
         await store.close()

@@ -235,6 +235,17 @@ async def test_a_dpop_proof_is_used_once_under_concurrency_and_apart_from_creden
     assert await store.consume_dpop_jti(new_id("dpop"), exp)
 
 
+async def test_a_shared_signal_is_received_once_under_concurrency_and_apart_from_other_jtis(
+        store: Store, peer: Store) -> None:
+    key = new_id("set")
+    exp = time.time() + 30
+    results = await asyncio.gather(*((store if i % 2 else peer).consume_signal_jti(key, exp) for i in range(20)))
+    assert results.count(True) == 1
+    assert not await peer.consume_signal_jti(key, exp)
+    assert await store.consume_dpop_jti(key, exp) and await store.consume_credential(key, exp)
+    assert await store.consume_signal_jti(new_id("set"), exp)
+
+
 # -- approvals -------------------------------------------------------------------------------------
 
 
@@ -579,3 +590,24 @@ async def test_an_append_whose_caller_gave_up_leaves_the_chain_whole(store: Stor
     assert len(done) >= 66 and len(records) >= len(done)
     after = await store.append_audit(task.task_id, draft(task, "note", "last"))
     assert after.seq == len(records) + 1
+
+
+# -- baselines -------------------------------------------------------------------------------------
+
+
+async def test_a_baseline_remembers_actions_and_the_busiest_earlier_hour(store: Store, peer: Store) -> None:
+    agent = new_id("agent")
+    hour = 3600 * 500_000.0
+    first = await store.observe_activity(agent, "notes.read", hour + 10)
+    assert (first.first_at, first.known, first.hour_calls, first.busiest) == (hour + 10, False, 1, 0)
+    again = await peer.observe_activity(agent, "notes.read", hour + 20)  # another instance, the same baseline
+    assert (again.first_at, again.known, again.hour_calls, again.busiest) == (hour + 10, True, 2, 0)
+    await store.observe_activity(agent, "notes.write", hour + 30)
+    later = await peer.observe_activity(agent, "notes.read", hour + 3600 + 5)  # the next hour
+    assert (later.known, later.hour_calls, later.busiest) == (True, 1, 3)
+    quiet = await store.observe_activity(agent, "notes.read", hour + 3 * 3600)  # a quieter hour keeps the peak
+    assert (quiet.hour_calls, quiet.busiest) == (1, 3)
+    stats = (await peer.baseline_stats([agent, new_id("nobody")]))
+    assert list(stats) == [agent]
+    assert stats[agent].actions == {"notes.read", "notes.write"} and stats[agent].busiest == 3
+    assert stats[agent].first_at == hour + 10 and stats[agent].hour_calls == 1

@@ -1,12 +1,13 @@
 """The Store contract for OAuth grants and sign-in sessions (guard.oauth), on every backend:
-single-use codes, expiry, and refresh-token rotation with replay detection, also between two
-instances racing on the same token."""
+single-use codes, expiry, refresh-token rotation with replay detection, also between two
+instances racing on the same token, and the limits of client registration."""
 
 from __future__ import annotations
 
 import asyncio
+import time
 
-from guard.stores import Store
+from guard.stores import RegistrationLimits, Store
 
 
 async def test_put_get_take(store: Store, peer: Store) -> None:
@@ -49,3 +50,27 @@ async def test_refresh_race_has_one_winner(store: Store, peer: Store) -> None:
     outcomes = await asyncio.gather(*(s.rotate_refresh("f0", f"f{i + 1}", 60)
                                       for i, s in enumerate((store, peer) * 4)))
     assert sorted(o for o, _ in outcomes) == ["reused"] * 7 + ["rotated"]
+
+
+async def test_client_registration_limits(store: Store, peer: Store) -> None:
+    limits = RegistrationLimits(max_clients=3, per_source=4, window_s=0.5)
+    now = time.time()
+    assert await store.register_client("c1", {"client_name": "one"}, 60, "10.0.0.1", limits, now) == ("registered", 0)
+    assert await peer.get_grant("client", "c1") == {"client_name": "one"}
+    assert (await peer.register_client("c2", {}, 60, "10.0.0.2", limits, now))[0] == "registered"
+    assert (await store.register_client("c3", {}, 0.3, "10.0.0.2", limits, now))[0] == "registered"
+    # three kept, across instances: the fourth is refused and not stored
+    assert await peer.register_client("c4", {}, 60, "10.0.0.3", limits, now) == ("full", 0)
+    assert await store.get_grant("client", "c4") is None
+    # a source's attempts in its window are counted, refused or not: the fifth waits for the window's end
+    assert (await store.register_client("c5", {}, 60, "10.0.0.1", limits, now))[0] == "full"
+    assert (await peer.register_client("c6", {}, 60, "10.0.0.1", limits, now))[0] == "full"
+    assert (await store.register_client("c7", {}, 60, "10.0.0.1", limits, now))[0] == "full"
+    outcome, retry_after = await peer.register_client("c8", {}, 60, "10.0.0.1", limits, now)
+    assert outcome == "rate_limited" and 0 < retry_after <= 0.5
+    # c3 expires: its place is free again; the window ends: the source may try again
+    await asyncio.sleep(0.6)
+    later = time.time()
+    assert (await store.register_client("c9", {}, 60, "10.0.0.1", limits, later))[0] == "registered"
+    assert await peer.get_grant("client", "c3") is None
+    assert (await peer.register_client("c10", {}, 60, "10.0.0.9", limits, later))[0] == "full"

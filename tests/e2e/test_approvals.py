@@ -385,6 +385,7 @@ async def test_a_decision_at_another_instance_releases_the_hold(
     tmp_path: Path,
 ) -> None:
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {**guard_config(redis_server.url, receiver.url),
               "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json")}

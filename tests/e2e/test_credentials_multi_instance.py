@@ -45,6 +45,7 @@ async def test_task_ended_at_one_instance_revokes_what_the_other_took(
     policy["tools"].update(notes["tools"])
     policy["rules"].append({"id": "notes", "effect": "allow", "match": {"tool": "notes"}})
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": redis_server.url},
               "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json"),

@@ -23,6 +23,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import urllib.request
 from collections.abc import Iterator
@@ -187,7 +188,8 @@ def fill(cmd: DocCommand, v: Values) -> list[str]:
         elif arg.startswith("$"):
             name = arg.strip("${}()\"'").upper()
             value = (v.token if arg.startswith("$(") or any(w in name for w in ("TOKEN", "ADMIN", "AUDITOR"))
-                     else v.url if "URL" in name or name == "GUARD" else None)
+                     else v.url if "URL" in name or name == "GUARD"
+                     else v.task_id if name in ("TASK_ID", "TASK") else None)
         elif "…" in arg or "..." in arg:
             value = v.task_id if arg.startswith("task_") else None
         elif m := re.fullmatch(r"<([^<>]+)>", arg):
@@ -292,3 +294,44 @@ def test_documented_command_line_works(cmd: DocCommand, world: World) -> None:
     out = subprocess.run([PY, "-m", "guard", *args], cwd=world.guard.dir, env=world.env, capture_output=True,
                          text=True, timeout=60)
     assert out.returncode == 0, f"{cmd.where}: `{cmd.text}` ran as `guard {shlex.join(args)}`:\n{out.stderr}"
+
+
+# ------------------------------------------------------------------------- README's "By hand"
+
+
+def by_hand_block() -> str:
+    """The shell block under README's "By hand" heading, as the reader copies it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    after = text[text.index("\nBy hand"):]
+    start = after.index("```sh\n") + len("```sh\n")
+    return after[start:after.index("\n```", start)] + "\n"
+
+
+def test_readme_by_hand_steps_run_as_written(tmp_path: Path) -> None:
+    """A newcomer's first steps, run line by line as the README shows them (in a folder laid out
+    like the repository, on free ports instead of 8080 and 9101, which other runs may hold): the
+    guard and the notes tool start, the task is created, the note is written and read back, and
+    the task's audit trail shows both calls."""
+    guard_port, notes_port = free_port(), free_port()
+    script = by_hand_block()
+    assert "examples.notes" in script and "localhost:8080/tools/notes" in script
+    for name in (".venv", "examples"):
+        (tmp_path / name).symlink_to(ROOT / name)
+    shutil.copytree(ROOT / "policies", tmp_path / "policies")
+    tools = tmp_path / "policies" / "tools.yaml"
+    tools.write_text(tools.read_text().replace("127.0.0.1:9101", f"127.0.0.1:{notes_port}"))
+    script = script.replace("8080", str(guard_port)).replace("9101", str(notes_port))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GUARD_")}
+    env["GUARD_LISTEN_PORT"] = str(guard_port)  # the embedded default's 8080
+    out = subprocess.run(["timeout", "90", "bash", "-c", "set -e; trap 'kill $(jobs -p) 2>/dev/null' EXIT\n" + script],
+                         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, f"{out.stdout}\n{out.stderr}"
+    note = json.loads(_json_lines(out.stdout)[-1])
+    assert note["title"] == "first note" and note["body"] == "written through guard"
+    assert re.search(r"call_forwarded\s+notes\.write\s+.*status=201", out.stdout), out.stdout
+    assert re.search(r"call_forwarded\s+notes\.read\s+.*status=200", out.stdout), out.stdout
+
+
+def _json_lines(text: str) -> list[str]:
+    """The JSON objects curl printed (each answer is one, with no newline after it)."""
+    return [m.group(0) for m in re.finditer(r"\{\"[^\n]*?\}(?=\{|\n|$)", text)]

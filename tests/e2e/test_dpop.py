@@ -138,6 +138,7 @@ async def test_mcp_calls_need_the_proof_too(guard: Guard, upstream: Upstream, ht
 async def test_a_proof_used_at_one_instance_is_refused_at_another(
         guard_factory: Any, upstream: Upstream, redis_server: Any, tmp_path: Any, http: aiohttp.ClientSession) -> None:
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     public = "http://guard.acme.example"  # both instances behind one name: proofs name it
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-key.json"), "public_url": public}

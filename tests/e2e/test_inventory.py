@@ -110,6 +110,7 @@ async def test_counters_cover_every_instance(
     guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json")}
     a: Guard = guard_factory(inventory_policy(upstream.url), config=config, subdir="a")

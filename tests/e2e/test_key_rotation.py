@@ -41,6 +41,7 @@ async def test_a_rotation_switches_every_instance_and_old_tokens_keep_working(
         guard_factory: Any, upstream: Upstream, redis_server: Any, tmp_path: Path,
         http: aiohttp.ClientSession) -> None:
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-key.json"), "audit": {"dir": str(shared / "audit")}}
     a: Guard = guard_factory(chained_policy(upstream), config=config, subdir="a")

@@ -49,7 +49,8 @@ def signed_in_guard(guard_factory: Any, mcp_server: str, tmp_path: Path) -> Any:
         sso = {"issuer": idp.issuer, "client_id": "guard", "client_secret": {"env": "GUARD_SSO_SECRET"},
                "scopes": ["openid", "email", "roles"], "roles_claim": "roles"}
         guard: Guard = guard_factory(oauth_files_policy(mcp_server),
-                                     {"sso": sso, "oauth": {"registration": {"mode": "open"}}, **config},
+                                     {"sso": sso, "oauth": {"registration": {"mode": "open"}},
+                                      "dev_issuer": True, **config},  # the test's admin tokens (loopback only)
                                      env={"GUARD_SSO_SECRET": "idp-client-secret"}, start=False)
         idp.config = {
             "clients": [{"client_id": "guard", "client_secret": "idp-client-secret",
@@ -127,7 +128,7 @@ async def refuse(page: Any) -> None:
 async def test_sign_in_consent_calls_and_my_delegations(
     signed_in_guard: Any, browser: Any, http: aiohttp.ClientSession
 ) -> None:
-    guard, _idp = signed_in_guard()
+    guard, idp = signed_in_guard()
     context = await browser.new_context(viewport={"width": 1200, "height": 800})
     alice = await BrowserPerson(await context.new_page(), guard, approve).start()
     storage = Tokens()
@@ -211,7 +212,8 @@ async def test_sign_in_consent_calls_and_my_delegations(
     async with http.get(f"{guard.url}/v1/tasks/{task_id}/audit",
                         headers={"Authorization": f"Bearer {guard.token('a', 'guard:auditor')}"}) as r:
         events = [(rec["event"], rec.get("actor")) for rec in (await r.json())["records"]]
-    assert events[0] == ("task_created", ALICE) and ("task_revoked", ALICE) in events
+    key = f"{idp.issuer}#{ALICE}"  # her IdP's iss and sub; her verified email is what pages show
+    assert events[0] == ("task_created", key) and ("task_revoked", key) in events
     await alice.stop()
     await context.close()
 

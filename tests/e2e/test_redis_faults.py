@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 from collections.abc import AsyncIterator
 from typing import Any
@@ -129,3 +130,29 @@ async def test_a_redis_that_stops_answering_fails_closed_and_is_used_again(
     async with http.get(f"{g.url}/tools/echo/items/7", headers=h) as r:
         assert r.status == 200
     assert [s.path_qs for s in upstream.requests] == ["/items/1", "/items/7"]
+
+
+async def test_after_a_redis_restart_calls_succeed_once_ready(
+    guard: Guard, upstream: Upstream, redis_server: RedisServer, http: aiohttp.ClientSession
+) -> None:
+    """Redis restarts while the guard is idle, so every connection it holds is stale. The
+    first call reconnects before it answers, whether or not anyone asked /readyz; and once
+    /readyz answers 200, no call answers 503 store_unavailable."""
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=h) as r:
+        assert r.status == 200
+    redis_server.stop()
+    redis_server.start()  # returns once Redis answers PING
+    async with http.get(f"{guard.url}/tools/echo/items/2", headers=h) as r:
+        assert r.status == 200, await r.text()
+    redis_server.stop()
+    redis_server.start()
+    await wait_ready(http, guard)
+    for i in range(3, 6):
+        async with http.get(f"{guard.url}/tools/echo/items/{i}", headers=h) as r:
+            assert r.status == 200, await r.text()
+    assert [s.path_qs for s in upstream.requests] == [f"/items/{i}" for i in range(1, 6)]
+    events = [json.loads(line) for line in guard.log().splitlines() if line.startswith("{")]
+    reconnected = next(e for e in events if e["event"] == "store_reconnected")
+    assert (reconnected["address"], reconnected["cause"]) == (f"127.0.0.1:{redis_server.port}", "closed while idle")

@@ -21,6 +21,7 @@ pytestmark = pytest.mark.redis
 def pair(guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B: one Redis, one signing key (tokens work at both), one audit folder."""
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {
         "store": {"url": redis_server.url},
         "signing": {"key_file": str(shared / "signing-key.json")},

@@ -17,7 +17,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guard.stores.redis.keys import task_key
+from guard.stores.redis.keys import CREDENTIAL_TASKS, credential_key, task_key
+from guard.stores.redis.store import RedisStore
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
 from tests.support.guard import Guard
 from tests.support.process import require
@@ -48,6 +49,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 def pair(guard_factory: Any, upstream: Upstream, topology: Topology, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B on the topology, one signing key (tokens work at both)."""
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {
         "store": {"url": topology.url, "wait_replicas": 1},
         "signing": {"key_file": str(shared / "signing-key.json")},
@@ -213,3 +215,58 @@ async def test_an_approval_decided_at_one_instance_wakes_the_others(topology: To
     finally:
         await a.close()
         await b.close()
+
+
+async def test_after_a_failover_or_a_restart_calls_succeed_once_ready(
+    guard_factory: Any, upstream: Upstream, topology: Topology, http: aiohttp.ClientSession
+) -> None:
+    """The guard sits idle while a primary goes away: under Sentinel it is killed and a replica
+    is promoted; in a cluster one primary restarts (its connections go stale, and for a moment
+    it answers PING but refuses keys), then another is killed and its replica takes over. The
+    first calls after the topology has settled reconnect before they answer, and once /readyz
+    answers 200 no call answers 503 store_unavailable. (In a cluster, neither primary is the one
+    the guard's background sweep reads from: its own errors would refresh the connections.)"""
+    g: Guard = guard_factory(echo_policy(upstream.url), config={"store": {"url": topology.url}})
+    tasks = [await create_task(http, g.url, g.token(AGENT))]
+    victims = [victim_of(topology, tasks[0]["task_id"])]
+    if isinstance(topology, ClusterTopology):
+        swept = topology.primary_of(CREDENTIAL_TASKS)
+        victims = [n for n in topology.primaries() if n is not swept]
+        for _ in range(60):  # a task on each primary
+            if {victim_of(topology, t["task_id"]) for t in tasks} >= set(victims):
+                break
+            tasks.append(await create_task(http, g.url, g.token(AGENT)))
+
+    async def ready() -> bool:
+        async with http.get(f"{g.url}/readyz") as r:
+            return r.status == 200
+
+    async def calls_succeed() -> None:
+        for task in tasks:
+            answer = await call(http, g, task)
+            assert answer.status == 200, answer
+
+    await calls_succeed()
+    if isinstance(topology, SentinelTopology):
+        victims[0].kill()
+        await asyncio.to_thread(topology.wait_promoted, victims[0])
+    else:
+        # a call reads its task first, and that read's retry would refresh the node's
+        # connections; a store of this process writes first
+        store = RedisStore(topology.url)
+        jtis = (f"jti-{i}" for i in range(1000) if topology.primary_of(credential_key(f"jti-{i}")) is victims[0])
+        try:
+            assert await store.consume_credential(next(jtis), time.time() + 60)
+            await asyncio.to_thread(victims[0].stop)
+            await asyncio.to_thread(victims[0].start)
+            await asyncio.to_thread(topology.wait_ok)
+            assert await store.consume_credential(next(jtis), time.time() + 60)
+        finally:
+            await store.close()
+    await calls_succeed()  # nobody asked /readyz
+    await until(ready, "the guard to be ready")
+    if isinstance(topology, ClusterTopology):
+        victims[1].kill()
+        await asyncio.to_thread(topology.wait_ok)
+        await until(ready, "the guard to be ready again")
+        await calls_succeed()

@@ -252,7 +252,7 @@ def test_bad_config_and_policy_stop_startup(tmp_path: Path) -> None:
     (tmp_path / "bad.yaml").write_text("listen: {host: 127.0.0.1, port: 8080}\nstore: {urll: x}\n")
     out = subprocess.run([PY, "-m", "guard", "--config", str(tmp_path / "bad.yaml"), "serve"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "bad.yaml" in out.stderr and "store.urll" in out.stderr
     pol = tmp_path / "policies"
     pol.mkdir()
@@ -260,7 +260,7 @@ def test_bad_config_and_policy_stop_startup(tmp_path: Path) -> None:
     (tmp_path / "ok.yaml").write_text(f"policies: {pol}\n")
     out = subprocess.run([PY, "-m", "guard", "--config", str(tmp_path / "ok.yaml"), "serve"],
                          capture_output=True, text=True, timeout=30)
-    assert out.returncode == 1 and "p.yaml:4" in out.stderr, out.stderr
+    assert out.returncode == 2 and "p.yaml:4" in out.stderr, out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
 
 

@@ -101,6 +101,7 @@ def setup(guard_factory: Any, upstream: Upstream, stream_tool: str, store_url: s
     feed = Feed()
     upstream.handler = feed.handle
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": store_url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
     pol = policy(upstream.url, stream_tool)

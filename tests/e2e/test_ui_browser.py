@@ -141,6 +141,8 @@ async def test_review_page(
 
     await card.locator("button.approve").click()
     await card.locator(".result").filter(has_text="approved").wait_for()
+    assert await card.locator("h3 .badge").all_text_contents() == ["approved"]  # not "pending" any more
+    assert await card.locator("button.approve").is_disabled() and await card.locator("button.deny").is_disabled()
     r = await asyncio.wait_for(held, 30)
     async with r:
         assert r.status == 200, await r.text()
@@ -202,3 +204,65 @@ async def test_a_changed_tool_definition_shows_beside_its_pin(
         await card.locator(".result").filter(has_text="accepted").wait_for()
         assert (await session.tools())["read_file"]["description"] == RUG_PULL
         await page.close()
+
+
+async def test_the_agents_view_shows_static_secrets_age_and_exception(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, browser: Any, tmp_path: Path
+) -> None:
+    secret = tmp_path / "notes-key"
+    secret.write_text("a-static-secret\n")
+    policy = echo_policy(upstream.url)
+    policy["tools"]["echo"]["credential"] = {
+        "mode": "static", "header": "X-Api-Key", "secret": {"file": str(secret)},
+        "exception": {"owner": REVIEWER, "reason": "no OAuth yet", "expires": "2099-03-01T00:00:00Z"}}
+    guard: Guard = guard_factory(policy, config={"credentials_hygiene": {"max_secret_age_s": 86400}})
+    await create_task(http, guard.url, guard.token(AGENT))
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(f"{guard.url}/ui")
+    await page.fill("#token", guard.token(REVIEWER, "guard:auditor"))
+    await page.click("#token-form button[type=submit]")
+    await page.goto(f"{guard.url}/ui#/agents")
+    cell = page.locator(f"tr.agent-row[data-agent='{AGENT}'] td.secrets")
+    await cell.wait_for()
+    assert await cell.text_content() == f"echo: 0d exception until 2099-03-01 ({REVIEWER})"
+    assert "a-static-secret" not in (await page.content())
+    await page.close()
+
+
+async def test_an_admin_revokes_a_task_and_a_decided_card_changes_state(
+    guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, browser: Any
+) -> None:
+    guard: Guard = guard_factory(echo_policy(upstream.url))
+    task = await create_task(http, guard.url, guard.token(AGENT), purpose="monthly close")
+    auth = bearer(task["task_token"])
+    admin = guard.token(REVIEWER, "guard:admin", "guard:approver")
+    async with http.post(f"{guard.url}/tools/echo/pay", json={"amount": 900}, headers=auth) as r:
+        assert r.status == 403
+    approval = await pending_approval(http, guard, admin)
+
+    page = await browser.new_page(viewport={"width": 1280, "height": 800})
+    await page.goto(f"{guard.url}/ui#/approvals")
+    await page.fill("#token", admin)
+    await page.click("#token-form button[type=submit]")
+    card = page.locator(f"section.approval[data-approval-id='{approval['approval_id']}']")
+    await card.wait_for()
+    assert await card.locator("h3 .badge").text_content() == "pending"
+    await card.locator("button.deny").click()
+    await page.locator(f"section.approval[data-status='denied'][data-approval-id='{approval['approval_id']}']"
+                       ).wait_for()
+    assert await card.locator("h3 .badge").text_content() == "denied"  # the card says what the guard now holds
+    assert await card.locator("button.approve").is_disabled() and await card.locator("button.deny").is_disabled()
+    async with http.get(f"{guard.url}/v1/approvals/{approval['approval_id']}", headers=bearer(admin)) as r:
+        assert (await r.json())["status"] == "denied"
+
+    await page.goto(f"{guard.url}/ui#/task/{task['task_id']}")
+    await page.locator("#revoke button").wait_for()
+    await page.fill("#revoke-reason", "left the company")
+    await page.click("#revoke button")
+    await page.locator("#timeline td.event").filter(has_text="task_revoked").wait_for()
+    assert await page.locator("dl.facts .badge").first.text_content() == "revoked"
+    assert await page.locator("#revoke").count() == 0  # nothing left to revoke
+    async with http.get(f"{guard.url}/tools/echo/items/1", headers=auth) as r:
+        assert r.status == 403 and (await r.json())["code"] == "task_inactive"
+    await page.screenshot(path=str(ARTIFACTS / "ui-revoked.png"), full_page=True)
+    await page.close()

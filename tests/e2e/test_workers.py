@@ -38,7 +38,7 @@ def test_workers_refuse_the_memory_store(guard_factory: Any, upstream: Upstream)
     g: Guard = guard_factory(echo_policy(upstream.url), start=False)
     out = subprocess.run([PY, "-m", "guard", "--config", str(g.config_path), "serve", "--workers", "2"],
                          cwd=g.dir, capture_output=True, text=True, timeout=60, check=False)
-    assert out.returncode == 1
+    assert out.returncode == 2
     assert "--workers needs a shared store" in out.stderr and "redis://" in out.stderr
     assert "guard_started" not in out.stderr
 

@@ -447,3 +447,25 @@ async def test_a_new_trust_bundle_takes_effect_for_new_connections(
     with pytest.raises(aiohttp.ClientError):  # and the old CA's no longer are
         async with tg.session(ours) as s, s.post(f"{tg.url}/v1/tasks", json={"purpose": "x"}) as r:
             raise AssertionError(f"answered {r.status}")
+
+
+async def test_the_client_sdk_takes_an_svid_as_the_agents_identity(
+        guard_factory: Any, tmp_path: Path, ca: Pki, upstream: Upstream) -> None:
+    from guard.client import Guard as Client
+    from guard.errors import Unauthenticated
+
+    tg = tls_guard(guard_factory, tmp_path, ca, upstream)
+    cert, key = ca.issue(REPORTS).write(tg.certs, "sdk")
+    async with Client(tg.url, cert=(str(cert), str(key)), ca=str(tg.bundle)) as client, \
+            client.task(purpose="pay the invoices") as t:  # no token: the certificate is the identity
+        assert t.created["agent"] == REPORTS and t.created["binding"] == "mtls"
+        assert (await t.call("echo", "read", id=1))["path"] == "/items/1"
+        other_cert, other_key = ca.issue("spiffe://acme/agent/other").write(tg.certs, "sdk-other")
+        async with Client(tg.url, cert=(str(other_cert), str(other_key)), ca=str(tg.bundle)) as other:
+            t.guard = other  # the same task token from another workload
+            try:
+                with pytest.raises(Unauthenticated):
+                    await t.call("echo", "read", id=2)
+            finally:
+                t.guard = client
+    assert [s.path_qs for s in upstream.requests] == ["/items/1"]

@@ -54,8 +54,8 @@ class _Server(TestServer):
     """aiohttp's test server, with the runner and request handler `guard serve` runs (the test
     server would cancel a handler whose client went away; guard serve does not)."""
 
-    def __init__(self, app: web.Application, options: dict[str, Any]) -> None:
-        super().__init__(app, host="127.0.0.1")
+    def __init__(self, app: web.Application, options: dict[str, Any], port: int) -> None:
+        super().__init__(app, host="127.0.0.1", port=port)  # the configured port: its base_url is its URL
         self.options = options
 
     async def _make_runner(self, **kwargs: Any) -> BaseRunner:
@@ -72,6 +72,6 @@ async def start_app_guard(
     """Write a guard folder under `tmp` (as write_guard does), build the app from it and serve it."""
     g = write_guard(tmp, policies, config, env)
     cfg = load_config(g.config_path, env={**os.environ, **g.env})
-    client: TestClient[Any, Any] = TestClient(_Server(build_app(cfg), handler_options(cfg)))
+    client: TestClient[Any, Any] = TestClient(_Server(build_app(cfg), handler_options(cfg), cfg.listen.port))
     await client.start_server()
     return AppGuard(cfg, client, g.dir)

@@ -85,6 +85,7 @@ def write_guard(
     """Write a guard folder (config + policies) under `tmp`; `policies` is a dict (written as
     policies/policy.yaml), YAML text, or a folder to copy."""
     tmp.mkdir(parents=True, exist_ok=True)
+    (tmp / "var").mkdir(exist_ok=True)  # guard creates its keys only in a folder that exists
     pol_dir = tmp / "policies"
     if isinstance(policies, Path):
         if not pol_dir.exists():

@@ -23,7 +23,7 @@ from mcp.client.streamable_http import streamable_http_client
 from mcp.shared.auth import AuthorizationCodeResult, OAuthClientMetadata
 
 from examples.oauth_agent import Tokens as Tokens  # the SDK token storage a client keeps (re-exported)
-from tests.support.guard import Guard
+from tests.support.guard import Guard, GuardLike
 
 PERSON = "alice@acme.example"
 REDIRECT = "http://127.0.0.1:{port}/callback"
@@ -82,7 +82,7 @@ class FormPerson:
     """A person at guard's pages with a plain HTTP client (a cookie jar, no script): signs in with
     the development sign-in and answers the consent page with `decide`."""
 
-    guard: Guard
+    guard: GuardLike
     user: str = PERSON
     decide: dict[str, Any] = field(default_factory=lambda: {"decision": "approve", "purpose": "weekly report",
                                                               "tools": ["files"]})

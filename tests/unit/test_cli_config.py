@@ -29,7 +29,7 @@ def _required(parser: argparse.ArgumentParser) -> list[str]:
     out: list[str] = []
     for a in parser._actions:
         if not a.option_strings and a.nargs not in ("?", "*"):
-            out.append("x")
+            out.append(str(next(iter(a.choices))) if a.choices else "x")
         elif a.option_strings and a.required:
             out += [a.option_strings[0], "x"]
     return out
@@ -81,5 +81,5 @@ def test_commands_that_serve_nothing_do_not_need_webhook_secrets(
     monkeypatch.chdir(ROOT)
     monkeypatch.delenv("GUARD_WEBHOOK_SECRET_FINANCE", raising=False)
     assert main(["policy", "check", "--config", "examples/guard.yaml"]) == 0
-    assert main(["serve", "--config", "examples/guard.yaml"]) == 1  # serving does
+    assert main(["serve", "--config", "examples/guard.yaml"]) == 2  # serving does
     assert "GUARD_WEBHOOK_SECRET_FINANCE is not set" in capsys.readouterr().err

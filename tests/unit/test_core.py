@@ -77,6 +77,44 @@ def test_guard_tokens_are_strict_about_their_type_and_header(tmp_path: Path) -> 
     assert again.verify(token, TASK_TYP, "guard")["txn"] == "t"
 
 
+def test_a_remembered_token_counts_only_as_what_it_was_verified_for(tmp_path: Path) -> None:
+    """Verified tokens are remembered (once per process), but a Txn-Token a tool received and
+    used for a chained call never passes as a task token, nor a token for another audience."""
+    keys = GuardKeys(load_or_create_key(tmp_path / "k.json"), "urn:guard")
+    now = int(time.time())
+    txn = keys.sign(TXN_TYP, {"iss": "urn:guard", "aud": "urn:guard", "sub": "s", "txn": "t", "jti": "call_1",
+                              "tctx": {"chain": ["echo"]}, "iat": now, "exp": now + 60})
+    assert keys.verify(txn, TXN_TYP, audience="urn:guard", cache=True)["jti"] == "call_1"
+    assert keys.verify(txn, TXN_TYP, audience="urn:guard", cache=True)["jti"] == "call_1"  # remembered
+    with pytest.raises(Unauthenticated):
+        keys.verify(txn, TASK_TYP, audience="guard", cache=True)
+    with pytest.raises(Unauthenticated):
+        keys.verify(txn, TXN_TYP, audience="guard", cache=True)
+    task = keys.sign(TASK_TYP, {"iss": "urn:guard", "aud": "guard", "sub": "s", "txn": "t", "iat": now,
+                                "exp": now + 60})
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+    with pytest.raises(Unauthenticated):
+        keys.verify(task, TASK_TYP, audience="another", cache=True)
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+    keys.forget_task("t")  # the task ended: its tokens are verified afresh (and still verify)
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+
+
+def test_a_retired_signing_key_retires_the_tokens_it_signed_at_once(tmp_path: Path) -> None:
+    old, new = load_or_create_key(tmp_path / "old.json"), load_or_create_key(tmp_path / "new.json")
+    keys = GuardKeys(old, "urn:guard")
+    now = int(time.time())
+    task = keys.sign(TASK_TYP, {"iss": "urn:guard", "aud": "guard", "sub": "s", "txn": "t", "iat": now,
+                                "exp": now + 600})
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+    keys.use(new, [old])  # rotated: the old key still verifies
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+    keys.use(new, [])  # retired
+    with pytest.raises(Unauthenticated, match="not a task\\+jwt issued by this guard"):
+        keys.verify(task, TASK_TYP, audience="guard", cache=True)
+    assert keys.typ_of(task) == TASK_TYP  # an unknown key's header is still read for routing
+
+
 @pytest.mark.parametrize("algorithm", ["EdDSA", "ES256"])
 def test_guard_signatures_verify_with_the_published_jwks_and_refuse_tampering(tmp_path: Path, algorithm: str) -> None:
     """What a tool does with a guard token: PyJWT and the JWKS (Ed25519 is signed with libsodium,
@@ -104,7 +142,7 @@ def test_config_env_overrides_and_errors(tmp_path: Path) -> None:
     assert cfg.listen.port == 9100 and cfg.store.url == "redis://h:1/0"
     assert cfg.limits.max_body_bytes == 10 and cfg.limits.max_chain_depth == 2
     assert load_config(None, env={}).store.url == "memory://"
-    with pytest.raises(ConfigError, match=r"limits\.max_body_bytes"):
+    with pytest.raises(ConfigError, match=r"^GUARD_LIMITS_MAX_BODY_BYTES: "):
         load_config(cfg_file, env={"GUARD_LIMITS_MAX_BODY_BYTES": "lots"})
     cfg_file.write_text("approvals:\n  webhooks: [{name: f, url: 'http://x', secret_env: NOPE}]\n")
     with pytest.raises(ConfigError, match="NOPE is not set"):

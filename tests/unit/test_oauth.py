@@ -12,6 +12,7 @@ from guard.errors import ConfigError
 from guard.oauth.clients import redirect_pattern
 from guard.oauth.metadata import resource_url, server_metadata, tool_of_resource, www_authenticate
 from guard.oauth.sessions import safe_next
+from guard.oauth.sso import person_key
 
 CFG = Config.model_validate({"public_url": "https://guard.acme.example"})
 
@@ -27,10 +28,13 @@ def test_sign_in_returns_to_a_path_of_guard() -> None:
     assert safe_next("/ui") == "/ui"
 
 
-def test_redirect_uri_patterns_match_whole_uris_and_stars_stay_in_one_segment() -> None:
+def test_redirect_uri_patterns_match_whole_uris_and_a_star_is_a_port() -> None:
     loopback = redirect_pattern("http://127.0.0.1:*/callback")
     assert loopback.fullmatch("http://127.0.0.1:33418/callback")
-    for bad in ("http://127.0.0.1:1/callback/x", "http://127.0.0.1:1@evil.example/callback",
+    assert loopback.fullmatch("http://127.0.0.1:1/callback")
+    for bad in ("http://127.0.0.1:5555.evil.com/callback", "http://127.0.0.1:55;evil.com/callback",
+                f"http://127.0.0.1:{'9' * 1960}/callback", "http://127.0.0.1:123456/callback",
+                "http://127.0.0.1:/callback", "http://127.0.0.1:1/callback/x", "http://127.0.0.1:1@evil.example/callback",
                 "http://127.0.0.1.evil.example:1/callback", "http://127.0.0.1:1/x/callback",
                 "https://127.0.0.1:1/callback", "http://127.0.0.1:1/callback?x=1"):
         assert not loopback.fullmatch(bad), bad
@@ -73,3 +77,38 @@ def test_sso_client_secret_must_be_found_at_load(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as bad:
         load_config(path, env={})
     assert bad.value.key == "oauth.registration.mode"
+
+
+def test_people_are_keyed_on_iss_and_sub_and_named_by_a_verified_email_only() -> None:
+    base = {"iss": "https://idp.example", "sub": "248289761001", "email": "alice@acme.example"}
+    assert person_key({**base, "email_verified": True}) == ("https://idp.example#248289761001", "alice@acme.example")
+    for unverified in ({}, {"email_verified": False}, {"email_verified": "true"}):
+        assert person_key({**base, **unverified}) == ("https://idp.example#248289761001",) * 2
+    other_idp = person_key({**base, "iss": "https://other.example", "email_verified": True})
+    assert other_idp[0] != person_key({**base, "email_verified": True})[0]  # same email and sub, another person
+
+
+def _cfg(tmp_path: Path, text: str, env: dict[str, str] | None = None) -> Config:
+    path = tmp_path / "guard.yaml"
+    path.write_text(text)
+    return load_config(path, env=env or {})
+
+
+def test_development_mode_listens_on_loopback_only(tmp_path: Path) -> None:
+    issuer = "issuers: [{issuer: https://idp.example, jwks_file: idp.jwks.json}]\n"
+    sso = "sso: {issuer: https://idp.example, client_id: guard}\n"
+    for dev in ("", "dev_issuer: true\n", issuer + "dev_issuer: true\n", sso + "dev_issuer: true\n"):
+        for host in ("0.0.0.0", "::", "10.1.2.3", "guard.example"):
+            with pytest.raises(ConfigError) as refused:
+                _cfg(tmp_path, f"listen: {{host: '{host}'}}\n{dev}")
+            assert refused.value.key == "listen.host" and "loopback" in refused.value.reason, (dev, host)
+        with pytest.raises(ConfigError) as by_env:
+            _cfg(tmp_path, dev, {"GUARD_LISTEN_HOST": "0.0.0.0"})
+        assert str(by_env.value).startswith("GUARD_LISTEN_HOST: '0.0.0.0' is not a loopback address")
+        for host in ("127.0.0.1", "127.0.0.2", "::1", "localhost"):
+            assert _cfg(tmp_path, f"listen: {{host: '{host}'}}\n{dev}").dev_mode
+    for real in (issuer, sso, issuer + sso):  # not development mode: any address
+        cfg = _cfg(tmp_path, f"listen: {{host: 0.0.0.0}}\n{real}")
+        assert not cfg.dev_mode and not cfg.dev_sign_in
+    assert _cfg(tmp_path, "").dev_sign_in
+    assert not _cfg(tmp_path, issuer + "dev_issuer: true\n").dev_sign_in  # dev tokens, but no dev sign-in

@@ -209,3 +209,23 @@ def test_chain_depth_limit_comes_before_every_rule_the_loop_rule_included(
     assert main(["policy", "test", "--config", str(config)]) == 1
     out = capsys.readouterr().out
     assert "FAIL" in out and "got deny (chain_too_deep)" in out and "1 passed, 2 failed" in out
+
+
+def test_a_case_may_say_the_call_is_unusual(tmp_path: Path) -> None:
+    (tmp_path / "p.yaml").write_text(POLICIES.replace(
+        "rules:\n", "rules:\n  - {id: odd, effect: deny, match: {agent: {unusual: true, sub: ['spiffe://acme/*']}}}\n"))
+    folder = cases(
+        tmp_path,
+        f"""\
+        - name: usual read
+          call: {{agent: "{AGENT}", tool: notes, action: read, args: {{id: "1"}}}}
+          expect: allow
+          rule: read
+        - name: unusual read
+          call: {{agent: "{AGENT}", tool: notes, action: read, args: {{id: "1"}}, unusual: true}}
+          expect: deny
+          rule: odd
+        """,
+    )
+    results = run_policy_tests(load_policies(tmp_path), folder)
+    assert [(r.name, r.ok) for r in results] == [("usual read", True), ("unusual read", True)]

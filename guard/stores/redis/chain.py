@@ -83,10 +83,13 @@ class ChainAppender:
 
     def append(self, task_id: str, link: Link) -> asyncio.Future[Outcome]:
         chain = self._chains.get(task_id)
-        if chain is None:
-            chain = self._chains[task_id] = _Chain()
-        chain.queue.append(link)
-        if not chain.busy and not chain.scheduled:  # the records of this loop iteration go together
+        if chain is None:  # nothing of this task on the wire: hashed and sent now (the shared
+            chain = self._chains[task_id] = _Chain()  # connection writes once per loop iteration)
+            chain.queue.append(link)
+            self._flush(task_id)
+            return link.future
+        chain.queue.append(link)  # goes with the next batch, when the one on the wire has answered
+        if not chain.busy and not chain.scheduled:
             chain.scheduled = True
             asyncio.get_running_loop().call_soon(self._flush, task_id)
         return link.future

@@ -32,15 +32,16 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
+import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
 from redis.backoff import NoBackoff
+from redis.exceptions import ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.mux import Multiplexer, address_of, closed_by_server
 from guard.stores.redis.url import Topology, parse_topology
 
 __all__ = [
@@ -49,6 +50,7 @@ __all__ = [
     "cluster_client", "parse_topology", "pubsub_client", "sentinel_client",
 ]
 
+log = structlog.get_logger("guard.store")
 Command = tuple[Any, ...]
 
 
@@ -62,6 +64,9 @@ class Sender(Protocol):
     def send(self, commands: list[Command]) -> Awaitable[list[Any]]: ...
 
     async def reset(self) -> None: ...
+
+    async def ping(self) -> None:
+        """Readiness: every node the calls would write to answers, on the connections they use."""
 
     async def close(self) -> None: ...
 
@@ -85,11 +90,34 @@ async def close_sentinels(client: aioredis.Redis) -> None:
         await sentinel.aclose()
 
 
+class NodeConnection(aioredis.Connection):
+    """A cluster node's connection, which waits in the node's free list between round trips:
+    one the server closed meanwhile (a node restarted, failed over, or timed it out) is
+    connected afresh before anything is written on it. Nothing had been sent on it, so this
+    is safe; writing on it would lose the round trip (the closed end never runs it) and answer
+    503 although the node is up."""
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.is_connected and await closed_by_server(self):
+            address = address_of(self)
+            await self.disconnect(nowait=True)
+            await self.connect()  # type: ignore[no-untyped-call]
+            log.info("store_reconnected", address=address, cause="closed while idle")
+        await super().send_packed_command(command, check_health)
+
+
 def cluster_client(topology: Topology, **kwargs: Any) -> RedisCluster:
-    return RedisCluster(
+    client = RedisCluster(
         startup_nodes=[ClusterNode(h, p) for h, p in topology.nodes], username=topology.username,
         password=topology.password, retry=Retry(NoBackoff(), 0),  # never re-send what may have run
         **kwargs)
+    # redis-py takes no connection class for a cluster (it picks plain or TLS): set it on the
+    # options every node is made from, and on the seed nodes made already
+    if client.connection_kwargs["connection_class"] is aioredis.Connection:
+        client.connection_kwargs["connection_class"] = NodeConnection
+        for node in client.startup_nodes:
+            node.connection_class = NodeConnection
+    return client
 
 
 def pubsub_client(url: str) -> Any:
@@ -185,6 +213,9 @@ class WaitingSender:
     async def reset(self) -> None:
         await self._mux.reset()
 
+    async def ping(self) -> None:
+        await self._mux.ping()
+
     async def close(self) -> None:
         await self._mux.close()
 
@@ -263,6 +294,21 @@ class ClusterSender:
     async def reset(self) -> None:
         """A node stopped answering: read the topology again before the next send."""
         self._rc._initialize = True
+
+    async def ping(self) -> None:
+        """Every primary of the topology (read again first, when an error asked for it) answers
+        and says the cluster is ok: a call's task may live on any of them, and a node that has
+        just restarted answers PING while it still refuses the commands on keys (CLUSTERDOWN)."""
+        async with asyncio.timeout(self._deadline):
+            await self._rc.initialize()
+            try:
+                info = await self._rc.execute_command("CLUSTER INFO", target_nodes=RedisCluster.PRIMARIES)
+            except (RedisConnectionError, RedisTimeoutError, OSError):
+                self._rc._initialize = True  # a primary is gone: read the topology again
+                raise
+        for node, state in ({"": info} if "cluster_state" in info else info).items():
+            if state.get("cluster_state") != "ok":
+                raise ClusterDownError(f"{node} says cluster_state:{state.get('cluster_state')}")
 
     async def close(self) -> None:
         await self._rc.aclose()

@@ -1,8 +1,9 @@
 """The store's Redis plumbing: the client (hiredis packing, no retries of anything that may have
 run) on one Redis, a Redis Cluster or Sentinel (cluster.py), one deadline per operation that
-turns every failure into StoreUnavailable, idempotent reads retried once, the scripts and every
-write sent over the shared connection of mux.py (or the cluster's pipeline), followed by WAIT
-with `wait_replicas`.
+turns every failure into StoreUnavailable, idempotent reads and the scripts that may run twice
+(scripts.IDEMPOTENT) retried once, readiness asked on the connections the calls use, the
+scripts and every write sent over the shared connection of mux.py (or the cluster's pipeline),
+followed by WAIT with `wait_replicas`.
 """
 
 from __future__ import annotations
@@ -16,12 +17,11 @@ import redis.asyncio as aioredis
 import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.errors import StoreUnavailable
+from guard.log import Repeats, network_cause, without_userinfo
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.cluster import (
     ClusterSender,
@@ -32,13 +32,12 @@ from guard.stores.redis.cluster import (
     parse_topology,
     sentinel_client,
 )
-from guard.stores.redis.mux import Multiplexer
+from guard.stores.redis.mux import TRANSIENT, Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
 
 log = structlog.get_logger("guard.store")
 T = TypeVar("T")
-TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)
 
 
 class _FailClosed:
@@ -81,6 +80,8 @@ class RedisConnection:
         """`url`: one Redis, a Redis Cluster or Sentinel (cluster.py); `wait_replicas`: writes
         wait for that many replicas (WAIT) before they count as done."""
         self.url = url
+        self.where = without_userinfo(url)  # for the log
+        self._repeats = Repeats()
         topology = parse_topology(url)
         options: dict[str, Any] = {"decode_responses": True, "socket_connect_timeout": 0.5,
                                    "socket_timeout": topology.op_timeout, "health_check_interval": 5}
@@ -114,8 +115,8 @@ class RedisConnection:
             name: self._r.register_script(getattr(lua, name))
             for name in ("ADMIT_CALL", "END_TASK", "POP_DUE", "OPEN_APPROVAL", "DECIDE_APPROVAL", "CONSUME_APPROVAL",
                          "LATEST_APPROVAL", "APPEND_AUDIT", "SET_SUSPENDED", "CLAIM_DELIVERIES",
-                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH",
-                         "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS")
+                         "ADMIT_AND_RECORD", "RECORD_AND_FINISH", "ROTATE_REFRESH", "REGISTER_CLIENT",
+                         "HOLD_CREDENTIAL", "CLAIM_CREDENTIALS", "OBSERVE_ACTIVITY")
         }
 
     # -- plumbing ------------------------------------------------------------
@@ -129,15 +130,19 @@ class RedisConnection:
                     async with asyncio.timeout(self.op_timeout):
                         await self._r.ping()
         except (RedisError, OSError) as e:
-            log.warning("store_unreachable", error=type(e).__name__)
+            log.warning("store_unreachable", error=type(e).__name__, store=self.where, detail=network_cause(e))
 
     def _fail_closed(self, op: str) -> _FailClosed:
         return _FailClosed(self, op)
 
     async def _failed(self, op: str, e: BaseException) -> None:
-        """A store operation failed: say so."""
-        detail = str(e)[:200] if isinstance(e, ResponseError) else None  # a script error names its line
-        log.warning("store_failed", op=op, error=type(e).__name__, detail=detail)
+        """A store operation failed: say why and where (the first of a kind at once, then one every
+        10 s with the number of failures left out: a Redis that is down fails every loop)."""
+        repeated = self._repeats.due(type(e).__name__)
+        if repeated is not None:
+            detail = str(e)[:200] if isinstance(e, ResponseError) else network_cause(e)  # a script error: its line
+            log.warning("store_failed", op=op, error=type(e).__name__, store=self.where, detail=detail,
+                        repeated=repeated)
         if isinstance(e, ReadOnlyError):  # a failover: reconnect to whoever is primary now
             await self._sender.reset()
             if hasattr(self._r, "connection_pool"):
@@ -174,8 +179,17 @@ class RedisConnection:
         raise AssertionError("unreachable")  # pragma: no cover
 
     async def _script(self, name: str, keys: list[str], args: list[Any]) -> Any:
+        """Run a script of scripts.py. One that may run twice (scripts.IDEMPOTENT) is tried once
+        more after a connection error, on a fresh connection: its round trip may have been lost
+        on a connection that broke under it. Any other is never sent again: it may have run."""
         async with self._fail_closed(name.lower()):
-            return await self._eval(name, keys, args)
+            if name not in lua.IDEMPOTENT:
+                return await self._eval(name, keys, args)
+            async for attempt in AsyncRetrying(stop=stop_after_attempt(2), wait=wait_exponential(0.05, max=0.2),
+                                               retry=retry_if_exception_type(TRANSIENT), reraise=True):
+                with attempt:
+                    return await self._eval(name, keys, args)
+        raise AssertionError("unreachable")  # pragma: no cover
 
     async def _write(self, op: str, commands: list[tuple[Any, ...]]) -> list[Any]:
         """Commands that change state, in one round trip; an error reply raises."""
@@ -193,7 +207,9 @@ class RedisConnection:
         return sorted(await self._read("smembers", fetch))
 
     async def ping(self) -> None:
-        await self._read("ping", self._r.ping)
+        """Readiness, on the connections the calls use (reconnected first where Redis closed
+        them): once this answers, so do the calls."""
+        await self._read("ping", self._sender.ping)
 
     async def close(self) -> None:
         await self._sender.close()

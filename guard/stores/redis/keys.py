@@ -22,8 +22,10 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
     guard:creds:tasks     set of the tasks holding credentials (the expiry sweep reads it)
     guard:dpop:<digest>   a used DPoP proof (digest of its key and jti), until it could no longer be fresh
+    guard:set:<digest>    a received Shared Signals SET (digest of its transmitter and jti), until it is stale
     guard:agent:{<sub>}   hash: inventory counters and suspension; `…:tools` set of tools used,
-                          `…:tasks` set of the agent's task ids
+                          `…:tasks` set of the agent's task ids; `…:baseline` hash (first_at, hour,
+                          count, busiest) and `…:actions` set of tool.actions (guard.signals.baseline)
     guard:agents          set of every agent seen
     guard:{deliveries}    hash: delivery id -> JSON; `guard:{deliveries}:leases` id -> lease
     guard:{oauth}:<kind>:<key>  string (JSON, expiring): OAuth requests, codes, clients, sessions,
@@ -50,6 +52,7 @@ __all__ = [
     "dpop_key",
     "grant_key",
     "pins_key",
+    "signal_key",
     "task_key",
     "task_keys",
 ]
@@ -93,6 +96,10 @@ def approval_key(approval_id: str) -> str:
 
 def dpop_key(digest: str) -> str:
     return f"guard:dpop:{digest}"
+
+
+def signal_key(digest: str) -> str:
+    return f"guard:set:{digest}"
 
 
 def grant_key(kind: str, key: str) -> str:

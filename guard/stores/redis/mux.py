@@ -8,6 +8,8 @@ calls instead of one of each per call, and no pool lock, retry wrapper or pipeli
 It is built on redis-py's own connection (connecting, AUTH/SELECT, TLS, reply parsing with
 hiredis). Any failure of the connection fails every caller waiting on it and drops it; the next
 command connects afresh. Nothing is ever re-sent here: a command that may have run is not repeated.
+What is retried is only what sent nothing: connecting, and a connection the server closed while
+it sat idle (a restart, a failover) is replaced before anything is written on it.
 A caller that gives up (its deadline, its client gone) leaves its reply to be read and dropped,
 so the replies of the others stay in step.
 """
@@ -21,12 +23,17 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+import structlog
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-__all__ = ["Multiplexer"]
+__all__ = ["TRANSIENT", "Multiplexer", "address_of", "closed_by_server", "closed_while_idle"]
 
+log = structlog.get_logger("guard.store")
 Command = tuple[Any, ...]
+TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)  # what a fresh connection may not meet
 
 
 class _Waiter:
@@ -64,12 +71,7 @@ class Multiplexer:
             await asyncio.sleep(0)  # let the callers of this iteration queue theirs
             while self._unsent:
                 batch, self._unsent = b"".join(self._unsent), []
-                conn = self._conn
-                if conn is None:
-                    conn = self._conn = self._connect()
-                    await conn.connect()  # type: ignore[no-untyped-call]  # under Sentinel: where the primary is
-                elif self._reader is None and conn.is_connected and await conn.can_read():
-                    await conn.disconnect()  # closed by the server while idle: reconnect
+                conn = await self._connection()
                 await conn.send_packed_command(batch, check_health=False)
                 if self._reader is None:
                     self._reader = asyncio.get_running_loop().create_task(self._read(conn))
@@ -83,6 +85,25 @@ class Multiplexer:
         finally:
             if self._writer is asyncio.current_task():
                 self._writer = None
+
+    async def _connection(self) -> aioredis.Connection:
+        """The connection to write on. One the server closed while it sat idle (a restart, a
+        failover, an idle timeout) is replaced before anything is written on it, and connecting
+        is tried again a few times: nothing has been sent yet, so trying again is safe."""
+        conn = self._conn
+        if conn is not None and (self._reader is not None or not await closed_while_idle(conn)):
+            return conn
+        stale = conn is not None
+        if conn is not None:
+            await conn.disconnect(nowait=True)
+        conn = self._conn = self._connect()
+        async for attempt in AsyncRetrying(stop=stop_after_attempt(3), wait=wait_exponential(0.05, max=0.2),
+                                           retry=retry_if_exception_type(TRANSIENT), reraise=True):
+            with attempt:
+                await conn.connect()  # type: ignore[no-untyped-call]  # under Sentinel: where the primary is
+        if stale:
+            log.info("store_reconnected", address=address_of(conn), cause="closed while idle")
+        return conn
 
     async def _read(self, conn: aioredis.Connection) -> None:
         """Hand out replies in order while anyone waits for one."""
@@ -125,5 +146,37 @@ class Multiplexer:
             writer.cancel()
         await self._fail(RedisConnectionError("the connection was reset"))
 
+    async def ping(self) -> None:
+        """PING on the shared connection (reconnected first if it went stale): what the calls use."""
+        [reply] = await self.send([("PING",)])
+        if isinstance(reply, Exception):
+            raise reply
+
     async def close(self) -> None:
         await self.reset()
+
+
+async def closed_while_idle(conn: aioredis.Connection) -> bool:
+    """No command is waiting for a reply on `conn`: is it closed, or out of step? The server
+    closed it (end of file, a reset), or it holds bytes nobody asked for."""
+    if not conn.is_connected:
+        return True
+    try:
+        return await conn.can_read()
+    except (RedisConnectionError, OSError):
+        return True
+
+
+async def closed_by_server(conn: aioredis.Connection) -> bool:
+    """Has the server closed `conn` (end of file, a reset)? Replies it holds do not count."""
+    try:
+        await conn.can_read()
+    except (RedisConnectionError, OSError):
+        return True
+    return False
+
+
+def address_of(conn: Any) -> str:
+    """host:port of a connection (its path for a unix socket), for the log."""
+    path = getattr(conn, "path", None)
+    return str(path) if path else f"{getattr(conn, 'host', '?')}:{getattr(conn, 'port', '?')}"

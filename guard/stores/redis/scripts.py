@@ -26,10 +26,13 @@ __all__ = [
     "DELETE_DELIVERY",
     "END_TASK",
     "HOLD_CREDENTIAL",
+    "IDEMPOTENT",
     "LATEST_APPROVAL",
+    "OBSERVE_ACTIVITY",
     "OPEN_APPROVAL",
     "POP_DUE",
     "RECORD_AND_FINISH",
+    "REGISTER_CLIENT",
     "ROTATE_REFRESH",
     "SAVE_DELIVERY",
     "SET_SUSPENDED",
@@ -336,6 +339,24 @@ redis.call('SET', KEYS[3], obj, 'PX', ARGV[1])
 return {'rotated', obj}
 """
 
+# KEYS: the registered clients (sorted set: client id scored by expiry), the new client's grant
+# key, the source's attempt counter (all under the hash tag {oauth}). ARGV: client id, its JSON,
+# ttl ms, now, max clients, attempts per window, window ms. Answers {outcome, retry-after ms}.
+REGISTER_CLIENT = """
+local attempts = redis.call('INCR', KEYS[3])
+if attempts == 1 then redis.call('PEXPIRE', KEYS[3], ARGV[7]) end
+if attempts > tonumber(ARGV[6]) then
+  local left = redis.call('PTTL', KEYS[3])
+  if left < 0 then left = tonumber(ARGV[7]) end
+  return {'rate_limited', tostring(left)}
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[5]) then return {'full', '0'} end
+redis.call('ZADD', KEYS[1], tonumber(ARGV[4]) + tonumber(ARGV[3]) / 1000, ARGV[1])
+redis.call('SET', KEYS[2], ARGV[2], 'PX', ARGV[3])
+return {'registered', '0'}
+"""
+
 # KEYS: task creds hash. ARGV: slot, value, previous ('' = none). Sets the slot to value when it
 # holds `previous` (compare-and-set); answers whatever the slot holds afterwards.
 HOLD_CREDENTIAL = """
@@ -368,3 +389,36 @@ redis.call('HDEL', KEYS[1], ARGV[1])
 redis.call('HDEL', KEYS[2], ARGV[1])
 return 1
 """
+
+
+# KEYS: the agent's baseline hash, its set of tool.actions. ARGV: now, the clock hour, tool.action,
+# the most tool.actions kept. Returns {first_at, known (1/0), calls this hour, busiest earlier hour}.
+OBSERVE_ACTIVITY = """
+redis.call('HSETNX', KEYS[1], 'first_at', ARGV[1])
+local known = redis.call('SISMEMBER', KEYS[2], ARGV[3]) == 1
+if not known and redis.call('SCARD', KEYS[2]) < tonumber(ARGV[4]) then redis.call('SADD', KEYS[2], ARGV[3]) end
+local hour = tonumber(ARGV[2])
+local cur = tonumber(redis.call('HGET', KEYS[1], 'hour') or '-1')
+if hour > cur then
+  local count = tonumber(redis.call('HGET', KEYS[1], 'count') or '0')
+  local busiest = tonumber(redis.call('HGET', KEYS[1], 'busiest') or '0')
+  if count > busiest then busiest = count end
+  redis.call('HSET', KEYS[1], 'hour', ARGV[2], 'count', '0', 'busiest', tostring(busiest))
+end
+local calls = redis.call('HINCRBY', KEYS[1], 'count', 1)
+local busiest = tonumber(redis.call('HGET', KEYS[1], 'busiest') or '0')
+return {redis.call('HGET', KEYS[1], 'first_at'), known and 1 or 0, calls, busiest}
+"""
+
+
+# The scripts that may run twice: a second run changes nothing more and answers the same, so
+# one whose round trip was lost (a connection broke under it: it may or may not have run) is
+# sent again. Not the others: a second ADMIT_* counts the call twice, an audit append finds its
+# own record as a moved tail and appends it again, END_TASK, OPEN_/DECIDE_/CONSUME_APPROVAL,
+# ROTATE_REFRESH, POP_DUE, CLAIM_CREDENTIALS and REGISTER_CLIENT answer differently (already ended, a duplicate,
+# reused, nothing left to take), SET_SUSPENDED answers "unchanged",
+# OBSERVE_ACTIVITY counts the call twice.
+# LATEST_APPROVAL: the expiry it applies is applied once. CLAIM_DELIVERIES: the same owner
+# claims again what it claimed, with the same lease. (HOLD_CREDENTIAL could be sent again too,
+# but it goes with another command in its round trip, through RedisConnection._eval.)
+IDEMPOTENT = frozenset({"LATEST_APPROVAL", "CLAIM_DELIVERIES"})

@@ -4,8 +4,9 @@ Each check-and-update is one Lua script (scripts.py), run with EVALSHA, on the k
 keys.py (those of one task share a hash slot).
 
 Every Redis error becomes StoreUnavailable (503), and every store operation is bounded by one
-deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads are
-retried (once, after a reconnect); a script that may have run is never retried.
+deadline (`socket_timeout`, 1 s unless the URL says otherwise). Only idempotent reads and the
+scripts that may run twice are retried (once, after a reconnect); any other script that may have
+run is never retried.
 
 The commands that change state (a call's admission, its records, its finish, and every other
 write) go over one connection that the calls of this process share (mux.py: one write per
@@ -28,18 +29,26 @@ import structlog
 
 from guard.domain import (
     AGENT_COUNTERS,
+    Activity,
     Admission,
     AgentEvent,
     AgentStats,
     Approval,
     AuditRecord,
+    BaselineStats,
     CallLimits,
     Delivery,
     Retention,
     Task,
     TaskState,
 )
-from guard.stores.base import DecideOutcome, RefreshOutcome
+from guard.stores.base import (
+    BASELINE_MAX_ACTIONS,
+    DecideOutcome,
+    RefreshOutcome,
+    RegistrationLimits,
+    RegistrationOutcome,
+)
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.chain import ChainAppender, Link
 from guard.stores.redis.connection import RedisConnection
@@ -57,6 +66,7 @@ from guard.stores.redis.keys import (
     dpop_key,
     grant_key,
     pins_key,
+    signal_key,
     task_key,
     task_keys,
 )
@@ -315,6 +325,30 @@ class RedisStore(RedisConnection):
         out = await self._write("consume_dpop_jti", [("SET", dpop_key(key), "1", "NX", "PX", ttl_ms)])
         return out[0] is not None
 
+    # -- baselines (guard.signals.baseline) -------------------------------------------------------
+    async def observe_activity(self, agent: str, key: str, now: float) -> Activity:
+        out = await self._script("OBSERVE_ACTIVITY", [agent_key(agent, "baseline"), agent_key(agent, "actions")],
+                                 [_num(now), int(now // 3600), key, BASELINE_MAX_ACTIONS])
+        return Activity(float(out[0]), bool(int(out[1])), int(out[2]), int(out[3]))
+
+    async def baseline_stats(self, agents: list[str]) -> dict[str, BaselineStats]:
+        async def fetch() -> list[Any]:
+            pipe = self._r.pipeline(transaction=False)
+            for agent in agents:
+                pipe.hgetall(agent_key(agent, "baseline"))
+                pipe.smembers(agent_key(agent, "actions"))
+            return list(await pipe.execute())
+
+        out = await self._read("baseline_stats", fetch) if agents else []
+        return {a: BaselineStats(float(row["first_at"]), frozenset(str(x) for x in acts), int(row.get("busiest", 0)),
+                                 int(row.get("count", 0)))
+                for a, row, acts in zip(agents, out[::2], out[1::2], strict=True) if row}
+
+    async def consume_signal_jti(self, key: str, exp: float) -> bool:
+        ttl_ms = max(1000, int((exp - time.time()) * 1000))
+        out = await self._write("consume_signal_jti", [("SET", signal_key(key), "1", "NX", "PX", ttl_ms)])
+        return out[0] is not None
+
     # -- approvals ---------------------------------------------------------
     @staticmethod
     def _approval(j: str, status: str, decisions: str) -> Approval:
@@ -542,6 +576,16 @@ class RedisStore(RedisConnection):
         if outcome == "unknown":
             return "unknown", None
         return ("reused" if outcome == "reused" else "rotated"), json.loads(raw)
+
+    async def register_client(self, client_id: str, data: dict[str, Any], ttl_s: float, source: str,
+                              limits: RegistrationLimits, now: float) -> tuple[RegistrationOutcome, float]:
+        keys = [grant_key("clients", "all"), grant_key("client", client_id), grant_key("registrations", source)]
+        outcome, left_ms = await self._script("REGISTER_CLIENT", keys, [
+            client_id, json.dumps(data), _ttl_ms(ttl_s), _num(now), limits.max_clients, limits.per_source,
+            int(limits.window_s * 1000)])
+        if outcome == "rate_limited":
+            return "rate_limited", float(left_ms) / 1000
+        return ("full" if outcome == "full" else "registered"), 0.0
 
 
 def _agent_stats(agent: str, row: dict[str, str], tools: set[str]) -> AgentStats:

@@ -4,7 +4,7 @@
 //
 //   PORT=... node idp.mjs config.json
 //   config: {issuer, clients: [{client_id, client_secret?, redirect_uris}],
-//            accounts: {"<login>": {password, roles: [...], email?}}}
+//            accounts: {"<login>": {password, roles: [...], email?, email_verified? (default true)}}}
 import http from 'node:http';
 import { readFileSync } from 'node:fs';
 import Provider from 'oidc-provider';
@@ -27,7 +27,7 @@ const provider = new Provider(config.issuer, {
     return {
       accountId: id,
       async claims() {
-        return { sub: id, email: account.email || id, email_verified: true, roles: account.roles || [] };
+        return { sub: id, email: account.email || id, email_verified: account.email_verified ?? true, roles: account.roles || [] };
       },
     };
   },
