@@ -9,8 +9,11 @@
 FROM python:3.11-slim AS build
 WORKDIR /src
 COPY pyproject.toml README.md LICENSE ./
+COPY requirements/runtime.lock ./requirements/
 COPY guard ./guard
-RUN pip install --no-cache-dir --prefix=/install .
+# guard's dependencies as locked (with hashes: what CI tested), then guard itself without resolving again
+RUN pip install --no-cache-dir --prefix=/install --require-hashes -r requirements/runtime.lock \
+ && pip install --no-cache-dir --prefix=/install --no-deps .
 
 FROM python:3.11-slim
 RUN useradd --system --create-home --home-dir /srv/guard --uid 10001 guard

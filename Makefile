@@ -19,7 +19,8 @@ $(STAMP): requirements/dev.lock pyproject.toml
 	$(BIN)/pip install $(PIP_QUIET) --no-deps -e .
 	touch $(STAMP) $(DEMO_STAMP)
 
-# the demo needs guard and the MCP SDK only (not the test and lint tools): about 115 MB, with progress
+# the demo needs guard, the MCP SDK and the tool SDK's FastAPI (not the test and lint tools): about
+# 175 MB, with pip's progress
 DEMO_STAMP := $(VENV)/.installed-demo
 $(DEMO_STAMP): requirements/demo.lock pyproject.toml
 	@echo "make demo: installing guard and the demo's dependencies into $(VENV) (requirements/demo.lock)"
@@ -34,6 +35,8 @@ lock: $(STAMP)
 	  --upgrade -q -o requirements/dev.lock
 	$(BIN)/uv pip compile pyproject.toml --extra demo --generate-hashes --python-version 3.11 \
 	  --upgrade -q -o requirements/demo.lock
+	$(BIN)/uv pip compile pyproject.toml --generate-hashes --python-version 3.11 \
+	  --upgrade -q -o requirements/runtime.lock  # the image's (Dockerfile)
 
 demo: $(DEMO_STAMP)
 	$(BIN)/python -m examples.demo

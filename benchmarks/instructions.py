@@ -38,13 +38,15 @@ import aiohttp
 from benchmarks.common import PY, child_env, free_port
 from benchmarks.run import MCP_BODY
 from benchmarks.scale import POST_BODY
-from benchmarks.targets import AGENT, Environment, _post_json, redis_missing
+from benchmarks.targets import AGENT, Environment, _post_json, redis_missing, text_body
 from tests.support.process import Proc, spawn, wait_port
 
 __all__ = ["main"]
 
 REQUESTS = {
     "http POST 1 KiB": ("/tools/echo/items", {"Content-Type": "application/json"}, POST_BODY),
+    "http POST 1 KiB prose": ("/tools/echo/items", {"Content-Type": "application/json"}, text_body(1024)),
+    "http POST 64 KiB prose": ("/tools/echo/items", {"Content-Type": "application/json"}, text_body(65536)),
     "mcp tools/call": ("/mcp/files", {"Content-Type": "application/json",
                                       "Accept": "application/json, text/event-stream"}, MCP_BODY),
 }
@@ -81,11 +83,12 @@ def _under_callgrind(env: Environment, name: str, args: list[str], port: int,
     return proc, out
 
 
-def start_guard(env: Environment, name: str, store_url: str, checkout: str | None) -> Counted:
+def start_guard(env: Environment, name: str, store_url: str, checkout: str | None,
+                detectors: bool = False) -> Counted:
     port = free_port()
     gdir = env.dir / name
     gdir.mkdir()
-    config = env.guard_config(gdir, port, store_url)
+    config = env.guard_config(gdir, port, store_url, detectors=detectors)
     extra = {"PYTHONPATH": checkout} if checkout else None
     proc, out = _under_callgrind(env, name, [PY, "-m", "guard", "--config", str(config), "serve"], port, extra)
     idp = subprocess.run([PY, "-m", "guard", "--config", str(config), "dev-token", "--sub", AGENT],
@@ -162,6 +165,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--baseline", action="append", default=[], metavar="DIR",
                    help="also count the guard of this checkout (on Redis); repeatable")
     p.add_argument("--memory-only", action="store_true", help="no Redis targets (baselines run on memory)")
+    p.add_argument("--detectors", action="store_true",
+                   help="also count this checkout's guard with inspect.detectors [secrets, pii] on")
+    p.add_argument("--only", action="append", choices=sorted(REQUESTS), help="count only this request (repeatable)")
     p.add_argument("--keep", metavar="DIR",
                    help="keep the run's folder (callgrind's dumps, for callgrind_annotate) in DIR")
     args = p.parse_args(argv)
@@ -184,12 +190,15 @@ def main(argv: list[str] | None = None) -> int:
             for i, checkout in enumerate(args.baseline):
                 label = f"guard-{'redis' if store != 'memory://' else 'memory'}-{Path(checkout).name or i}"
                 targets.append(start_guard(env, label, store, os.path.abspath(checkout)))
+            if args.detectors:  # the content detectors on (secrets, pii), on this checkout's store
+                targets.append(start_guard(env, f"guard-{'redis' if store != 'memory://' else 'memory'}-detectors",
+                                           store, None, detectors=True))
             bare = start_bare(env, targets[0].tokens)
             print(f"{args.calls} calls counted per row after {args.warmup} uncounted, "
                   f"{args.connections} connections; instructions of the whole process (all threads)")
             print("| target | request | instructions per call | ÷ bare | ÷ this |")
             print("|---|---|---|---|---|")
-            for request in REQUESTS:
+            for request in [r for r in REQUESTS if not args.only or r in args.only]:
                 floor = count(bare, request, args.calls, args.warmup, args.connections)
                 print(f"| bare proxy | {request} | {floor:,.0f} | 1.00 | - |")
                 ours = 0.0

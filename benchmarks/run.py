@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.load import Request, Result, have_wrk, run_load
-from benchmarks.targets import Environment, Target, redis_missing
+from benchmarks.targets import Environment, Target, redis_missing, text_body
 
 BARE, MEM, REDIS = "bare proxy", "guard memory", "guard redis"
+MEM_DETECTORS = "guard memory detectors"  # inspect: {detectors: [secrets, pii]}
 MCP_BODY = ('{"jsonrpc":"2.0","id":1,"method":"tools/call",'
             '"params":{"name":"read_file","arguments":{"path":"/docs/a.md"}}}')
 
@@ -35,6 +36,7 @@ class Scenario:
     name: str
     request: Callable[[Target, tuple[str, ...]], Request]  # (target, task tokens) -> what to send
     guard_expect: int = 200
+    detectors: bool = False  # also against the guard with the content detectors on
 
 
 SCENARIOS = [
@@ -45,6 +47,10 @@ SCENARIOS = [
         "POST", "/mcp/files", {"Content-Type": "application/json", "Accept": "application/json, text/event-stream"},
         MCP_BODY, tokens=tok)),
     Scenario("chained call", lambda t, tok: Request("GET", f"/tools/chainer/chain?via={t.port}", tokens=tok)),
+    Scenario("allow 1 KiB", lambda t, tok: Request("POST", "/tools/echo/items", {"Content-Type": "application/json"},
+                                                   text_body(1024), tokens=tok), detectors=True),
+    Scenario("allow 64 KiB", lambda t, tok: Request("POST", "/tools/echo/items", {"Content-Type": "application/json"},
+                                                    text_body(65536), tokens=tok), detectors=True),
 ]
 
 
@@ -173,6 +179,10 @@ def rss_phase(env: Environment, s: Settings) -> list[str]:
             f"{rss_hi / 1024:.1f} MiB ({growth:+.1f} %)", f"{growth:.1f}"]
 
 
+def _over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def check_targets(rows: list[list[str]], rss_growth: str | None) -> list[str]:
     def cell(scenario: str, target: str, col: str) -> float | None:
         i = HEADER.index(col)
@@ -183,6 +193,8 @@ def check_targets(rows: list[list[str]], rss_growth: str | None) -> list[str]:
 
     checks = [
         ("HTTP allow, memory: throughput ÷ bare ≥ 0.4", cell("http allow", MEM, "÷ bare"), 0.4, True),
+        ("allow 1 KiB, detectors on: ÷ bare over detectors off's ≥ 0.85", _over(
+            cell("allow 1 KiB", MEM_DETECTORS, "÷ bare"), cell("allow 1 KiB", MEM, "÷ bare")), 0.85, True),
         ("HTTP allow, Redis: throughput ÷ bare ≥ 0.3", cell("http allow", REDIS, "÷ bare"), 0.3, True),
         ("deny path, memory ÷ bare ≥ 1.0", cell("deny", MEM, "÷ bare"), 1.0, True),
         ("MCP tools/call, memory ÷ bare ≥ 0.35", cell("mcp tools/call", MEM, "÷ bare"), 0.35, True),
@@ -217,12 +229,15 @@ def main(argv: list[str] | None = None) -> int:
             targets = [env.start_bare(), env.start_guard(MEM, "memory://", s.tasks)]
             if not skip:
                 targets.append(env.start_guard(REDIS, env.start_redis(), s.tasks))
+            if any(sc.detectors and (not only or sc.name in only) for sc in SCENARIOS):
+                targets.append(env.start_guard(MEM_DETECTORS, "memory://", s.tasks, detectors=True))
             print("targets: " + ", ".join(f"{t.name} (pid {t.proc.pid})" for t in targets), flush=True)
             rows: list[list[str]] = []
             for sc in SCENARIOS:
                 if only and sc.name not in only:
                     continue
-                rows += summarize(sc.name, run_scenario(sc, targets, s))
+                rows += summarize(sc.name, run_scenario(
+                    sc, [t for t in targets if sc.detectors or t.name != MEM_DETECTORS], s))
             print()
             print_table(rows)
             rss = None

@@ -42,6 +42,20 @@ def policy(upstream_port: int) -> dict[str, Any]:
     }
 
 
+_PROSE = ("The weekly report covers the tools the research agents used, the calls they made and the "
+          "approvals they asked for. Three papers on agent sandboxing were read and summarised; the summary "
+          "compares task-bound credentials with long-lived keys, version 3.11 of the runtime, order 4711 and "
+          "the meeting on 2026-11-02 at 10:30. ")
+
+
+def text_body(size: int) -> str:
+    """A JSON body of `size` bytes: a note of ordinary prose (what a detector reads and finds nothing in)."""
+    head = {"title": "weekly report", "tags": ["research", "bench"], "body": ""}
+    room = size - len(json.dumps(head, separators=(",", ":")))
+    text = (_PROSE * (room // len(_PROSE) + 1))[:room]
+    return json.dumps({**head, "body": text}, separators=(",", ":"))
+
+
 @dataclass
 class Target:
     name: str
@@ -95,11 +109,15 @@ class Environment:
         self.procs.append(server.proc)
         return server.url
 
-    def guard_config(self, gdir: Path, port: int, store_url: str, instance: str = "") -> Path:
+    def guard_config(self, gdir: Path, port: int, store_url: str, instance: str = "",
+                     detectors: bool = False) -> Path:
         """The config file of a benchmark guard on `port`: its keys in `gdir` (shared by the
-        instances of one setup), its audit folder and config file named by `instance`."""
+        instances of one setup), its audit folder and config file named by `instance`; with
+        `detectors`, the content detectors (secrets and pii) on."""
         config = gdir / f"guard{instance}.yaml"
+        inspect = {"inspect": {"detectors": ["secrets", "pii"]}} if detectors else {}
         config.write_text(yaml.safe_dump({
+            **inspect,
             "listen": {"host": "127.0.0.1", "port": port},
             "store": {"url": store_url},
             "audit": {"dir": str(gdir / f"audit{instance}")},
@@ -109,11 +127,12 @@ class Environment:
         }))
         return config
 
-    def start_guard(self, name: str, store_url: str, tasks: int, extra: list[str] | None = None) -> Target:
+    def start_guard(self, name: str, store_url: str, tasks: int, extra: list[str] | None = None,
+                    detectors: bool = False) -> Target:
         port = free_port()
         gdir = self.dir / name.replace(" ", "-")
         gdir.mkdir()
-        config = self.guard_config(gdir, port, store_url)
+        config = self.guard_config(gdir, port, store_url, detectors=detectors)
         proc = self._spawn(name.replace(" ", "-"),
                            [PY, "-m", "guard", "--config", str(config), "serve", *(extra or [])], port)
         idp = subprocess.run([PY, "-m", "guard", "--config", str(config), "dev-token", "--sub", AGENT],

@@ -1,7 +1,7 @@
 """`make demo`: guard on the demo config, the example tools and approver, and the example agents.
 
 Everything runs on loopback with the demo ports (guard 8080, notes 9101, payments 9102, the MCP
-files server 9103, research 9104, the approver 9200) and is stopped by PID at the end. The audit
+files server 9103, research 9104, outside 9105, the approver 9200) and is stopped by PID at the end. The audit
 trails stay under ./var/audit; it ends with the `guard audit show` line that prints one.
 """
 
@@ -25,6 +25,7 @@ SERVICES = [
     ("payments", [PY, "-m", "examples.payments", "--port", "9102"], 9102),
     ("files (mcp)", [PY, "-m", "examples.mcp_server", "--port", "9103"], 9103),
     ("research", [PY, "-m", "examples.research", "--port", "9104"], 9104),
+    ("outside", [PY, "-m", "examples.outside", "--port", "9105"], 9105),
     ("approver", [PY, "-m", "examples.approver", "--port", "9200", "--auto", "approve"], 9200),
     ("guard", [PY, "-m", "guard", "--config", CONFIG, "serve"], 8080),
 ]
@@ -33,6 +34,7 @@ AGENTS = [
     ("billing agent: step-up approved over the signed webhook", "examples.billing_agent"),
     ("MCP agent: the files MCP server through guard", "examples.mcp_agent"),
     ("MCP client with no token: a person's consent (development sign-in) creates the task", "examples.oauth_agent"),
+    ("exfiltration: an injected instruction tries to mail a private note out", "examples.exfil_agent"),
 ]
 
 

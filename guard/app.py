@@ -16,6 +16,8 @@ from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
 from guard.canonical import compact_json
 from guard.config import Config
+from guard.content.detectors import KIND_OF
+from guard.content.service import ContentGuard
 from guard.credentials import Credentials
 from guard.credentials.hygiene import require_exceptions
 from guard.domain import Retention
@@ -30,7 +32,7 @@ from guard.metrics import Metrics, request_started
 from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
-from guard.routes import agents, approvals, audit, credentials, mcp, operate, signin, system, tasks, tools, ui
+from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
 from guard.routes.common import DEPS
@@ -43,7 +45,7 @@ from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
 from guard.telemetry import Tracing, open_tracing
 
-__all__ = ["build_app", "check_credentials", "load_checked_policies", "problem_response"]
+__all__ = ["build_app", "check_credentials", "check_redact", "load_checked_policies", "problem_response"]
 
 log = structlog.get_logger("guard.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -126,10 +128,21 @@ def check_credentials(cfg: Config, policies: PolicySet) -> None:
                               f"mode {spec.mode} reads from OpenBao/Vault: configure secrets.vault in {cfg.source}")
 
 
+def check_redact(cfg: Config, policies: PolicySet) -> None:
+    """A tool's `redact` names finding kinds whose detectors `inspect.detectors` must list."""
+    listed = {KIND_OF[d] for d in cfg.inspect.detectors}
+    for name, spec in policies.tools.items():
+        missing = sorted(spec.redact - listed)
+        if missing:
+            raise ConfigError(str(cfg.policies), f"tools.{name}.redact",
+                              f"{', '.join(missing)}: its detector is not in inspect.detectors of {cfg.source}")
+
+
 def load_checked_policies(cfg: Config) -> PolicySet:
     """Load and compile the policies; what their credentials need must be configured."""
     policies = load_policies(cfg.policies)
     check_credentials(cfg, policies)
+    check_redact(cfg, policies)
     require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
     configured = {hook.name for hook in cfg.approvals.webhooks}
     for rule in policies.rules:
@@ -329,7 +342,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
         credentials_.start()
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
                                 metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls, tracing=tracing)
+                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls,
+                                content=ContentGuard(cfg, store, audit_log), tracing=tracing)
         if cfg.baseline is not None:
             deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
@@ -358,6 +372,6 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
         app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
-                   signal_routes):
+                   signal_routes, pins):
         app.router.add_routes(module.routes)
     return app

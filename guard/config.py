@@ -219,6 +219,19 @@ class RetentionCfg(_Section):
         return None if isinstance(v, str) and v.strip().lower() in ("", "null", "none") else v
 
 
+# --- inspect (content detectors, guard.content) ------------------------------------------------
+
+
+class InspectCfg(_Section):
+    """`inspect`: the content detectors that run on arguments and results (none by default)."""
+
+    detectors: list[Literal["secrets", "pii"]] = Field(default_factory=list)
+    max_bytes: int = Field(1048576, ge=1)  # text inspected per argument set or result; beyond: `uninspected`
+
+
+# --- end inspect ---------------------------------------------------------------------------------
+
+
 # -- posture and lifecycle signals (guard.signals): OpenID Shared Signals received and sent -------------
 class SignalDeliveryCfg(_Section):
     method: Literal["push", "poll"] = "push"  # push: RFC 8935 at POST /ssf/events; poll: RFC 8936 against `url`
@@ -323,6 +336,7 @@ class Config(_Section):
     sso: SsoCfg | None = None
     secrets: SecretsCfg = Field(default_factory=SecretsCfg)  # credential providers' secrets manager
     retention: RetentionCfg = Field(default_factory=RetentionCfg)  # type: ignore[arg-type]
+    inspect: InspectCfg = Field(default_factory=InspectCfg)  # type: ignore[arg-type]  # content detectors
     signals: SignalsCfg | None = None  # Shared Signals received and sent (guard.signals); None: off
     credentials_hygiene: CredentialsHygieneCfg | None = None  # static secrets' age and exceptions; None: off
     baseline: BaselineCfg | None = None  # agents' baselines: match.agent.unusual; None: off (costs nothing)

@@ -7,6 +7,9 @@
     │   ├── UnregisteredAgent        403 unregistered_agent
     │   ├── AgentSuspended           403 agent_suspended
     │   ├── Denied                   403 denied
+    │   ├── ContentBlocked           403 content_blocked
+    │   ├── ExfiltrationBlocked      403 exfiltration_blocked
+    │   ├── ToolChanged              403 tool_changed
     │   ├── UnknownAction            403 unknown_action
     │   ├── ApprovalRequired         403 approval_required
     │   ├── ApprovalDenied           403 approval_denied
@@ -46,11 +49,13 @@ __all__ = [
     "BudgetExhausted",
     "ChainTooDeep",
     "ConfigError",
+    "ContentBlocked",
     "CredentialExceptionExpired",
     "CredentialStale",
     "CredentialUnavailable",
     "Denied",
     "DuplicateDecision",
+    "ExfiltrationBlocked",
     "Forbidden",
     "GuardError",
     "MethodNotAllowed",
@@ -59,6 +64,7 @@ __all__ = [
     "RateLimited",
     "StoreUnavailable",
     "TaskInactive",
+    "ToolChanged",
     "TxnInactive",
     "Unauthenticated",
     "UnknownAction",
@@ -128,6 +134,18 @@ class AgentSuspended(Forbidden):
 
 class Denied(Forbidden):
     code, title = "denied", "Denied by policy"
+
+
+class ContentBlocked(Forbidden):
+    code, title = "content_blocked", "Content blocked"
+
+
+class ExfiltrationBlocked(Forbidden):
+    code, title = "exfiltration_blocked", "Exfiltration blocked"
+
+
+class ToolChanged(Forbidden):
+    code, title = "tool_changed", "Tool definition changed"
 
 
 class UnknownAction(Forbidden):

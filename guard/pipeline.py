@@ -22,9 +22,10 @@ import structlog
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.config import Config
+from guard.content.service import ArgsView, ContentGuard
 from guard.credentials import Credentials
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
-from guard.errors import CredentialUnavailable, Denied, GuardError
+from guard.errors import ContentBlocked, CredentialUnavailable, Denied, ExfiltrationBlocked, GuardError
 from guard.identity.binding import X509Issuers, consume_proof, refuse_unbound
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
@@ -39,7 +40,7 @@ from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.chain import check_chain
 from guard.stages.finish import finish_quietly
-from guard.stages.forward import tool_ssl
+from guard.stages.forward import Rewrite, tool_ssl
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import TaskCache, load_active_task
@@ -47,7 +48,7 @@ from guard.stores.base import Store
 from guard.tasks.ends import TaskEnds
 from guard.telemetry import Tracing
 
-__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "tool_visibility"]
+__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "result_rewrite", "tool_visibility"]
 
 log = structlog.get_logger("guard.pipeline")
 
@@ -70,6 +71,7 @@ class Deps:
     x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
     tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
     credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
+    content: ContentGuard | None = None  # guard.content: detectors, data labels, exfiltration (set by build_app)
     baselines: Baselines | None = None  # guard.signals.baseline, when `baseline` is configured
     tracing: Tracing | None = None  # guard.telemetry: None when telemetry is off
 
@@ -109,6 +111,11 @@ def _context(policies: PolicySet, caller: Caller, state: TaskState, action: Acti
     )
 
 
+def _with_content(ctx: CallContext, view: ArgsView) -> CallContext:
+    return replace(ctx, task_data=view.task_data, content_args=view.scan.kinds, uninspected=view.scan.uninspected,
+                   flow=view.flow_source is not None)
+
+
 async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     """authenticate → task → match → evaluate → approve → admit → audit → mint.
     Raises a GuardError to refuse; every refusal that names a task is audited first.
@@ -139,15 +146,26 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         refusal.action = action.name
         if trace is not None:
             trace.stage("evaluate")
-        context = _context(policies, caller, state, action)
+        ctx = _context(policies, caller, state, action)
         if deps.baselines is not None:  # off: no store round trip
-            context = replace(context, unusual=await deps.baselines.observe(caller, action, call.call_id))
-        decision = policies.evaluate(context)
+            ctx = replace(ctx, unusual=await deps.baselines.observe(caller, action, call.call_id))
+        view: ArgsView | None = None
+        if deps.content is not None and deps.content.applies_to(policies, tool):  # off: one test more
+            view = await deps.content.before(call, caller.task_id, caller.agent, tool, action)
+            if view is not None:
+                ctx = _with_content(ctx, view)
+        decision = policies.evaluate(ctx)
         if cached and decision.effect != "allow":  # an ended task refuses as task_inactive, as ever
             state, refusal.stale = await _read_task(caller, deps), False
         approval_id = None
         if decision.effect == "deny":
+            if decision.content_args:
+                raise ContentBlocked(f"the arguments hold content rule {decision.rule_id} denies",
+                                     rule_id=decision.rule_id)
             raise Denied(_deny_detail(decision), rule_id=decision.rule_id)
+        if view is not None and view.flow_source is not None and not decision.allow_flow:
+            raise ExfiltrationBlocked("the arguments carry a value this task received from a tool, to a tool whose "
+                                      "arguments leave the organisation", source_call_id=view.flow_source)
         if decision.effect == "step_up":
             if trace is not None:
                 trace.stage("approve")
@@ -273,6 +291,15 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     return Authorized(call, caller, state, action, None, tool.upstream, tool.timeout_s, minted)
 
 
+def result_rewrite(deps: Deps, auth: Authorized) -> Rewrite | None:
+    """What content inspection does with this call's result (None: it passes untouched)."""
+    content, policies = deps.content, deps.policies.current
+    if content is None or not content.applies(policies):
+        return None
+    tool = policies.tools.get(auth.action.tool)
+    return content.rewrite(auth, tool, policies) if tool is not None else None
+
+
 def tool_visibility(deps: Deps, auth: Authorized) -> Callable[[str], bool]:
     """For MCP tools/list: whether this task could ever be allowed to call an MCP tool name."""
     policies = deps.policies.current
@@ -326,7 +353,8 @@ async def record_refusal(
         call_id=call.call_id, tool=call.tool, action=action, effect=effect,
         rule_id=err.extra.get("rule_id"), approval_id=err.extra.get("approval_id"),
         chain=list(caller.chain), parent_call_id=caller.parent_call_id, status=err.status, detail=err.code,
-        binding=caller.binding,
+        binding=caller.binding, **({"source_call_id": err.extra["source_call_id"]}
+                                   if "source_call_id" in err.extra else {}),
     )
     log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
              action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)

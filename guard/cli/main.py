@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from guard import __version__
-from guard.cli import agents, audit, check, init, keys, policy, remote, serve
+from guard.cli import agents, audit, check, init, keys, policy, remote, serve, tools
 from guard.errors import ConfigError
 
 __all__ = ["build_parser", "main"]
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     keys.add_commands(sub)
     agents.add_commands(sub)
     remote.add_commands(sub)
+    tools.add_commands(sub)
     return p
 
 

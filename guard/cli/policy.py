@@ -17,9 +17,10 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, secrets=False)
     path = args.path or cfg.policies
     policies, warnings = check_policies(path)
-    from guard.app import check_credentials
+    from guard.app import check_credentials, check_redact
 
     check_credentials(cfg, policies)  # what the credential blocks need from guard.yaml (secrets.vault)
+    check_redact(cfg, policies)  # a tool's redact needs its detectors in inspect.detectors
     for w in warnings:
         print(f"warning: {w}")
     print(f"ok: {len(policies.tools)} tools, {len(policies.agents)} agents, {len(policies.rules)} rules in {path}")

@@ -17,9 +17,10 @@ _MAX_FILTERED_BYTES = 16 * 1024 * 1024
 
 
 Visible = Callable[[str], bool]
+Keep = Callable[[dict[str, Any]], bool]  # a whole definition kept (tool pinning, guard.content.pins)
 
 
-def filter_tools_result(message: Any, rpc_id: JsonId, visible: Visible) -> Any | None:
+def filter_tools_result(message: Any, rpc_id: JsonId, visible: Visible, keep: Keep | None = None) -> Any | None:
     """The JSON-RPC response to tools/list `rpc_id` with only the visible tools (nextCursor and
     everything else kept), or None when `message` is not that response."""
     if not isinstance(message, dict) or message.get("id") != rpc_id or "result" not in message:
@@ -28,7 +29,7 @@ def filter_tools_result(message: Any, rpc_id: JsonId, visible: Visible) -> Any |
     if not isinstance(result, dict) or not isinstance(result.get("tools"), list):
         return None
     tools = [t for t in result["tools"] if isinstance(t, dict) and isinstance(t.get("name"), str)
-             and visible(t["name"])]
+             and visible(t["name"]) and (keep is None or keep(t))]
     return {**message, "result": {**result, "tools": tools}}
 
 
@@ -40,9 +41,10 @@ class JsonToolsFilter:
     """Rewrites an `application/json` tools/list answer: buffered (it is one object), filtered,
     emitted at the end. An answer that cannot be read is replaced by an error (fail closed)."""
 
-    def __init__(self, rpc_id: JsonId, visible: Visible, unreadable: bool = False) -> None:
+    def __init__(self, rpc_id: JsonId, visible: Visible, unreadable: bool = False, keep: Keep | None = None) -> None:
         self.rpc_id = rpc_id
         self.visible = visible
+        self.keep = keep
         self.chunks: list[bytes] = []
         self.size = _MAX_FILTERED_BYTES + 1 if unreadable else 0
 
@@ -61,7 +63,7 @@ class JsonToolsFilter:
             return error_body(self.rpc_id, INTERNAL_ERROR, "guard could not read the tools/list answer")
         if isinstance(message, dict) and "error" in message:
             return _dump(message)
-        filtered = filter_tools_result(message, self.rpc_id, self.visible)
+        filtered = filter_tools_result(message, self.rpc_id, self.visible, self.keep)
         if filtered is None:
             return error_body(self.rpc_id, INTERNAL_ERROR, "guard could not read the tools/list answer")
         return _dump(filtered)
@@ -74,9 +76,10 @@ class SseToolsFilter:
     """Rewrites a `text/event-stream` answer event by event: the event carrying the tools/list
     response is filtered, every other event (progress, logs, pings) passes through unchanged."""
 
-    def __init__(self, rpc_id: JsonId, visible: Visible) -> None:
+    def __init__(self, rpc_id: JsonId, visible: Visible, keep: Keep | None = None) -> None:
         self.rpc_id = rpc_id
         self.visible = visible
+        self.keep = keep
         self.pending = b""
 
     def feed(self, chunk: bytes) -> bytes:
@@ -103,7 +106,7 @@ class SseToolsFilter:
             message = json.loads(b"\n".join(data))
         except (ValueError, UnicodeDecodeError):
             return event
-        filtered = filter_tools_result(message, self.rpc_id, self.visible)
+        filtered = filter_tools_result(message, self.rpc_id, self.visible, self.keep)
         if filtered is None:
             return event
         kept = [ln for ln in lines if not ln.startswith(b"data:")]
@@ -111,13 +114,13 @@ class SseToolsFilter:
 
 
 def tools_filter(
-    content_type: str, content_encoding: str, rpc_id: JsonId, visible: Visible
+    content_type: str, content_encoding: str, rpc_id: JsonId, visible: Visible, keep: Keep | None = None
 ) -> JsonToolsFilter | SseToolsFilter:
     """The rewriter for a tools/list answer. Anything but an uncompressed event stream is read as
     one JSON-RPC message; what cannot be read is replaced by an error, never passed unfiltered."""
     ctype = content_type.split(";", 1)[0].strip().lower()
     if ctype == "text/event-stream" and content_encoding.strip().lower() in ("", "identity"):
-        return SseToolsFilter(rpc_id, visible)
+        return SseToolsFilter(rpc_id, visible, keep)
     if content_encoding.strip().lower() not in ("", "identity"):
         return JsonToolsFilter(rpc_id, lambda _name: False, unreadable=True)
-    return JsonToolsFilter(rpc_id, visible)
+    return JsonToolsFilter(rpc_id, visible, keep=keep)

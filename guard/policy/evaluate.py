@@ -16,7 +16,7 @@ from guard.domain import Effect
 from guard.policy.conditions import Condition
 from guard.policy.model import AgentEntry, CallContext, Decision, RateSpec, ToolSpec
 
-__all__ = ["ChainMatch", "Globs", "HistoryMatch", "PolicySet", "Rule", "TaskMatch"]
+__all__ = ["ChainMatch", "ContentMatch", "Globs", "HistoryMatch", "PolicySet", "Rule", "TaskMatch"]
 
 _GLOB_CHARS = frozenset("*?[")
 Rates = tuple[tuple[str, int, float], ...]  # (rule id, calls, per seconds) of the rate limits that apply
@@ -98,6 +98,30 @@ class HistoryMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class ContentMatch:
+    """`match.content` and `match.task.data` (content and tool integrity, guard.content): `args` and
+    `result` hold when a listed finding kind is in the arguments or the result; `data` when every
+    listed label is on the task; `allow_flow: true` only for a call carrying a remembered value."""
+
+    args: frozenset[str] | None = None
+    result: frozenset[str] | None = None
+    uninspected: bool | None = None
+    allow_flow: bool | None = None
+    data: frozenset[str] | None = None
+
+    def holds(self, ctx: CallContext) -> bool:
+        if self.data is not None and not self.data <= ctx.task_data:
+            return False
+        if self.args is not None and not self.args & ctx.content_args:
+            return False
+        if self.result is not None and not self.result & ctx.content_result:
+            return False
+        if self.uninspected is not None and self.uninspected != ctx.uninspected:
+            return False
+        return not (self.allow_flow is not None and self.allow_flow != ctx.flow)
+
+
+@dataclass(frozen=True, slots=True)
 class Rule:
     """One compiled rule. `tools`/`actions` of None mean any."""
 
@@ -118,6 +142,7 @@ class Rule:
     credential_ttl_s: int | None = None
     rate: RateSpec | None = None
     audit_args: Literal["digest", "full"] = "digest"
+    content: ContentMatch | None = None
     unusual: bool | None = None  # match.agent.unusual: the call is (un)usual for its agent's baseline
 
     @property
@@ -127,7 +152,7 @@ class Rule:
     @property
     def unconditional(self) -> bool:
         """True when the rule looks at neither args nor history (used by could_allow)."""
-        return not self.args and self.history is None and self.unusual is None
+        return not self.args and self.history is None and self.content is None and self.unusual is None
 
     def matches(self, ctx: CallContext, *, with_call: bool = True) -> bool:
         """Whether the rule holds; `with_call=False` ignores args and history."""
@@ -142,6 +167,8 @@ class Rule:
         if self.unusual is not None and self.unusual != ctx.unusual:
             return False
         if self.history is not None and not self.history.holds(ctx.history):
+            return False
+        if self.content is not None and not self.content.holds(ctx):
             return False
         return all(c.holds(ctx.args) for c in self.args)
 
@@ -176,6 +203,8 @@ def _decision(rule: Rule, rates: Rates) -> Decision:
         credential_ttl_s=rule.credential_ttl_s if rule.effect != "deny" else None,
         rates=rates,
         audit_args=rule.audit_args,
+        allow_flow=rule.content is not None and rule.content.allow_flow is True,
+        content_args=rule.content is not None and rule.content.args is not None,
     )
 
 
@@ -254,6 +283,14 @@ class PolicySet:
                     return self._decided_by(rule, ())
                 winners.add(rule)
         return winners.decision(loop, self._decided_by)
+
+    def result_denial(self, ctx: CallContext) -> Rule | None:
+        """The first deny rule with `content.result` that holds for the call's result findings."""
+        for rule in self.candidates(ctx.tool, ctx.action):
+            if rule.effect == "deny" and rule.content is not None and rule.content.result is not None \
+                    and rule.matches(ctx):
+                return rule
+        return None
 
     def _decided_by(self, rule: Rule, rates: Rates) -> Decision:
         decision = self._decisions.get((id(rule), rates))

@@ -22,7 +22,7 @@ from pydantic import ValidationError
 
 from guard.errors import ConfigError
 from guard.policy.conditions import Condition, ConditionError, compile_condition
-from guard.policy.evaluate import ChainMatch, Globs, HistoryMatch, PolicySet, Rule, TaskMatch
+from guard.policy.evaluate import ChainMatch, ContentMatch, Globs, HistoryMatch, PolicySet, Rule, TaskMatch
 from guard.policy.model import (
     ActionModel,
     ActionSpec,
@@ -34,11 +34,13 @@ from guard.policy.model import (
     LeaseSpec,
     MatchModel,
     OAuthSpec,
+    PinDigestsModel,
     PolicyFileModel,
     RateSpec,
     RuleModel,
     SecretRef,
     SecretSourceModel,
+    ToolMatchModel,
     ToolModel,
     ToolSpec,
 )
@@ -324,6 +326,7 @@ def _tool(src: _Source, name: str, tool: ToolModel) -> ToolSpec:
         timeout_s=tool.timeout_s,
         tls=(tool.tls.ca_file, tool.tls.cert_file, tool.tls.key_file) if tool.tls is not None else None,
         spiffe_id=_tool_spiffe_id(src, loc, tool),
+        **_tool_data(src, loc, tool),
     )
 
 
@@ -391,7 +394,8 @@ def _check_tool_names(src: _Source, loc: Loc, names: list[str], tools: dict[str,
 
 
 def _check_actions(src: _Source, loc: Loc, match: MatchModel, tools: dict[str, ToolSpec]) -> None:
-    named = [tools[t] for t in match.tool] if match.tool is not None else list(tools.values())
+    names = _rule_tools(match, tools)
+    named = [tools[t] for t in names] if names is not None else list(tools.values())
     if any(t.kind == "mcp" for t in named):
         return  # MCP action names are only known upstream
     known = {a for t in named for a in t.action_names()}
@@ -463,10 +467,11 @@ def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], or
     m, mloc = model.match, (*loc, "match")
     if model.effect == "step_up" and not model.approvers:
         src.fail((*loc, "approvers"), "a step_up rule needs approvers")
-    if m.tool is not None:
+    if isinstance(m.tool, list):
         _check_tool_names(src, (*mloc, "tool"), m.tool, tools)
     _check_actions(src, (*mloc, "action"), m, tools)
     task = m.task
+    content = _content(src, mloc, m)
     return Rule(
         id=model.id,
         effect=model.effect,
@@ -475,7 +480,7 @@ def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], or
         order=order,
         agents=_agent_globs(m.agent),
         unusual=m.agent.unusual if isinstance(m.agent, AgentMatchModel) else None,
-        tools=_names(m.tool),
+        tools=_rule_tools(m, tools),
         actions=_names(m.action),
         args=_conditions(src, mloc, m),
         task=TaskMatch(task.purpose, tuple(task.labels.items())) if task is not None else None,
@@ -486,7 +491,68 @@ def _rule(src: _Source, i: int, model: RuleModel, tools: dict[str, ToolSpec], or
         credential_ttl_s=model.credential.ttl_s if model.credential is not None else None,
         rate=RateSpec(model.rate.calls, model.rate.per_s) if model.rate is not None else None,
         audit_args=model.audit_args,
+        content=content,
     )
+
+
+# --- content and tool integrity (guard.content) ---------------------------------------------------
+
+_KINDS = frozenset({"secret", "pii"})
+_DATA_LABEL = re.compile(r"^[a-z][a-z0-9_-]{0,63}$")
+
+
+def _rule_tools(m: MatchModel, tools: dict[str, ToolSpec]) -> frozenset[str] | None:
+    if isinstance(m.tool, ToolMatchModel):  # {egress: external}: the tools so labelled
+        return frozenset(name for name, spec in tools.items() if spec.egress)
+    return _names(m.tool)
+
+
+def _content(src: _Source, loc: Loc, m: MatchModel) -> ContentMatch | None:
+    data = m.task.data if m.task is not None else None
+    for i, label in enumerate(data or ()):
+        if not _DATA_LABEL.match(label):
+            src.fail((*loc, "task", "data", i), f"data labels are lowercase words, got {label!r}")
+    c = m.content
+    if c is None and data is None:
+        return None
+    for key in ("args", "result"):
+        for i, kind in enumerate(getattr(c, key) or () if c is not None else ()):
+            if kind not in _KINDS:
+                src.fail((*loc, "content", key, i), f"finding kinds are secret and pii, got {kind!r}")
+    return ContentMatch(
+        args=frozenset(c.args) if c is not None and c.args is not None else None,
+        result=frozenset(c.result) if c is not None and c.result is not None else None,
+        uninspected=c.uninspected if c is not None else None,
+        allow_flow=c.allow_flow if c is not None else None,
+        data=frozenset(data) if data is not None else None,
+    )
+
+
+def _tool_data(src: _Source, loc: Loc, tool: ToolModel) -> dict[str, Any]:
+    """The ToolSpec fields of `data`, `redact` and `pin`."""
+    out: dict[str, Any] = {}
+    if tool.data is not None:
+        for i, label in enumerate(tool.data.returns):
+            if not _DATA_LABEL.match(label):
+                src.fail((*loc, "data", "returns", i), f"data labels are lowercase words, got {label!r}")
+        out["returns"] = frozenset(tool.data.returns)
+        out["egress"] = tool.data.egress == "external"
+    if tool.redact:
+        out["redact"] = frozenset(tool.redact)
+    pin = tool.pin
+    if pin is not None and tool.kind != "mcp":
+        src.fail((*loc, "pin"), "pin applies to mcp tools only")
+    if isinstance(pin, PinDigestsModel):
+        for name, digest in pin.sha256.items():
+            if not re.fullmatch(r"[0-9a-f]{64}", digest):
+                src.fail((*loc, "pin", "sha256", name), "a pin is 64 lowercase hex digits (sha256)")
+        out["pin"], out["pins"] = "sha256", dict(pin.sha256)
+    elif tool.kind == "mcp":
+        out["pin"] = pin or "tofu"
+    return out
+
+
+# --- end content and tool integrity
 
 
 def _rules(sources: list[_Source], tools: dict[str, ToolSpec]) -> tuple[Rule, ...]:

@@ -30,7 +30,7 @@ __all__ = [
     "ToolSpec",
 ]
 
-Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep"]
+Reason = Literal["rule", "no_rule", "tool_not_in_task", "chain_loop", "chain_too_deep", "exfiltration"]
 
 
 # --------------------------------------------------------------------------- YAML schema
@@ -100,6 +100,45 @@ class ToolTLSModel(_Schema):
     key_file: str | None = None
 
 
+# --- content and tool integrity (guard.content): tool data labels, redaction, pins, content matches
+
+
+class DataModel(_Schema):
+    """`data` on a tool: the labels its results carry, and whether its arguments leave the organisation."""
+
+    returns: Names = []  # e.g. private, untrusted
+    egress: Literal["external"] | None = None
+
+
+class PinDigestsModel(_Schema):
+    sha256: dict[str, str]  # MCP tool name -> the lowercase hex digest of its definition
+
+
+class ToolMatchModel(_Schema):
+    """`match.tool: {egress: external}`: every tool whose arguments leave the organisation."""
+
+    egress: Literal["external"]
+
+
+class ContentMatchModel(_Schema):
+    """`match.content`: detector findings (kinds) in the call's arguments or in its result."""
+
+    args: OptNames = None
+    result: OptNames = None
+    uninspected: bool | None = None
+    allow_flow: bool | None = None  # an allow rule that lets a remembered value leave (exfiltration)
+
+
+def _tool_selector(value: Any) -> Any:
+    return value if isinstance(value, dict) else _as_list(value)
+
+
+ToolSelector = Annotated[list[str] | ToolMatchModel | None, BeforeValidator(_tool_selector)]
+RedactKind = Literal["secret", "pii"]
+
+# --- end content and tool integrity
+
+
 class ToolModel(_Schema):
     kind: Literal["http", "mcp"]
     upstream: str
@@ -109,6 +148,9 @@ class ToolModel(_Schema):
     timeout_s: float = Field(default=30.0, gt=0)
     tls: ToolTLSModel | None = None
     spiffe_id: str | None = None  # the tool's certificate must carry this URI SAN (instead of a host name)
+    data: DataModel | None = None  # content and tool integrity: result labels, egress
+    redact: list[RedactKind] | None = None  # finding kinds replaced by [REDACTED:<kind>] in results
+    pin: Literal["tofu", "off"] | PinDigestsModel | None = None  # mcp: tofu by default
 
 
 class AgentModel(_Schema):
@@ -146,6 +188,7 @@ class ConditionModel(_Schema):
 class TaskMatchModel(_Schema):
     purpose: str | None = None
     labels: dict[str, str] = {}
+    data: OptNames = None  # every listed data label is on the task (content and tool integrity)
 
 
 class ChainMatchModel(_Schema):
@@ -172,12 +215,13 @@ class AgentMatchModel(_Schema):
 
 class MatchModel(_Schema):
     agent: AgentMatchModel | OptNames = None
-    tool: OptNames = None
+    tool: ToolSelector = None
     action: OptNames = None
     args: list[ConditionModel] = []
     task: TaskMatchModel | None = None
     chain: ChainMatchModel | None = None
     history: HistoryMatchModel | None = None
+    content: ContentMatchModel | None = None
 
 
 class RuleCredentialModel(_Schema):
@@ -324,6 +368,12 @@ class ToolSpec:
     timeout_s: float = 30.0
     tls: tuple[str | None, str | None, str | None] | None = None  # (ca_file, cert_file, key_file)
     spiffe_id: str | None = None
+    # content and tool integrity (guard.content)
+    returns: frozenset[str] = frozenset()  # data labels its results give the task
+    egress: bool = False  # its arguments leave the organisation
+    redact: frozenset[str] = frozenset()  # finding kinds redacted from its results
+    pin: Literal["tofu", "off", "sha256"] = "off"
+    pins: Mapping[str, str] = field(default_factory=dict)  # pin == "sha256": tool name -> digest
 
     def match_action(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
         """The first declared action whose method and whole path template match."""
@@ -368,6 +418,12 @@ class CallContext:
     allowed_tools: frozenset[str] | None = None
     chain: tuple[str, ...] = ()
     history: frozenset[str] = frozenset()
+    # content and tool integrity (guard.content)
+    task_data: frozenset[str] = frozenset()  # the task's data labels
+    content_args: frozenset[str] = frozenset()  # finding kinds in the arguments
+    content_result: frozenset[str] = frozenset()  # finding kinds in the result (evaluated on the answer)
+    uninspected: bool = False
+    flow: bool = False  # the arguments carry a value remembered from a result (exfiltration)
     unusual: bool = False  # unlike the agent's baseline (guard.signals.baseline)
 
     @property
@@ -393,3 +449,5 @@ class Decision:
     credential_ttl_s: int | None = None
     rates: tuple[tuple[str, int, float], ...] = ()
     audit_args: Literal["digest", "full"] = "digest"
+    allow_flow: bool = False  # the deciding rule lets a remembered value leave (content: {allow_flow: true})
+    content_args: bool = False  # the deciding rule looks at findings in the arguments

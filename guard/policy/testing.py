@@ -8,6 +8,12 @@ Each file is a YAML list of cases:
              chain: [], history: [vault.read], unusual: false}   # unusual: for match.agent.unusual
       expect: allow            # allow | deny | step_up
       rule: notes-read         # optional: the rule that must decide
+
+Content and tool integrity: `task: {data: [private, untrusted]}` sets the task's data labels, and
+`content: {args: [secret], result: [pii], uninspected: true, flow: true}` the call's findings (kinds
+in its arguments and its result), whether it was cut at `inspect.max_bytes`, and whether its
+arguments carry a value the task received (`flow`: refused as exfiltration unless the deciding
+rule says `content: {allow_flow: true}`).
 """
 
 from __future__ import annotations
@@ -35,6 +41,14 @@ class CaseTask(_Schema):
     purpose: str = ""
     labels: dict[str, str] = {}
     tools: OptNames = None
+    data: Names = []  # the task's data labels
+
+
+class CaseContent(_Schema):
+    args: Names = []  # finding kinds in the arguments
+    result: Names = []  # finding kinds in the result
+    uninspected: bool = False
+    flow: bool = False  # the arguments carry a value the task received
 
 
 class CaseCall(_Schema):
@@ -45,6 +59,7 @@ class CaseCall(_Schema):
     task: CaseTask = CaseTask()
     chain: Names = []
     history: Names = []
+    content: CaseContent = CaseContent()
     unusual: bool = False  # the call is unusual for its agent's baseline (guard.signals.baseline)
 
 
@@ -118,9 +133,21 @@ def _decide(policies: PolicySet, call: CaseCall, max_chain_depth: int | None = N
         allowed_tools=allowed,
         chain=tuple(call.chain),
         history=frozenset(call.history),
+        task_data=frozenset(call.task.data),
+        content_args=frozenset(call.content.args),
+        content_result=frozenset(call.content.result),
+        uninspected=call.content.uninspected,
+        flow=call.content.flow,
         unusual=call.unusual,
     )
-    return policies.evaluate(ctx)
+    decision = policies.evaluate(ctx)
+    if decision.effect != "deny" and call.content.flow and not decision.allow_flow:
+        return Decision("deny", None, "exfiltration")
+    if decision.effect != "deny" and call.content.result:
+        denial = policies.result_denial(ctx)
+        if denial is not None:
+            return Decision("deny", denial.id, "rule")
+    return decision
 
 
 def _describe(effect: str, rule: str | None, reason: str) -> str:

@@ -17,6 +17,7 @@ from aiohttp import web
 from multidict import CIMultiDictProxy
 from yarl import URL
 
+from guard.content.pins import PinnedList, pin_check
 from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.identity.binding import presented
@@ -35,7 +36,7 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
-from guard.pipeline import Deps, authorize_call, authorize_passthrough, tool_visibility
+from guard.pipeline import Deps, authorize_call, authorize_passthrough, result_rewrite, tool_visibility
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
@@ -159,15 +160,7 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
     try:
         if deps.tracing is not None:
             return await _traced(request, deps, call, msg, farewell, deps.tracing)
-        if msg.method == "tools/call":
-            auth = await authorize_call(call, deps)
-            return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                            tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
-        auth = await authorize_passthrough(call, deps, msg.label)
-        rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
-                                        task_ends=deps.task_ends, farewell=farewell)
+        return await _forward_message(request, deps, call, msg, farewell)
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
@@ -187,12 +180,15 @@ async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMess
 
 async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
                            farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
+    """A message's way through the pipeline to its tool: a tools/call is authorized as a call (its
+    result inspected), anything else passes through (tools/list filtered to what the task may use)."""
     if msg.method == "tools/call":
         auth = await authorize_call(call, deps)
         return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
-                                        tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell)
+                                        tls=deps.tool_ssl, task_ends=deps.task_ends, farewell=farewell,
+                                        rewrite=result_rewrite(deps, auth))
     auth = await authorize_passthrough(call, deps, msg.label)
-    rewrite = _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
+    rewrite = await _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
     return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store,
                                     event="mcp_forwarded", rewrite=rewrite, tls=deps.tool_ssl,
                                     task_ends=deps.task_ends, farewell=farewell)
@@ -228,13 +224,17 @@ def _check_call_shape(msg: RpcMessage) -> None:
         raise RpcError(INVALID_PARAMS, "Invalid params: params.arguments must be an object", msg.rpc_id)
 
 
-def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
-    """tools/list answers show only the tools this task could be allowed to call."""
+async def _list_filter(deps: Deps, auth: Authorized, msg: RpcMessage) -> Rewrite:
+    """tools/list answers show only the tools this task could be allowed to call, and (tool
+    pinning) only definitions that match their pins."""
     visible = tool_visibility(deps, auth)
+    check = await pin_check(deps.store, deps.audit, deps.policies.current.tools.get(auth.action.tool), auth,
+                            deps.content.note_changed if deps.content is not None else None)
 
     def make(headers: CIMultiDictProxy[str]) -> BodyRewriter:
-        return tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
-                            msg.rpc_id, visible)
+        inner = tools_filter(headers.get("Content-Type", ""), headers.get("Content-Encoding", ""),
+                             msg.rpc_id, visible, check.keep if check is not None else None)
+        return inner if check is None else PinnedList(inner, check)
 
     return make
 

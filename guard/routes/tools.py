@@ -8,12 +8,11 @@ from guard.domain import ToolCall
 from guard.errors import BadRequest
 from guard.identity.binding import presented
 from guard.identity.dpop import authorization
-from guard.pipeline import Deps, authorize_call
+from guard.pipeline import Deps, authorize_call, result_rewrite
 from guard.routes.common import DEPS, connected, read_body
 from guard.stages.call import tool_call
 from guard.stages.finish import forward_and_finish
 from guard.stages.match import check_tool_path
-from guard.telemetry import Tracing
 
 __all__ = ["routes"]
 
@@ -34,15 +33,12 @@ async def http_tool_call(request: web.Request) -> web.StreamResponse:
     call = tool_call("http", tool, request.method, path, query, body, request.headers,
                      deps.cfg.approvals.max_wait_s, connected(request), token, presented(request, deps, token, scheme))
     if deps.tracing is not None:
-        return await _traced(request, deps, call, deps.tracing)
+        with deps.tracing.call(call, request.headers) as traced:  # the call as a span (guard.telemetry)
+            return await _forward(request, deps, traced)
+    return await _forward(request, deps, call)
+
+
+async def _forward(request: web.Request, deps: Deps, call: ToolCall) -> web.StreamResponse:
     auth = await authorize_call(call, deps)
     return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl,
-                                    task_ends=deps.task_ends)
-
-
-async def _traced(request: web.Request, deps: Deps, call: ToolCall, tracing: Tracing) -> web.StreamResponse:
-    """The same, as a span (guard.telemetry)."""
-    with tracing.call(call, request.headers) as traced:
-        auth = await authorize_call(traced, deps)
-        return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, tls=deps.tool_ssl,
-                                        task_ends=deps.task_ends)
+                                    task_ends=deps.task_ends, rewrite=result_rewrite(deps, auth))

@@ -216,8 +216,10 @@ async def _forward(
     try:
         latency_s = time.perf_counter() - started
         size = upstream.content_length
-        buffer = rewrite is None and size is not None and size <= BUFFER_MAX and call.method != "HEAD"
+        buffer = size is not None and size <= BUFFER_MAX and call.method != "HEAD"
         whole = await upstream.read() if buffer else None
+        if whole is not None and rewrite is not None:  # rewritten whole, its findings audited first
+            whole = await _rewritten(rewrite, upstream.headers, whole)
         await on_headers(upstream.status, latency_s, whole is not None)
         resp = web.Response(body=whole) if whole is not None else web.StreamResponse()
         resp.set_status(upstream.status, upstream.reason)
@@ -237,11 +239,17 @@ async def _forward(
         await resp.prepare(request)
         if flow.arm is not None:
             flow.arm()
+        settle = getattr(rewriter, "settle", None)  # a rewriter's findings are audited before they go out
         async for chunk in upstream.content.iter_any():
             out = rewriter.feed(chunk) if rewriter is not None else chunk
             if out:
+                if settle is not None:
+                    await settle()
                 await resp.write(out)
-        if rewriter is not None and (tail := rewriter.close()):
+        tail = rewriter.close() if rewriter is not None else b""
+        if settle is not None:
+            await settle()
+        if tail:
             await resp.write(tail)
         await resp.write_eof()
         return resp
@@ -254,6 +262,17 @@ async def _forward(
         return resp
     finally:
         upstream.release()
+
+
+async def _rewritten(rewrite: Rewrite, headers: CIMultiDictProxy[str], whole: bytes) -> bytes:
+    rewriter = rewrite(headers)
+    if rewriter is None:
+        return whole
+    out = rewriter.feed(whole) + rewriter.close()
+    settle = getattr(rewriter, "settle", None)
+    if settle is not None:
+        await settle()
+    return out
 
 
 def _timeout(read_s: float) -> aiohttp.ClientTimeout:

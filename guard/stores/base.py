@@ -6,6 +6,7 @@ redis/) implement `Store` and never import each other; tests/contract runs one s
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -31,6 +32,7 @@ __all__ = [
     "AuditStore",
     "BaselineStore",
     "CallStore",
+    "ContentStore",
     "CredentialStore",
     "DecideOutcome",
     "DeliveryStore",
@@ -258,8 +260,35 @@ class BaselineStore(Protocol):
         """The baselines of these agents (those that have one)."""
 
 
+class ContentStore(Protocol):
+    """Content and tool integrity (guard.content): a task's data labels and the digests of values
+    it received (they end with the task's state), and MCP tool definition pins (for every instance)."""
+
+    async def add_task_data(self, task_id: str, labels: Iterable[str]) -> None:
+        """Add data labels to the task (a set: adding one twice changes nothing)."""
+
+    async def task_data(self, task_id: str) -> frozenset[str]:
+        """The task's data labels (empty for an unknown task)."""
+
+    async def remember_values(self, task_id: str, digests: Mapping[str, str]) -> None:
+        """Remember value digests for the task, each with the call it came from (the first one kept)."""
+
+    async def recall_values(self, task_id: str, digests: Iterable[str]) -> dict[str, str]:
+        """The digests among `digests` the task remembers, with the call each came from."""
+
+    async def tool_pins(self, tool: str) -> dict[str, str]:
+        """The pinned definition digest of each MCP tool name of `tool`."""
+
+    async def pin_first(self, tool: str, pins: Mapping[str, str]) -> dict[str, str]:
+        """Pin each name not pinned yet (trust on first use); answers every pin of these names as
+        it is after the operation (a name pinned before keeps its pin)."""
+
+    async def set_pins(self, tool: str, pins: Mapping[str, str]) -> None:
+        """Replace the pins of these names (an admin accepted the current definitions)."""
+
+
 class Store(TaskStore, RetentionStore, CallStore, CredentialStore, ApprovalStore, AgentStore, DeliveryStore,
-            AuditStore, GrantStore, SignalStore, BaselineStore, Protocol):
+            AuditStore, GrantStore, ContentStore, SignalStore, BaselineStore, Protocol):
     """Everything stateful. Backends raise StoreUnavailable when they cannot answer."""
 
     async def ping(self) -> None: ...

@@ -7,6 +7,7 @@ import dataclasses
 import heapq
 import time
 from collections import deque
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -47,6 +48,8 @@ class _TaskRow:
     in_flight: set[str] = field(default_factory=set)
     rate_hits: dict[str, deque[float]] = field(default_factory=dict)
     audit: list[AuditRecord] = field(default_factory=list)
+    data: set[str] = field(default_factory=set)  # content: the task's data labels
+    values: dict[str, str] = field(default_factory=dict)  # content: value digest -> source call id
 
     def state(self) -> TaskState:
         return TaskState(self.task, self.calls, self.last_call_at, frozenset(self.history))
@@ -77,6 +80,7 @@ class MemoryStore:
         self._orphans: dict[str, list[AuditRecord]] = {}  # trails of task ids this store never had
         self._grants: dict[tuple[str, str], tuple[float, dict[str, Any]]] = {}  # (kind, key) -> (expiry, obj)
         self._creds: dict[str, dict[str, str]] = {}  # per-task credential holdings, by slot
+        self._pins: dict[str, dict[str, str]] = {}  # content: tool -> MCP tool name -> definition digest
         self._clients: dict[str, float] = {}  # registered client -> expiry (oauth.registration.max_clients)
         self._registrations: dict[str, tuple[float, int]] = {}  # source -> (its window's end, attempts)
 
@@ -113,6 +117,38 @@ class MemoryStore:
             for r in self._tasks.values()
             if (status is None or r.task.status == status) and (agent is None or r.task.agent == agent)
         ]
+
+    # -- content and tool integrity ---------------------------------------------
+    async def add_task_data(self, task_id: str, labels: Iterable[str]) -> None:
+        row = self._tasks.get(task_id)
+        if row is not None:
+            row.data.update(labels)
+
+    async def task_data(self, task_id: str) -> frozenset[str]:
+        row = self._tasks.get(task_id)
+        return frozenset(row.data) if row is not None else frozenset()
+
+    async def remember_values(self, task_id: str, digests: Mapping[str, str]) -> None:
+        row = self._tasks.get(task_id)
+        if row is not None:
+            for digest, call_id in digests.items():
+                row.values.setdefault(digest, call_id)
+
+    async def recall_values(self, task_id: str, digests: Iterable[str]) -> dict[str, str]:
+        row = self._tasks.get(task_id)
+        if row is None or not row.values:
+            return {}
+        return {d: row.values[d] for d in digests if d in row.values}
+
+    async def tool_pins(self, tool: str) -> dict[str, str]:
+        return dict(self._pins.get(tool, {}))
+
+    async def pin_first(self, tool: str, pins: Mapping[str, str]) -> dict[str, str]:
+        held = self._pins.setdefault(tool, {})
+        return {name: held.setdefault(name, digest) for name, digest in pins.items()}
+
+    async def set_pins(self, tool: str, pins: Mapping[str, str]) -> None:
+        self._pins.setdefault(tool, {}).update(pins)
 
     # -- retention -----------------------------------------------------------
     async def expired_tasks(self, now: float, limit: int = 500) -> list[str]:

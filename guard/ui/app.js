@@ -313,6 +313,46 @@ async function viewAgents() {
     ...(rows.length ? [] : [el("p", { class: "hint" }, "No agent has been seen yet.")]));
 }
 
+// ---------------------------------------------------------------- MCP tool pins
+
+async function acceptPin(tool, name, result) {
+  result.textContent = "sending…";
+  try {
+    await api("/v1/tools/" + encodeURIComponent(tool) + "/pins", { method: "POST", body: JSON.stringify({ names: [name] }) });
+    result.textContent = "accepted";
+  } catch (e) {
+    result.textContent = String(e.message || e);
+  }
+}
+
+function pinChange(tool, change) {
+  const result = el("span", { class: "result", role: "status" });
+  const side = (label, cls, part) => el("div", { class: "side " + cls },
+    el("h4", {}, label), el("div", { class: "mono digest" }, part.digest || "(named in the policy)"),
+    el("pre", { class: "definition" }, part.definition ? JSON.stringify(part.definition, null, 2) : "(not kept)"));
+  return el("section", { class: "card pin-change", "data-tool": tool, "data-name": change.name },
+    el("h3", {}, el("span", { class: "mono" }, tool + " / " + change.name), " ", badge("changed", "deny")),
+    el("div", { class: "sides" }, side("pinned", "pinned", change.pinned), side("current", "current", change.current)),
+    el("div", { class: "actions" },
+      el("button", { class: "approve accept", type: "button", onclick: () => acceptPin(tool, change.name, result) },
+        "Accept the current definition"), result));
+}
+
+async function viewPins() {
+  const data = await api("/v1/tools/pins");
+  const changes = data.tools.flatMap((t) => t.changed.map((c) => pinChange(t.tool, c)));
+  const rows = data.tools.map((t) => el("tr", { class: "pin-row", "data-tool": t.tool },
+    el("td", { class: "mono" }, t.tool), el("td", {}, t.pin), el("td", { class: "calls" }, String(Object.keys(t.pins).length)),
+    el("td", { class: "calls" }, String(t.changed.length))));
+  main.replaceChildren(
+    el("h2", {}, "Changed tool definitions"),
+    changes.length ? el("div", { id: "pin-changes" }, changes)
+      : el("p", { class: "hint", id: "pin-changes" }, "Every MCP tool definition matches its pin."),
+    el("h2", {}, "Pinned MCP tools"),
+    el("table", { id: "pins" }, el("thead", {}, el("tr", {}, ["tool", "pin", "pinned", "changed"].map((h) => el("th", {}, h)))),
+      el("tbody", {}, rows)));
+}
+
 // ---------------------------------------------------------------- routing
 
 async function route() {
@@ -330,6 +370,7 @@ async function route() {
     if (path.startsWith("/task/")) await viewTask(decodeURIComponent(path.slice(6)));
     else if (path === "/approvals") await viewApprovals();
     else if (path === "/agents") await viewAgents();
+    else if (path === "/pins") await viewPins();
     else await viewTasks(params);
   } catch (e) {
     showError(String(e.message || e));

@@ -20,11 +20,21 @@ def test_quick_benchmark_prints_every_target() -> None:
     assert out.returncode == 0, out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "scenario" not in line]
     targets = ["bare proxy", "guard memory"] + ([] if redis_missing_reason() else ["guard redis"])
-    for scenario in ("http allow", "deny", "mcp tools/call", "chained call"):
-        for target in targets:
+    for scenario in ("http allow", "deny", "mcp tools/call", "chained call", "allow 1 KiB", "allow 64 KiB"):
+        for target in targets + (["guard memory detectors"] if "KiB" in scenario else []):
             assert any(f"| {scenario} " in r and f"| {target} " in r for r in rows), (scenario, target, out.stdout)
+    assert "allow 1 KiB, detectors on" in out.stdout
     assert all(r.rstrip(" |").endswith(" 0") for r in rows), out.stdout  # no unexpected answers
     assert "guard memory RSS after" in out.stdout and "targets:" in out.stdout
+
+
+def test_detectors_benchmark_prints_every_size() -> None:
+    out = subprocess.run([PY, "-m", "benchmarks.detectors", "--runs", "1"], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120, check=False)
+    assert out.returncode == 0, out.stderr[-3000:]
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "body" not in line]
+    assert [r.split("|")[1].strip() for r in rows] == ["1 KiB", "64 KiB", "1 MiB"], out.stdout
+    assert all(r.count(" ms ") == 2 for r in rows), out.stdout
 
 
 @pytest.mark.slow

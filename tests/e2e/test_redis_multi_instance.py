@@ -115,3 +115,31 @@ async def test_of_40_calls_split_across_both_exactly_max_calls_reach_the_tool(
     assert statuses.count(200) == 5
     assert {p["code"] for s, p in results if s != 200} == {"budget_exhausted"}
     assert len(upstream.requests) == 5
+
+
+async def test_a_value_read_at_a_cannot_leave_through_b(
+    guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
+) -> None:
+    """Content integrity state is the store's: data labels and remembered values gathered at one
+    instance hold at the other (exfiltration refused at B of a note read at A; the trifecta too)."""
+    from tests.app.test_content import NOTE, content_policy, note_tool
+
+    shared = tmp_path / "shared"
+    config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
+              "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
+    policy = content_policy(upstream.url, redact=())
+    a: Guard = guard_factory(policy, config=config, subdir="a")
+    b: Guard = guard_factory(policy, config=config, subdir="b")
+    note_tool(upstream)
+    task = await create_task(http, a.url, a.token(AGENT))
+    h = bearer(task["task_token"])
+    async with http.get(f"{a.url}/tools/notes/notes/1", headers=h) as r:
+        assert r.status == 200
+    async with http.post(f"{b.url}/tools/mail/send", json={"body": f"fyi: {NOTE}"}, headers=h) as r:
+        assert (await r.json())["code"] == "exfiltration_blocked"
+    async with http.get(f"{a.url}/tools/web/page", headers=h) as r:
+        assert r.status == 200
+    async with http.post(f"{b.url}/tools/mail/send", json={"body": "hello"}, headers=h) as r:
+        body = await r.json()
+        assert body["code"] == "approval_required" and body["rule_id"] == "trifecta"
+    assert not any(s.path_qs == "/send" for s in upstream.requests)

@@ -75,8 +75,9 @@ def test_the_image_refuses_development_mode(tmp_path: Path) -> None:
 def test_serve_refuses_development_mode_off_loopback(tmp_path: Path) -> None:
     g = write_guard(tmp_path, echo_policy("http://127.0.0.1:9"), {"listen": {"host": "0.0.0.0"}})
     out = serve(["guard", "serve", "--config", str(g.config_path)], {}, tmp_path)
-    assert out.returncode != 0
+    assert out.returncode == 2
+    line = next(n for n, text in enumerate(g.config_path.read_text().splitlines(), 1) if "0.0.0.0" in text)
     assert out.stderr.strip().splitlines() == [
-        f"error: {g.config_path}: listen.host: '0.0.0.0' is not a loopback address: in development mode "
+        f"error: {g.config_path}:{line}: listen.host: '0.0.0.0' is not a loopback address: in development mode "
         "(dev_issuer: true, or no issuers and no sso) guard listens on loopback only; configure issuers to "
         "serve a network"], out.stderr

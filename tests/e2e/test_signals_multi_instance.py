@@ -30,6 +30,7 @@ async def test_a_set_pushed_to_one_instance_suspends_the_agent_on_both_and_cuts_
     transmitter = SsfTransmitter().start()
     try:
         shared = tmp_path / "shared"
+        shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
         config = {
             "store": {"url": redis_server.url},
             "signing": {"key_file": str(shared / "signing-key.json")},

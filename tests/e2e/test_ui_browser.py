@@ -175,6 +175,37 @@ async def test_ui_needs_a_token_and_guards_its_assets(guard_factory: Any, upstre
         assert r.status == 403
 
 
+async def test_a_changed_tool_definition_shows_beside_its_pin(
+    guard_factory: Any, http: aiohttp.ClientSession, browser: Any, tmp_path: Path
+) -> None:
+    from tests.app.test_tool_pinning import HONEST, RUG_PULL, Session, policy, rug_pull_server
+    from tests.support.process import free_port
+
+    port = free_port()
+    with rug_pull_server(tmp_path, port, HONEST) as url:
+        guard: Guard = guard_factory(policy(url))
+        task = await create_task(http, guard.url, guard.token(AGENT))
+        await (await Session(http, guard, task["task_token"]).open()).tools()
+    with rug_pull_server(tmp_path, port, RUG_PULL):
+        session = await Session(http, guard, task["task_token"]).open()
+        assert "read_file" not in await session.tools()
+        page = await browser.new_page(viewport={"width": 1280, "height": 900})
+        await page.goto(f"{guard.url}/ui")
+        await page.fill("#token", guard.token("root@acme.example", "guard:admin", "guard:auditor"))
+        await page.click("#token-form button[type=submit]")
+        await page.goto(f"{guard.url}/ui#/pins")
+        card = page.locator("section.pin-change[data-tool='files'][data-name='read_file']")
+        await card.wait_for()
+        pinned = json.loads(await card.locator(".pinned pre.definition").text_content() or "null")
+        current = json.loads(await card.locator(".current pre.definition").text_content() or "null")
+        assert pinned["description"] == HONEST and current["description"] == RUG_PULL
+        await page.screenshot(path=str(ARTIFACTS / "ui-pins.png"), full_page=True)
+        await card.locator("button.accept").click()
+        await card.locator(".result").filter(has_text="accepted").wait_for()
+        assert (await session.tools())["read_file"]["description"] == RUG_PULL
+        await page.close()
+
+
 async def test_the_agents_view_shows_static_secrets_age_and_exception(
     guard_factory: Any, upstream: Upstream, http: aiohttp.ClientSession, browser: Any, tmp_path: Path
 ) -> None:

@@ -15,6 +15,9 @@ hash tag `{<task_id>}`, so every script touches one slot:
     guard:tasks:expiring  sorted set: task id by expires_at (retention ends tasks nobody ended)
     guard:tasks:ended     sorted set: "<task id> <agent>" by ended_at (retention's index)
     guard:apr:<id>        string: the task id of an approval (get by id)
+    guard:{T}:data        set of the task's data labels (content and tool integrity)
+    guard:{T}:values      hash: digest of a value the task received -> the call it came from
+    guard:pins:<tool>     hash: MCP tool name -> pinned definition digest
     guard:{T}:creds       hash: the task's credential holdings (leases, tokens), slot -> sealed value
     guard:cred:<jti>      consumed credential ids, expiring a minute after the credential
     guard:creds:tasks     set of the tasks holding credentials (the expiry sweep reads it)
@@ -48,6 +51,7 @@ __all__ = [
     "credential_key",
     "dpop_key",
     "grant_key",
+    "pins_key",
     "signal_key",
     "task_key",
     "task_keys",
@@ -76,6 +80,10 @@ def agent_key(agent: str, part: str | None = None) -> str:
     """The agent's hash, or its `tools` / `tasks` set."""
     key = f"guard:agent:{{{agent}}}"
     return key if part is None else f"{key}:{part}"
+
+
+def pins_key(tool: str) -> str:
+    return f"guard:pins:{tool}"
 
 
 def credential_key(jti: str) -> str:

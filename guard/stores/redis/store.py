@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import structlog
@@ -64,6 +65,7 @@ from guard.stores.redis.keys import (
     credential_key,
     dpop_key,
     grant_key,
+    pins_key,
     signal_key,
     task_key,
     task_keys,
@@ -162,6 +164,8 @@ class RedisStore(RedisConnection):
                 pipe.zadd(ENDED, {f"{task_id} {task.agent}": now})
                 for approval_id in out[4:]:
                     pipe.pexpire(approval_key(approval_id), int(self._state_ttl_ms))
+                for key in task_keys(task_id, "data", "values"):  # content: they end with the task's state
+                    pipe.pexpire(key, int(self._state_ttl_ms))
             await pipe.execute()
         return task
 
@@ -182,7 +186,7 @@ class RedisStore(RedisConnection):
         members = await self._read("purge_ended", due)
         if not members:
             return 0
-        parts = ["task", "hist", "inflight", "apr", "apr:pending", "apr:latest"]
+        parts = ["task", "hist", "inflight", "apr", "apr:pending", "apr:latest", "data", "values"]
         if self._audit_goes_with_state:
             parts += ["audit", "audit:tail"]
         async with self._fail_closed("purge_ended"):
@@ -465,6 +469,53 @@ class RedisStore(RedisConnection):
             return bool(await self._r.hget(agent_key(agent), "suspended") == "1")
 
         return await self._read("is_suspended", fetch)
+
+    # -- content and tool integrity ---------------------------------------------
+    async def add_task_data(self, task_id: str, labels: Iterable[str]) -> None:
+        labels = list(labels)
+        if labels:
+            await self._write("add_task_data", [("SADD", task_key(task_id, "data"), *labels)])
+
+    async def task_data(self, task_id: str) -> frozenset[str]:
+        return frozenset(await self._members(task_key(task_id, "data")))
+
+    async def remember_values(self, task_id: str, digests: Mapping[str, str]) -> None:
+        key = task_key(task_id, "values")
+        if digests:  # HSETNX keeps the first call a value came from
+            await self._write("remember_values", [("HSETNX", key, d, c) for d, c in digests.items()])
+
+    async def recall_values(self, task_id: str, digests: Iterable[str]) -> dict[str, str]:
+        wanted = list(dict.fromkeys(digests))
+        if not wanted:
+            return {}
+
+        async def fetch() -> list[Any]:
+            return list(await self._r.hmget(task_key(task_id, "values"), wanted))
+
+        found = await self._read("recall_values", fetch)
+        return {d: str(c) for d, c in zip(wanted, found, strict=True) if c is not None}
+
+    async def tool_pins(self, tool: str) -> dict[str, str]:
+        async def fetch() -> dict[str, str]:
+            return {str(k): str(v) for k, v in (await self._r.hgetall(pins_key(tool))).items()}
+
+        return await self._read("tool_pins", fetch)
+
+    async def pin_first(self, tool: str, pins: Mapping[str, str]) -> dict[str, str]:
+        key = pins_key(tool)
+        names = list(pins)
+        if not names:
+            return {}
+        await self._write("pin_first", [("HSETNX", key, n, pins[n]) for n in names])
+
+        async def fetch() -> list[Any]:
+            return list(await self._r.hmget(key, names))
+
+        return {n: str(v) for n, v in zip(names, await self._read("pin_first", fetch), strict=True)}
+
+    async def set_pins(self, tool: str, pins: Mapping[str, str]) -> None:
+        if pins:
+            await self._write("set_pins", [("HSET", pins_key(tool), *[x for kv in pins.items() for x in kv])])
 
     # -- webhook deliveries --------------------------------------------------
     async def save_delivery(self, delivery: Delivery) -> None:
