@@ -271,7 +271,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     the file and key (`guard config check` runs this with `dry_run`: missing keys are not created)."""
     policies = policies or load_checked_policies(cfg)
     holder = PolicyHolder(policies)
-    keep = RetainWindow(cfg, lambda: holder.current)  # how long a key verifies after a rotation
+    keep = RetainWindow(cfg, lambda: holder.current.lifetimes())  # how long a key verifies after a rotation
     keys = load_keys(cfg, keep(), create=not dry_run)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
     identity = Identity(cfg, config_dir, create_keys=not dry_run)

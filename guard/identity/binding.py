@@ -19,12 +19,14 @@ from aiohttp import web
 from guard.config import X509IssuerCfg
 from guard.domain import PLAIN, Caller, Presented, ToolCall
 from guard.errors import Unauthenticated
+from guard.filewatch import FileWatch
 from guard.identity.auth import principal
 from guard.identity.dpop import InvalidDpopProof, authorization
-from guard.identity.mtls import FileWatch, peer_svid, spiffe_matches
+from guard.identity.mtls import peer_svid
 from guard.identity.tokens import TASK_TYP, Principal
 from guard.oauth.sessions import session_principal
 from guard.policy import PolicySet
+from guard.spiffe import spiffe_matches
 from guard.stores.base import Store
 
 if TYPE_CHECKING:

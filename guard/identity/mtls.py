@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import re
 import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import Any
 
 import structlog
@@ -35,25 +32,19 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from guard.errors import Unauthenticated
+from guard.filewatch import FileWatch
+from guard.spiffe import valid_spiffe_id
 
 __all__ = [
-    "SERVER_TLS", "ClientTLS", "FileWatch", "ServerTLS", "Svid", "ToolContexts", "parse_svid", "peer_svid",
-    "require_client_cert", "spiffe_matches", "valid_spiffe_id", "watch",
+    "SERVER_TLS", "ClientTLS", "ServerTLS", "Svid", "ToolContexts", "parse_svid", "peer_svid",
+    "require_client_cert", "watch",
 ]
 
 log = structlog.get_logger("guard.mtls")
 
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: validity is checked in peer_svid, with a reason
-_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
 WATCH_S = 1.0  # how often the files are looked at
 _ENCODING_DER = 2  # _ssl.ENCODING_DER: the verified chain's certificates as DER
-
-
-def valid_spiffe_id(value: str) -> bool:
-    """A SPIFFE ID: `spiffe://<trust domain>/<path>`, no empty, `.` or `..` segments."""
-    if not _SPIFFE_ID.fullmatch(value) or len(value) > 2048:
-        return False
-    return all(seg not in (".", "..") for seg in value[len("spiffe://"):].split("/")[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,31 +142,6 @@ def peer_svid(request: web.Request) -> Svid | None:
     except KeyError:
         svid = _PEERS[sslobj] = _svid_of(sslobj)
         return svid
-
-
-class FileWatch:
-    """Notices when any of a few files changes (mtime, size, inode)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = [p for p in paths if p]
-        self.seen = self._stat()
-
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        out: list[tuple[int, int, int] | None] = []
-        for p in self.paths:
-            try:
-                st = os.stat(p)
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def changed(self) -> bool:
-        now = self._stat()
-        if now == self.seen:
-            return False
-        self.seen = now
-        return True
 
 
 def pem_file_problem(files: list[tuple[str, str]]) -> tuple[str, str, str] | None:
@@ -352,10 +318,6 @@ class ToolContexts:
 
     def all(self) -> list[_Reloading]:
         return list(self._by_setting.values())
-
-
-def spiffe_matches(pattern: str, spiffe_id: str) -> bool:
-    return fnmatchcase(spiffe_id, pattern)
 
 
 async def watch(contexts: Callable[[], list[_Reloading]], every_s: float = WATCH_S) -> AsyncIterator[None]:
