@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
@@ -20,8 +19,9 @@ from guard.content.detectors import KIND_OF
 from guard.content.service import ContentGuard
 from guard.credentials import Credentials
 from guard.credentials.hygiene import require_exceptions
+from guard.deps import DEPS, Deps
 from guard.domain import Retention
-from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
+from guard.errors import ConfigError, GuardError, HTTPProblem, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
@@ -29,13 +29,11 @@ from guard.identity.keyring import RetainWindow, load_keys, watch_keys
 from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, pem_file_problem, require_client_cert, watch
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics, request_started
-from guard.pipeline import Deps
 from guard.policy import PolicySet, load_policies
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
-from guard.routes.common import DEPS
 from guard.signals.baseline import Baselines
 from guard.signals.receiver import Signals
 from guard.signals.transmitter import Transmitter
@@ -49,27 +47,6 @@ __all__ = ["build_app", "check_credentials", "check_redact", "load_checked_polic
 
 log = structlog.get_logger("guard.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class HTTPProblem(GuardError):
-    """An aiohttp HTTP error (e.g. a malformed request line) rendered as problem details."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
-
-    def problem(self) -> dict[str, object]:
-        body = super().problem()
-        code = "bad_request" if self.http_status < 500 else "internal"
-        body.update(type=f"urn:guard:error:{code}", status=self.http_status, code=code, title=_phrase(self.http_status))
-        return body
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Bad request" if status < 500 else "Internal error"
 
 
 def problem_response(err: GuardError) -> web.Response:
@@ -341,9 +318,9 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
                                    lambda: holder.current.tools, config_dir)
         credentials_.start()
         app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
-                                metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls,
-                                content=ContentGuard(cfg, store, audit_log), tracing=tracing)
+                                credentials_, ContentGuard(cfg, store, audit_log), DpopVerifier(cfg.public_url),
+                                X509Issuers(cfg.x509_issuers), metrics=metrics, tls=tls, tool_tls=tool_tls,
+                                tracing=tracing)
         if cfg.baseline is not None:
             deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
         ends.subscribe(_forgetter(deps))

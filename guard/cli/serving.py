@@ -29,8 +29,8 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
-from guard.app import HTTPProblem, problem_response
-from guard.errors import GuardError
+from guard.app import problem_response
+from guard.errors import GuardError, HTTPProblem
 from guard.routes.common import parse_error_detail
 
 __all__ = ["ProblemAppRunner", "ProblemRequestHandler", "bind", "run"]

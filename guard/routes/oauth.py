@@ -15,6 +15,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from guard.deps import Deps
 from guard.errors import NotFound, PayloadTooLarge
 from guard.oauth.clients import RegistrationLimited
 from guard.oauth.errors import OAuthError
@@ -23,7 +24,6 @@ from guard.oauth.metadata import resource_metadata, server_metadata
 from guard.oauth.pages import consent_page, message_page
 from guard.oauth.sessions import SESSIONS, Person, Sessions
 from guard.oauth.sso import Sso
-from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_body
 from guard.routes.tasks import end_task
 

@@ -13,7 +13,8 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from guard.identity.dpop import DpopVerifier, InvalidDpopProof, jwk_thumbprint
+from guard.errors import InvalidDpopProof
+from guard.identity.dpop import DpopVerifier, jwk_thumbprint
 from guard.identity.mtls import parse_svid
 from guard.spiffe import valid_spiffe_id
 from tests.support.dpop import DpopKey
