@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
@@ -13,27 +12,25 @@ from aiohttp import web
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
-from guard.canonical import compact_json
+from guard.checks import check_trust_bundles, load_checked_policies, server_tls
 from guard.config import Config
-from guard.content.detectors import KIND_OF
 from guard.content.service import ContentGuard
 from guard.credentials import Credentials
-from guard.credentials.hygiene import require_exceptions
 from guard.deps import DEPS, Deps
 from guard.domain import Retention
-from guard.errors import ConfigError, GuardError, HTTPProblem, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import RetainWindow, load_keys, watch_keys
-from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, pem_file_problem, require_client_cert, watch
+from guard.identity.mtls import SERVER_TLS, ToolContexts, require_client_cert, watch
 from guard.identity.tokens import GuardKeys
-from guard.metrics import Metrics, request_started
-from guard.policy import PolicySet, load_policies
+from guard.metrics import Metrics
+from guard.policy import PolicySet
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
+from guard.routes.problems import problem_middleware
 from guard.signals.baseline import Baselines
 from guard.signals.receiver import Signals
 from guard.signals.transmitter import Transmitter
@@ -43,133 +40,9 @@ from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
 from guard.telemetry import Tracing, open_tracing
 
-__all__ = ["build_app", "check_credentials", "check_redact", "load_checked_policies", "problem_response"]
+__all__ = ["build_app"]
 
 log = structlog.get_logger("guard.app")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-def problem_response(err: GuardError) -> web.Response:
-    return web.Response(
-        body=compact_json(err.problem()).encode(),
-        status=getattr(err, "http_status", err.status),
-        content_type="application/problem+json",
-        headers=err.headers,
-    )
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: every error leaves as RFC 9457 problem details (counted by code),
-    and the request's start is marked for the overhead histogram (guard.metrics)."""
-    token = request_started.set(time.perf_counter())
-    try:
-        return await handler(request)
-    except GuardError as err:
-        deps = request.app.get(DEPS)
-        if deps is not None:
-            deps.metrics.count_error(err.code)
-            if isinstance(err, StoreUnavailable):
-                deps.metrics.store_errors.labels("request").inc()
-        return problem_response(err)
-    except web.HTTPNotFound:
-        return problem_response(NotFound("no such endpoint"))
-    except web.HTTPMethodNotAllowed:
-        return problem_response(MethodNotAllowed("method not allowed here"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_response(HTTPProblem(exc.status, exc.reason))
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        return problem_response(GuardError("internal error"))
-    finally:
-        request_started.reset(token)
-
-
-def check_credentials(cfg: Config, policies: PolicySet) -> None:
-    """What the policies' credential blocks need from guard.yaml and the environment: env
-    secrets set, and `secrets.vault` configured for vault secrets and leases."""
-    for name, tool in policies.tools.items():
-        spec = tool.credential
-        refs = [(r, key) for r, key in ((spec.secret, "secret"),
-                                        (spec.oauth.client_secret if spec.oauth else None, "client_secret")) if r]
-        for ref, key in refs:
-            if ref.kind == "env" and not cfg.environ.get(ref.ref):
-                key = "secret_env" if spec.secret_env else f"{key}.env"
-                raise ConfigError(str(cfg.policies), f"tools.{name}.credential.{key}",
-                                  f"{ref.ref} is not set in the environment")
-        needs_vault = spec.mode == "vault_lease" or any(ref.kind == "vault" for ref, _ in refs)
-        if needs_vault and cfg.secrets.vault is None:
-            raise ConfigError(str(cfg.policies), f"tools.{name}.credential",
-                              f"mode {spec.mode} reads from OpenBao/Vault: configure secrets.vault in {cfg.source}")
-
-
-def check_redact(cfg: Config, policies: PolicySet) -> None:
-    """A tool's `redact` names finding kinds whose detectors `inspect.detectors` must list."""
-    listed = {KIND_OF[d] for d in cfg.inspect.detectors}
-    for name, spec in policies.tools.items():
-        missing = sorted(spec.redact - listed)
-        if missing:
-            raise ConfigError(str(cfg.policies), f"tools.{name}.redact",
-                              f"{', '.join(missing)}: its detector is not in inspect.detectors of {cfg.source}")
-
-
-def load_checked_policies(cfg: Config) -> PolicySet:
-    """Load and compile the policies; what their credentials need must be configured."""
-    policies = load_policies(cfg.policies)
-    check_credentials(cfg, policies)
-    check_redact(cfg, policies)
-    require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
-    configured = {hook.name for hook in cfg.approvals.webhooks}
-    for rule in policies.rules:
-        missing = sorted(set(rule.approvers) - configured)
-        if missing:
-            log.warning("approvers_unconfigured", rule_id=rule.id, webhooks=missing,
-                        detail="step-ups of this rule reach no approver until the webhook is configured")
-    return policies
-
-
-def _server_tls(cfg: Config) -> ServerTLS | None:
-    """listen.tls, its files read now: a bad one stops the start, naming it."""
-    t = cfg.listen.tls
-    if t is None:
-        return None
-    import ssl
-
-    files = [("cert_file", t.cert_file), ("key_file", t.key_file)]
-    files += [("client_ca_file", t.client_ca_file)] if t.client_ca_file else []
-    problem = pem_file_problem(files)
-    if problem is not None:
-        key, path, why = problem
-        raise cfg.error(("listen", "tls", key), f"{path}: {why}")
-    try:
-        return ServerTLS(t.cert_file, t.key_file, t.client_ca_file, t.client_auth)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        reason = getattr(e, "reason", None) or str(e)
-        raise cfg.error(("listen", "tls"), f"{t.cert_file}, {t.key_file}"
-                        f"{', ' + t.client_ca_file if t.client_ca_file else ''}: cannot be loaded together: "
-                        f"{reason}") from None
-
-
-def _check_trust_bundles(cfg: Config) -> None:
-    """Every x509 issuer's trust bundle holds certificates now: a missing one would start a guard
-    that refuses every SVID with nothing to say why."""
-    from cryptography import x509
-
-    for i, entry in enumerate(cfg.issuers):
-        if entry.x509 is None:
-            continue
-        loc = ("issuers", i, "x509", "trust_bundle_file")
-        path = entry.x509.trust_bundle_file
-        problem = pem_file_problem([("trust_bundle_file", path)])
-        if problem is not None:
-            raise cfg.error(loc, f"{path}: {problem[2]}")
-        try:
-            with open(path, "rb") as f:
-                x509.load_pem_x509_certificates(f.read())
-        except (OSError, ValueError):
-            raise cfg.error(loc, f"{path}: no PEM certificate in it") from None
 
 
 class _Opened:
@@ -252,8 +125,8 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     keys = load_keys(cfg, keep(), create=not dry_run)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
     identity = Identity(cfg, config_dir, create_keys=not dry_run)
-    tls = _server_tls(cfg)
-    _check_trust_bundles(cfg)
+    tls = server_tls(cfg)
+    check_trust_bundles(cfg)
     if cfg.dev_mode and not dry_run:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],

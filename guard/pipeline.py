@@ -1,11 +1,13 @@
 """A call's stages in order, read top to bottom (guard/stages/ holds each one):
 
-    authenticate → task → chain → match → evaluate → approve → admit (+ decision record) → mint
-    → forward → finish
+    identify (authenticate → bind → the tool) → task → chain → match → evaluate → approve
+    → admit (+ decision record) → mint → forward → finish
 
-`authorize_call` runs them for an http tool call or an MCP tools/call; `authorize_passthrough` for
-other MCP traffic. Every refusal of a call whose task is known is audited by one context manager
-(`_Refusals`) before the error leaves."""
+`handle` is the one way through, for an http tool call and every MCP message alike: the route
+reads the call (guard.routes.call.read_call) and says how its answer goes (`Render`). A call
+(http, MCP tools/call) runs `authorize_call`; other MCP traffic `authorize_passthrough`. Every
+refusal of a call whose task is known is audited by one context manager (`_Refusals`) before
+the error leaves."""
 
 from __future__ import annotations
 
@@ -13,9 +15,10 @@ import time
 from collections.abc import Callable
 from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
 import structlog
+from aiohttp import web
 
 from guard.audit.log import AuditLog
 from guard.content.service import ArgsView
@@ -28,15 +31,56 @@ from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
 from guard.stages.bind import bind
 from guard.stages.chain import check_chain
-from guard.stages.finish import finish_quietly
-from guard.stages.forward import Rewrite
+from guard.stages.finish import finish_quietly, forward_and_finish
+from guard.stages.forward import Client, Rewrite
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
 from guard.stages.task import load_active_task
+from guard.tasks.ends import EndReason
 
-__all__ = ["authorize_call", "authorize_passthrough", "record_refusal", "result_rewrite", "tool_visibility"]
+__all__ = [
+    "Render", "authorize_call", "authorize_passthrough", "handle", "identify", "record_refusal", "result_rewrite",
+    "tool_visibility",
+]
 
 log = structlog.get_logger("guard.pipeline")
+
+
+class Render(Client, Protocol):
+    """The route's side of a call: where its answer goes (a guard.stages.forward.Client) and how
+    MCP shapes it."""
+
+    @property
+    def passthrough(self) -> str | None:
+        """MCP traffic other than tools/call (its method): not a call."""
+
+    @property
+    def event(self) -> str:
+        """The audit event of the forward: call_forwarded, mcp_forwarded."""
+
+    @property
+    def farewell(self) -> Callable[[EndReason], bytes] | None:
+        """The last SSE event when the task ends (MCP)."""
+
+    def upstream(self, auth: Authorized) -> Authorized:
+        """Where the call goes (MCP: its endpoint's origin, with the stream's idle timeout)."""
+        ...
+
+    async def rewrite(self, deps: Deps, auth: Authorized) -> Rewrite | None:
+        """What a passed-through answer is rewritten by (MCP tools/list); None: untouched."""
+        ...
+
+
+async def handle(call: ToolCall, deps: Deps, render: Render) -> web.StreamResponse:
+    """The one way through: authorize (a call, or passed-through MCP traffic) → forward → finish."""
+    if render.passthrough is None:
+        auth = await authorize_call(call, deps)
+        rewrite = result_rewrite(deps, auth)
+    else:
+        auth = await authorize_passthrough(call, deps, render.passthrough)
+        rewrite = await render.rewrite(deps, auth)
+    return await forward_and_finish(render, render.upstream(auth), deps.http, deps.audit, deps.store, deps.tool_ssl,
+                                    deps.task_ends, render.event, rewrite, render.farewell)
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:

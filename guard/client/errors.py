@@ -31,7 +31,7 @@ def _registry() -> tuple[dict[str, type[GuardError]], dict[int, type[GuardError]
     for name in errors.__all__:
         cls = getattr(errors, name)
         if isinstance(cls, type) and issubclass(cls, GuardError) and cls is not GuardError \
-                and cls.code != cls.__mro__[1].code:
+                and getattr(cls.__mro__[1], "code", None) != cls.code:
             by_code[cls.code] = cls
             if cls.__mro__[1] is GuardError:
                 direct.setdefault(cls.status, []).append(cls)

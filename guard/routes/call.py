@@ -11,6 +11,7 @@ from functools import lru_cache
 from typing import Any, Literal
 
 from aiohttp import web
+from multidict import CIMultiDictProxy
 from yarl import URL
 
 from guard.deps import DEPS, Deps
@@ -28,8 +29,8 @@ from guard.stages.bind import consume_proof
 from guard.stages.match import check_tool_path
 
 __all__ = [
-    "DELEGATED", "authorization", "parse_prefer_wait", "presented", "read_call", "split_upstream", "task_creator",
-    "task_principal", "tool_call",
+    "DELEGATED", "RequestClient", "authorization", "parse_prefer_wait", "presented", "read_call", "split_upstream",
+    "task_creator", "task_principal", "tool_call",
 ]
 
 DELEGATED = web.RequestKey("delegated", bool)  # an access token of guard's authorization server (routes/mcp.py)
@@ -78,6 +79,27 @@ async def read_call(request: web.Request, kind: Literal["http", "mcp"]) -> tuple
         audience=resource_url(deps.cfg, tool) if request.get(DELEGATED) else "guard",
     )
     return call, msg
+
+
+class RequestClient:
+    """The agent's side of a forwarded call, for guard.stages.forward: its request's headers, and
+    its connection."""
+
+    __slots__ = ("request",)
+
+    def __init__(self, request: web.Request) -> None:
+        self.request = request
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        return self.request.headers
+
+    async def start(self, resp: web.StreamResponse) -> None:
+        await resp.prepare(self.request)
+
+    def drop(self) -> None:
+        if self.request.transport is not None:
+            self.request.transport.close()
 
 
 def _check_call_shape(msg: RpcMessage) -> None:

@@ -21,7 +21,6 @@ from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.identity.tokens import TASK_TYP
 from guard.mcp.rpc import (
-    INTERNAL_ERROR,
     REFUSED,
     RpcError,
     RpcMessage,
@@ -29,9 +28,9 @@ from guard.mcp.rpc import (
 )
 from guard.mcp.tools_list import tools_filter
 from guard.oauth.metadata import resource_url, www_authenticate
-from guard.pipeline import authorize_call, authorize_passthrough, result_rewrite, tool_visibility
-from guard.routes.call import DELEGATED, read_call, split_upstream
-from guard.stages.finish import forward_and_finish
+from guard.pipeline import handle, tool_visibility
+from guard.routes.call import DELEGATED, RequestClient, read_call, split_upstream
+from guard.routes.problems import rpc_refusal, rpc_response
 from guard.stages.forward import BodyRewriter, Rewrite
 from guard.tasks.ends import EndReason
 from guard.telemetry import Tracing
@@ -47,23 +46,6 @@ def _to_origin(auth: Authorized, timeout_s: float | None = None) -> Authorized:
     origin, _, _ = split_upstream(auth.upstream)
     return Authorized(auth.call, auth.caller, auth.state, auth.action, auth.rule_id, origin,  # not replace(): per call
                       timeout_s or auth.timeout_s, auth.minted, auth.audit_fields)
-
-
-def _rpc_response(body: bytes, status: int, headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(body=body, status=status, content_type="application/json", headers=headers)
-
-
-def _refusal(err: GuardError, msg: RpcMessage) -> web.Response:
-    """A refused request: HTTP 200, JSON-RPC error, problem details in `data`. A refused
-    notification or response has no id to answer, so it gets the plain problem."""
-    if msg.kind != "request":
-        raise err
-    code = REFUSED if err.status < 500 else INTERNAL_ERROR
-    headers = dict(err.headers)
-    for key, name in (("task_id", "Guard-Task-Id"), ("call_id", "Guard-Call-Id")):
-        if err.extra.get(key):
-            headers[name] = str(err.extra[key])
-    return _rpc_response(error_body(msg.rpc_id, code, err.detail, err.problem()), 200, headers)
 
 
 def _delegated(request: web.Request, deps: Deps) -> bool:
@@ -118,20 +100,20 @@ async def mcp_post(request: web.Request) -> web.StreamResponse:
         call, msg = await read_call(request, "mcp")
     except RpcError as err:
         log.info("mcp_rejected", tool=request.match_info["tool"], code=err.code, reason=err.message)
-        return _rpc_response(err.body(), err.http_status)
+        return rpc_response(err.body(), err.http_status)
     assert msg is not None  # a POST carries a message
     farewell = _farewell(msg, call.call_id) if msg.kind == "request" else None
     try:
         if deps.tracing is not None:
             return await _traced(request, deps, call, msg, farewell, deps.tracing)
-        return await _forward_message(request, deps, call, msg, farewell)
+        return await handle(call, deps, _Message(request, msg, farewell))
     except _NOT_JSON_RPC:
         raise
     except GuardError as err:
         if isinstance(err, TaskInactive) and request.get(DELEGATED):
             raise  # an OAuth client answers a 401 by authorizing again
         err.extra.setdefault("call_id", call.call_id)
-        return _refusal(err, msg)
+        return rpc_refusal(err, msg)
 
 
 async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
@@ -139,21 +121,48 @@ async def _traced(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMess
     """mcp_post's forwarding, as a span (guard.telemetry); a refusal leaves it as an exception."""
     meta = msg.params.get("_meta")
     with tracing.call(call, request.headers, msg.label, msg.rpc_id, meta if isinstance(meta, dict) else None) as call:
-        return await _forward_message(request, deps, call, msg, farewell)
+        return await handle(call, deps, _Message(request, msg, farewell))
 
 
-async def _forward_message(request: web.Request, deps: Deps, call: ToolCall, msg: RpcMessage,
-                           farewell: Callable[[EndReason], bytes] | None) -> web.StreamResponse:
-    """A message's way through the pipeline to its tool: a tools/call is authorized as a call (its
-    result inspected), anything else passes through (tools/list filtered to what the task may use)."""
-    if msg.method == "tools/call":
-        auth = await authorize_call(call, deps)
-        return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store, deps.tool_ssl,
-                                        deps.task_ends, farewell=farewell, rewrite=result_rewrite(deps, auth))
-    auth = await authorize_passthrough(call, deps, msg.label)
-    rewrite = await _list_filter(deps, auth, msg) if msg.method == "tools/list" else None
-    return await forward_and_finish(request, _to_origin(auth), deps.http, deps.audit, deps.store, deps.tool_ssl,
-                                    deps.task_ends, event="mcp_forwarded", rewrite=rewrite, farewell=farewell)
+class _Message(RequestClient):
+    """A message's way through the pipeline to its tool (guard.pipeline.Render): a tools/call is
+    authorized as a call (its result inspected), anything else passes through (tools/list filtered
+    to what the task may use), to the MCP endpoint's origin."""
+
+    __slots__ = ("event", "farewell", "msg", "passthrough")
+
+    def __init__(self, request: web.Request, msg: RpcMessage, farewell: Callable[[EndReason], bytes] | None) -> None:
+        super().__init__(request)
+        self.msg, self.farewell = msg, farewell
+        is_call = msg.method == "tools/call"
+        self.passthrough = None if is_call else msg.label
+        self.event = "call_forwarded" if is_call else "mcp_forwarded"
+
+    def upstream(self, auth: Authorized) -> Authorized:
+        return _to_origin(auth)
+
+    async def rewrite(self, deps: Deps, auth: Authorized) -> Rewrite | None:
+        return await _list_filter(deps, auth, self.msg) if self.msg.method == "tools/list" else None
+
+
+class _Session(RequestClient):
+    """GET (the server-to-client SSE stream) and DELETE (end of session) pass through; the GET
+    stream may sit idle for long: it may last as long as the task."""
+
+    __slots__ = ("passthrough",)
+    event = "mcp_forwarded"
+    farewell = None
+
+    def __init__(self, request: web.Request) -> None:
+        super().__init__(request)
+        self.passthrough = request.method.upper()
+
+    def upstream(self, auth: Authorized) -> Authorized:
+        idle = max(1.0, auth.state.task.expires_at - time.time()) if self.passthrough == "GET" else None
+        return _to_origin(auth, idle)
+
+    async def rewrite(self, deps: Deps, auth: Authorized) -> Rewrite | None:
+        return None
 
 
 def _farewell(msg: RpcMessage, call_id: str) -> Callable[[EndReason], bytes]:
@@ -189,8 +198,4 @@ async def mcp_session(request: web.Request) -> web.StreamResponse:
     """GET: the server-to-client SSE stream; DELETE: end of session. Both pass through."""
     deps = request.app[DEPS]
     call, _ = await read_call(request, "mcp")
-    auth = await authorize_passthrough(call, deps, request.method.upper())
-    # the GET stream may sit idle for long: it may last as long as the task
-    idle = max(1.0, auth.state.task.expires_at - time.time()) if request.method == "GET" else None
-    return await forward_and_finish(request, _to_origin(auth, idle), deps.http, deps.audit, deps.store, deps.tool_ssl,
-                                    deps.task_ends, event="mcp_forwarded")
+    return await handle(call, deps, _Session(request))

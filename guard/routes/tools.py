@@ -5,10 +5,10 @@ from __future__ import annotations
 from aiohttp import web
 
 from guard.deps import DEPS, Deps
-from guard.domain import ToolCall
-from guard.pipeline import authorize_call, result_rewrite
-from guard.routes.call import read_call
-from guard.stages.finish import forward_and_finish
+from guard.domain import Authorized
+from guard.pipeline import handle
+from guard.routes.call import RequestClient, read_call
+from guard.stages.forward import Rewrite
 
 __all__ = ["routes"]
 
@@ -21,11 +21,20 @@ async def http_tool_call(request: web.Request) -> web.StreamResponse:
     call, _ = await read_call(request, "http")
     if deps.tracing is not None:
         with deps.tracing.call(call, request.headers) as traced:  # the call as a span (guard.telemetry)
-            return await _forward(request, deps, traced)
-    return await _forward(request, deps, call)
+            return await handle(traced, deps, _Answer(request))
+    return await handle(call, deps, _Answer(request))
 
 
-async def _forward(request: web.Request, deps: Deps, call: ToolCall) -> web.StreamResponse:
-    auth = await authorize_call(call, deps)
-    return await forward_and_finish(request, auth, deps.http, deps.audit, deps.store, deps.tool_ssl, deps.task_ends,
-                                    rewrite=result_rewrite(deps, auth))
+class _Answer(RequestClient):
+    """An http tool call's answer: the tool's, as it answered (guard.pipeline.Render)."""
+
+    __slots__ = ()
+    passthrough = None
+    event = "call_forwarded"
+    farewell = None
+
+    def upstream(self, auth: Authorized) -> Authorized:
+        return auth
+
+    async def rewrite(self, deps: Deps, auth: Authorized) -> Rewrite | None:
+        return None

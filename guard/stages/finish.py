@@ -14,7 +14,7 @@ from aiohttp import web
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
 from guard.errors import GuardError, StoreUnavailable
-from guard.stages.forward import Cut, Rewrite, forward
+from guard.stages.forward import Client, Cut, Rewrite, forward
 from guard.stores.base import CallStore
 from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
 
@@ -24,7 +24,7 @@ log = structlog.get_logger("guard.tools")
 
 
 async def forward_and_finish(
-    request: web.Request,
+    client: Client,
     auth: Authorized,
     http: aiohttp.ClientSession,
     audit: AuditLog,
@@ -72,7 +72,7 @@ async def forward_and_finish(
         return task_ends.watch(task_id, agent)
 
     try:
-        return await forward(request, auth, http, on_headers, rewrite, tls(auth), cut=Cut(watch, on_cut, farewell))
+        return await forward(client, auth, http, on_headers, rewrite, tls(auth), cut=Cut(watch, on_cut, farewell))
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,
