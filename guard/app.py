@@ -22,7 +22,7 @@ from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import RetainWindow, load_keys, watch_keys
-from guard.identity.mtls import SERVER_TLS, ToolContexts, require_client_cert, watch
+from guard.identity.mtls import SERVER_TLS, ToolContexts, watch
 from guard.identity.tokens import GuardKeys
 from guard.metrics import Metrics
 from guard.policy import PolicySet
@@ -30,6 +30,7 @@ from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
+from guard.routes.call import require_client_cert
 from guard.routes.problems import problem_middleware
 from guard.signals.baseline import Baselines
 from guard.signals.receiver import Signals
@@ -45,14 +46,13 @@ __all__ = ["build_app"]
 log = structlog.get_logger("guard.app")
 
 
-class _Opened:
-    """The resources the app's cleanup contexts have opened so far."""
-
-    store: Store
-    audit: AuditLog
-    http: aiohttp.ClientSession
-    approvals: Approvals
-    task_ends: TaskEnds
+# what each cleanup context opens, for the ones after it (and the last, which builds Deps)
+STORE = web.AppKey("store", Store)
+AUDIT = web.AppKey("audit", AuditLog)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+TASK_ENDS = web.AppKey("task_ends", TaskEnds)
+APPROVALS = web.AppKey("approvals", Approvals)
+CREDENTIALS = web.AppKey("credentials", Credentials)
 
 
 def _forgetter(deps: Deps) -> Callable[[TaskEnded], Awaitable[None]]:
@@ -76,7 +76,7 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
     return release
 
 
-def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
+def _signals_context(cfg: Config, config_dir: Path | None, holder: PolicyHolder,
                      metrics: Metrics, keys: GuardKeys) -> Callable[[web.Application], AsyncIterator[None]]:
     """Shared Signals: the receiver (push at POST /ssf/events, a poller per poll transmitter) and
     the transmitter (session-revoked to each receiver)."""
@@ -85,15 +85,16 @@ def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, hold
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ttl = cfg.sso.session_ttl_s if cfg.sso is not None else 86400
-        signals = Signals(signals_cfg, config_dir or Path.cwd(), opened.store, opened.audit, opened.task_ends,
+        ends = app[TASK_ENDS]
+        signals = Signals(signals_cfg, config_dir or Path.cwd(), app[STORE], app[AUDIT], ends,
                           lambda: holder.current, metrics, ttl, cfg.environ)
         app[signal_routes.SIGNALS] = signals
-        signals.start(opened.http)
+        signals.start(app[HTTP])
         transmitter = None
         if signals_cfg.receivers:
-            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, opened.audit, opened.http)
-            opened.task_ends.on_ended_here(transmitter.task_ended)
-            opened.task_ends.on_suspended_here(transmitter.agent_suspended)
+            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, app[AUDIT], app[HTTP])
+            ends.on_ended_here(transmitter.task_ended)
+            ends.on_suspended_here(transmitter.agent_suspended)
             transmitter.start()
         yield
         if transmitter is not None:
@@ -139,63 +140,65 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
             app.middlewares.append(require_client_cert(tls))
 
     tracing = open_tracing(cfg)  # None when telemetry is off; stops start-up when it is on without the SDK
-    opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None,
-                                        wait_replicas=cfg.store.wait_replicas,
-                                        retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
+        app[STORE] = opened = await open_store(
+            cfg.store.url, durable_audit=cfg.audit.dir is not None, wait_replicas=cfg.store.wait_replicas,
+            retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
         yield
-        await opened.store.close()
+        await opened.close()
 
     async def audit_writer(app: web.Application) -> AsyncIterator[None]:
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
-        opened.audit = AuditLog(opened.store, files, metrics.observe_record)
+        app[AUDIT] = AuditLog(app[STORE], files, metrics.observe_record)
         yield
         if files is not None:
             await files.close()
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
-        opened.http = identity.http = aiohttp.ClientSession(
+        app[HTTP] = http = identity.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         yield
-        await opened.http.close()
+        await http.close()
 
     async def task_ends(app: web.Application) -> AsyncIterator[None]:
-        opened.task_ends = TaskEnds(opened.store, opened.audit, cfg.store.url)
-        await opened.task_ends.start()
+        app[TASK_ENDS] = ends = TaskEnds(app[STORE], app[AUDIT], cfg.store.url)
+        await ends.start()
         yield
-        await opened.task_ends.close()
+        await ends.close()
 
     async def retention_sweeper(app: web.Application) -> AsyncIterator[None]:
-        sweeper = Sweeper(opened.store, opened.task_ends, cfg.audit.dir)
+        sweeper = Sweeper(app[STORE], app[TASK_ENDS], cfg.audit.dir)
         sweeper.start()
         yield
         await sweeper.close()
 
     async def approvals_service(app: web.Application) -> AsyncIterator[None]:
-        approvals_ = Approvals(cfg, opened.store, opened.audit, opened.task_ends)
+        app[APPROVALS] = approvals_ = Approvals(cfg, app[STORE], app[AUDIT], app[TASK_ENDS])
         await approvals_.start()  # resumes pending webhook deliveries
-        opened.approvals = approvals_
         yield
         await approvals_.close()
 
     async def credentials_service(app: web.Application) -> AsyncIterator[None]:
-        store, audit_log, ends = opened.store, opened.audit, opened.task_ends
-        credentials_ = Credentials(cfg, keys, store, audit_log, opened.http, metrics, ends.expired,
-                                   lambda: holder.current.tools, config_dir)
+        app[CREDENTIALS] = credentials_ = Credentials(cfg, keys, app[STORE], app[AUDIT], app[HTTP], metrics,
+                                                      app[TASK_ENDS].expired, lambda: holder.current.tools, config_dir)
         credentials_.start()
-        app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
-                                credentials_, ContentGuard(cfg, store, audit_log), DpopVerifier(cfg.public_url),
+        yield
+        await credentials_.close()
+
+    async def dependencies(app: web.Application) -> AsyncIterator[None]:
+        store_, audit_log, ends, credentials_ = app[STORE], app[AUDIT], app[TASK_ENDS], app[CREDENTIALS]
+        app[DEPS] = deps = Deps(cfg, store_, keys, holder, audit_log, app[APPROVALS], app[HTTP], identity, ends,
+                                credentials_, ContentGuard(cfg, store_, audit_log), DpopVerifier(cfg.public_url),
                                 X509Issuers(cfg.x509_issuers), metrics=metrics, tls=tls, tool_tls=tool_tls,
                                 tracing=tracing)
         if cfg.baseline is not None:
-            deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
+            deps.baselines = Baselines(cfg.baseline.learn_s, store_, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
         if tracing is not None:
@@ -203,7 +206,6 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
-        await credentials_.close()
 
     async def telemetry(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -213,14 +215,14 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
     app.cleanup_ctx.extend([telemetry, store, audit_writer, client_session, task_ends, retention_sweeper,
-                            approvals_service, credentials_service])
+                            approvals_service, credentials_service, dependencies])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
     app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
     if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
-        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, holder, metrics, keys))
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
                    signal_routes, pins):
         app.router.add_routes(module.routes)

@@ -6,7 +6,7 @@ guard's own certificate towards the tools that ask for one.
   it to every new handshake, so connections already open keep theirs and nothing restarts. A
   bad new file keeps the old context in force and logs `tls_reload_failed` once, naming it.
 - The TLS layer only checks that a client certificate chains to the bundle (times are checked
-  here, to answer with a reason). `peer_svid(request)` then reads the X.509-SVID of the
+  here, to answer with a reason). `peer_svid(transport)` then reads the X.509-SVID of the
   connection: exactly one URI SAN, scheme `spiffe`, not a CA, valid now. Parsed once per
   connection.
 - `ClientTLS` is what the guard presents to a tool (`tls: {ca_file, cert_file, key_file}`),
@@ -37,7 +37,7 @@ from guard.spiffe import valid_spiffe_id
 
 __all__ = [
     "SERVER_TLS", "ClientTLS", "ServerTLS", "Svid", "ToolContexts", "parse_svid", "peer_svid",
-    "require_client_cert", "watch",
+    "watch",
 ]
 
 log = structlog.get_logger("guard.mtls")
@@ -131,9 +131,8 @@ def _svid_of(sslobj: ssl.SSLObject) -> Svid | None:
     return Svid(svid.spiffe_id, svid.not_before, svid.not_after, svid.error, root)
 
 
-def peer_svid(request: web.Request) -> Svid | None:
+def peer_svid(transport: asyncio.BaseTransport | None) -> Svid | None:
     """The connection's client certificate as an SVID (None: no certificate, or plain HTTP)."""
-    transport = request.transport
     sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
     if not isinstance(sslobj, ssl.SSLObject):
         return None
@@ -233,10 +232,10 @@ class ServerTLS(_Reloading):
             ctx.verify_flags |= _NO_CHECK_TIME
         return ctx
 
-    def spiffe_id(self, request: web.Request) -> str | None:
+    def spiffe_id(self, transport: asyncio.BaseTransport | None) -> str | None:
         """The verified SPIFFE ID of the connection; None without a client certificate.
         A certificate that is not a valid SVID now is refused (401 with the reason)."""
-        svid = peer_svid(request)
+        svid = peer_svid(transport)
         if svid is None:
             if self.required:
                 raise Unauthenticated("a client certificate (X.509-SVID) is required")
@@ -245,21 +244,6 @@ class ServerTLS(_Reloading):
 
 
 SERVER_TLS = web.AppKey("server_tls", ServerTLS)
-_OPEN_PATHS = ("/healthz", "/readyz", "/.well-known/")
-
-
-def require_client_cert(tls: ServerTLS) -> Callable[..., Any]:
-    """Middleware for `client_auth: required`: every request but the probes and well-known
-    documents needs a valid SVID."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        if not request.path.startswith(_OPEN_PATHS):
-            tls.spiffe_id(request)
-        resp: web.StreamResponse = await handler(request)
-        return resp
-
-    return middleware
 
 
 class ClientTLS(_Reloading):

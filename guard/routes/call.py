@@ -19,7 +19,7 @@ from guard.domain import PLAIN, Presented, ToolCall
 from guard.errors import BadRequest, InvalidDpopProof, Unauthenticated
 from guard.identity.auth import principal
 from guard.identity.binding import bound_to
-from guard.identity.mtls import peer_svid
+from guard.identity.mtls import ServerTLS, peer_svid
 from guard.identity.tokens import TASK_TYP, Principal, new_id
 from guard.mcp.rpc import INVALID_PARAMS, INVALID_REQUEST, RpcError, RpcMessage, check_routing_headers, parse_message
 from guard.oauth.metadata import resource_url
@@ -29,8 +29,8 @@ from guard.stages.bind import consume_proof
 from guard.stages.match import check_tool_path
 
 __all__ = [
-    "DELEGATED", "RequestClient", "authorization", "parse_prefer_wait", "presented", "read_call", "split_upstream",
-    "task_creator", "task_principal", "tool_call",
+    "DELEGATED", "RequestClient", "authorization", "parse_prefer_wait", "presented", "read_call",
+    "require_client_cert", "split_upstream", "task_creator", "task_principal", "tool_call",
 ]
 
 DELEGATED = web.RequestKey("delegated", bool)  # an access token of guard's authorization server (routes/mcp.py)
@@ -185,7 +185,7 @@ def _htu(request: web.Request, deps: Deps) -> str:
 
 def presented(request: web.Request, deps: Deps, token: str | None, scheme: str) -> Presented:
     """What the request proves besides its token: its connection's SPIFFE ID, its DPoP proof."""
-    spiffe_id = deps.tls.spiffe_id(request) if deps.tls is not None else None
+    spiffe_id = deps.tls.spiffe_id(request.transport) if deps.tls is not None else None
     if scheme != "dpop":
         return PLAIN if spiffe_id is None else Presented("bearer", spiffe_id)
     proofs = request.headers.getall("DPoP", [])
@@ -217,12 +217,12 @@ async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dic
     """Who creates a task (an agent: an IdP token, or an SVID admitted by an x509 issuer; never a
     person's browser session, which answers 401) and the `cnf`
     its task token gets: the connection's SPIFFE ID, the DPoP proof's key, both or none."""
-    spiffe_id = deps.tls.spiffe_id(request) if deps.tls is not None else None
+    spiffe_id = deps.tls.spiffe_id(request.transport) if deps.tls is not None else None
     cnf: dict[str, str] = {}
     if spiffe_id is not None:
         cnf["spiffe_id"] = spiffe_id
     if request.headers.get("Authorization") is None and spiffe_id is not None:
-        svid = peer_svid(request)
+        svid = peer_svid(request.transport)
         if not deps.x509.admit(spiffe_id, svid.chain_root if svid is not None else None):
             raise Unauthenticated(f"no bearer token, and no x509 issuer admits {spiffe_id}")
         who = Principal(spiffe_id, frozenset(), "x509", {})
@@ -239,3 +239,20 @@ async def task_creator(request: web.Request, deps: Deps) -> tuple[Principal, dic
     if not cnf and entry is not None and entry.binding == "required":
         raise Unauthenticated(f"agent {who.sub!r} must bind its task (mTLS or DPoP): no bearer task token")
     return who, cnf
+
+
+_OPEN_PATHS = ("/healthz", "/readyz", "/.well-known/")
+
+
+def require_client_cert(tls: ServerTLS) -> Callable[..., Any]:
+    """Middleware for `client_auth: required`: every request but the probes and well-known
+    documents needs a valid SVID."""
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
+        if not request.path.startswith(_OPEN_PATHS):
+            tls.spiffe_id(request.transport)
+        resp: web.StreamResponse = await handler(request)
+        return resp
+
+    return middleware

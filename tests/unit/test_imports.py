@@ -126,3 +126,15 @@ def test_the_stores_import_only_what_sits_below_them() -> None:
         for dep in deps if not dep.startswith(BELOW_STORES)
     }
     assert upward == set()
+
+
+def test_the_aiohttp_request_stays_in_the_routes() -> None:
+    """identity/, policy/ and stages/ take what a request says (headers, its transport, a
+    ToolCall), never the aiohttp request itself: the routes read it (guard.routes.call)."""
+    reaching = sorted(
+        str(path.relative_to(ROOT.parent))
+        for package in ("identity", "policy", "stages")
+        for path in (ROOT / package).rglob("*.py")
+        if any(name in path.read_text(encoding="utf-8") for name in ("web.Request", "web.BaseRequest", "BaseRequest"))
+    )
+    assert reaching == []
