@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from http import HTTPStatus
 from pathlib import Path
 
 import aiohttp
@@ -14,28 +12,26 @@ from aiohttp import web
 from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
 from guard.audit.writer import AuditFiles
-from guard.canonical import compact_json
+from guard.checks import check_trust_bundles, load_checked_policies, server_tls
 from guard.config import Config
-from guard.content.detectors import KIND_OF
 from guard.content.service import ContentGuard
 from guard.credentials import Credentials
-from guard.credentials.hygiene import require_exceptions
+from guard.deps import DEPS, Deps
 from guard.domain import Retention
-from guard.errors import ConfigError, GuardError, MethodNotAllowed, NotFound, StoreUnavailable
 from guard.identity.binding import X509Issuers
 from guard.identity.dpop import DpopVerifier
 from guard.identity.issuers import Identity
 from guard.identity.keyring import RetainWindow, load_keys, watch_keys
-from guard.identity.mtls import SERVER_TLS, ServerTLS, ToolContexts, pem_file_problem, require_client_cert, watch
+from guard.identity.mtls import SERVER_TLS, ToolContexts, watch
 from guard.identity.tokens import GuardKeys
-from guard.metrics import Metrics, request_started
-from guard.pipeline import Deps
-from guard.policy import PolicySet, load_policies
+from guard.metrics import Metrics
+from guard.policy import PolicySet
 from guard.policy.reload import PolicyHolder, PolicyReloader
 from guard.routes import agents, approvals, audit, credentials, mcp, operate, pins, signin, system, tasks, tools, ui
 from guard.routes import oauth as oauth_routes
 from guard.routes import signals as signal_routes
-from guard.routes.common import DEPS
+from guard.routes.call import require_client_cert
+from guard.routes.problems import problem_middleware
 from guard.signals.baseline import Baselines
 from guard.signals.receiver import Signals
 from guard.signals.transmitter import Transmitter
@@ -45,164 +41,18 @@ from guard.tasks.ends import TaskEnded, TaskEnds
 from guard.tasks.retention import Sweeper
 from guard.telemetry import Tracing, open_tracing
 
-__all__ = ["build_app", "check_credentials", "check_redact", "load_checked_policies", "problem_response"]
+__all__ = ["build_app"]
 
 log = structlog.get_logger("guard.app")
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class HTTPProblem(GuardError):
-    """An aiohttp HTTP error (e.g. a malformed request line) rendered as problem details."""
-
-    def __init__(self, status: int, reason: str) -> None:
-        super().__init__(reason)
-        self.http_status = status
-
-    def problem(self) -> dict[str, object]:
-        body = super().problem()
-        code = "bad_request" if self.http_status < 500 else "internal"
-        body.update(type=f"urn:guard:error:{code}", status=self.http_status, code=code, title=_phrase(self.http_status))
-        return body
-
-
-def _phrase(status: int) -> str:
-    try:
-        return HTTPStatus(status).phrase
-    except ValueError:
-        return "Bad request" if status < 500 else "Internal error"
-
-
-def problem_response(err: GuardError) -> web.Response:
-    return web.Response(
-        body=compact_json(err.problem()).encode(),
-        status=getattr(err, "http_status", err.status),
-        content_type="application/problem+json",
-        headers=err.headers,
-    )
-
-
-@web.middleware
-async def problem_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The one middleware: every error leaves as RFC 9457 problem details (counted by code),
-    and the request's start is marked for the overhead histogram (guard.metrics)."""
-    token = request_started.set(time.perf_counter())
-    try:
-        return await handler(request)
-    except GuardError as err:
-        deps = request.app.get(DEPS)
-        if deps is not None:
-            deps.metrics.count_error(err.code)
-            if isinstance(err, StoreUnavailable):
-                deps.metrics.store_errors.labels("request").inc()
-        return problem_response(err)
-    except web.HTTPNotFound:
-        return problem_response(NotFound("no such endpoint"))
-    except web.HTTPMethodNotAllowed:
-        return problem_response(MethodNotAllowed("method not allowed here"))
-    except web.HTTPException as exc:
-        if exc.status < 400:
-            raise
-        return problem_response(HTTPProblem(exc.status, exc.reason))
-    except Exception:
-        log.exception("request_failed", path=request.path)
-        return problem_response(GuardError("internal error"))
-    finally:
-        request_started.reset(token)
-
-
-def check_credentials(cfg: Config, policies: PolicySet) -> None:
-    """What the policies' credential blocks need from guard.yaml and the environment: env
-    secrets set, and `secrets.vault` configured for vault secrets and leases."""
-    for name, tool in policies.tools.items():
-        spec = tool.credential
-        refs = [(r, key) for r, key in ((spec.secret, "secret"),
-                                        (spec.oauth.client_secret if spec.oauth else None, "client_secret")) if r]
-        for ref, key in refs:
-            if ref.kind == "env" and not cfg.environ.get(ref.ref):
-                key = "secret_env" if spec.secret_env else f"{key}.env"
-                raise ConfigError(str(cfg.policies), f"tools.{name}.credential.{key}",
-                                  f"{ref.ref} is not set in the environment")
-        needs_vault = spec.mode == "vault_lease" or any(ref.kind == "vault" for ref, _ in refs)
-        if needs_vault and cfg.secrets.vault is None:
-            raise ConfigError(str(cfg.policies), f"tools.{name}.credential",
-                              f"mode {spec.mode} reads from OpenBao/Vault: configure secrets.vault in {cfg.source}")
-
-
-def check_redact(cfg: Config, policies: PolicySet) -> None:
-    """A tool's `redact` names finding kinds whose detectors `inspect.detectors` must list."""
-    listed = {KIND_OF[d] for d in cfg.inspect.detectors}
-    for name, spec in policies.tools.items():
-        missing = sorted(spec.redact - listed)
-        if missing:
-            raise ConfigError(str(cfg.policies), f"tools.{name}.redact",
-                              f"{', '.join(missing)}: its detector is not in inspect.detectors of {cfg.source}")
-
-
-def load_checked_policies(cfg: Config) -> PolicySet:
-    """Load and compile the policies; what their credentials need must be configured."""
-    policies = load_policies(cfg.policies)
-    check_credentials(cfg, policies)
-    check_redact(cfg, policies)
-    require_exceptions(cfg, policies)  # credentials_hygiene.require_exceptions
-    configured = {hook.name for hook in cfg.approvals.webhooks}
-    for rule in policies.rules:
-        missing = sorted(set(rule.approvers) - configured)
-        if missing:
-            log.warning("approvers_unconfigured", rule_id=rule.id, webhooks=missing,
-                        detail="step-ups of this rule reach no approver until the webhook is configured")
-    return policies
-
-
-def _server_tls(cfg: Config) -> ServerTLS | None:
-    """listen.tls, its files read now: a bad one stops the start, naming it."""
-    t = cfg.listen.tls
-    if t is None:
-        return None
-    import ssl
-
-    files = [("cert_file", t.cert_file), ("key_file", t.key_file)]
-    files += [("client_ca_file", t.client_ca_file)] if t.client_ca_file else []
-    problem = pem_file_problem(files)
-    if problem is not None:
-        key, path, why = problem
-        raise cfg.error(("listen", "tls", key), f"{path}: {why}")
-    try:
-        return ServerTLS(t.cert_file, t.key_file, t.client_ca_file, t.client_auth)
-    except (OSError, ssl.SSLError, ValueError) as e:
-        reason = getattr(e, "reason", None) or str(e)
-        raise cfg.error(("listen", "tls"), f"{t.cert_file}, {t.key_file}"
-                        f"{', ' + t.client_ca_file if t.client_ca_file else ''}: cannot be loaded together: "
-                        f"{reason}") from None
-
-
-def _check_trust_bundles(cfg: Config) -> None:
-    """Every x509 issuer's trust bundle holds certificates now: a missing one would start a guard
-    that refuses every SVID with nothing to say why."""
-    from cryptography import x509
-
-    for i, entry in enumerate(cfg.issuers):
-        if entry.x509 is None:
-            continue
-        loc = ("issuers", i, "x509", "trust_bundle_file")
-        path = entry.x509.trust_bundle_file
-        problem = pem_file_problem([("trust_bundle_file", path)])
-        if problem is not None:
-            raise cfg.error(loc, f"{path}: {problem[2]}")
-        try:
-            with open(path, "rb") as f:
-                x509.load_pem_x509_certificates(f.read())
-        except (OSError, ValueError):
-            raise cfg.error(loc, f"{path}: no PEM certificate in it") from None
-
-
-class _Opened:
-    """The resources the app's cleanup contexts have opened so far."""
-
-    store: Store
-    audit: AuditLog
-    http: aiohttp.ClientSession
-    approvals: Approvals
-    task_ends: TaskEnds
+# what each cleanup context opens, for the ones after it (and the last, which builds Deps)
+STORE = web.AppKey("store", Store)
+AUDIT = web.AppKey("audit", AuditLog)
+HTTP = web.AppKey("http", aiohttp.ClientSession)
+TASK_ENDS = web.AppKey("task_ends", TaskEnds)
+APPROVALS = web.AppKey("approvals", Approvals)
+CREDENTIALS = web.AppKey("credentials", Credentials)
 
 
 def _forgetter(deps: Deps) -> Callable[[TaskEnded], Awaitable[None]]:
@@ -226,7 +76,7 @@ def _releaser(credentials: Credentials) -> Callable[[TaskEnded], Awaitable[None]
     return release
 
 
-def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, holder: PolicyHolder,
+def _signals_context(cfg: Config, config_dir: Path | None, holder: PolicyHolder,
                      metrics: Metrics, keys: GuardKeys) -> Callable[[web.Application], AsyncIterator[None]]:
     """Shared Signals: the receiver (push at POST /ssf/events, a poller per poll transmitter) and
     the transmitter (session-revoked to each receiver)."""
@@ -235,15 +85,16 @@ def _signals_context(cfg: Config, config_dir: Path | None, opened: _Opened, hold
 
     async def context(app: web.Application) -> AsyncIterator[None]:
         ttl = cfg.sso.session_ttl_s if cfg.sso is not None else 86400
-        signals = Signals(signals_cfg, config_dir or Path.cwd(), opened.store, opened.audit, opened.task_ends,
+        ends = app[TASK_ENDS]
+        signals = Signals(signals_cfg, config_dir or Path.cwd(), app[STORE], app[AUDIT], ends,
                           lambda: holder.current, metrics, ttl, cfg.environ)
         app[signal_routes.SIGNALS] = signals
-        signals.start(opened.http)
+        signals.start(app[HTTP])
         transmitter = None
         if signals_cfg.receivers:
-            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, opened.audit, opened.http)
-            opened.task_ends.on_ended_here(transmitter.task_ended)
-            opened.task_ends.on_suspended_here(transmitter.agent_suspended)
+            transmitter = Transmitter(cfg, signals_cfg.receivers, keys, app[AUDIT], app[HTTP])
+            ends.on_ended_here(transmitter.task_ended)
+            ends.on_suspended_here(transmitter.agent_suspended)
             transmitter.start()
         yield
         if transmitter is not None:
@@ -271,12 +122,12 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     the file and key (`guard config check` runs this with `dry_run`: missing keys are not created)."""
     policies = policies or load_checked_policies(cfg)
     holder = PolicyHolder(policies)
-    keep = RetainWindow(cfg, lambda: holder.current)  # how long a key verifies after a rotation
+    keep = RetainWindow(cfg, lambda: holder.current.lifetimes())  # how long a key verifies after a rotation
     keys = load_keys(cfg, keep(), create=not dry_run)
     config_dir = Path(cfg.source).parent if cfg.source.endswith((".yaml", ".yml")) else None
     identity = Identity(cfg, config_dir, create_keys=not dry_run)
-    tls = _server_tls(cfg)
-    _check_trust_bundles(cfg)
+    tls = server_tls(cfg)
+    check_trust_bundles(cfg)
     if cfg.dev_mode and not dry_run:
         log.warning("development_mode", detail="trusting the local development issuer; configure issuers")
     app = web.Application(middlewares=[problem_middleware],
@@ -289,63 +140,65 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
             app.middlewares.append(require_client_cert(tls))
 
     tracing = open_tracing(cfg)  # None when telemetry is off; stops start-up when it is on without the SDK
-    opened = _Opened()
 
     async def store(app: web.Application) -> AsyncIterator[None]:
-        opened.store = await open_store(cfg.store.url, durable_audit=cfg.audit.dir is not None,
-                                        wait_replicas=cfg.store.wait_replicas,
-                                        retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
+        app[STORE] = opened = await open_store(
+            cfg.store.url, durable_audit=cfg.audit.dir is not None, wait_replicas=cfg.store.wait_replicas,
+            retention=Retention(cfg.retention.ended_task_s, cfg.retention.audit_s))
         yield
-        await opened.store.close()
+        await opened.close()
 
     async def audit_writer(app: web.Application) -> AsyncIterator[None]:
         files = AuditFiles(cfg.audit.dir, cfg.audit.fsync) if cfg.audit.dir else None
         if files is not None:
             files.start()
-        opened.audit = AuditLog(opened.store, files, metrics.observe_record)
+        app[AUDIT] = AuditLog(app[STORE], files, metrics.observe_record)
         yield
         if files is not None:
             await files.close()
 
     async def client_session(app: web.Application) -> AsyncIterator[None]:
-        opened.http = identity.http = aiohttp.ClientSession(
+        app[HTTP] = http = identity.http = aiohttp.ClientSession(
             connector=aiohttp.TCPConnector(limit=0, limit_per_host=0, keepalive_timeout=30),
             auto_decompress=False,
             cookie_jar=aiohttp.DummyCookieJar(),
         )
         yield
-        await opened.http.close()
+        await http.close()
 
     async def task_ends(app: web.Application) -> AsyncIterator[None]:
-        opened.task_ends = TaskEnds(opened.store, opened.audit, cfg.store.url)
-        await opened.task_ends.start()
+        app[TASK_ENDS] = ends = TaskEnds(app[STORE], app[AUDIT], cfg.store.url)
+        await ends.start()
         yield
-        await opened.task_ends.close()
+        await ends.close()
 
     async def retention_sweeper(app: web.Application) -> AsyncIterator[None]:
-        sweeper = Sweeper(opened.store, opened.task_ends, cfg.audit.dir)
+        sweeper = Sweeper(app[STORE], app[TASK_ENDS], cfg.audit.dir)
         sweeper.start()
         yield
         await sweeper.close()
 
     async def approvals_service(app: web.Application) -> AsyncIterator[None]:
-        approvals_ = Approvals(cfg, opened.store, opened.audit, opened.task_ends)
+        app[APPROVALS] = approvals_ = Approvals(cfg, app[STORE], app[AUDIT], app[TASK_ENDS])
         await approvals_.start()  # resumes pending webhook deliveries
-        opened.approvals = approvals_
         yield
         await approvals_.close()
 
     async def credentials_service(app: web.Application) -> AsyncIterator[None]:
-        store, audit_log, ends = opened.store, opened.audit, opened.task_ends
-        credentials_ = Credentials(cfg, keys, store, audit_log, opened.http, metrics, ends.expired,
-                                   lambda: holder.current.tools, config_dir)
+        app[CREDENTIALS] = credentials_ = Credentials(cfg, keys, app[STORE], app[AUDIT], app[HTTP], metrics,
+                                                      app[TASK_ENDS].expired, lambda: holder.current.tools, config_dir)
         credentials_.start()
-        app[DEPS] = deps = Deps(cfg, store, keys, holder, audit_log, opened.approvals, opened.http, identity, ends,
-                                metrics=metrics, credentials=credentials_, tls=tls, dpop=DpopVerifier(cfg.public_url),
-                                x509=X509Issuers(cfg.x509_issuers), tool_tls=tool_tls,
-                                content=ContentGuard(cfg, store, audit_log), tracing=tracing)
+        yield
+        await credentials_.close()
+
+    async def dependencies(app: web.Application) -> AsyncIterator[None]:
+        store_, audit_log, ends, credentials_ = app[STORE], app[AUDIT], app[TASK_ENDS], app[CREDENTIALS]
+        app[DEPS] = deps = Deps(cfg, store_, keys, holder, audit_log, app[APPROVALS], app[HTTP], identity, ends,
+                                credentials_, ContentGuard(cfg, store_, audit_log), DpopVerifier(cfg.public_url),
+                                X509Issuers(cfg.x509_issuers), metrics=metrics, tls=tls, tool_tls=tool_tls,
+                                tracing=tracing)
         if cfg.baseline is not None:
-            deps.baselines = Baselines(cfg.baseline.learn_s, store, audit_log, metrics)
+            deps.baselines = Baselines(cfg.baseline.learn_s, store_, audit_log, metrics)
         ends.subscribe(_forgetter(deps))
         ends.subscribe(_releaser(credentials_))
         if tracing is not None:
@@ -353,7 +206,6 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
-        await credentials_.close()
 
     async def telemetry(app: web.Application) -> AsyncIterator[None]:
         yield
@@ -363,14 +215,14 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
     # one cleanup_ctx per resource, in the order they open (they close in reverse): a failed start
     # closes what it had opened
     app.cleanup_ctx.extend([telemetry, store, audit_writer, client_session, task_ends, retention_sweeper,
-                            approvals_service, credentials_service])
+                            approvals_service, credentials_service, dependencies])
     app.cleanup_ctx.append(lambda _: watch(lambda: ([tls] if tls is not None else []) + tool_tls.all()))
     app.cleanup_ctx.append(lambda _: watch_keys(cfg, keys, keep))
     reloader = PolicyReloader(cfg.policies, lambda: load_checked_policies(cfg), holder, metrics)
     app.cleanup_ctx.append(reloader.context)
     app.cleanup_ctx.append(oauth_routes.context)  # MCP authorization and sign-in (guard.oauth)
     if cfg.signals is not None:  # Shared Signals received (guard.signals); off: nothing runs
-        app.cleanup_ctx.append(_signals_context(cfg, config_dir, opened, holder, metrics, keys))
+        app.cleanup_ctx.append(_signals_context(cfg, config_dir, holder, metrics, keys))
     for module in (system, tasks, tools, mcp, credentials, agents, ui, operate, approvals, audit, oauth_routes, signin,
                    signal_routes, pins):
         app.router.add_routes(module.routes)

@@ -19,7 +19,7 @@ from pydantic import (
 )
 
 from guard.errors import ConfigError
-from guard.policy.load import LineMap, Loc, format_key, read_yaml, validation_error
+from guard.yamlfile import LineMap, Loc, format_key, read_yaml, validation_error
 
 __all__ = ["Config", "is_loopback", "load_config"]
 

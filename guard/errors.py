@@ -3,6 +3,7 @@
     GuardError                       500 internal
     ├── BadRequest                   400 bad_request
     ├── Unauthenticated              401 unauthenticated
+    │   └── InvalidDpopProof         401 unauthenticated, WWW-Authenticate: DPoP error="invalid_dpop_proof"
     ├── Forbidden                    403 forbidden
     │   ├── UnregisteredAgent        403 unregistered_agent
     │   ├── AgentSuspended           403 agent_suspended
@@ -30,16 +31,21 @@
     ├── CredentialUnavailable        503 credential_unavailable
     │   ├── CredentialStale          503 credential_stale (credentials_hygiene)
     │   └── CredentialExceptionExpired 503 credential_exception_expired
-    └── UpstreamTimeout              504 upstream_timeout
+    ├── UpstreamTimeout              504 upstream_timeout
+    └── HTTPProblem                  4xx/5xx: an aiohttp HTTP error (a malformed request line…)
 
 ConfigError is separate: it is raised at load time and never reaches HTTP.
 """
 
 from __future__ import annotations
 
+from http import HTTPStatus
 from typing import Any, ClassVar
 
+DPOP_ALGS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")  # the signature algorithms a DPoP proof may use
+
 __all__ = [
+    "DPOP_ALGS",
     "AgentSuspended",
     "ApprovalClosed",
     "ApprovalDenied",
@@ -58,6 +64,8 @@ __all__ = [
     "ExfiltrationBlocked",
     "Forbidden",
     "GuardError",
+    "HTTPProblem",
+    "InvalidDpopProof",
     "MethodNotAllowed",
     "NotFound",
     "PayloadTooLarge",
@@ -118,6 +126,14 @@ class BadRequest(GuardError):
 
 class Unauthenticated(GuardError):
     status, code, title = 401, "unauthenticated", "Unauthenticated"
+
+
+class InvalidDpopProof(Unauthenticated):
+    """401 unauthenticated with `WWW-Authenticate: DPoP error="invalid_dpop_proof"` (RFC 9449)."""
+
+    def __init__(self, detail: str, **extra: Any) -> None:
+        super().__init__(detail, **extra)
+        self.headers["WWW-Authenticate"] = f'DPoP error="invalid_dpop_proof", algs="{" ".join(DPOP_ALGS)}"'
 
 
 class Forbidden(GuardError):
@@ -239,3 +255,23 @@ class CredentialExceptionExpired(CredentialUnavailable):
 class UpstreamTimeout(GuardError):
     status, code, title = 504, "upstream_timeout", "Upstream timeout"
 
+
+class HTTPProblem(GuardError):
+    """An aiohttp HTTP error (e.g. a malformed request line) rendered as problem details."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.http_status = status
+
+    def problem(self) -> dict[str, Any]:
+        body = super().problem()
+        code = "bad_request" if self.http_status < 500 else "internal"
+        body.update(type=f"urn:guard:error:{code}", status=self.http_status, code=code, title=_phrase(self.http_status))
+        return body
+
+
+def _phrase(status: int) -> str:
+    try:
+        return HTTPStatus(status).phrase
+    except ValueError:
+        return "Bad request" if status < 500 else "Internal error"

@@ -1,88 +1,86 @@
 """A call's stages in order, read top to bottom (guard/stages/ holds each one):
 
-    authenticate → task → chain → match → evaluate → approve → admit (+ decision record) → mint
-    → forward → finish
+    identify (authenticate → bind → the tool) → task → chain → match → evaluate → approve
+    → admit (+ decision record) → mint → forward → finish
 
-`authorize_call` runs them for an http tool call or an MCP tools/call; `authorize_passthrough` for
-other MCP traffic. Every refusal of a call whose task is known is audited by one context manager
-(`_Refusals`) before the error leaves."""
+`handle` is the one way through, for an http tool call and every MCP message alike: the route
+reads the call (guard.routes.call.read_call) and says how its answer goes (`Render`). A call
+(http, MCP tools/call) runs `authorize_call`; other MCP traffic `authorize_passthrough`. Every
+refusal of a call whose task is known is audited by one context manager (`_Refusals`) before
+the error leaves."""
 
 from __future__ import annotations
 
-import ssl
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from fnmatch import fnmatchcase
-from typing import Any
+from typing import Any, Protocol
 
-import aiohttp
 import structlog
+from aiohttp import web
 
-from guard.approvals.service import Approvals
 from guard.audit.log import AuditLog
-from guard.config import Config
-from guard.content.service import ArgsView, ContentGuard
-from guard.credentials import Credentials
+from guard.content.service import ArgsView
+from guard.deps import Deps
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import ContentBlocked, CredentialUnavailable, Denied, ExfiltrationBlocked, GuardError
-from guard.identity.binding import X509Issuers, consume_proof, refuse_unbound
-from guard.identity.dpop import DpopVerifier
-from guard.identity.issuers import Identity
-from guard.identity.mtls import ServerTLS, ToolContexts
-from guard.identity.tokens import GuardKeys
-from guard.metrics import Metrics
-from guard.policy import CallContext, Decision, PolicySet
-from guard.policy.reload import PolicyHolder
-from guard.signals.baseline import Baselines
+from guard.policy import CallContext, Decision, PolicySet, ToolSpec
 from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
 from guard.stages.authenticate import authenticate
+from guard.stages.bind import bind
 from guard.stages.chain import check_chain
-from guard.stages.finish import finish_quietly
-from guard.stages.forward import Rewrite, tool_ssl
+from guard.stages.finish import finish_quietly, forward_and_finish
+from guard.stages.forward import Client, Rewrite
 from guard.stages.match import match_action, resolve_tool
 from guard.stages.mint import mint_credentials
-from guard.stages.task import TaskCache, load_active_task
-from guard.stores.base import Store
-from guard.tasks.ends import TaskEnds
-from guard.telemetry import Tracing
+from guard.stages.task import load_active_task
+from guard.tasks.ends import EndReason
 
-__all__ = ["Deps", "authorize_call", "authorize_passthrough", "record_refusal", "result_rewrite", "tool_visibility"]
+__all__ = [
+    "Render", "authorize_call", "authorize_passthrough", "handle", "identify", "record_refusal", "result_rewrite",
+    "tool_visibility",
+]
 
 log = structlog.get_logger("guard.pipeline")
 
 
-@dataclass
-class Deps:
-    cfg: Config
-    store: Store
-    keys: GuardKeys
-    policies: PolicyHolder
-    audit: AuditLog
-    approvals: Approvals
-    http: aiohttp.ClientSession
-    identity: Identity
-    task_ends: TaskEnds  # guard.tasks.ends: what a task holds open ends with it
-    metrics: Metrics = field(default_factory=Metrics)  # guard.metrics: counters anyone may increment
-    tasks: TaskCache = field(default_factory=TaskCache)  # spares the allow path a store read
-    tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.identity.mtls)
-    dpop: DpopVerifier = field(default_factory=lambda: DpopVerifier(None))
-    x509: X509Issuers = field(default_factory=lambda: X509Issuers([]))
-    tool_tls: ToolContexts = field(default_factory=ToolContexts)  # what the guard shows tools
-    credentials: Credentials | None = None  # guard.credentials: one provider per tool (set by build_app)
-    content: ContentGuard | None = None  # guard.content: detectors, data labels, exfiltration (set by build_app)
-    baselines: Baselines | None = None  # guard.signals.baseline, when `baseline` is configured
-    tracing: Tracing | None = None  # guard.telemetry: None when telemetry is off
+class Render(Client, Protocol):
+    """The route's side of a call: where its answer goes (a guard.stages.forward.Client) and how
+    MCP shapes it."""
 
     @property
-    def creds(self) -> Credentials:
-        assert self.credentials is not None, "build_app sets deps.credentials"
-        return self.credentials
+    def passthrough(self) -> str | None:
+        """MCP traffic other than tools/call (its method): not a call."""
 
-    def tool_ssl(self, auth: Authorized) -> ssl.SSLContext | None:
-        """The TLS the called tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""
-        return tool_ssl(self.tool_tls, self.policies.current.tools.get(auth.action.tool), auth)
+    @property
+    def event(self) -> str:
+        """The audit event of the forward: call_forwarded, mcp_forwarded."""
+
+    @property
+    def farewell(self) -> Callable[[EndReason], bytes] | None:
+        """The last SSE event when the task ends (MCP)."""
+
+    def upstream(self, auth: Authorized) -> Authorized:
+        """Where the call goes (MCP: its endpoint's origin, with the stream's idle timeout)."""
+        ...
+
+    async def rewrite(self, deps: Deps, auth: Authorized) -> Rewrite | None:
+        """What a passed-through answer is rewritten by (MCP tools/list); None: untouched."""
+        ...
+
+
+async def handle(call: ToolCall, deps: Deps, render: Render) -> web.StreamResponse:
+    """The one way through: authorize (a call, or passed-through MCP traffic) → forward → finish."""
+    if render.passthrough is None:
+        auth = await authorize_call(call, deps)
+        rewrite = result_rewrite(deps, auth)
+    else:
+        auth = await authorize_passthrough(call, deps, render.passthrough)
+        rewrite = await render.rewrite(deps, auth)
+    return await forward_and_finish(render, render.upstream(auth), deps.http, deps.audit, deps.store, deps.tool_ssl,
+                                    deps.task_ends, render.event, rewrite, render.farewell)
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:
@@ -93,6 +91,15 @@ def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> fro
     if entry is not None and entry.tools is not None:
         allowed = frozenset(entry.tools) if allowed is None else allowed & frozenset(entry.tools)
     return allowed
+
+
+async def identify(call: ToolCall, deps: Deps, policies: PolicySet) -> tuple[Caller, ToolSpec]:
+    """authenticate → bind → the tool: who calls (its token, held by its holder) and what it calls."""
+    if call.trace is not None:
+        call.trace.stage("authenticate")
+    caller = authenticate(call, deps.keys)
+    await bind(caller, call, policies, deps.store)
+    return caller, resolve_tool(call, policies)
 
 
 def _context(policies: PolicySet, caller: Caller, state: TaskState, action: Action) -> CallContext:
@@ -121,14 +128,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     Raises a GuardError to refuse; every refusal that names a task is audited first.
     With telemetry on (`call.trace`), each stage is a child span of the call's."""
     trace = call.trace
-    if trace is not None:
-        trace.stage("authenticate")
     policies = deps.policies.current
-    caller = authenticate(call, deps.keys)
-    refuse_unbound(caller, call, policies)
-    if caller.binding == "dpop":
-        await consume_proof(caller, call, deps.store)
-    tool = resolve_tool(call, policies)
+    caller, tool = await identify(call, deps, policies)
     if trace is not None:
         trace.stage("task")
     state = deps.tasks.get(caller, policies)  # status is checked at admission, atomically
@@ -150,7 +151,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         if deps.baselines is not None:  # off: no store round trip
             ctx = replace(ctx, unusual=await deps.baselines.observe(caller, action, call.call_id))
         view: ArgsView | None = None
-        if deps.content is not None and deps.content.applies_to(policies, tool):  # off: one test more
+        if deps.content.applies_to(policies, tool):  # off: one test more
             view = await deps.content.before(call, caller.task_id, caller.agent, tool, action)
             if view is not None:
                 ctx = _with_content(ctx, view)
@@ -194,7 +195,7 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     try:
         try:
             minted = await mint_credentials(
-                call, caller, state, action, tool, deps.keys, deps.creds,
+                call, caller, state, action, tool, deps.keys, deps.credentials,
                 ttl_s=decision.credential_ttl_s or tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
                 txn_ttl_s=tool.timeout_s + 30,
             )
@@ -243,7 +244,7 @@ class _Refusals:
 async def _read_task(caller: Caller, deps: Deps) -> TaskState:
     """The caller's task from the store (TaskInactive unless active), remembered for later calls."""
     deps.tasks.drop(caller.task_id)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
+    state = await load_active_task(caller, deps.store, deps.task_ends, time.time())
     deps.tasks.put(state)
     return state
 
@@ -254,15 +255,9 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     within the task and `deny_methods` does not match → mint. Not counted against budget or
     rates; the caller audits the forward (`mcp_forwarded`)."""
     trace = call.trace
-    if trace is not None:
-        trace.stage("authenticate")
     policies = deps.policies.current
-    caller = authenticate(call, deps.keys)
-    refuse_unbound(caller, call, policies)
-    if caller.binding == "dpop":
-        await consume_proof(caller, call, deps.store)
-    tool = resolve_tool(call, policies)
-    state = await load_active_task(caller, deps.store, deps.audit, time.time(), deps.task_ends)
+    caller, tool = await identify(call, deps, policies)
+    state = await load_active_task(caller, deps.store, deps.task_ends, time.time())
     async with _Refusals(deps, call, caller, method, count_denied=False):
         await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)
@@ -280,7 +275,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
         call = trace.to_tool(call)
     try:
         minted = await mint_credentials(
-            call, caller, state, action, tool, deps.keys, deps.creds,
+            call, caller, state, action, tool, deps.keys, deps.credentials,
             ttl_s=tool.credential.ttl_s or deps.cfg.limits.credential_ttl_s,
             txn_ttl_s=tool.timeout_s + 30,
         )
@@ -294,7 +289,7 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
 def result_rewrite(deps: Deps, auth: Authorized) -> Rewrite | None:
     """What content inspection does with this call's result (None: it passes untouched)."""
     content, policies = deps.content, deps.policies.current
-    if content is None or not content.applies(policies):
+    if not content.applies(policies):
         return None
     tool = policies.tools.get(auth.action.tool)
     return content.rewrite(auth, tool, policies) if tool is not None else None

@@ -40,7 +40,7 @@ def effective_status(approval: Approval | None, now: float) -> str:
 
 
 class Approvals:
-    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog, task_ends: TaskEnds | None = None) -> None:
+    def __init__(self, cfg: Config, store: WebhookStore, audit: AuditLog, task_ends: TaskEnds) -> None:
         self.cfg = cfg
         self.task_ends = task_ends  # a held call ends with its task
         self.store = store
@@ -99,7 +99,7 @@ class Approvals:
         (`connected()` turns False) or the task (`(task_id, agent)`) ends; returns the
         approval's status, "pending", "gone" or "task_ended"."""
         watch: TaskWatch | None = None
-        if task is not None and self.task_ends is not None:
+        if task is not None:
             watch = self.task_ends.watch(*task)
         try:
             return await self._wait(approval_id, timeout, connected, watch)

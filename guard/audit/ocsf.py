@@ -3,7 +3,7 @@
 `GET /v1/tasks/{id}/audit?format=ocsf` and `guard audit export --format ocsf` give them as NDJSON,
 one event a line (docs/telemetry.md has the mapping). The record itself stays in the event: its
 JSON in `raw_data` and its `hash`, `prev_hash` and `seq` in `unmapped` (`guard_hash`, ...), so a
-trail exported as OCSF can still be verified (`records_of` + guard.audit.chain.verify_chain)."""
+trail exported as OCSF can still be verified (`records_of` + guard.hashchain.verify_chain)."""
 
 from __future__ import annotations
 
@@ -90,7 +90,7 @@ def ocsf_lines(records: Iterable[dict[str, Any]]) -> bytes:
 
 
 def records_of(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The audit records inside OCSF events (from `raw_data`), for guard.audit.chain.verify_chain.
+    """The audit records inside OCSF events (from `raw_data`), for guard.hashchain.verify_chain.
     Raises ValueError when an event's `unmapped.guard_hash` is not its record's `hash`."""
     records = []
     for event in events:

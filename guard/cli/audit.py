@@ -19,11 +19,11 @@ from datetime import UTC, datetime
 from typing import IO, Any
 
 from guard.audit.calltree import call_tree
-from guard.audit.chain import Verification, verify_chain
 from guard.audit.ocsf import ocsf_lines
 from guard.audit.trails import parse_since, read_trail, records_since
 from guard.config import load_config
 from guard.errors import ConfigError
+from guard.hashchain import Verification, verify_chain
 
 __all__ = ["RemoteError", "add_commands", "describe_break", "fetch_trail", "format_timeline"]
 

@@ -14,7 +14,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     """The config, its policies, their credentials' needs, the key, JWKS, TLS and trust-bundle
     files, as `guard serve` loads them (build_app); a missing key is not created. A failure is one
     line `error: FILE[:LINE]: KEY: REASON` and exit 2 (guard.cli.main)."""
-    from guard.app import build_app, load_checked_policies
+    from guard.app import build_app
+    from guard.checks import load_checked_policies
     from guard.log import configure_logging
 
     configure_logging(json_logs=False, level="WARNING")  # warnings (to stderr) as `serve` would log them

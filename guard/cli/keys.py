@@ -46,12 +46,13 @@ def cmd_keys_init(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_rotate(args: argparse.Namespace) -> int:
-    from guard.identity.keyring import policy_retain_s, rotate
+    from guard.identity.keyring import retain_s, rotate
     from guard.policy import load_policies
 
     cfg = load_config(args.config, secrets=False)
     try:
-        done = rotate(cfg.signing.key_file, cfg.signing.algorithm, policy_retain_s(cfg, load_policies(cfg.policies)))
+        keep_s = retain_s(cfg, *load_policies(cfg.policies).lifetimes())
+        done = rotate(cfg.signing.key_file, cfg.signing.algorithm, keep_s)
     except KeyFileError as e:
         raise cfg.error(("signing", "key_file"), str(e)) from None
     assert done is not None

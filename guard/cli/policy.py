@@ -17,7 +17,7 @@ def cmd_policy_check(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, secrets=False)
     path = args.path or cfg.policies
     policies, warnings = check_policies(path)
-    from guard.app import check_credentials, check_redact
+    from guard.checks import check_credentials, check_redact
 
     check_credentials(cfg, policies)  # what the credential blocks need from guard.yaml (secrets.vault)
     check_redact(cfg, policies)  # a tool's redact needs its detectors in inspect.detectors

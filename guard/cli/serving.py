@@ -29,9 +29,9 @@ from typing import Any
 from aiohttp import web
 from aiohttp.web_log import AccessLogger
 
-from guard.app import HTTPProblem, problem_response
-from guard.errors import GuardError
+from guard.errors import GuardError, HTTPProblem
 from guard.routes.common import parse_error_detail
+from guard.routes.problems import problem_response
 
 __all__ = ["ProblemAppRunner", "ProblemRequestHandler", "bind", "run"]
 

@@ -24,12 +24,14 @@ class ToolError(Exception):
 
 def _registry() -> tuple[dict[str, type[GuardError]], dict[int, type[GuardError]]]:
     """Each code's class; and for a status, the one class directly under GuardError that has it
-    (403 Forbidden, 404 NotFound …; a status several share, like 503, maps to none)."""
+    (403 Forbidden, 404 NotFound …; a status several share, like 503, maps to none). A class with
+    its base's code (InvalidDpopProof, HTTPProblem) only renders differently: the base stands for it."""
     by_code: dict[str, type[GuardError]] = {}
     direct: dict[int, list[type[GuardError]]] = {}
     for name in errors.__all__:
         cls = getattr(errors, name)
-        if isinstance(cls, type) and issubclass(cls, GuardError) and cls is not GuardError:
+        if isinstance(cls, type) and issubclass(cls, GuardError) and cls is not GuardError \
+                and getattr(cls.__mro__[1], "code", None) != cls.code:
             by_code[cls.code] = cls
             if cls.__mro__[1] is GuardError:
                 direct.setdefault(cls.status, []).append(cls)

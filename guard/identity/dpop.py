@@ -23,28 +23,19 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
-from aiohttp import web
 
 from guard.canonical import b64url
-from guard.errors import Unauthenticated
+from guard.errors import DPOP_ALGS, InvalidDpopProof
 
-__all__ = ["MAX_AGE_S", "DpopProof", "DpopVerifier", "InvalidDpopProof", "authorization", "jwk_thumbprint"]
+__all__ = ["MAX_AGE_S", "DpopProof", "DpopVerifier", "jwk_thumbprint"]
 
 MAX_AGE_S = 60
 MAX_PROOF_BYTES = 4096
-ALGS = ("ES256", "ES384", "EdDSA", "RS256", "PS256")
+ALGS = DPOP_ALGS
 _PRIVATE = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 _MEMBERS = {"EC": ("crv", "kty", "x", "y"), "OKP": ("crv", "kty", "x"), "RSA": ("e", "kty", "n")}
 _NO_CLAIM_CHECKS = {"verify_exp": False, "verify_iat": False, "verify_nbf": False, "verify_aud": False,
                     "verify_iss": False}
-
-
-class InvalidDpopProof(Unauthenticated):
-    """401 unauthenticated with `WWW-Authenticate: DPoP error="invalid_dpop_proof"`."""
-
-    def __init__(self, detail: str, **extra: Any) -> None:
-        super().__init__(detail, **extra)
-        self.headers["WWW-Authenticate"] = f'DPoP error="invalid_dpop_proof", algs="{" ".join(ALGS)}"'
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,19 +54,6 @@ def jwk_thumbprint(jwk: dict[str, Any]) -> str:
     return b64url(hashlib.sha256(canon.encode()).digest())
 
 
-def authorization(request: web.Request) -> tuple[str | None, str]:
-    """(token, scheme) of the Authorization header: scheme `bearer` or `dpop`."""
-    value = request.headers.get("Authorization")
-    if value is None:
-        return None, "bearer"
-    scheme, _, token = value.partition(" ")
-    token = token.strip()
-    lowered = scheme.lower()
-    if lowered not in ("bearer", "dpop") or not token:
-        raise Unauthenticated("Authorization must be 'Bearer <token>' or 'DPoP <token>'")
-    return token, lowered
-
-
 def _b64json(segment: str) -> Any:
     import base64
 
@@ -91,10 +69,10 @@ class DpopVerifier:
         self.origin = public_url.rstrip("/") if public_url else None
         self._keys: dict[str, tuple[str, Any, str]] = {}  # header segment → (jkt, key, alg)
 
-    def htu(self, request: web.Request) -> str:
-        """The URL the proof must name: scheme, host and path of this request, no query."""
-        origin = self.origin or f"{request.scheme}://{request.host}"
-        return origin + request.raw_path.split("?", 1)[0]
+    def htu(self, scheme: str, host: str, raw_path: str) -> str:
+        """The URL the proof must name: scheme, host and path of the request, no query."""
+        origin = self.origin or f"{scheme}://{host}"
+        return origin + raw_path.split("?", 1)[0]
 
     def _key(self, segment: str) -> tuple[str, Any, str]:
         hit = self._keys.get(segment)

@@ -35,7 +35,7 @@ from typing import Any
 import structlog
 
 from guard.config import Config
-from guard.identity.mtls import FileWatch
+from guard.filewatch import FileWatch
 from guard.identity.tokens import (
     LEEWAY_S,
     GuardKeys,
@@ -48,9 +48,8 @@ from guard.identity.tokens import (
     may_create_in,
     read_key_json,
 )
-from guard.policy import PolicySet
 
-__all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "policy_retain_s", "read_ring", "retain_s", "rotate",
+__all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "read_ring", "retain_s", "rotate",
            "watch_keys"]
 
 log = structlog.get_logger("guard.keyring")
@@ -71,29 +70,19 @@ class Rotated:
     previous_until: float  # when the previous key stops verifying and leaves JWKS
 
 
-def policy_retain_s(cfg: Config, policies: PolicySet) -> float:
-    """retain_s for these policies: their longest tool timeout and credential lifetime."""
-    ttls = [t.credential.ttl_s or 0 for t in policies.tools.values()]
-    ttls += [r.credential_ttl_s or 0 for r in policies.rules]
-    return retain_s(cfg, max((t.timeout_s for t in policies.tools.values()), default=30.0), max(ttls, default=0))
-
-
 class RetainWindow:
     """retain_s under the policies in force, never less than it has been since start: a reload
     that raises a TTL or a tool's timeout extends how long a previous key verifies; one that
-    lowers them does not cut short tokens signed before."""
+    lowers them does not cut short tokens signed before. `lifetimes()`: the longest tool timeout
+    and credential lifetime in force (PolicySet.lifetimes)."""
 
-    def __init__(self, cfg: Config, policies: Callable[[], PolicySet]) -> None:
+    def __init__(self, cfg: Config, lifetimes: Callable[[], tuple[float, int]]) -> None:
         self.cfg = cfg
-        self.policies = policies
-        self._seen: PolicySet | None = None  # the policy set last looked at (held: its id is not reused)
+        self.lifetimes = lifetimes
         self._longest = 0.0
 
     def __call__(self) -> float:
-        current = self.policies()
-        if current is not self._seen:
-            self._seen = current
-            self._longest = max(self._longest, policy_retain_s(self.cfg, current))
+        self._longest = max(self._longest, retain_s(self.cfg, *self.lifetimes()))
         return self._longest
 
 

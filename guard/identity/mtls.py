@@ -6,7 +6,7 @@ guard's own certificate towards the tools that ask for one.
   it to every new handshake, so connections already open keep theirs and nothing restarts. A
   bad new file keeps the old context in force and logs `tls_reload_failed` once, naming it.
 - The TLS layer only checks that a client certificate chains to the bundle (times are checked
-  here, to answer with a reason). `peer_svid(request)` then reads the X.509-SVID of the
+  here, to answer with a reason). `peer_svid(transport)` then reads the X.509-SVID of the
   connection: exactly one URI SAN, scheme `spiffe`, not a CA, valid now. Parsed once per
   connection.
 - `ClientTLS` is what the guard presents to a tool (`tls: {ca_file, cert_file, key_file}`),
@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
-import re
 import ssl
 import time
 import weakref
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import datetime
-from fnmatch import fnmatchcase
 from typing import Any
 
 import structlog
@@ -35,25 +32,19 @@ from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from guard.errors import Unauthenticated
+from guard.filewatch import FileWatch
+from guard.spiffe import valid_spiffe_id
 
 __all__ = [
-    "SERVER_TLS", "ClientTLS", "FileWatch", "ServerTLS", "Svid", "ToolContexts", "parse_svid", "peer_svid",
-    "require_client_cert", "spiffe_matches", "valid_spiffe_id", "watch",
+    "SERVER_TLS", "ClientTLS", "ServerTLS", "Svid", "ToolContexts", "parse_svid", "peer_svid",
+    "watch",
 ]
 
 log = structlog.get_logger("guard.mtls")
 
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: validity is checked in peer_svid, with a reason
-_SPIFFE_ID = re.compile(r"spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)*")
 WATCH_S = 1.0  # how often the files are looked at
 _ENCODING_DER = 2  # _ssl.ENCODING_DER: the verified chain's certificates as DER
-
-
-def valid_spiffe_id(value: str) -> bool:
-    """A SPIFFE ID: `spiffe://<trust domain>/<path>`, no empty, `.` or `..` segments."""
-    if not _SPIFFE_ID.fullmatch(value) or len(value) > 2048:
-        return False
-    return all(seg not in (".", "..") for seg in value[len("spiffe://"):].split("/")[1:])
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,9 +131,8 @@ def _svid_of(sslobj: ssl.SSLObject) -> Svid | None:
     return Svid(svid.spiffe_id, svid.not_before, svid.not_after, svid.error, root)
 
 
-def peer_svid(request: web.Request) -> Svid | None:
+def peer_svid(transport: asyncio.BaseTransport | None) -> Svid | None:
     """The connection's client certificate as an SVID (None: no certificate, or plain HTTP)."""
-    transport = request.transport
     sslobj = transport.get_extra_info("ssl_object") if transport is not None else None
     if not isinstance(sslobj, ssl.SSLObject):
         return None
@@ -151,31 +141,6 @@ def peer_svid(request: web.Request) -> Svid | None:
     except KeyError:
         svid = _PEERS[sslobj] = _svid_of(sslobj)
         return svid
-
-
-class FileWatch:
-    """Notices when any of a few files changes (mtime, size, inode)."""
-
-    def __init__(self, paths: list[str]) -> None:
-        self.paths = [p for p in paths if p]
-        self.seen = self._stat()
-
-    def _stat(self) -> tuple[tuple[int, int, int] | None, ...]:
-        out: list[tuple[int, int, int] | None] = []
-        for p in self.paths:
-            try:
-                st = os.stat(p)
-                out.append((st.st_mtime_ns, st.st_size, st.st_ino))
-            except OSError:
-                out.append(None)
-        return tuple(out)
-
-    def changed(self) -> bool:
-        now = self._stat()
-        if now == self.seen:
-            return False
-        self.seen = now
-        return True
 
 
 def pem_file_problem(files: list[tuple[str, str]]) -> tuple[str, str, str] | None:
@@ -267,10 +232,10 @@ class ServerTLS(_Reloading):
             ctx.verify_flags |= _NO_CHECK_TIME
         return ctx
 
-    def spiffe_id(self, request: web.Request) -> str | None:
+    def spiffe_id(self, transport: asyncio.BaseTransport | None) -> str | None:
         """The verified SPIFFE ID of the connection; None without a client certificate.
         A certificate that is not a valid SVID now is refused (401 with the reason)."""
-        svid = peer_svid(request)
+        svid = peer_svid(transport)
         if svid is None:
             if self.required:
                 raise Unauthenticated("a client certificate (X.509-SVID) is required")
@@ -279,21 +244,6 @@ class ServerTLS(_Reloading):
 
 
 SERVER_TLS = web.AppKey("server_tls", ServerTLS)
-_OPEN_PATHS = ("/healthz", "/readyz", "/.well-known/")
-
-
-def require_client_cert(tls: ServerTLS) -> Callable[..., Any]:
-    """Middleware for `client_auth: required`: every request but the probes and well-known
-    documents needs a valid SVID."""
-
-    @web.middleware
-    async def middleware(request: web.Request, handler: Callable[[web.Request], Any]) -> web.StreamResponse:
-        if not request.path.startswith(_OPEN_PATHS):
-            tls.spiffe_id(request)
-        resp: web.StreamResponse = await handler(request)
-        return resp
-
-    return middleware
 
 
 class ClientTLS(_Reloading):
@@ -352,10 +302,6 @@ class ToolContexts:
 
     def all(self) -> list[_Reloading]:
         return list(self._by_setting.values())
-
-
-def spiffe_matches(pattern: str, spiffe_id: str) -> bool:
-    return fnmatchcase(spiffe_id, pattern)
 
 
 async def watch(contexts: Callable[[], list[_Reloading]], every_s: float = WATCH_S) -> AsyncIterator[None]:

@@ -248,6 +248,12 @@ class PolicySet:
         # (id of one of this set's rules, rates) -> the decision: immutable, so built once per pair
         self._decisions: dict[tuple[int, Rates], Decision] = {}
 
+    def lifetimes(self) -> tuple[float, int]:
+        """The longest tool timeout and the longest credential lifetime these policies give."""
+        ttls = [t.credential.ttl_s or 0 for t in self.tools.values()]
+        ttls += [r.credential_ttl_s or 0 for r in self.rules]
+        return max((t.timeout_s for t in self.tools.values()), default=30.0), max(ttls, default=0)
+
     @property
     def has_inventory(self) -> bool:
         return bool(self.agents)

@@ -27,8 +27,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from guard.domain import Effect
 from guard.errors import ConfigError
 from guard.policy.evaluate import PolicySet
-from guard.policy.load import LineMap, Loc, format_key, read_yaml, validation_error
 from guard.policy.model import CallContext, Decision, Names, OptNames
+from guard.yamlfile import LineMap, Loc, format_key, read_yaml, validation_error
 
 __all__ = ["CaseResult", "run_policy_tests"]
 

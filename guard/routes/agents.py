@@ -9,13 +9,12 @@ import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from guard.deps import Deps
 from guard.domain import AgentStats
 from guard.errors import BadRequest
 from guard.identity.auth import ADMIN, AUDITOR
-from guard.pipeline import Deps
 from guard.policy import AgentEntry, PolicySet
 from guard.routes.common import DEPS, authorized, json_response, read_model
-from guard.stages.task import expire_if_due
 from guard.tasks.suspend import suspend_agent as suspend
 
 __all__ = ["inventory", "routes"]
@@ -40,7 +39,7 @@ async def _active_tasks(deps: Deps, now: float) -> dict[str, int]:
     """Active tasks by agent, expiring (and auditing) those past expires_at or idle."""
     counts: dict[str, int] = {}
     for state in await deps.store.list_tasks(status="active"):
-        state = await expire_if_due(state, deps.store, deps.audit, now, deps.task_ends)
+        state = await deps.task_ends.expired(state, now)
         if state.task.status == "active":
             counts[state.task.agent] = counts.get(state.task.agent, 0) + 1
     return counts

@@ -13,11 +13,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from guard.approvals.signature import SIGNATURE_HEADER, TOLERANCE_S, SignatureError, signed_at, signer_of
 from guard.canonical import sha256_hex
+from guard.deps import Deps
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
 from guard.identity.auth import ADMIN, APPROVER, require_role
-from guard.identity.binding import task_principal
-from guard.pipeline import Deps
+from guard.routes.call import task_principal
 from guard.routes.common import DEPS, authorized, json_response, read_body
 
 __all__ = ["routes"]

@@ -8,10 +8,10 @@ from typing import Any
 
 from aiohttp import web
 
-from guard.audit.chain import verify_chain
 from guard.audit.ocsf import ocsf_lines
 from guard.audit.trails import list_trails, parse_since
 from guard.errors import BadRequest, NotFound
+from guard.hashchain import verify_chain
 from guard.identity.auth import ADMIN, AUDITOR
 from guard.routes.common import DEPS, authorized, json_response
 

@@ -11,15 +11,14 @@ from typing import Any, TypeVar
 from aiohttp import http_exceptions, web
 from pydantic import BaseModel, ValidationError
 
+from guard.deps import DEPS
 from guard.errors import BadRequest, PayloadTooLarge
 from guard.identity.auth import principal, require_role
 from guard.identity.tokens import Principal
 from guard.oauth.sessions import session_principal
-from guard.pipeline import Deps
 
 __all__ = ["DEPS", "authorized", "connected", "json_response", "parse_error_detail", "read_body", "read_model"]
 
-DEPS = web.AppKey("deps", Deps)
 M = TypeVar("M", bound=BaseModel)
 
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import math
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -15,16 +14,16 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from aiohttp import web
 from multidict import MultiDictProxy
 
+from guard.deps import Deps
 from guard.errors import NotFound, PayloadTooLarge
-from guard.oauth.clients import RegistrationLimited
 from guard.oauth.errors import OAuthError
 from guard.oauth.grants import AuthorizationServer, Consent, RedirectError
 from guard.oauth.metadata import resource_metadata, server_metadata
 from guard.oauth.pages import consent_page, message_page
 from guard.oauth.sessions import SESSIONS, Person, Sessions
 from guard.oauth.sso import Sso
-from guard.pipeline import Deps
 from guard.routes.common import DEPS, json_response, read_body
+from guard.routes.problems import oauth_error
 from guard.routes.tasks import end_task
 
 __all__ = ["OAUTH", "OAuthDeps", "context", "html_response", "routes"]
@@ -74,15 +73,6 @@ def html_response(body: str, status: int = 200, form_targets: str = "") -> web.R
 
 def _oauth_json(data: object, status: int = 200) -> web.Response:
     return json_response(data, status, headers={"Cache-Control": "no-store", "Pragma": "no-cache"})
-
-
-def _oauth_error(err: OAuthError) -> web.Response:
-    headers = {"Cache-Control": "no-store"}
-    if err.status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="guard"'
-    if isinstance(err, RegistrationLimited):
-        headers["Retry-After"] = str(max(1, math.ceil(err.retry_after_s)))
-    return json_response(err.body(), err.status, headers=headers)
 
 
 def _see_other(location: str) -> web.Response:
@@ -236,7 +226,7 @@ async def token(request: web.Request) -> web.Response:
             raise OAuthError("invalid_client", "clients here are public: no client secret", 401)
         return _oauth_json(await server.token(form))
     except OAuthError as e:
-        return _oauth_error(e)
+        return oauth_error(e)
 
 
 @routes.post("/oauth/register")
@@ -254,7 +244,7 @@ async def register(request: web.Request) -> web.Response:
             raise OAuthError("invalid_client_metadata", "the body is a JSON object") from e
         return _oauth_json(await server.clients.register(data, request.remote or "unknown"), 201)
     except OAuthError as e:
-        return _oauth_error(e)
+        return oauth_error(e)
 
 
 @routes.post("/oauth/revoke")
@@ -263,5 +253,5 @@ async def revoke(request: web.Request) -> web.Response:
     try:
         await server.revoke(await _form(request))
     except OAuthError as e:
-        return _oauth_error(e)
+        return oauth_error(e)
     return web.Response(status=200, headers={"Cache-Control": "no-store"})

@@ -70,7 +70,6 @@ async def pin_tools(request: web.Request) -> web.Response:
     current = await deps.store.tool_pins(definitions_key(name, seen=True))
     await deps.store.set_pins(definitions_key(name, seen=False), {n: current[n] for n in accepted if n in current})
     await deps.store.set_pins(changed_key(name), dict.fromkeys(accepted, ""))
-    if deps.content is not None:
-        deps.content.note_changed(name, dict.fromkeys(accepted, ""))
+    deps.content.note_changed(name, dict.fromkeys(accepted, ""))
     log.warning("tools_pinned", tool=name, actor=who.sub, names=sorted(accepted))
     return json_response({"tool": name, "pins": await deps.store.tool_pins(name)})

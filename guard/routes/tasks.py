@@ -9,14 +9,14 @@ from typing import Annotated, Any
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
+from guard.deps import Deps
 from guard.domain import Task, TaskState
 from guard.errors import AgentSuspended, BadRequest, Forbidden, NotFound, UnregisteredAgent
 from guard.identity.auth import ADMIN, AUDITOR, require_role
-from guard.identity.binding import binding_of, task_creator, task_principal
+from guard.identity.binding import binding_of
 from guard.identity.tokens import TASK_TYP, Principal, jti, new_id
-from guard.pipeline import Deps
+from guard.routes.call import task_creator, task_principal
 from guard.routes.common import DEPS, authorized, json_response, read_model
-from guard.stages.task import expire_if_due
 from guard.tasks.ends import EndReason
 
 __all__ = ["routes"]
@@ -64,7 +64,7 @@ async def _load(deps: Deps, task_id: str) -> TaskState:
     state = await deps.store.get_task(task_id)
     if state is None:
         raise NotFound("no such task", task_id=task_id)
-    return await expire_if_due(state, deps.store, deps.audit, time.time(), deps.task_ends)
+    return await deps.task_ends.expired(state, time.time())
 
 
 def _is_owner(p: Principal, state: TaskState) -> bool:

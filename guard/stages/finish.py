@@ -14,7 +14,7 @@ from aiohttp import web
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
 from guard.errors import GuardError, StoreUnavailable
-from guard.stages.forward import Cut, Rewrite, forward
+from guard.stages.forward import Client, Cut, Rewrite, forward
 from guard.stores.base import CallStore
 from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
 
@@ -24,22 +24,22 @@ log = structlog.get_logger("guard.tools")
 
 
 async def forward_and_finish(
-    request: web.Request,
+    client: Client,
     auth: Authorized,
     http: aiohttp.ClientSession,
     audit: AuditLog,
     store: CallStore,
+    tls: Callable[[Authorized], ssl.SSLContext | None],
+    task_ends: TaskEnds,
     event: str = "call_forwarded",
     rewrite: Rewrite | None = None,
-    tls: Callable[[Authorized], ssl.SSLContext | None] | None = None,
-    task_ends: TaskEnds | None = None,
     farewell: Callable[[EndReason], bytes] | None = None,
 ) -> web.StreamResponse:
     """Forward, audit the upstream answer (as `event`) before it goes out, then end the call's
     Txn-Token. `rewrite` may transform the answer (MCP tools/list); `tls` gives the TLS the tool
-    asks for (a failure to make it is audited as the call's failure). With `task_ends`, when the
-    task ends meanwhile the call is cut (guard.stages.forward.Cut, with `farewell` for an SSE
-    answer) and the cut audited as `stream_closed`."""
+    asks for (a failure to make it is audited as the call's failure). When the task ends meanwhile
+    the call is cut (guard.stages.forward.Cut, with `farewell` for an SSE answer) and the cut
+    audited as `stream_closed`."""
     task_id, call_id, agent = auth.caller.task_id, auth.call.call_id, auth.caller.agent
     base: dict[str, Any] = {"tool": auth.action.tool, "action": auth.action.name,
                             "chain": list(auth.caller.chain), "parent_call_id": auth.caller.parent_call_id}
@@ -68,17 +68,11 @@ async def forward_and_finish(
         await audit.append(task_id, "stream_closed", agent, call_id=call_id, detail=reason, **base)
         log.info("stream_closed", task_id=task_id, call_id=call_id, reason=reason)
 
-    cut: Cut | None = None
-    if task_ends is not None:
-        ends = task_ends
+    def watch() -> TaskWatch:
+        return task_ends.watch(task_id, agent)
 
-        def watch() -> TaskWatch:
-            return ends.watch(task_id, agent)
-
-        cut = Cut(watch, on_cut, farewell)
     try:
-        return await forward(request, auth, http, on_headers, rewrite, tls(auth) if tls is not None else None,
-                             cut=cut)
+        return await forward(client, auth, http, on_headers, rewrite, tls(auth), cut=Cut(watch, on_cut, farewell))
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,

@@ -23,7 +23,7 @@ from guard.log import network_cause, without_userinfo
 from guard.policy.model import ToolSpec
 from guard.tasks.ends import EndReason, TaskWatch
 
-__all__ = ["HOP_BY_HOP", "BodyRewriter", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
+__all__ = ["HOP_BY_HOP", "BodyRewriter", "Client", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
 
 log = structlog.get_logger("guard.forward")
 HOP_BY_HOP = frozenset(
@@ -53,6 +53,20 @@ class BodyRewriter(Protocol):
     def feed(self, chunk: bytes) -> bytes: ...
 
     def close(self) -> bytes: ...
+
+
+class Client(Protocol):
+    """The agent's side of a forwarded call (the route holds its request): the headers it sent,
+    and the connection its answer goes back on."""
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]: ...
+
+    async def start(self, resp: web.StreamResponse) -> None:
+        """Send the answer's status and headers; its body follows."""
+
+    def drop(self) -> None:
+        """Close the agent's connection (an answer that cannot end cleanly)."""
 
 
 # Given the upstream's answer headers, the rewriter to apply (None: stream through untouched).
@@ -112,7 +126,7 @@ def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str])
 
 
 async def forward(
-    request: web.Request,
+    client: Client,
     auth: Authorized,
     http: aiohttp.ClientSession,
     on_headers: OnHeaders,
@@ -126,7 +140,7 @@ async def forward(
     transform the answer; `cut` ends it when its task ends."""
     flow = _Flow()
     if cut is None:
-        return await _forward(request, auth, http, on_headers, rewrite, flow, ssl_context)
+        return await _forward(client, auth, http, on_headers, rewrite, flow, ssl_context)
     task = asyncio.current_task()
     assert task is not None
     fired = False
@@ -142,18 +156,18 @@ async def forward(
 
     flow.arm = arm
     try:
-        return await _forward(request, auth, http, on_headers, rewrite, flow, ssl_context)
+        return await _forward(client, auth, http, on_headers, rewrite, flow, ssl_context)
     except asyncio.CancelledError:
         if not fired:
             raise
         task.uncancel()
-        return await _end_cut(request, auth, flow, cut)
+        return await _end_cut(client, auth, flow, cut)
     finally:
         if flow.watch is not None:
             flow.watch.close()
 
 
-async def _end_cut(request: web.Request, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
+async def _end_cut(client: Client, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
     if flow.upstream is not None:
         flow.upstream.close()  # the tool's side: the connection is closed, not pooled
     reason = (flow.watch.reason if flow.watch is not None else None) or "task_revoked"
@@ -172,13 +186,12 @@ async def _end_cut(request: web.Request, auth: Authorized, flow: _Flow, cut: Cut
             await resp.write(tail)
         await resp.write_eof()
     except (ConnectionResetError, aiohttp.ClientError, RuntimeError):
-        if request.transport is not None:
-            request.transport.close()
+        client.drop()
     return resp
 
 
 async def _forward(
-    request: web.Request,
+    client: Client,
     auth: Authorized,
     http: aiohttp.ClientSession,
     on_headers: OnHeaders,
@@ -188,7 +201,7 @@ async def _forward(
 ) -> web.StreamResponse:
     call = auth.call
     url = URL(auth.upstream.rstrip("/") + call.path_qs, encoded=True)
-    headers = upstream_headers(request.headers, auth.minted.headers)
+    headers = upstream_headers(client.headers, auth.minted.headers)
     if rewrite is not None:  # a rewritten answer must come uncompressed
         headers.popall("Accept-Encoding", None)
     started = time.perf_counter()
@@ -236,7 +249,7 @@ async def _forward(
         if upstream.content_length is not None and rewriter is None:
             resp.content_length = upstream.content_length
         flow.resp, flow.sse = resp, upstream.headers.get("Content-Type", "").startswith("text/event-stream")
-        await resp.prepare(request)
+        await client.start(resp)
         if flow.arm is not None:
             flow.arm()
         settle = getattr(rewriter, "settle", None)  # a rewriter's findings are audited before they go out
@@ -257,8 +270,7 @@ async def _forward(
         if resp is None or not resp.prepared:
             raise UpstreamUnavailable("the tool's answer broke off", **_ids(auth)) from None
         # the answer had started: nothing more can be said to the agent but a closed connection
-        if request.transport is not None:
-            request.transport.close()
+        client.drop()
         return resp
     finally:
         upstream.release()

@@ -2,37 +2,21 @@
 
 from __future__ import annotations
 
-from guard.audit.log import AuditLog
 from guard.domain import Caller, TaskState
 from guard.errors import TaskInactive
 from guard.policy import PolicySet
 from guard.stores.base import TaskStore
 from guard.tasks.ends import TaskEnds
 
-__all__ = ["TaskCache", "expire_if_due", "load_active_task"]
+__all__ = ["TaskCache", "load_active_task"]
 
 
-async def expire_if_due(state: TaskState, store: TaskStore, audit: AuditLog, now: float,
-                        ends: TaskEnds | None = None) -> TaskState:
-    """Persist the expiry of a task past `expires_at` or idle for `idle_s` (audited once); with
-    `ends`, the expiry is also announced to whatever the task holds open, on every instance."""
-    if ends is not None:
-        return await ends.expired(state, now)
-    if state.task.status == "active" and state.effective_status(now) == "expired":
-        reason = "expires_at reached" if now >= state.task.expires_at else "idle"
-        ended = await store.end_task(state.task.task_id, "expired", now, reason)
-        if ended is not None:
-            await audit.append(ended.task_id, "task_expired", ended.agent, detail=reason)
-            return TaskState(ended, state.calls, state.last_call_at, state.history)
-    return state
-
-
-async def load_active_task(caller: Caller, store: TaskStore, audit: AuditLog, now: float,
-                           ends: TaskEnds | None = None) -> TaskState:
+async def load_active_task(caller: Caller, store: TaskStore, ends: TaskEnds, now: float) -> TaskState:
+    """The caller's task, expired first when due (guard.tasks.ends); TaskInactive unless active."""
     state = await store.get_task(caller.task_id)
     if state is None or state.task.agent != caller.agent:
         raise TaskInactive("unknown task", task_id=caller.task_id)
-    state = await expire_if_due(state, store, audit, now, ends)
+    state = await ends.expired(state, now)
     if state.task.status != "active":
         raise TaskInactive(f"task is {state.task.status}", task_id=caller.task_id)
     return state

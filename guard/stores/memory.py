@@ -11,7 +11,6 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from guard.audit.chain import GENESIS, chain_record
 from guard.domain import (
     AGENT_COUNTERS,
     Activity,
@@ -28,6 +27,7 @@ from guard.domain import (
     Task,
     TaskState,
 )
+from guard.hashchain import GENESIS, chain_record
 from guard.stores.base import (
     BASELINE_MAX_ACTIONS,
     DecideOutcome,

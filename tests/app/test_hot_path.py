@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from guard.audit.chain import verify_chain
+from guard.hashchain import verify_chain
 from tests.app.conftest import AppFactory
 from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.guard import GuardLike

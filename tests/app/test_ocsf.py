@@ -14,8 +14,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from guard.audit.chain import verify_chain
 from guard.audit.ocsf import OCSF_VERSION, records_of
+from guard.hashchain import verify_chain
 from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, echo_policy

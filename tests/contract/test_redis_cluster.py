@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from guard.audit.chain import verify_chain
 from guard.domain import CallLimits, Task
+from guard.hashchain import verify_chain
 from guard.identity.tokens import new_id
 from guard.stores import open_store
 from guard.stores.redis.keys import task_key

@@ -13,9 +13,9 @@ import redis.asyncio as redis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
-from guard.audit.chain import verify_chain
 from guard.domain import Delivery, Task
 from guard.errors import StoreUnavailable
+from guard.hashchain import verify_chain
 from guard.identity.tokens import new_id
 from guard.stores import open_store
 from guard.stores.redis.mux import Multiplexer

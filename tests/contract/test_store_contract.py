@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from guard.audit.chain import GENESIS, verify_chain
 from guard.domain import Approval, AuditRecord, CallLimits, Task, TaskState
+from guard.hashchain import GENESIS, verify_chain
 from guard.identity.tokens import new_id
 from guard.stores import Store
 

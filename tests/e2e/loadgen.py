@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from guard.audit.chain import verify_chain
 from guard.audit.trails import read_trail
+from guard.hashchain import verify_chain
 from tests.support.client import AGENT, bearer, create_task
 from tests.support.guard import Guard
 

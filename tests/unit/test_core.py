@@ -11,10 +11,10 @@ from pathlib import Path
 import jwt
 import pytest
 
-from guard.audit.chain import GENESIS, chain_record, verify_chain
 from guard.canonical import args_digest, call_digest, canonical_json
 from guard.config import load_config
 from guard.errors import ConfigError, Unauthenticated
+from guard.hashchain import GENESIS, chain_record, verify_chain
 from guard.identity.tokens import CRED_TYP, TASK_TYP, TXN_TYP, GuardKeys, load_or_create_key
 
 

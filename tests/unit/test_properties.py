@@ -11,8 +11,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from guard.audit.chain import GENESIS, chain_record, verify_chain
 from guard.canonical import args_digest, call_digest, canonical_json
+from guard.hashchain import GENESIS, chain_record, verify_chain
 from guard.policy import CallContext, PolicySet, load_policies
 from tests.support.policies import TOOLS
 

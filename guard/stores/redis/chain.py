@@ -29,9 +29,9 @@ from typing import Any
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from guard.audit.chain import GENESIS, chain_record
 from guard.domain import AuditRecord
 from guard.errors import StoreUnavailable
+from guard.hashchain import GENESIS, chain_record
 
 __all__ = ["ChainAppender", "Link"]
 

@@ -16,10 +16,10 @@ import signal
 import sys
 from pathlib import Path
 
-from guard.audit.chain import GENESIS, chain_record
 from guard.audit.journal import JOURNAL_DIR, datasync
 from guard.audit.writer import AuditFiles
 from guard.domain import AuditRecord
+from guard.hashchain import GENESIS, chain_record
 
 
 def records(tasks: int, batches: int) -> list[list[AuditRecord]]:

@@ -12,10 +12,10 @@ import sys
 import time
 from pathlib import Path
 
-from guard.audit.chain import verify_chain
 from guard.audit.journal import JOURNAL_DIR, datasync
 from guard.audit.trails import list_trails, read_trail
 from guard.audit.writer import AuditFiles
+from guard.hashchain import verify_chain
 from tests.support.process import ROOT
 from tests.unit.audit.journal_writer import records
 

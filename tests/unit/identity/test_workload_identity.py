@@ -13,8 +13,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
-from guard.identity.dpop import DpopVerifier, InvalidDpopProof, jwk_thumbprint
-from guard.identity.mtls import parse_svid, valid_spiffe_id
+from guard.errors import InvalidDpopProof
+from guard.identity.dpop import DpopVerifier, jwk_thumbprint
+from guard.identity.mtls import parse_svid
+from guard.spiffe import valid_spiffe_id
 from tests.support.dpop import DpopKey
 from tests.support.pki import self_signed_svid
 

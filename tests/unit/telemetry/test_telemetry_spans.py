@@ -12,7 +12,7 @@ import pytest
 
 from guard.config import TelemetryCfg
 from guard.domain import ToolCall
-from guard.stages.call import tool_call
+from guard.routes.call import tool_call
 from tests.support.otlp import proto_missing
 from tests.support.process import free_port, require
 

@@ -1,4 +1,5 @@
-"""Record hashing and chain verification: imports nothing above domain and canonical.
+"""The audit hash chain: record hashing and chain verification, below the stores (which link records
+into it) and the audit package (which verifies trails); imports nothing above domain and canonical.
 
 Each task has its own chain: `hash` = sha256 over the canonical JSON of the record without
 `hash`; `prev_hash` = the previous record's hash (64 zeros first). The store assigns seq and
