@@ -125,6 +125,7 @@ async def test_a_value_read_at_a_cannot_leave_through_b(
     from tests.app.test_content import NOTE, content_policy, note_tool
 
     shared = tmp_path / "shared"
+    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
               "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
     policy = content_policy(upstream.url, redact=())
