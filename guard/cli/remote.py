@@ -16,7 +16,7 @@ from typing import Any
 
 from guard.config import load_config
 
-__all__ = ["RemoteError", "add_commands", "table"]
+__all__ = ["RemoteError", "add_commands", "call", "quoted", "remote_args", "runner", "table"]
 
 
 class RemoteError(Exception):
@@ -69,7 +69,7 @@ def table(columns: list[str], rows: list[list[str]]) -> list[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() for line in lines]
 
 
-def _q(value: str) -> str:
+def quoted(value: str) -> str:
     return urllib.parse.quote(value, safe="")
 
 
@@ -93,12 +93,12 @@ def _task_lines(t: dict[str, Any]) -> list[str]:
 
 
 def _tasks_show(args: argparse.Namespace) -> Any:
-    data = call(args, "GET", f"/v1/tasks/{_q(args.task)}")
+    data = call(args, "GET", f"/v1/tasks/{quoted(args.task)}")
     return data if args.json else _task_lines(data)
 
 
 def _tasks_revoke(args: argparse.Namespace) -> Any:
-    data = call(args, "POST", f"/v1/tasks/{_q(args.task)}/revoke", {"reason": args.reason})
+    data = call(args, "POST", f"/v1/tasks/{quoted(args.task)}/revoke", {"reason": args.reason})
     return data if args.json else [f"revoked: {data['task_id']} ({data['status']})"]
 
 
@@ -120,11 +120,13 @@ def _approvals_decide(args: argparse.Namespace) -> Any:
     body: dict[str, Any] = {"decision": args.decision}
     if args.reason:
         body["reason"] = args.reason
-    data = call(args, "POST", f"/v1/approvals/{_q(args.approval)}/decision", body)
+    data = call(args, "POST", f"/v1/approvals/{quoted(args.approval)}/decision", body)
     return data if args.json else [f"{args.decision}: {data['approval_id']} is now {data['status']}"]
 
 
-def _runner(fn: Any) -> Any:
+def runner(fn: Any) -> Any:
+    """A command from a function of its arguments: its lines (or JSON) printed, a RemoteError one line, exit 1."""
+
     def run(args: argparse.Namespace) -> int:
         try:
             out = fn(args)
@@ -141,7 +143,7 @@ def _runner(fn: Any) -> Any:
     return run
 
 
-def _common(p: argparse.ArgumentParser, who: str) -> None:
+def remote_args(p: argparse.ArgumentParser, who: str) -> None:
     p.add_argument("--url", default=os.environ.get("GUARD_URL"),
                    help="the guard's base URL (default $GUARD_URL, else the config's public_url or listen address)")
     p.add_argument("--token", default=os.environ.get("GUARD_TOKEN"), help=f"{who} token (default $GUARD_TOKEN)")
@@ -151,32 +153,32 @@ def _common(p: argparse.ArgumentParser, who: str) -> None:
 def add_commands(sub: Any) -> None:
     tasks = sub.add_parser("tasks", help="a running guard's tasks").add_subparsers(dest="tasks_cmd", required=True)
     tl = tasks.add_parser("list", help="tasks, newest first, with their pending approvals")
-    _common(tl, "an admin or auditor")
+    remote_args(tl, "an admin or auditor")
     tl.add_argument("--status", choices=["active", "completed", "revoked", "expired"], help="only tasks in this state")
     tl.add_argument("--agent", help="only this agent's tasks")
     tl.add_argument("--limit", type=int, help="at most this many (default 200)")
-    tl.set_defaults(func=_runner(_tasks_list))
+    tl.set_defaults(func=runner(_tasks_list))
     ts = tasks.add_parser("show", help="one task: agent, state, calls, pending approvals")
     ts.add_argument("task", metavar="TASK_ID", help="the task's id (task_...)")
-    _common(ts, "an admin or auditor")
-    ts.set_defaults(func=_runner(_tasks_show))
+    remote_args(ts, "an admin or auditor")
+    ts.set_defaults(func=runner(_tasks_show))
     tr = tasks.add_parser("revoke", help="end a task now: its tokens, credentials and approvals stop working")
     tr.add_argument("task", metavar="TASK_ID", help="the task's id (task_...)")
     tr.add_argument("--reason", required=True, help="why (kept in the audit trail)")
-    _common(tr, "an admin")
-    tr.set_defaults(func=_runner(_tasks_revoke))
+    remote_args(tr, "an admin")
+    tr.set_defaults(func=runner(_tasks_revoke))
 
     appr = sub.add_parser("approvals", help="a running guard's step-up approvals")
     approvals = appr.add_subparsers(dest="approvals_cmd", required=True)
     al = approvals.add_parser("list", help="approvals with their task and call (pending by default)")
-    _common(al, "an approver or admin")
+    remote_args(al, "an approver or admin")
     al.add_argument("--status", default="pending",
                     choices=["pending", "approved", "denied", "expired", "consumed"],
                     help="approvals in this state (default pending)")
-    al.set_defaults(func=_runner(_approvals_list))
+    al.set_defaults(func=runner(_approvals_list))
     ad = approvals.add_parser("decide", help="approve or deny a pending approval, as the token's subject")
     ad.add_argument("approval", metavar="APPROVAL_ID", help="the approval's id (apr_...)")
     ad.add_argument("decision", choices=["approve", "deny"], help="the decision")
     ad.add_argument("--reason", help="why (kept in the audit trail)")
-    _common(ad, "an approver")
-    ad.set_defaults(func=_runner(_approvals_decide))
+    remote_args(ad, "an approver")
+    ad.set_defaults(func=runner(_approvals_decide))
