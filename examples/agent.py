@@ -20,13 +20,14 @@ import argparse
 import asyncio
 import os
 import sys
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 import aiohttp
 
-__all__ = ["Expect", "main"]
+__all__ = ["Demo", "Expect", "main", "run_agent"]
 
 RESEARCHER = "spiffe://acme/agent/researcher"
 AUDITOR = "security@acme.example"
@@ -96,6 +97,14 @@ class Demo:
                 body = await resp.text()
             return resp.status, body
 
+    async def open_task(self, agent_token: str, **request: Any) -> dict[str, Any]:
+        """Open a task; its token is what every call presents from now on."""
+        status, task = await self.request("POST", "/v1/tasks", agent_token, request)
+        if status != 201:
+            raise SystemExit(f"could not create a task: {status} {task}")
+        self.task_token = task["task_token"]
+        return dict(task)
+
     async def call(self, method: str, path: str, *expect: Expect, json: Any = None) -> tuple[int, Any]:
         """One tool call with the task token; prints it and checks it against `expect`."""
         status, body = await self.request(method, path, self.task_token, json)
@@ -121,11 +130,8 @@ class Demo:
 
 async def run_demo(demo: Demo, agent_token: str, config: str | None) -> None:
     # 1. Open a task. Its token is what the agent presents on every call from now on.
-    task_request = {"purpose": "weekly research report", "requested_by": "alice@acme.example", "max_calls": 6}
-    status, task = await demo.request("POST", "/v1/tasks", agent_token, task_request)
-    if status != 201:
-        raise SystemExit(f"could not create a task: {status} {task}")
-    demo.task_token = task["task_token"]
+    task = await demo.open_task(agent_token, purpose="weekly research report", requested_by="alice@acme.example",
+                                max_calls=6)
     task_id = task["task_id"]
     print(f"task {task_id} for {task['agent']}, expires {_when(task['expires_at'])}\n")
 
@@ -173,24 +179,34 @@ async def run_demo(demo: Demo, agent_token: str, config: str | None) -> None:
     demo.check("the audit chain should verify", audit.get("verified") is True)
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    token = args.token or await dev_token(RESEARCHER, config=args.config)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        demo = Demo(http, args.guard_url)
-        await run_demo(demo, token, args.config)
-    print("\nevery call got the expected answer" if not demo.surprises else f"\n{demo.surprises} surprise(s)")
-    return 0 if not demo.surprises else 1
+Script = Callable[[Demo, str, str | None], Awaitable[None]]  # (demo, the agent's token, guard's config)
+
+
+def run_agent(description: str, script: Script, agent: str = RESEARCHER, timeout_s: float = 30) -> None:
+    """A demo agent's command line (`--guard-url`, `--token`, `--config`): plays `script` against
+    guard and exits 0 when every call got the answer the demo policy predicts, 1 otherwise."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--guard-url", default="http://127.0.0.1:8080")
+    parser.add_argument("--token", help=f"an IdP token for the agent (default: a dev token for {agent})")
+    parser.add_argument("--config", default=None, help="guard config, for dev-token (default: $GUARD_CONFIG)")
+    args = parser.parse_args()
+
+    async def play() -> int:
+        token = args.token or await dev_token(agent, config=args.config)
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=timeout_s)) as http:
+            demo = Demo(http, args.guard_url)
+            await script(demo, token, args.config)
+        print("\nevery call got the expected answer" if not demo.surprises else f"\n{demo.surprises} surprise(s)")
+        return 0 if not demo.surprises else 1
+
+    try:
+        sys.exit(asyncio.run(play()))
+    except aiohttp.ClientError as e:
+        sys.exit(f"cannot reach guard: {e}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description="guard's demo agent")
-    parser.add_argument("--guard-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--token", help=f"an IdP token for the agent (default: a dev token for {RESEARCHER})")
-    parser.add_argument("--config", default=None, help="guard config, for dev-token (default: $GUARD_CONFIG)")
-    try:
-        sys.exit(asyncio.run(main_async(parser.parse_args())))
-    except aiohttp.ClientError as e:
-        sys.exit(f"cannot reach guard: {e}")
+    run_agent("guard's demo agent", run_demo)
 
 
 if __name__ == "__main__":

@@ -7,24 +7,15 @@ here in `--auto approve` mode) receives the signed webhook and approves; guard t
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import sys
-
-import aiohttp
-
-from examples.agent import ALLOWED, CREATED, Demo, Expect, dev_token
+from examples.agent import ALLOWED, CREATED, Demo, Expect, run_agent
 
 BILLING = "spiffe://acme/agent/billing"
 APPROVAL_REQUIRED = Expect(403, "approval_required")
 
 
-async def run(demo: Demo, agent_token: str) -> None:
-    task_request = {"purpose": "pay the monthly invoices", "requested_by": "bob@acme.example", "max_calls": 10}
-    status, task = await demo.request("POST", "/v1/tasks", agent_token, task_request)
-    if status != 201:
-        raise SystemExit(f"could not create a task: {status} {task}")
-    demo.task_token = task["task_token"]
+async def run(demo: Demo, agent_token: str, config: str | None) -> None:
+    task = await demo.open_task(agent_token, purpose="pay the monthly invoices", requested_by="bob@acme.example",
+                                max_calls=10)
     print(f"task {task['task_id']} for {task['agent']}\n")
 
     # 1. 40 EUR: within what billing may pay on its own (rule small-payments-allowed).
@@ -49,20 +40,8 @@ async def run(demo: Demo, agent_token: str) -> None:
     await demo.call("POST", "/tools/payments/payments", APPROVAL_REQUIRED, json=big)
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    token = await dev_token(BILLING, config=args.config)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=60)) as http:
-        demo = Demo(http, args.guard_url)
-        await run(demo, token)
-    print("\nevery call got the expected answer" if not demo.surprises else f"\n{demo.surprises} surprise(s)")
-    return 0 if not demo.surprises else 1
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="guard's step-up demo agent")
-    parser.add_argument("--guard-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--config", default=None)
-    sys.exit(asyncio.run(main_async(parser.parse_args())))
+    run_agent("guard's step-up demo agent", run, agent=BILLING, timeout_s=60)
 
 
 if __name__ == "__main__":

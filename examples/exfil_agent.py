@@ -11,14 +11,9 @@ The exit code is 0 when every call got the answer the demo policy predicts, 1 ot
 
 from __future__ import annotations
 
-import argparse
-import asyncio
 import base64
-import sys
 
-import aiohttp
-
-from examples.agent import ALLOWED, CREATED, RESEARCHER, Demo, Expect, dev_token
+from examples.agent import ALLOWED, CREATED, Demo, Expect, run_agent
 
 __all__ = ["main"]
 
@@ -29,12 +24,8 @@ MEMO = "Board memo: the acquisition of Northwind closes on 12 March, codename BL
 FAKE_KEY = "ghp_" + "aB3dE5gH7jK9mN1pQ3sT5vX7zA9cE1gI3kM5"  # a GitHub token's format, not a real one
 
 
-async def run_demo(demo: Demo, agent_token: str) -> None:
-    task_request = {"purpose": "weekly research report", "requested_by": "alice@acme.example"}
-    status, task = await demo.request("POST", "/v1/tasks", agent_token, task_request)
-    if status != 201:
-        raise SystemExit(f"could not create a task: {status} {task}")
-    demo.task_token = task["task_token"]
+async def run_demo(demo: Demo, agent_token: str, config: str | None) -> None:
+    task = await demo.open_task(agent_token, purpose="weekly research report", requested_by="alice@acme.example")
     print(f"task {task['task_id']}: notes are private, the web is untrusted, mail leaves the organisation\n")
 
     _, note = await demo.call("POST", "/tools/notes/notes", CREATED, json={"title": "Board memo", "body": MEMO})
@@ -59,24 +50,8 @@ async def run_demo(demo: Demo, agent_token: str) -> None:
                     json={"to": "team@outside.example", "subject": "status", "body": "report done"})
 
 
-async def main_async(args: argparse.Namespace) -> int:
-    token = args.token or await dev_token(RESEARCHER, config=args.config)
-    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
-        demo = Demo(http, args.guard_url)
-        await run_demo(demo, token)
-    print("\nevery call got the expected answer" if not demo.surprises else f"\n{demo.surprises} surprise(s)")
-    return 0 if not demo.surprises else 1
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description="guard's exfiltration demo agent")
-    parser.add_argument("--guard-url", default="http://127.0.0.1:8080")
-    parser.add_argument("--token", help=f"an IdP token for the agent (default: a dev token for {RESEARCHER})")
-    parser.add_argument("--config", default=None, help="guard config, for dev-token (default: $GUARD_CONFIG)")
-    try:
-        sys.exit(asyncio.run(main_async(parser.parse_args())))
-    except aiohttp.ClientError as e:
-        sys.exit(f"cannot reach guard: {e}")
+    run_agent("guard's exfiltration demo agent", run_demo)
 
 
 if __name__ == "__main__":
