@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-from structlog.testing import capture_logs
 
 from tests.app.conftest import AppFactory
+from tests.support.app import log_events
 from tests.support.client import AGENT, bearer, create_task, echo_policy
 from tests.support.credentials import tool_policy
 from tests.support.process import free_port
@@ -31,7 +31,7 @@ async def test_an_unreachable_tool_is_logged_with_its_cause_and_address(
                                   ("dns", "http://no-such-tool.invalid:9", "the name does not resolve")):
         guard = await app_factory(echo_policy(upstream), subdir=name)
         task = await create_task(http, guard.url, guard.token(AGENT))
-        with capture_logs() as logs:
+        with log_events() as logs:
             status, problem = await _read(http, guard.url, "echo", "/items/1", task["task_token"])
         assert status == 502 and problem["code"] == "upstream_unavailable"
         assert problem["detail"] == "the tool could not be reached"  # the address is the operator's
@@ -50,7 +50,7 @@ async def test_openbao_out_of_reach_is_logged_as_such_and_not_told_to_the_agent(
     config = {"secrets": {"vault": {"url": bao, "auth": auth}}}
     guard = await app_factory(tool_policy(upstream.url, credential), config)
     task = await create_task(http, guard.url, guard.token(AGENT))
-    with capture_logs() as logs:
+    with log_events() as logs:
         status, problem = await _read(http, guard.url, "notes", "/notes/1", task["task_token"])
     assert status == 503 and problem["code"] == "credential_unavailable"
     assert "127.0.0.1" not in json.dumps(problem) and "secrets manager" not in problem["detail"]
@@ -67,7 +67,7 @@ async def test_a_providers_detail_stays_in_the_log(
     credential = {"mode": "static", "header": "X-Api-Key", "secret": {"file": str(secret)}}
     guard = await app_factory(tool_policy(upstream.url, credential))
     task = await create_task(http, guard.url, guard.token(AGENT))
-    with capture_logs() as logs:
+    with log_events() as logs:
         status, problem = await _read(http, guard.url, "notes", "/notes/1", task["task_token"])
     assert status == 503 and problem["code"] == "credential_unavailable"
     assert str(secret) not in json.dumps(problem) and "notes-api-key" not in json.dumps(problem)

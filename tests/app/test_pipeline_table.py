@@ -29,7 +29,7 @@ from aiohttp import web
 
 from guard.identity.tokens import TASK_TYP, GuardKeys, load_or_create_key
 from tests.app.conftest import AppFactory
-from tests.support.app import AppGuard
+from tests.support.app import AppGuard, log_events
 from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.credentials import audit_of
 from tests.support.dpop import DpopKey
@@ -168,11 +168,15 @@ class Table:
         assert problem["title"] and problem["detail"], problem
         return Answer(problem["status"], problem["code"], problem.get("rule_id"))
 
-    async def trail(self, agent: Agent) -> list[str]:
-        """The task's audit trail (verified), a line a record: event, effect, rule, reason, status."""
-        records = await audit_of(self.http, self.guard, agent.task["task_id"])
-        return [" ".join(str(r[k]) for k in ("event", "effect", "rule_id", "detail", "status")
-                         if isinstance(r.get(k), str | int)) for r in records]
+    async def trail(self, agent: Agent) -> list[dict[str, Any]]:
+        """The task's audit trail (verified)."""
+        return await audit_of(self.http, self.guard, agent.task["task_id"])
+
+
+def line(record: dict[str, Any]) -> str:
+    """An audit record as the table writes it: event, effect, rule, reason, status."""
+    return " ".join(str(record[k]) for k in ("event", "effect", "rule_id", "detail", "status")
+                    if isinstance(record.get(k), str | int))
 
 
 @pytest.fixture
@@ -372,7 +376,7 @@ class Row:
     status: int
     code: str | None  # None: the tool answered
     rule_id: str | None
-    audit: tuple[str, ...]  # the records the call added to its task's trail (Table.trail's lines)
+    audit: tuple[str, ...]  # the records the call added to its task's trail, as `line` writes them
     kinds: tuple[Kind, ...] = KINDS
 
     @property
@@ -445,10 +449,17 @@ async def test_a_call(table: Table, kind: Kind, row: Row) -> None:
     agent = await row.situation(table, kind, row.call)
     before, reached = await table.trail(agent), len(table.upstream.requests)
 
-    answer = await table.send(kind, row.call, agent)
+    with log_events() as logs:
+        answer = await table.send(kind, row.call, agent)
 
     assert (answer.status, answer.code, answer.rule_id) == (row.status, row.code, row.rule_id)
-    assert (await table.trail(agent))[len(before):] == list(row.audit)
+    added = (await table.trail(agent))[len(before):]
+    assert [line(r) for r in added] == list(row.audit)
+    # the log has one decision line a decision record: its task, call, effect, rule and reason
+    logged = [(e["task_id"], e["call_id"], e["effect"], e["rule_id"], e["reason"])
+              for e in logs if e["event"] == "call_decided"]
+    assert logged == [(agent.task["task_id"], r["call_id"], r["effect"], r.get("rule_id"), r.get("detail") or "rule")
+                      for r in added if r["event"] == "call_decided"]  # an allow's reason: a rule allows it
     got = table.upstream.requests[reached:]
     if not row.reached:
         assert got == []

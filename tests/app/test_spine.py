@@ -16,7 +16,7 @@ import jwt
 import pytest
 
 from tests.app.conftest import AppFactory
-from tests.support.app import AppGuard
+from tests.support.app import AppGuard, log_events
 from tests.support.client import AGENT, OTHER, bearer, create_task, echo_policy
 from tests.support.upstream import Upstream
 
@@ -187,8 +187,10 @@ async def test_configured_issuer_checks(app_factory: AppFactory, upstream: Upstr
     from tests.support.idp import ISSUER, Idp
 
     idp = Idp(tmp_path)
-    g = await app_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
-    assert "development_mode" not in g.log()
+    with log_events() as logs:
+        g = await app_factory(echo_policy(upstream.url), config={"issuers": [idp.issuer_config()]})
+    events = [e["event"] for e in logs]
+    assert "guard_started" in events and "development_mode" not in events
     ok = idp.token(AGENT)
     async with http.post(f"{g.url}/v1/tasks", json={"purpose": "p"}, headers=bearer(ok)) as r:
         assert r.status == 201

@@ -10,7 +10,7 @@ import io
 import logging
 import os
 import subprocess
-from collections.abc import Iterator
+from collections.abc import Iterator, MutableMapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,6 +19,7 @@ import structlog
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from aiohttp.web_runner import BaseRunner
+from structlog.testing import capture_logs
 
 from guard.app import build_app
 from guard.cli.main import main
@@ -29,7 +30,7 @@ from guard.identity.issuers import dev_token
 from guard.log import configure_logging
 from tests.support.guard import write_guard
 
-__all__ = ["AppGuard", "guard_log", "start_app_guard"]
+__all__ = ["AppGuard", "guard_log", "log_events", "start_app_guard"]
 
 
 @contextlib.contextmanager
@@ -48,6 +49,15 @@ def guard_log() -> Iterator[io.StringIO]:
     finally:
         root.removeHandler(handler)
         structlog.reset_defaults()
+
+
+@contextlib.contextmanager
+def log_events() -> Iterator[list[MutableMapping[str, Any]]]:
+    """The events guard logs meanwhile, as dicts (structlog's `capture_logs`), with the fields bound
+    to the request's context (task_id, call_id) merged in; before rendering and redaction, so a
+    test of what the log output lacks reads `AppGuard.log()` instead."""
+    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+        yield events
 
 
 @dataclass
