@@ -11,7 +11,6 @@ import hashlib
 import hmac
 import json
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -33,33 +32,22 @@ from tests.support.world import (
     assert_untouched,
     b64,
     claims_of,
-    open_world,
     problem_of,
     raw,
     raw_problem,
     seg,
     status_of,
-    world_setup,
 )
 from tests.support.world import World as AnyWorld
 
 World = AnyWorld[AppGuard]
 
 
-@pytest.fixture
-async def world(app_factory: AppFactory, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
-    recorder = upstream_factory()
-    policy, config, env = world_setup(upstream, recorder)
-    g = await app_factory(policy, config=config, env=env)
-    async with aiohttp.ClientSession() as http:
-        yield await open_world(g, upstream, recorder, http)
-
-
 # ------------------------------------------------------------------------------ JWT attacks
 
 
-async def test_rfc8725_attacks_on_the_task_token(world: World) -> None:
-    w = world
+async def test_rfc8725_attacks_on_the_task_token(hostile: World) -> None:
+    w = hostile
     claims = w.task_claims()
     kid = jwt.get_unverified_header(w.task["task_token"])["kid"]
     jwk = json.loads((w.guard.dir / "var" / "signing-key.json").read_text())
@@ -117,8 +105,8 @@ async def test_rfc8725_attacks_on_the_task_token(world: World) -> None:
     await assert_untouched(w)
 
 
-async def test_huge_tokens_are_refused_without_harm(world: World) -> None:
-    w = world
+async def test_huge_tokens_are_refused_without_harm(hostile: World) -> None:
+    w = hostile
     huge = w.sign(TASK_TYP, w.task_claims(pad="a" * 100_000))
     for headers in (bearer(huge), {"Txn-Token": huge}):
         async with w.http.get(f"{w.url}/tools/echo/items/1", headers=headers) as r:
@@ -138,8 +126,8 @@ async def assert_credential_active(w: World) -> None:
         assert (await r.json())["active"] is True
 
 
-async def test_every_swap_of_the_three_token_types(world: World) -> None:
-    w = world
+async def test_every_swap_of_the_three_token_types(hostile: World) -> None:
+    w = hostile
     task_token, idp = w.task["task_token"], w.guard.token(AGENT)
     # the task token, Txn-Token and an IdP token are never credentials at introspection
     for name, token in {"task token": task_token, "txn token": w.txn, "idp token": idp,
@@ -174,8 +162,8 @@ async def test_every_swap_of_the_three_token_types(world: World) -> None:
     await assert_credential_active(w)
 
 
-async def test_expired_and_not_yet_valid_guard_tokens(world: World) -> None:
-    w = world
+async def test_expired_and_not_yet_valid_guard_tokens(hostile: World) -> None:
+    w = hostile
     now = int(time.time())
     cred = claims_of(w.cred)
     for name, claims in {"expired": {**cred, "exp": now - 120, "iat": now - 300},
@@ -191,8 +179,8 @@ async def test_expired_and_not_yet_valid_guard_tokens(world: World) -> None:
     await assert_credential_active(w)  # probing with its own claims did not consume it (same jti)
 
 
-async def test_tokens_of_a_revoked_task(world: World) -> None:
-    w = world
+async def test_tokens_of_a_revoked_task(hostile: World) -> None:
+    w = hostile
     admin = bearer(w.guard.token("ops@acme.example", "guard:admin"))
     async with w.http.post(f"{w.url}/v1/tasks/{w.task['task_id']}/revoke", json={"reason": "x"},
                            headers=admin) as r:
@@ -243,8 +231,8 @@ async def test_idp_token_header_tricks(app_factory: AppFactory, upstream: Upstre
 # ------------------------------------------------------------------------------ raw HTTP
 
 
-async def test_request_smuggling_shapes_are_refused(world: World) -> None:
-    w = world
+async def test_request_smuggling_shapes_are_refused(hostile: World) -> None:
+    w = hostile
     auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
     inner = b"DELETE /tools/echo/items/9 HTTP/1.1\r\nHost: x\r\n" + auth + b"\r\n"
     shapes = {
@@ -291,8 +279,8 @@ async def test_request_smuggling_shapes_are_refused(world: World) -> None:
     await assert_untouched(w)
 
 
-async def test_oversized_headers_and_bodies(world: World) -> None:
-    w = world
+async def test_oversized_headers_and_bodies(hostile: World) -> None:
+    w = hostile
     auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
     big_field = b"GET /tools/echo/items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"X-Big: " + b"a" * 9000 + b"\r\n\r\n"
     many = b"GET /tools/echo/items/1 HTTP/1.1\r\nHost: x\r\n" + auth + b"".join(
@@ -331,10 +319,10 @@ async def chunked_body_is_cut_off(w: World, auth: bytes) -> None:
     assert sent < planned // 10  # answered long before the whole body was sent
 
 
-async def test_malformed_requests_are_answered_with_problem_details(world: World) -> None:
+async def test_malformed_requests_are_answered_with_problem_details(hostile: World) -> None:
     """What aiohttp's HTTP parser refuses before any handler runs, and what escapes before the
     middleware, is RFC 9457 problem details too (code bad_request), never an echo of the input."""
-    w = world
+    w = hostile
     auth = f"Authorization: Bearer {w.task['task_token']}\r\n".encode()
     post = b"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n" + auth + b"Content-Type: application/json\r\n"
     gzip_garbage = b"abcd"  # not gzip at all
@@ -362,11 +350,11 @@ async def test_malformed_requests_are_answered_with_problem_details(world: World
     await assert_untouched(w)
 
 
-async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(world: World) -> None:
+async def test_a_compressed_body_reaches_the_tool_as_the_guard_decided_on_it(hostile: World) -> None:
     """The guard decides on the decoded body of a gzip request, and the tool gets those very
     bytes, without the Content-Encoding that no longer describes them; a write the policy denies
     is denied inside gzip too."""
-    w = world
+    w = hostile
     headers = {**bearer(w.task["task_token"]), "Content-Type": "application/json", "Content-Encoding": "gzip"}
     body = json.dumps({"title": "t", "tags": ["a"]}).encode()
     before = len(w.upstream.requests)
@@ -445,8 +433,8 @@ async def test_slow_clients_are_cut_off(app_factory: AppFactory, upstream: Upstr
 HOSTILE = "\x1b[31mred\x1b[0m\r\nfake: line\x00\x07\u202e<script>alert(1)</script>\"'`${x}"
 
 
-async def test_hostile_strings_stay_inert(world: World) -> None:
-    w = world
+async def test_hostile_strings_stay_inert(hostile: World) -> None:
+    w = hostile
     idp = w.guard.token(AGENT)
     marker = "ARG-MARKER-7f3a"
     async with w.http.post(f"{w.url}/v1/tasks", headers=bearer(idp),
@@ -511,8 +499,8 @@ async def approval_status(w: World, approval_id: str) -> str:
         return str((await r.json())["status"])
 
 
-async def test_webhook_decision_forgery_and_replay(world: World) -> None:
-    w = world
+async def test_webhook_decision_forgery_and_replay(hostile: World) -> None:
+    w = hostile
     first, second = await pending(w, 500), await pending(w, 600)
     body = {"decision": "approve", "approver": "carol@acme.example", "approval_id": first}
     data = json.dumps(body).encode()

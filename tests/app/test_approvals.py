@@ -8,7 +8,6 @@ import json
 import time
 
 import aiohttp
-import pytest
 
 from guard.approvals.signature import sign, verify
 from tests.app.conftest import AppFactory
@@ -25,18 +24,6 @@ from tests.support.approvals import (
 )
 from tests.support.client import AGENT, bearer, until
 from tests.support.upstream import Upstream
-
-# ------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture
-async def world(app_factory: AppFactory, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
-                store_url: str) -> World:
-    g = await app_factory(policy(upstream.url), guard_config(store_url, receiver.url), env=ENV)
-    return World(g, http, upstream, receiver)
-
-
-# ------------------------------------------------------------------------------------ tests
 
 
 async def test_webhook_is_signed_and_carries_the_contract_payload(world: World) -> None:

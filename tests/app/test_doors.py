@@ -49,6 +49,14 @@ async def register(http: aiohttp.ClientSession, g: AppGuard, redirect: str) -> s
         return str(data["client_id"])
 
 
+async def registered(app_factory: AppFactory, http: aiohttp.ClientSession, port: int) -> tuple[AppGuard, str, str]:
+    """A guard open to registration and a client registered there with its redirect on `port`:
+    (the guard, the client's id, the redirect)."""
+    g = await app_factory(oauth_files_policy(NOWHERE), OPEN)
+    redirect = f"http://127.0.0.1:{port}/callback"
+    return g, await register(http, g, redirect), redirect
+
+
 def authorize_query(g: AppGuard, client_id: str, redirect: str, challenge: str, tool: str = "files") -> str:
     query = {"response_type": "code", "client_id": client_id, "redirect_uri": redirect, "state": "s",
              "code_challenge": challenge, "code_challenge_method": "S256", "resource": f"{g.url}/mcp/{tool}"}
@@ -158,9 +166,7 @@ async def test_a_star_in_a_redirect_pattern_is_a_port(app_factory: AppFactory, h
 
 # -- the authorization request and the consent page -------------------------------------
 async def test_an_http_tool_is_no_oauth_resource(app_factory: AppFactory, http: aiohttp.ClientSession) -> None:
-    g = await app_factory(oauth_files_policy(NOWHERE), OPEN)
-    redirect = "http://127.0.0.1:40101/callback"
-    client_id = await register(http, g, redirect)
+    g, client_id, redirect = await registered(app_factory, http, 40101)
     _, challenge = pkce()
     async with http.get(authorize_query(g, client_id, redirect, challenge, tool="echo"),
                         allow_redirects=False) as r:
@@ -249,9 +255,7 @@ async def test_metadata_fetch_errors_do_not_map_loopback_ports(
 async def test_the_task_is_created_when_the_code_is_redeemed(
     app_factory: AppFactory, http: aiohttp.ClientSession, people: list[FormPerson]
 ) -> None:
-    g = await app_factory(oauth_files_policy(NOWHERE), OPEN)
-    redirect = "http://127.0.0.1:40103/callback"
-    client_id = await register(http, g, redirect)
+    g, client_id, redirect = await registered(app_factory, http, 40103)
     code, verifier = await consent(people, g, client_id, redirect)
     assert await tasks_of(http, g, f"client:{client_id}") == []  # a code never redeemed leaves nothing active
     await redeem(http, g, client_id, redirect, code, verifier)
@@ -263,9 +267,7 @@ async def test_the_task_is_created_when_the_code_is_redeemed(
 async def test_access_tokens_are_for_their_resource_only(
     app_factory: AppFactory, http: aiohttp.ClientSession, people: list[FormPerson]
 ) -> None:
-    g = await app_factory(oauth_files_policy(NOWHERE), OPEN)
-    redirect = "http://127.0.0.1:40104/callback"
-    client_id = await register(http, g, redirect)
+    g, client_id, redirect = await registered(app_factory, http, 40104)
     code, verifier = await consent(people, g, client_id, redirect)
     tokens = await redeem(http, g, client_id, redirect, code, verifier)
     access = tokens["access_token"]
@@ -288,9 +290,7 @@ async def test_access_tokens_are_for_their_resource_only(
 async def test_only_the_client_a_token_was_issued_to_revokes_it(
     app_factory: AppFactory, http: aiohttp.ClientSession, people: list[FormPerson]
 ) -> None:
-    g = await app_factory(oauth_files_policy(NOWHERE), OPEN)
-    redirect = "http://127.0.0.1:40105/callback"
-    alice_client = await register(http, g, redirect)
+    g, alice_client, redirect = await registered(app_factory, http, 40105)
     other_client = await register(http, g, redirect)
     code, verifier = await consent(people, g, alice_client, redirect)
     tokens = await redeem(http, g, alice_client, redirect, code, verifier)

@@ -15,6 +15,7 @@ from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, echo_policy
 from tests.support.dpop import DpopKey
+from tests.support.guard import shared_keys
 from tests.support.upstream import Upstream
 
 
@@ -139,11 +140,8 @@ async def test_mcp_calls_need_the_proof_too(guard: AppGuard, upstream: Upstream,
 async def test_a_proof_used_at_one_instance_is_refused_at_another(
         app_factory: AppFactory, upstream: Upstream, redis_server: Any, tmp_path: Any,
         http: aiohttp.ClientSession) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
     public = "http://guard.acme.example"  # both instances behind one name: proofs name it
-    config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-key.json"), "public_url": public}
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared"), "public_url": public}
     a = await app_factory(echo_policy(upstream.url), config=config, subdir="a")
     b = await app_factory(echo_policy(upstream.url), config=config, subdir="b")
     key = DpopKey()

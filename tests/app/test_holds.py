@@ -8,27 +8,13 @@ import asyncio
 import aiohttp
 import pytest
 
-from tests.app.conftest import AppFactory
-from tests.support.approvals import ENV, Receiver, World, guard_config, pending_approval, policy
+from tests.support.approvals import World, pending_approval
 from tests.support.client import bearer, until
-from tests.support.upstream import Upstream
-
-
-@pytest.fixture
-async def world(app_factory: AppFactory, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
-                store_url: str) -> World:
-    g = await app_factory(policy(upstream.url), guard_config(store_url, receiver.url), env=ENV)
-    return World(g, http, upstream, receiver)
 
 
 async def test_hold_is_released_by_the_decision(world: World) -> None:
     task = await world.task()
-    held = asyncio.ensure_future(world.call(task, 400, wait=25))
-    receiver = world.receiver
-    assert receiver is not None
-    await until(lambda: asyncio.sleep(0, receiver.payloads()), "the webhook")
-    approval_id = receiver.payloads()[0]["approval_id"]
-    assert not held.done()
+    held, approval_id = await world.held(task, 400)
     assert (await world.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
     status, body = await asyncio.wait_for(held, 20)
     assert status == 200, body

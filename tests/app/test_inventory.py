@@ -19,6 +19,7 @@ from aiohttp import web
 from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, until
+from tests.support.guard import shared_keys
 from tests.support.redis import RedisServer
 from tests.support.upstream import Seen, Upstream
 
@@ -111,10 +112,7 @@ async def test_entry_tools_cap_every_task_and_counters(
 async def test_counters_cover_every_instance(
     app_factory: AppFactory, upstream: Upstream, redis_server: RedisServer, tmp_path: Path, http: aiohttp.ClientSession
 ) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-issuer-key.json")}
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared")}
     a = await app_factory(inventory_policy(upstream.url), config=config, subdir="a")
     b = await app_factory(inventory_policy(upstream.url), config=config, subdir="b")
     task = await create_task(http, a.url, a.token(AGENT))

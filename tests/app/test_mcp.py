@@ -32,16 +32,23 @@ async def connect(guard: AppGuard, token: str, mode: str) -> AsyncIterator[Clien
         yield c
 
 
+@pytest.fixture
+async def guard(app_factory: AppFactory, mcp_server: str) -> AppGuard:
+    return await app_factory(files_policy(mcp_server))
+
+
+@pytest.fixture
+async def token(guard: AppGuard, http: aiohttp.ClientSession) -> str:
+    """A task token of the agent the files policy allows."""
+    return await task_token(guard, http)
+
+
 def text_of(result: Any) -> str:
     return "".join(getattr(block, "text", "") for block in result.content)
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_list_is_filtered_and_calls_are_decided(
-    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
-) -> None:
-    guard = await app_factory(files_policy(mcp_server))
-    token = await task_token(guard, http)
+async def test_list_is_filtered_and_calls_are_decided(guard: AppGuard, token: str, mode: str) -> None:
     async with connect(guard, token, mode) as client:
         listed = await client.list_tools()
         assert {t.name for t in listed.tools} == VISIBLE  # write_file (no rule), delete_file (deny) hidden
@@ -63,11 +70,7 @@ async def test_list_is_filtered_and_calls_are_decided(
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_upstream_gets_credentials_never_the_task_token(
-    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
-) -> None:
-    guard = await app_factory(files_policy(mcp_server))
-    token = await task_token(guard, http)
+async def test_upstream_gets_credentials_never_the_task_token(guard: AppGuard, token: str, mode: str) -> None:
     async with connect(guard, token, mode) as client:
         seen = json.loads(text_of(await client.call_tool("whoami", {})))
     assert seen["authorization"] == "cred+jwt"
@@ -76,11 +79,7 @@ async def test_upstream_gets_credentials_never_the_task_token(
 
 
 @pytest.mark.parametrize("mode", MODES)
-async def test_progress_notifications_stream_through(
-    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession, mode: str
-) -> None:
-    guard = await app_factory(files_policy(mcp_server))
-    token = await task_token(guard, http)
+async def test_progress_notifications_stream_through(guard: AppGuard, token: str, mode: str) -> None:
     seen: list[tuple[float, float | None, str | None]] = []
 
     async def on_progress(progress: float, total: float | None, message: str | None) -> None:
@@ -93,9 +92,7 @@ async def test_progress_notifications_stream_through(
     assert seen[-1][1] == 4
 
 
-async def test_step_up_on_a_tool_call(app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession) -> None:
-    guard = await app_factory(files_policy(mcp_server))
-    token = await task_token(guard, http)
+async def test_step_up_on_a_tool_call(guard: AppGuard, token: str, http: aiohttp.ClientSession) -> None:
     args = {"path": "reports/2026-w01.md", "to": "partner@example.org"}
     async with connect(guard, token, "legacy") as client:
         with pytest.raises(MCPError) as held:
@@ -112,10 +109,8 @@ async def test_step_up_on_a_tool_call(app_factory: AppFactory, mcp_server: str, 
 
 
 async def test_sessions_and_the_get_stream_pass_through(
-    app_factory: AppFactory, mcp_server: str, http: aiohttp.ClientSession
+    guard: AppGuard, token: str, http: aiohttp.ClientSession
 ) -> None:
-    guard = await app_factory(files_policy(mcp_server))
-    token = await task_token(guard, http)
     url = f"{guard.url}/mcp/files"
     headers = {**bearer(token), "Accept": "application/json, text/event-stream", "Content-Type": "application/json"}
     init = {"jsonrpc": "2.0", "id": 1, "method": "initialize",

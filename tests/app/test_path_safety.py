@@ -3,33 +3,16 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from typing import Any
-
-import aiohttp
-import pytest
-
-from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import bearer
-from tests.support.upstream import Upstream
 from tests.support.world import World as AnyWorld
-from tests.support.world import assert_untouched, open_world, problem_of, raw, raw_problem, status_of, world_setup
+from tests.support.world import assert_untouched, problem_of, raw, raw_problem, status_of
 
 World = AnyWorld[AppGuard]
 
 
-@pytest.fixture
-async def world(app_factory: AppFactory, upstream: Upstream, upstream_factory: Any) -> AsyncIterator[World]:
-    recorder = upstream_factory()
-    policy, config, env = world_setup(upstream, recorder)
-    g = await app_factory(policy, config=config, env=env)
-    async with aiohttp.ClientSession() as http:
-        yield await open_world(g, upstream, recorder, http)
-
-
-async def test_path_normalization_tricks_never_reach_an_unmapped_path(world: World) -> None:
-    w = world
+async def test_path_normalization_tricks_never_reach_an_unmapped_path(hostile: World) -> None:
+    w = hostile
     tricks = [
         "/tools/echo/items/%252e%252e/pay", "/tools/echo/items/%25252e%25252e/pay",
         "/tools/echo/items/%u002e%u002e/pay",
@@ -55,10 +38,10 @@ async def test_path_normalization_tricks_never_reach_an_unmapped_path(world: Wor
     await assert_untouched(w)
 
 
-async def test_json_that_parsers_disagree_on_is_refused(world: World) -> None:
+async def test_json_that_parsers_disagree_on_is_refused(hostile: World) -> None:
     """Duplicate keys (the guard and a tool may each keep a different one) and NaN/Infinity
     never reach a tool: the guard would decide on one value and the tool act on another."""
-    w = world
+    w = hostile
     h = {**bearer(w.task["task_token"]), "Content-Type": "application/json"}
     for body in (b'{"amount": 50000, "amount": 5}', b'{"amount": NaN}', b'{"amount": -Infinity}',
                  b'{"x": {"a": 1, "a": 2}, "amount": 5}'):

@@ -28,6 +28,7 @@ from mcp.client.streamable_http import streamable_http_client
 from tests.app.conftest import AppFactory
 from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task, until
+from tests.support.guard import shared_keys
 from tests.support.process import module_server
 from tests.support.upstream import Seen, Upstream
 
@@ -106,10 +107,7 @@ async def setup(app_factory: AppFactory, upstream: Upstream, stream_tool: str, s
                 tmp_path: Path) -> Setup:
     feed = Feed()
     upstream.handler = feed.handle
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {"store": {"url": store_url}, "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
+    config = {"store": {"url": store_url}, **shared_keys(tmp_path / "shared", audit=True)}
     pol = policy(upstream.url, stream_tool)
     a = await app_factory(pol, config=config, subdir="a")
     b = a if store_url.startswith("memory://") else await app_factory(pol, config=config, subdir="b")

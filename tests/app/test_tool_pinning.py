@@ -17,7 +17,9 @@ import aiohttp
 
 from guard.content.pins import definition_digest
 from tests.app.conftest import AppFactory
+from tests.support.app import AppGuard
 from tests.support.client import AGENT, bearer, create_task
+from tests.support.credentials import audit_of
 from tests.support.guard import GuardLike
 from tests.support.process import PY, ROOT, free_port, spawn, wait_port
 
@@ -74,14 +76,20 @@ def policy(upstream: str) -> dict[str, Any]:
             "rules": [{"id": "files", "effect": "allow", "match": {"agent": [AGENT], "tool": "files"}}]}
 
 
+async def opened(app_factory: AppFactory, http: aiohttp.ClientSession, policy_: dict[str, Any],
+                 config: dict[str, Any] | None = None, subdir: str = "g") -> tuple[AppGuard, dict[str, Any], Session]:
+    """A guard with `policy_`, a task of the agent, and an MCP session of that task."""
+    guard = await app_factory(policy_, config, subdir=subdir)
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    return guard, task, await Session(http, guard, task["task_token"]).open()
+
+
 async def test_a_rug_pull_is_caught_and_an_admin_accepts_the_new_definition(
     app_factory: AppFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     port = free_port()
     with rug_pull_server(tmp_path, port, HONEST) as url:
-        guard = await app_factory(policy(url))
-        task = await create_task(http, guard.url, guard.token(AGENT))
-        first = await Session(http, guard, task["task_token"]).open()
+        guard, task, first = await opened(app_factory, http, policy(url))
         tools = await first.tools()
         assert tools["read_file"]["description"] == HONEST
         pinned = definition_digest(tools["read_file"])
@@ -94,9 +102,7 @@ async def test_a_rug_pull_is_caught_and_an_admin_accepts_the_new_definition(
         assert refused["error"]["code"] == -32001 and refused["error"]["data"]["code"] == "tool_changed"
         assert "result" in await second.request("tools/call", name="search_files", arguments={"query": "x"})
 
-        auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
-        async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
-            records = (await r.json())["records"]
+        records = await audit_of(http, guard, task["task_id"])
         changed = [r["detail"] for r in records if r["event"] == "tool_definition_changed"]
         assert len(changed) == 1 and changed[0]["name"] == "read_file" and changed[0]["pinned"] == pinned
         assert changed[0]["current"] != pinned and len(changed[0]["current"]) == 64
@@ -120,15 +126,12 @@ async def test_pins_named_in_the_policy_show_only_those_definitions(
     app_factory: AppFactory, http: aiohttp.ClientSession, tmp_path: Path
 ) -> None:
     with rug_pull_server(tmp_path, free_port(), HONEST) as url:
-        probe = await app_factory(policy(url), subdir="probe")
-        task = await create_task(http, probe.url, probe.token(AGENT))
-        listed = await (await Session(http, probe, task["task_token"]).open()).tools()
+        _, _, probing = await opened(app_factory, http, policy(url), subdir="probe")
+        listed = await probing.tools()
         actual = definition_digest(listed["read_file"])
         pinned = policy(url)
         pinned["tools"]["files"]["pin"] = {"sha256": {"read_file": actual}}
-        guard = await app_factory(pinned)
-        task = await create_task(http, guard.url, guard.token(AGENT))
-        session = await Session(http, guard, task["task_token"]).open()
+        _, _, session = await opened(app_factory, http, pinned)
         assert set(await session.tools()) == {"read_file"}  # search_files is named nowhere
         refused = await session.request("tools/call", name="search_files", arguments={"query": "x"})
         assert refused["error"]["data"]["code"] == "tool_changed"
@@ -147,9 +150,8 @@ async def test_guard_tools_pin_accepts_a_changed_definition(
 ) -> None:
     port = free_port()
     with rug_pull_server(tmp_path, port, HONEST) as url:
-        guard = await app_factory(policy(url))
-        task = await create_task(http, guard.url, guard.token(AGENT))
-        await (await Session(http, guard, task["task_token"]).open()).tools()
+        guard, task, first = await opened(app_factory, http, policy(url))
+        await first.tools()
     with rug_pull_server(tmp_path, port, RUG_PULL):
         session = await Session(http, guard, task["task_token"]).open()
         assert "read_file" not in await session.tools()
@@ -175,17 +177,13 @@ async def test_pii_in_a_real_mcp_servers_result_is_redacted_and_keeps_its_shape(
     with rug_pull_server(tmp_path, free_port(), HONEST) as url:
         tools = policy(url)
         tools["tools"]["files"]["redact"] = ["pii"]
-        guard = await app_factory(tools, config={"inspect": {"detectors": ["pii"]}})
-        task = await create_task(http, guard.url, guard.token(AGENT))
-        session = await Session(http, guard, task["task_token"]).open()
+        guard, task, session = await opened(app_factory, http, tools, {"inspect": {"detectors": ["pii"]}})
         answer = await session.request("tools/call", name="read_file", arguments={"path": "dana@example.com"})
         result = answer["result"]
         assert result["content"][0]["text"] == "the text of [REDACTED:pii]"
         assert result["structuredContent"] == {"result": "the text of [REDACTED:pii]"}
         assert "dana@example.com" not in json.dumps(answer)
-        auditor = bearer(guard.token("sec@acme.example", "guard:auditor"))
-        async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}/audit", headers=auditor) as r:
-            records = (await r.json())["records"]
+        records = await audit_of(http, guard, task["task_id"])
         flagged = sorted(r["detail"]["location"] for r in records
                          if r["event"] == "content_flagged" and r["detail"]["in"] == "result")
         assert flagged == ["$.result.content[0].text", "$.result.structuredContent.result"]

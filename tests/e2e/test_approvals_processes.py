@@ -21,6 +21,7 @@ from tests.support.approvals import (
     policy,
 )
 from tests.support.client import until
+from tests.support.guard import shared_keys
 from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
 from tests.support.upstream import Upstream
 
@@ -111,19 +112,12 @@ async def test_a_decision_at_another_instance_releases_the_hold(
     guard_factory: Any, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession, redis_server: Any,
     tmp_path: Path,
 ) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {**guard_config(redis_server.url, receiver.url),
-              "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-issuer-key.json")}
+    config = {**guard_config(redis_server.url, receiver.url), **shared_keys(tmp_path / "shared")}
     a = guard_factory(policy(upstream.url), config, env=ENV, subdir="a")
     b = guard_factory(policy(upstream.url), config, env=ENV, subdir="b")
     wa, wb = World(a, http, upstream, receiver), World(b, http, upstream, receiver)
     task = await wa.task()
-    held = asyncio.ensure_future(wa.call(task, 444, wait=25))
-    await until(lambda: asyncio.sleep(0, receiver.payloads()), "the webhook")
-    approval_id = receiver.payloads()[0]["approval_id"]
-    assert not held.done()
+    held, approval_id = await wa.held(task, 444)
     assert (await wb.decide(approval_id, "approve", "carol@acme.example"))[0] == 200
     status, body = await asyncio.wait_for(held, 20)
     assert status == 200, body

@@ -18,12 +18,6 @@ AUDITOR = "auditor@acme.example"
 
 
 @pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def guard(guard_factory: Any, upstream: Upstream) -> Guard:
     g: Guard = guard_factory(echo_policy(upstream.url))
     return g

@@ -16,12 +16,6 @@ ADMIN, AUDITOR, APPROVER = "root@acme.example", "audit@acme.example", "carol@acm
 
 
 @pytest.fixture
-async def http() -> Any:
-    async with aiohttp.ClientSession() as s:
-        yield s
-
-
-@pytest.fixture
 def guard(guard_factory: Any, upstream: Upstream) -> Guard:
     g: Guard = guard_factory(echo_policy(upstream.url))
     return g

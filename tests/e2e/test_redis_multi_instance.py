@@ -10,7 +10,7 @@ import aiohttp
 import pytest
 
 from tests.support.client import AGENT, bearer, create_task, echo_policy
-from tests.support.guard import Guard
+from tests.support.guard import Guard, shared_keys
 from tests.support.redis import RedisServer
 from tests.support.upstream import Upstream
 
@@ -20,14 +20,7 @@ pytestmark = pytest.mark.redis
 @pytest.fixture
 def pair(guard_factory: Any, upstream: Upstream, redis_server: RedisServer, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B: one Redis, one signing key (tokens work at both), one audit folder."""
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {
-        "store": {"url": redis_server.url},
-        "signing": {"key_file": str(shared / "signing-key.json")},
-        "dev_key_file": str(shared / "dev-issuer-key.json"),
-        "audit": {"dir": str(shared / "audit")},
-    }
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared", audit=True)}
     a: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="a")
     b: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="b")
     return a, b
@@ -124,10 +117,7 @@ async def test_a_value_read_at_a_cannot_leave_through_b(
     instance hold at the other (exfiltration refused at B of a note read at A; the trifecta too)."""
     from tests.app.test_content import NOTE, content_policy, note_tool
 
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-issuer-key.json"), "audit": {"dir": str(shared / "audit")}}
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared", audit=True)}
     policy = content_policy(upstream.url, redact=())
     a: Guard = guard_factory(policy, config=config, subdir="a")
     b: Guard = guard_factory(policy, config=config, subdir="b")

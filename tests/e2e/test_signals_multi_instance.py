@@ -13,7 +13,7 @@ import pytest
 
 from tests.app.test_streams import Feed
 from tests.support.client import AGENT, bearer, create_task, until
-from tests.support.guard import Guard
+from tests.support.guard import Guard, shared_keys
 from tests.support.redis import RedisServer
 from tests.support.ssf import CAEP, SsfTransmitter, uri
 from tests.support.upstream import Upstream
@@ -29,13 +29,9 @@ async def test_a_set_pushed_to_one_instance_suspends_the_agent_on_both_and_cuts_
     upstream.handler = feed.handle
     transmitter = SsfTransmitter().start()
     try:
-        shared = tmp_path / "shared"
-        shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
         config = {
             "store": {"url": redis_server.url},
-            "signing": {"key_file": str(shared / "signing-key.json")},
-            "dev_key_file": str(shared / "dev-issuer-key.json"),
-            "audit": {"dir": str(shared / "audit")},
+            **shared_keys(tmp_path / "shared", audit=True),
             "signals": {"transmitters": [{"issuer": transmitter.issuer, "jwks_uri": f"{transmitter.url}/jwks",
                                           "audience": AUD}]},
         }

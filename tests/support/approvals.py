@@ -3,6 +3,7 @@ big payments need an approval, a webhook receiver on a real port, and the client
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, field
 from typing import Any
@@ -11,7 +12,7 @@ import aiohttp
 from aiohttp import web
 
 from guard.approvals.signature import sign
-from tests.support.client import AGENT, bearer, create_task
+from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.guard import GuardLike
 from tests.support.process import free_port
 from tests.support.upstream import Upstream
@@ -106,6 +107,16 @@ class World:
         async with self.http.post(f"{self.guard.url}/tools/pay{path}", json={"amount": amount, "to": "bob"},
                                   headers=headers) as r:
             return r.status, await r.json(content_type=None)
+
+    async def held(self, task: dict[str, Any], amount: int) -> tuple[asyncio.Future[tuple[int, dict[str, Any]]], str]:
+        """A call held with `Prefer: wait` once its approval request has reached the receiver:
+        the call, still waiting, and the approval's id."""
+        receiver = self.receiver
+        assert receiver is not None
+        call = asyncio.ensure_future(self.call(task, amount, wait=25))
+        await until(lambda: asyncio.sleep(0, receiver.payloads()), "the webhook")
+        assert not call.done()
+        return call, str(receiver.payloads()[0]["approval_id"])
 
     async def decide(self, approval_id: str, decision: str, approver: str, **extra: Any) -> tuple[int, dict[str, Any]]:
         token = self.token(approver, "guard:approver")

@@ -15,7 +15,7 @@ from guard.config import load_config
 from guard.identity.issuers import dev_token
 from tests.support.process import PY, Proc, Stoppable, free_port, spawn, wait_port
 
-__all__ = ["Guard", "GuardLike", "write_guard"]
+__all__ = ["Guard", "GuardLike", "shared_keys", "write_guard"]
 
 
 class GuardLike(Protocol):
@@ -110,3 +110,14 @@ def write_guard(
     path = tmp / f"guard-{port}.yaml"
     path.write_text(yaml.safe_dump(cfg, sort_keys=False))
     return Guard(tmp, port, path, dict(env or {}))
+
+
+def shared_keys(folder: Path, audit: bool = False) -> dict[str, Any]:
+    """guard.yaml keys of instances that act as one: one signing key and one development issuer key
+    in `folder` (a token one of them makes works at every one), and with `audit` one audit folder."""
+    folder.mkdir(parents=True, exist_ok=True)  # keys are created only in a folder that exists
+    keys: dict[str, Any] = {"signing": {"key_file": str(folder / "signing-key.json")},
+                            "dev_key_file": str(folder / "dev-issuer-key.json")}
+    if audit:
+        keys["audit"] = {"dir": str(folder / "audit")}
+    return keys
