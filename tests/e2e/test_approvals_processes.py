@@ -11,15 +11,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from tests.support.approvals import (
-    ENV,
-    SECRET,
-    Receiver,
-    World,
-    guard_config,
-    pending_approval,
-    policy,
-)
+from tests.support.approvals import ENV, SECRET, Receiver, World, guard_config, pending_approval, policy
 from tests.support.client import until
 from tests.support.guard import shared_keys
 from tests.support.process import PY, ROOT, Proc, free_port, spawn, wait_port
