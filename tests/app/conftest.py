@@ -44,7 +44,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 
 @pytest.fixture
 async def hostile(app_factory: AppFactory, upstream: Upstream, upstream_factory: Callable[[], Upstream],
-                http: aiohttp.ClientSession) -> World[AppGuard]:
+                  http: aiohttp.ClientSession) -> World[AppGuard]:
     """The hostile-input world (tests/support/world.py): a guard with a task that made one allowed
     call, and a recorder that no attack may reach."""
     recorder = upstream_factory()
@@ -55,7 +55,7 @@ async def hostile(app_factory: AppFactory, upstream: Upstream, upstream_factory:
 
 @pytest.fixture
 async def world(app_factory: AppFactory, upstream: Upstream, receiver: Receiver, http: aiohttp.ClientSession,
-                  store_url: str) -> StepUpWorld:
+                store_url: str) -> StepUpWorld:
     """The step-up world (tests/support/approvals.py): a payments tool whose big payments need an
     approval, a webhook receiver, over every store."""
     g = await app_factory(policy(upstream.url), guard_config(store_url, receiver.url), env=ENV)
