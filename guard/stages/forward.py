@@ -7,7 +7,6 @@ import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -16,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from guard.domain import Authorized
+from guard.domain import Authorized, frozen
 from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
 from guard.identity.mtls import ToolContexts
 from guard.log import network_cause, without_userinfo
@@ -73,7 +72,7 @@ class Client(Protocol):
 Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cut:
     """How a streamed answer ends when its task does (guard.tasks.ends).
 
