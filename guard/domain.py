@@ -156,7 +156,7 @@ AGENT_COUNTERS: dict[AgentEvent, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AgentStats:
     """What the store knows about one agent (sub): activity counters and its suspension."""
 
