@@ -115,11 +115,13 @@ def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str])
     """The agent's headers minus its credentials, cookies, hop-by-hop and Connection-listed
     headers (and a Content-Encoding the body was decoded from), plus the minted credential,
     Txn-Token and Guard ids."""
-    drop = _NEVER_UPSTREAM | _connection_listed(incoming) | {k.lower() for k in minted}
+    drop = _connection_listed(incoming)  # besides _NEVER_UPSTREAM
+    drop.update(k.lower() for k in minted)
     coding = incoming.get("Content-Encoding")
     if coding is not None and coding.lower() in _DECODED:
-        drop = drop | {"content-encoding"}
-    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+        drop.add("content-encoding")
+    out: CIMultiDict[str] = CIMultiDict(
+        [(k, v) for k, v in incoming.items() if (name := k.lower()) not in _NEVER_UPSTREAM and name not in drop])
     out.update(minted)
     return out
 
