@@ -66,20 +66,20 @@ def _render_json(logger: Any, method: str, event: MutableMapping[str, Any]) -> s
     return _log_json(event)
 
 
-_secret: dict[str, bool] = {}  # a field name seen before: whether redact drops its value
+_plain: set[str] = set()  # field names seen before whose values are kept
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
     """Drop tokens, secrets and raw arguments (any case of the names): logs carry digests and ids
-    only. (Field names come from the code, a bounded set: each is lowered once.)"""
+    only. (Field names come from the code, a bounded set: each is looked at once, and a line
+    whose names are all known plain passes with one set comparison.)"""
+    if _plain.issuperset(event):
+        return event
     for key in event:
-        secret = _secret.get(key)
-        if secret is None:
-            secret = key.lower() in _SECRET_KEYS
-            if len(_secret) < 4096:
-                _secret[key] = secret
-        if secret:
+        if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+        elif len(_plain) < 4096:
+            _plain.add(key)
     return event
 
 
