@@ -106,7 +106,7 @@ class Metrics:
                                          "could not answer", ["tool", "mode"], registry=r)
         self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
         self._labels: set[tuple[str, str]] = set()
-        self._decided: dict[tuple[str, str, str], Any] = {}  # (tool, action, effect) -> its counter child
+        self._decided: dict[tuple[Any, Any, Any], Any] = {}  # (tool, action, effect) as recorded -> its counter child
         self._forwarded: dict[Any, tuple[list[float], list[float]]] = {}  # tool -> its latency and overhead rows
         self._errors: dict[str, Any] = {}  # code -> its counter child
 
@@ -130,11 +130,11 @@ class Metrics:
         """Count what an audit record says about a call (called for every appended record)."""
         event = rec.get("event")
         if event == "call_decided":
-            key = (str(rec.get("tool") or "-"), str(rec.get("action") or "-"), str(rec.get("effect") or "-"))
+            key = (rec.get("tool"), rec.get("action"), rec.get("effect"))  # as recorded: labels made once
             child = self._decided.get(key)
             if child is None:
-                tool, action = self._pair(key[0], key[1])
-                child = self.calls.labels(tool, action, key[2])
+                tool, action = self._pair(str(key[0] or "-"), str(key[1] or "-"))
+                child = self.calls.labels(tool, action, str(key[2] or "-"))
                 if len(self._decided) < 4 * _MAX_LABEL_SETS:
                     self._decided[key] = child
             child.inc()
