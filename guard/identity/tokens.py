@@ -230,10 +230,11 @@ class GuardKeys:
     Verified task and Txn-Tokens (`cache=True`) are remembered until they expire, keyed by a
     digest of the whole token, so an agent's token is verified once per process, not on every
     call. A remembered token counts only for the type it was verified as and for the audience its
-    claims name (a caller that asks for none, as `_delegated` does, gets it as uncached), and
-    only while the key that signed it still verifies (a rotation that retires a key retires its
-    tokens at once). Revocation is not cached: the task's state is read at admission on every
-    call; the holder's proof (mTLS, DPoP) is checked on every call too."""
+    claims name (a caller that asks for no audience, as the MCP route's `_delegated` does, gets
+    it whatever its audience, as from a verification), and only while the key that signed it
+    still verifies (a rotation that retires a key retires its tokens at once). Revocation is not
+    cached: the task's state is read at admission on every call; the holder's proof (mTLS, DPoP)
+    is checked on every call too."""
 
     CACHE_MAX = 50_000
 
