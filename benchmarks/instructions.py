@@ -7,7 +7,7 @@ On a shared machine without hardware counters, CPU seconds per call move by ±10
 run, more than most changes of the hot path are worth. Callgrind counts the instructions a
 process executes instead, whatever else the machine is doing. Each proxy (the bare aiohttp
 proxy, the guard on the memory store and on a redis-server of its own, and the guard of every
-`--baseline` checkout on that Redis) runs under `valgrind --tool=callgrind` with the
+`--baseline` checkout on each of those stores) runs under `valgrind --tool=callgrind` with the
 instrumentation off while it starts and warms up; then it is switched on
 (`callgrind_control -i on`) for a fixed number of calls driven at a fixed concurrency, and the
 count is dumped. Every thread of the process counts (the audit writer and signing threads
@@ -163,8 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=int, default=100, help="uncounted calls before (default 100)")
     p.add_argument("--connections", type=int, default=8, help="concurrent keep-alive connections (default 8)")
     p.add_argument("--baseline", action="append", default=[], metavar="DIR",
-                   help="also count the guard of this checkout (on Redis); repeatable")
-    p.add_argument("--memory-only", action="store_true", help="no Redis targets (baselines run on memory)")
+                   help="also count the guard of this checkout, on every store; repeatable")
+    p.add_argument("--memory-only", action="store_true", help="no Redis targets")
     p.add_argument("--detectors", action="store_true",
                    help="also count this checkout's guard with inspect.detectors [secrets, pii] on")
     p.add_argument("--only", action="append", choices=sorted(REQUESTS), help="count only this request (repeatable)")
@@ -179,20 +179,22 @@ def main(argv: list[str] | None = None) -> int:
         env = Environment(Path(args.keep) if args.keep else Path(tmp))
         try:
             env.start_upstream()
-            targets = [start_guard(env, "guard-memory", "memory://", None)]
-            store = "memory://"
+            stores = {"memory": "memory://"}
             if not args.memory_only and redis_reason is None:
-                store = env.start_redis()
-                targets.append(start_guard(env, "guard-redis", store, None))
+                stores["redis"] = env.start_redis()
             elif redis_reason:
                 print(redis_reason)
-            this = targets[-1]
-            for i, checkout in enumerate(args.baseline):
-                label = f"guard-{'redis' if store != 'memory://' else 'memory'}-{Path(checkout).name or i}"
-                targets.append(start_guard(env, label, store, os.path.abspath(checkout)))
-            if args.detectors:  # the content detectors on (secrets, pii), on this checkout's store
-                targets.append(start_guard(env, f"guard-{'redis' if store != 'memory://' else 'memory'}-detectors",
-                                           store, None, detectors=True))
+            targets = [start_guard(env, f"guard-{kind}", url, None) for kind, url in stores.items()]
+            ours_of = {t.name: t.name for t in targets}  # each target's row of this checkout (÷ this)
+            for i, checkout in enumerate(args.baseline):  # beside this checkout's guard on every store
+                for kind, url in stores.items():
+                    label = f"guard-{kind}-{Path(checkout).name or i}"
+                    targets.append(start_guard(env, label, url, os.path.abspath(checkout)))
+                    ours_of[label] = f"guard-{kind}"
+            if args.detectors:  # the content detectors on (secrets, pii), on the last store
+                kind, url = list(stores.items())[-1]
+                targets.append(start_guard(env, f"guard-{kind}-detectors", url, None, detectors=True))
+                ours_of[targets[-1].name] = f"guard-{kind}"
             bare = start_bare(env, targets[0].tokens)
             print(f"{args.calls} calls counted per row after {args.warmup} uncounted, "
                   f"{args.connections} connections; instructions of the whole process (all threads)")
@@ -201,11 +203,11 @@ def main(argv: list[str] | None = None) -> int:
             for request in [r for r in REQUESTS if not args.only or r in args.only]:
                 floor = count(bare, request, args.calls, args.warmup, args.connections)
                 print(f"| bare proxy | {request} | {floor:,.0f} | 1.00 | - |")
-                ours = 0.0
+                ours: dict[str, float] = {}
                 for t in targets:
                     n = count(t, request, args.calls, args.warmup, args.connections)
-                    ours = n if t is this else ours
-                    versus = f"{n / ours:.3f}" if t not in targets[:targets.index(this) + 1] else "-"
+                    ours.setdefault(ours_of[t.name], n)  # this checkout's rows come first
+                    versus = "-" if ours_of[t.name] == t.name else f"{n / ours[ours_of[t.name]]:.3f}"
                     print(f"| {t.name} | {request} | {n:,.0f} | {n / floor:.2f} | {versus} |")
                     sys.stdout.flush()
         finally:

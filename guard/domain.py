@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cached_property
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, TypeVar, dataclass_transform
 
 from guard.canonical import args_digest, compact_json
 
@@ -39,7 +39,19 @@ __all__ = [
     "TaskState",
     "TaskStatus",
     "ToolCall",
+    "frozen",
 ]
+
+_T = TypeVar("_T")
+
+
+@dataclass_transform(frozen_default=True)
+def frozen(cls: type[_T]) -> type[_T]:
+    """A frozen dataclass for the type checker (mypy refuses an assignment to a field), a plain
+    slotted one at run time, hashed as a frozen one. For the values made on every call: a
+    frozen dataclass's `__init__` sets each field through `object.__setattr__`, which makes
+    building one about six times as costly (a ToolCall, 18 fields: 6.4 µs against 1.0 µs)."""
+    return dataclass(slots=True, unsafe_hash=True)(cls)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +107,7 @@ class Task:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaskState:
     """A task as one call sees it: the task, its call count, last call and history."""
 
@@ -116,7 +128,7 @@ class TaskState:
         return "active"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CallLimits:
     """What admit_call checks and counts, atomically."""
 
@@ -144,7 +156,7 @@ AGENT_COUNTERS: dict[AgentEvent, str] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AgentStats:
     """What the store knows about one agent (sub): activity counters and its suspension."""
 
@@ -162,7 +174,7 @@ class AgentStats:
     suspended_at: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Admission:
     ok: bool
     reason: str | None = None  # task_inactive | txn_inactive | budget_exhausted | rate_limited | not_found
@@ -276,7 +288,7 @@ class Delivery:
         )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class AuditRecord:
     """One chained audit record; `fields` holds the JSON object including seq, prev_hash, hash.
     `line` is its JSON as stored (the canonical form that was hashed, then `hash`), when the
@@ -312,7 +324,7 @@ class Retention:
 # -- one call through the pipeline ---------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Presented:
     """What the caller proved besides holding a token (guard.identity.binding): the SPIFFE ID of its
     connection's verified client certificate, and a verified DPoP proof (replay not yet checked)."""
@@ -348,7 +360,7 @@ class CallTrace(Protocol):
         """The tool's HTTP status."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ToolCall:
     """One request through the guard, as parsed by the HTTP or MCP front end."""
 
@@ -376,7 +388,7 @@ class ToolCall:
         return f"{self.path}?{self.query}" if self.query else self.path
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Caller:
     agent: str
     task_id: str
@@ -400,14 +412,14 @@ class Action:
         return args_digest(self.tool, self.name, self.args)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Minted:
     headers: dict[str, str]  # credential header (if any), Txn-Token, Guard-Task-Id, Guard-Call-Id
     credential_jti: str | None
     audit: dict[str, Any] | None = None  # call_forwarded's `credential`: {mode, source, version|token_id|lease}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Authorized:
     call: ToolCall
     caller: Caller

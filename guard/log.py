@@ -32,11 +32,13 @@ _SECRET_KEYS = frozenset(
 _second: tuple[int, str] = (-1, "")  # the last whole second stamped, and its ISO 8601 prefix
 
 
-def _timestamp(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """`timestamp` as ISO 8601 UTC with microseconds (as structlog's TimeStamper(fmt="iso",
-    utc=True) writes it), formatting the date and time once per second, not on every line.
-    (The cache is one tuple, swapped whole: threads that log see either second, never a mix.)"""
+def _stamp(_: Any, method: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """`level` (as structlog's add_log_level names it) and `timestamp` as ISO 8601 UTC with
+    microseconds (as structlog's TimeStamper(fmt="iso", utc=True) writes it), formatting the
+    date and time once per second, not on every line. (The cache is one tuple, swapped whole:
+    threads that log see either second, never a mix.)"""
     global _second
+    event["level"] = "warning" if method == "warn" else "error" if method == "exception" else method
     now = time.time()
     sec = int(now)
     cached, prefix = _second
@@ -55,17 +57,29 @@ def _log_default(value: Any) -> Any:
 _log_json = json_encoder(sort_keys=False, default=_log_default)
 
 
-def _render_json(_: Any, __: str, event: MutableMapping[str, Any]) -> str:
+def _render_json(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
     """One compact JSON object per line (what structlog's JSONRenderer writes, without the
-    spaces, and with non-ASCII text as UTF-8), from an encoder built once."""
+    spaces, and with non-ASCII text as UTF-8), from an encoder built once; an exception's
+    traceback as structlog's format_exc_info writes it."""
+    if "exc_info" in event:
+        event = structlog.processors.format_exc_info(logger, method, event)
     return _log_json(event)
 
 
+_plain: set[str] = set()  # field names seen before whose values are kept
+
+
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    """Drop tokens, secrets and raw arguments: logs carry digests and ids only."""
-    for key in list(event):
+    """Drop tokens, secrets and raw arguments (any case of the names): logs carry digests and ids
+    only. (Field names come from the code, a bounded set: each is looked at once, and a line
+    whose names are all known plain passes with one set comparison.)"""
+    if _plain.issuperset(event):
+        return event
+    for key in event:
         if key.lower() in _SECRET_KEYS:
             event[key] = "[redacted]"
+        elif len(_plain) < 4096:
+            _plain.add(key)
     return event
 
 
@@ -223,9 +237,9 @@ def configure_logging(json_logs: bool = True, level: str = "INFO") -> None:
     server_log = logging.getLogger("aiohttp.server")
     if not any(isinstance(f, ProtocolErrorFilter) for f in server_log.filters):
         server_log.addFilter(ProtocolErrorFilter())
-    processors: list[Any] = [structlog.processors.add_log_level, _timestamp, redact]
+    processors: list[Any] = [_stamp, redact]
     if json_logs:
-        processors += [structlog.processors.format_exc_info, _render_json]
+        processors.append(_render_json)
     else:
         processors.append(structlog.dev.ConsoleRenderer(colors=False))
     writer = _writer_for(sys.stderr)  # the stream of now (as structlog's WriteLoggerFactory(sys.stderr))

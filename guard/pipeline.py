@@ -140,7 +140,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
         refusal.stale = cached
         if trace is not None:
             trace.stage("chain")
-        await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
+        if caller.parent_call_id is not None:  # a chained call (a direct one has nothing to check)
+            await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         if trace is not None:
             trace.stage("match")
         action = match_action(call, tool)
@@ -259,7 +260,8 @@ async def authorize_passthrough(call: ToolCall, deps: Deps, method: str) -> Auth
     caller, tool = await identify(call, deps, policies)
     state = await load_active_task(caller, deps.store, deps.task_ends, time.time())
     async with _Refusals(deps, call, caller, method, count_denied=False):
-        await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
+        if caller.parent_call_id is not None:
+            await check_chain(deps.store, caller, deps.cfg.limits.max_chain_depth, call.call_id)
         allowed = _allowed_tools(policies, caller, state)
         if allowed is not None and tool.name not in allowed:
             raise Denied("the tool is outside what this task may use")

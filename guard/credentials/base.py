@@ -13,13 +13,13 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from guard.domain import Action, Caller, TaskState, ToolCall
+from guard.domain import Action, Caller, TaskState, ToolCall, frozen
 from guard.policy.model import ToolSpec
 
 __all__ = ["CredentialRequest", "Holding", "HoldsNothing", "Issued", "Provider"]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CredentialRequest:
     """One call that needs a credential."""
 
@@ -31,7 +31,7 @@ class CredentialRequest:
     ttl_s: int  # for credentials the guard signs itself
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Issued:
     """The headers for the tool and the audit's `credential` field (never a secret)."""
 

@@ -206,13 +206,14 @@ class _KeyPair:
 
 
 class _Verified:
-    """A token that verified: its claims, for the type and audience it was verified for, under
-    the header (hence the key) that signed it, until it expires."""
+    """A token that verified: its claims, for the type it was verified as, under the header (hence
+    the key) that signed it, until it expires. Its audience is checked against the claims on
+    every use (one comparison), so one entry serves every audience a caller asks about."""
 
-    __slots__ = ("audience", "claims", "header", "txn", "typ", "until")
+    __slots__ = ("claims", "header", "txn", "typ", "until")
 
-    def __init__(self, claims: dict[str, Any], typ: str, audience: str | None, header: str, until: float) -> None:
-        self.claims, self.typ, self.audience, self.header, self.until = claims, typ, audience, header, until
+    def __init__(self, claims: dict[str, Any], typ: str, header: str, until: float) -> None:
+        self.claims, self.typ, self.header, self.until = claims, typ, header, until
         txn = claims.get("txn")
         self.txn = txn if isinstance(txn, str) else None
 
@@ -228,10 +229,12 @@ class GuardKeys:
 
     Verified task and Txn-Tokens (`cache=True`) are remembered until they expire, keyed by a
     digest of the whole token, so an agent's token is verified once per process, not on every
-    call. A remembered token counts only for the type and audience it was verified for, and only
-    while the key that signed it still verifies (a rotation that retires a key retires its
-    tokens at once). Revocation is not cached: the task's state is read at admission on every
-    call; the holder's proof (mTLS, DPoP) is checked on every call too."""
+    call. A remembered token counts only for the type it was verified as and for the audience its
+    claims name (a caller that asks for no audience, as the MCP route's `_delegated` does, gets
+    it whatever its audience, as from a verification), and only while the key that signed it
+    still verifies (a rotation that retires a key retires its tokens at once). Revocation is not
+    cached: the task's state is read at admission on every call; the holder's proof (mTLS, DPoP)
+    is checked on every call too."""
 
     CACHE_MAX = 50_000
 
@@ -269,15 +272,15 @@ class GuardKeys:
             if hit is not None:
                 if hit.until <= now or (hit.typ, hit.header) not in self._by_header:  # expired, or its key retired
                     self._drop(digest)
-                elif hit.typ == typ and hit.audience == audience:
-                    return hit.claims
+                elif hit.typ == typ and (audience is None or hit.claims.get("aud") == audience):
+                    return hit.claims  # (another audience: verified afresh, and refused)
         claims, header = self._verify(token, typ, audience, now)
         if digest is not None:
-            self._remember(digest, _Verified(claims, typ, audience, header, float(claims["exp"]) + LEEWAY_S), now)
+            self._remember(digest, _Verified(claims, typ, header, float(claims["exp"]) + LEEWAY_S), now)
         return claims
 
     def _remember(self, digest: bytes, entry: _Verified, now: float) -> None:
-        if digest in self._cache:  # verified again for another type or audience: that one now
+        if digest in self._cache:  # verified again for another type: that one now
             self._cache[digest] = entry
             return
         if len(self._cache) >= self.CACHE_MAX:

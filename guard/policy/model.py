@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AwareDatetime, BaseModel, BeforeValidator, ConfigDict, Field
 
-from guard.domain import Effect
+from guard.domain import Effect, frozen
 
 __all__ = [
     "ActionSpec",
@@ -405,7 +405,7 @@ class RateSpec:
     per_s: float
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CallContext:
     """Everything a rule may look at for one call."""
 
@@ -439,7 +439,7 @@ class CallContext:
         return self.tool in self.chain
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Decision:
     effect: Effect
     rule_id: str | None

@@ -46,6 +46,11 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         raise PayloadTooLarge(f"body over {limit} bytes")
     timeout_s = request.app[DEPS].cfg.limits.read_timeout_s
     try:
+        if request.content.is_eof():  # all of it is here already (a small body comes with its headers)
+            body = request.content.read_nowait()
+            if len(body) > limit:
+                raise PayloadTooLarge(f"body over {limit} bytes")
+            return body
         async with asyncio.timeout(timeout_s):  # a slow client cannot hold a handler forever
             return await _read_limited(request, limit)
     except TimeoutError:

@@ -7,7 +7,6 @@ import asyncio
 import ssl
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from dataclasses import dataclass
 from typing import Protocol
 
 import aiohttp
@@ -16,7 +15,7 @@ from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
 
-from guard.domain import Authorized
+from guard.domain import Authorized, frozen
 from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
 from guard.identity.mtls import ToolContexts
 from guard.log import network_cause, without_userinfo
@@ -73,7 +72,7 @@ class Client(Protocol):
 Rewrite = Callable[[CIMultiDictProxy[str]], BodyRewriter | None]
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Cut:
     """How a streamed answer ends when its task does (guard.tasks.ends).
 
@@ -116,11 +115,13 @@ def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str])
     """The agent's headers minus its credentials, cookies, hop-by-hop and Connection-listed
     headers (and a Content-Encoding the body was decoded from), plus the minted credential,
     Txn-Token and Guard ids."""
-    drop = _NEVER_UPSTREAM | _connection_listed(incoming) | {k.lower() for k in minted}
+    drop = _connection_listed(incoming)  # besides _NEVER_UPSTREAM
+    drop.update(k.lower() for k in minted)
     coding = incoming.get("Content-Encoding")
     if coding is not None and coding.lower() in _DECODED:
-        drop = drop | {"content-encoding"}
-    out: CIMultiDict[str] = CIMultiDict((k, v) for k, v in incoming.items() if k.lower() not in drop)
+        drop.add("content-encoding")
+    out: CIMultiDict[str] = CIMultiDict(
+        [(k, v) for k, v in incoming.items() if (name := k.lower()) not in _NEVER_UPSTREAM and name not in drop])
     out.update(minted)
     return out
 

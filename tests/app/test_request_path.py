@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import gzip
 import hashlib
 import io
 from typing import Any
@@ -91,6 +92,30 @@ async def test_refusals_forward_nothing(guard: AppGuard, upstream: Upstream, htt
     assert upstream.requests == []
     async with http.get(f"{guard.url}/v1/tasks/{task['task_id']}", headers=h) as r:
         assert (await r.json())["calls"] == 0
+
+
+async def test_a_body_that_arrives_whole_is_held_to_the_limit_too(
+    app_factory: AppFactory, upstream: Upstream, http: aiohttp.ClientSession
+) -> None:
+    """A small body is in the guard's buffer before the call is read (it is taken from there):
+    with no Content-Length to refuse it by (chunked, or decoded from gzip), it is still measured."""
+    guard = await app_factory(echo_policy(upstream.url), config={"limits": {"max_body_bytes": 512}})
+    task = await create_task(http, guard.url, guard.token(AGENT))
+    h = {**bearer(task["task_token"]), "Content-Type": "application/json"}
+    at_limit = b'{"x":"' + b"a" * 504 + b'"}'
+    over = b'{"x":"' + b"a" * 505 + b'"}'
+    assert len(at_limit) == 512
+    for body, status in ((at_limit, 200), (over, 413)):
+        reader, writer = await asyncio.open_connection("127.0.0.1", guard.port)  # one write: headers and body
+        h1 = "".join(f"{k}: {v}\r\n" for k, v in h.items())
+        writer.write(f"POST /tools/echo/items HTTP/1.1\r\nHost: x\r\n{h1}Transfer-Encoding: chunked\r\n"
+                     f"Connection: close\r\n\r\n{len(body):x}\r\n".encode() + body + b"\r\n0\r\n\r\n")
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 10)
+        writer.close()
+        assert int(head.split()[1]) == status, (len(body), head)
+    async with http.post(f"{guard.url}/tools/echo/items", data=gzip.compress(over),
+                         headers={**h, "Content-Encoding": "gzip"}) as r:
+        assert r.status == 413 and (await r.json(content_type=None))["code"] == "payload_too_large"
 
 
 async def test_bad_input_is_refused_cleanly(guard: AppGuard, upstream: Upstream, http: aiohttp.ClientSession) -> None:

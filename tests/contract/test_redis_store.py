@@ -108,6 +108,36 @@ async def test_a_hung_redis_fails_closed_within_the_deadline_and_is_used_again(r
         await store.close()
 
 
+async def test_a_caller_cancelled_before_the_deadline_is_cancelled_not_failed(redis_server: RedisServer) -> None:
+    """The deadline turns only its own cancellation into StoreUnavailable: a caller cancelled
+    from outside (its client went away) while Redis hangs is cancelled, and the deadline it had
+    armed does not fire into a later operation of the same task."""
+    store = await open_store(f"{redis_server.url}?socket_timeout=0.5")
+    now = time.time()
+    task = Task(new_id("task"), "spiffe://a/cancelled", "cancelled caller", None, "active", now, now + 600)
+    try:
+        await store.create_task(task)
+
+        async def two_appends() -> str:
+            try:
+                await store.append_audit(task.task_id, {"event": "x", "task_id": task.task_id})
+            except asyncio.CancelledError:
+                await asyncio.sleep(1.0)  # past the first deadline: it must not cancel this
+                return "cancelled"
+            return "appended"
+
+        redis_server.send_signal(signal.SIGSTOP)
+        try:
+            caller = asyncio.ensure_future(two_appends())
+            await asyncio.sleep(0.1)
+            caller.cancel()
+            assert await caller == "cancelled"
+        finally:
+            redis_server.send_signal(signal.SIGCONT)
+    finally:
+        await store.close()
+
+
 async def test_with_wait_replicas_a_write_no_replica_acknowledges_fails_closed(redis_server: RedisServer) -> None:
     """`store.wait_replicas: 1` on a Redis without replicas: every write answers StoreUnavailable
     (it may have been applied on the primary, but the guard does not count it as done); reads work."""

@@ -98,6 +98,15 @@ def test_a_remembered_token_counts_only_as_what_it_was_verified_for(tmp_path: Pa
     assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
     keys.forget_task("t")  # the task ended: its tokens are verified afresh (and still verify)
     assert keys.verify(task, TASK_TYP, audience="guard", cache=True)["txn"] == "t"
+    # one entry answers a caller that asks for no audience and one that asks for the token's
+    # (an MCP call asks both): the same remembered claims, not a verification each
+    keys.forget_task("t")
+    remembered = keys.verify(task, TASK_TYP, audience=None, cache=True)
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True) is remembered
+    assert keys.verify(task, TASK_TYP, audience=None, cache=True) is remembered
+    with pytest.raises(Unauthenticated, match="wrong audience"):
+        keys.verify(task, TASK_TYP, audience="another", cache=True)
+    assert keys.verify(task, TASK_TYP, audience="guard", cache=True) is remembered
 
 
 def test_a_retired_signing_key_retires_the_tokens_it_signed_at_once(tmp_path: Path) -> None:

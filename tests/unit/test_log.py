@@ -45,6 +45,18 @@ def test_a_decision_is_one_compact_json_line_with_an_iso_utc_timestamp(stderr: i
     assert abs((stamped - before).total_seconds()) < 5
 
 
+def test_secrets_are_redacted_whatever_the_lines_before_them_held(stderr: io.StringIO) -> None:
+    log = structlog.get_logger("guard.test")
+    log.info("call_decided", task_id="task_1", call_id="call_1")  # every name plain
+    log.info("call_decided", task_id="task_1", call_id="call_1", Task_Token="eyJ.a.b")
+    log.info("call_decided", task_id="task_1", call_id="call_1", Task_Token="eyJ.c.d")
+    log.info("call_decided", task_id="task_1", API_KEY="k-1")
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    assert [r.get("Task_Token") for r in lines] == [None, "[redacted]", "[redacted]", None]
+    assert lines[3]["API_KEY"] == "[redacted]" and lines[3]["task_id"] == "task_1"
+    assert "eyJ" not in stderr.getvalue() and "k-1" not in stderr.getvalue()
+
+
 def test_values_json_cannot_encode_are_logged_as_their_repr(stderr: io.StringIO) -> None:
     structlog.get_logger("guard.test").warning("odd", value={1, 2}.__class__)
     rec = json.loads(stderr.getvalue())

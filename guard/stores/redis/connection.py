@@ -43,22 +43,29 @@ T = TypeVar("T")
 class _FailClosed:
     """`async with store._fail_closed(op)`: the operation has `op_timeout` seconds, and a Redis
     or socket error, or running out of time, becomes StoreUnavailable. (A class, not
-    @asynccontextmanager: it is entered on every call.)"""
+    @asynccontextmanager: it is entered on every call; and its deadline is one timer handle that
+    cancels the task, as asyncio.timeout does, without that one's two coroutines and states.)"""
 
-    __slots__ = ("deadline", "op", "store")
+    __slots__ = ("cancelling", "expired", "handle", "op", "store", "task")
 
     def __init__(self, store: RedisConnection, op: str) -> None:
         self.store, self.op = store, op
-        self.deadline = asyncio.timeout(store.op_timeout)
 
     async def __aenter__(self) -> None:
-        await self.deadline.__aenter__()
+        task = asyncio.current_task()
+        assert task is not None
+        self.task, self.cancelling, self.expired = task, task.cancelling(), False
+        loop = task.get_loop()
+        self.handle = loop.call_at(loop.time() + self.store.op_timeout, self._expire)
+
+    def _expire(self) -> None:
+        self.expired = True
+        self.task.cancel()
 
     async def __aexit__(self, kind: type[BaseException] | None, e: BaseException | None, tb: Any) -> None:
-        try:
-            await self.deadline.__aexit__(kind, e, tb)
-        except TimeoutError as expired:  # the deadline cancelled the operation
-            e = expired
+        self.handle.cancel()
+        if self.expired and self.task.uncancel() <= self.cancelling and kind is asyncio.CancelledError:
+            e = TimeoutError()  # the deadline cancelled the operation (no other cancellation is pending)
         if e is not None and isinstance(e, TimeoutError | RedisError | OSError):
             await self.store._failed(self.op, e)  # raises StoreUnavailable
 

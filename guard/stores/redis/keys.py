@@ -73,7 +73,9 @@ def task_key(task_id: str, part: str) -> str:
 
 
 def task_keys(task_id: str, *parts: str) -> list[str]:
-    return [task_key(task_id, p) for p in parts]
+    """The keys of `parts` of a task, a new list (a caller may add to it)."""
+    prefix = f"guard:{{{task_id}}}:"
+    return [prefix + p for p in parts]
 
 
 def agent_key(agent: str, part: str | None = None) -> str:

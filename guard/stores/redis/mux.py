@@ -24,6 +24,7 @@ from typing import Any
 import hiredis
 import redis.asyncio as aioredis
 import structlog
+from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -106,13 +107,29 @@ class Multiplexer:
         return conn
 
     async def _read(self, conn: aioredis.Connection) -> None:
-        """Hand out replies in order while anyone waits for one."""
+        """Hand out replies in order while anyone waits for one. With hiredis (redis-py's parser
+        of choice when it is installed) they are taken straight from its reader, every reply one
+        read from the socket brought: redis-py's read_response costs three coroutines and a
+        deadline check per reply."""
+        parser: Any = conn._parser
+        reader = getattr(parser, "_reader", None)  # the hiredis.Reader of this connection
         try:
             while self._waiting:
-                try:
-                    reply = await conn.read_response()
-                except ResponseError as e:  # a whole error reply: the next one follows
-                    reply = e
+                if reader is None:
+                    try:
+                        reply = await conn.read_response()
+                    except ResponseError as e:  # a whole error reply: the next one follows
+                        reply = e
+                else:
+                    reply = reader.gets()
+                    if reply is NOT_ENOUGH_DATA:
+                        try:
+                            await parser.read_from_socket()  # ConnectionError once the server closed it
+                        except OSError as e:  # a reset: as read_response says it
+                            raise RedisConnectionError(f"Error while reading from {address_of(conn)}: {e}") from e
+                        continue
+                    if isinstance(reply, RedisConnectionError):  # LOADING and the like: as read_response raises
+                        raise reply
                 waiter = self._waiting[0]
                 waiter.replies.append(reply)
                 if len(waiter.replies) == waiter.wanted:
