@@ -25,6 +25,7 @@ from guard.content.service import ArgsView
 from guard.deps import Deps
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import ContentBlocked, CredentialUnavailable, Denied, ExfiltrationBlocked, GuardError
+from guard.log import bind_request
 from guard.policy import CallContext, Decision, PolicySet, ToolSpec
 from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
@@ -98,6 +99,7 @@ async def identify(call: ToolCall, deps: Deps, policies: PolicySet) -> tuple[Cal
     if call.trace is not None:
         call.trace.stage("authenticate")
     caller = authenticate(call, deps.keys)
+    bind_request(caller.task_id, call.call_id)  # every line logged from here on names the task and the call
     await bind(caller, call, policies, deps.store)
     return caller, resolve_tool(call, policies)
 
@@ -211,8 +213,8 @@ async def authorize_call(call: ToolCall, deps: Deps) -> Authorized:
     except BaseException:
         await finish_quietly(deps.store, caller.task_id, call.call_id)
         raise
-    log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=action.tool,
-             action=action.name, effect="allow", rule_id=decision.rule_id, reason=decision.reason)
+    log.info("call_decided", tool=action.tool, action=action.name, effect="allow", rule_id=decision.rule_id,
+             reason=decision.reason)
     return Authorized(call, caller, state, action, decision.rule_id, tool.upstream, tool.timeout_s, minted, fields)
 
 
@@ -353,7 +355,7 @@ async def record_refusal(
         binding=caller.binding, **({"source_call_id": err.extra["source_call_id"]}
                                    if "source_call_id" in err.extra else {}),
     )
-    log.info("call_decided", task_id=caller.task_id, call_id=call.call_id, tool=call.tool,
-             action=action, effect=effect, rule_id=err.extra.get("rule_id"), reason=err.code)
+    log.info("call_decided", tool=call.tool, action=action, effect=effect, rule_id=err.extra.get("rule_id"),
+             reason=err.code)
     if call.trace is not None:
         call.trace.decided(caller, effect, err.extra.get("rule_id"), action)

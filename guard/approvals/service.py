@@ -66,7 +66,7 @@ class Approvals:
             approval_id=approval.approval_id, tool=approval.tool, action=approval.action,
             rule_id=approval.rule_id,
         )
-        log.info("approval_requested", task_id=approval.task_id, call_id=call_id, approval_id=approval.approval_id)
+        log.info("approval_requested", approval_id=approval.approval_id)
         await self.webhooks.request(approval, state)
 
     async def consumed(self, approval: Approval, call_id: str, state: TaskState) -> None:

@@ -120,8 +120,7 @@ class PinCheck:
             await self.audit.append(auth.caller.task_id, "tool_definition_changed", auth.caller.agent,
                                     call_id=auth.call.call_id, tool=tool, action=name,
                                     detail={"name": name, "pinned": pinned, "current": current})
-            log.warning("tool_definition_changed", task_id=auth.caller.task_id, call_id=auth.call.call_id,
-                        tool=tool, name=name, pinned=pinned, current=current)
+            log.warning("tool_definition_changed", tool=tool, name=name, pinned=pinned, current=current)
 
 
 async def pin_check(store: ContentStore, audit: AuditLog, spec: ToolSpec | None, auth: Authorized,

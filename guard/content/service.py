@@ -151,7 +151,7 @@ class ContentGuard:
                        where: str) -> None:
         await self.audit.append(task_id, "content_flagged", agent, call_id=call_id, tool=tool, action=action,
                                 detail={**finding.detail(), "in": where})
-        log.info("content_flagged", task_id=task_id, call_id=call_id, tool=tool, detector=finding.detector,
+        log.info("content_flagged", tool=tool, detector=finding.detector,
                  kind=finding.kind, location=finding.location, source=where)
 
     # -- results -------------------------------------------------------------------------------
@@ -212,8 +212,7 @@ class ResultInspector:
 
     def _uninspected(self, why: str) -> None:
         self.passing = True
-        log.info("result_uninspected", task_id=self.auth.caller.task_id, call_id=self.auth.call.call_id,
-                 tool=self.tool.name, reason=why)
+        log.info("result_uninspected", tool=self.tool.name, reason=why)
 
     # BodyRewriter
     def feed(self, chunk: bytes) -> bytes:
@@ -252,7 +251,7 @@ class ResultInspector:
         if self.blocked is not None and not self.block_audited:
             await guard.audit.append(task_id, "result_blocked", agent, call_id=auth.call.call_id, tool=self.tool.name,
                                      action=auth.action.name, rule_id=self.blocked, detail="content_blocked")
-            log.info("result_blocked", task_id=task_id, call_id=auth.call.call_id, rule_id=self.blocked)
+            log.info("result_blocked", rule_id=self.blocked)
             self.block_audited = True
         if pending.labels:
             await guard.store.add_task_data(task_id, pending.labels)

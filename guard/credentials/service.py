@@ -124,8 +124,7 @@ class Credentials:
 
     async def _stale(self, req: CredentialRequest, audit: dict[str, Any]) -> None:
         task = req.state.task
-        log.warning("credential_stale", task_id=task.task_id, call_id=req.call.call_id, tool=req.tool.name,
-                    age_s=audit.get("age_s"))
+        log.warning("credential_stale", tool=req.tool.name, age_s=audit.get("age_s"))
         await self.audit.append(task.task_id, "credential_stale", task.agent, call_id=req.call.call_id,
                                 tool=req.tool.name, detail={"source": audit.get("source"), "age_s": audit.get("age_s")})
 

@@ -51,7 +51,7 @@ class Baselines:
         else:
             return False
         self.anomalies.labels(reason).inc()
-        log.warning("anomaly", task_id=caller.task_id, call_id=call_id, agent=caller.agent, tool=action.tool,
+        log.warning("anomaly", agent=caller.agent, tool=action.tool,
                     action=action.name, reason=reason)
         await self.audit.append(caller.task_id, "anomaly", caller.agent, call_id=call_id, tool=action.tool,
                                 action=action.name, detail={"reason": reason, "hour_calls": seen.hour_calls,

@@ -62,11 +62,11 @@ async def forward_and_finish(
         else:
             await audit.append(task_id, event, agent, call_id=call_id, status=status,
                                latency_ms=latency_ms, **base)
-        log.debug("upstream_forwarded", task_id=task_id, call_id=call_id, status=status)
+        log.debug("upstream_forwarded", status=status)
 
     async def on_cut(reason: EndReason) -> None:
         await audit.append(task_id, "stream_closed", agent, call_id=call_id, detail=reason, **base)
-        log.info("stream_closed", task_id=task_id, call_id=call_id, reason=reason)
+        log.info("stream_closed", reason=reason)
 
     def watch() -> TaskWatch:
         return task_ends.watch(task_id, agent)

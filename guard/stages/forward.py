@@ -175,7 +175,7 @@ async def _end_cut(client: Client, auth: Authorized, flow: _Flow, cut: Cut) -> w
     try:
         await cut.on_cut(reason)
     except GuardError as e:  # the record could not be written: the stream is cut all the same
-        log.error("stream_close_unaudited", task_id=auth.caller.task_id, call_id=auth.call.call_id, error=e.code)
+        log.error("stream_close_unaudited", error=e.code)
     resp = flow.resp
     if resp is None or not resp.prepared:
         raise TaskInactive(f"the task ended ({reason}) while its call was in flight", **_ids(auth))
@@ -313,6 +313,5 @@ def tool_ssl(contexts: ToolContexts, spec: ToolSpec | None, auth: Authorized) ->
     try:
         return contexts.context(spec.tls, spec.spiffe_id)
     except (OSError, ssl.SSLError, ValueError) as e:
-        log.error("tool_tls_failed", task_id=auth.caller.task_id, call_id=auth.call.call_id, tool=spec.name,
-                  reason=str(e))
+        log.error("tool_tls_failed", tool=spec.name, reason=str(e))
         raise UpstreamUnavailable("the guard's TLS files for this tool cannot be read", **_ids(auth)) from e

@@ -27,7 +27,7 @@ from guard.cli.serve import handler_options
 from guard.cli.serving import ProblemAppRunner
 from guard.config import Config, load_config
 from guard.identity.issuers import dev_token
-from guard.log import configure_logging
+from guard.log import configure_logging, merge_request
 from tests.support.guard import write_guard
 
 __all__ = ["AppGuard", "guard_log", "log_events", "start_app_guard"]
@@ -56,7 +56,7 @@ def log_events() -> Iterator[list[MutableMapping[str, Any]]]:
     """The events guard logs meanwhile, as dicts (structlog's `capture_logs`), with the fields bound
     to the request's context (task_id, call_id) merged in; before rendering and redaction, so a
     test of what the log output lacks reads `AppGuard.log()` instead."""
-    with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as events:
+    with capture_logs(processors=[merge_request]) as events:
         yield events
 
 

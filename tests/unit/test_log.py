@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from guard.log import LineWriter, configure_logging
+from guard.log import LineWriter, bind_request, configure_logging
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -55,6 +55,39 @@ def test_secrets_are_redacted_whatever_the_lines_before_them_held(stderr: io.Str
     assert [r.get("Task_Token") for r in lines] == [None, "[redacted]", "[redacted]", None]
     assert lines[3]["API_KEY"] == "[redacted]" and lines[3]["task_id"] == "task_1"
     assert "eyJ" not in stderr.getvalue() and "k-1" not in stderr.getvalue()
+
+
+async def test_a_requests_fields_are_bound_once_and_stay_with_its_own_lines(stderr: io.StringIO) -> None:
+    """Each request runs in a task of its own (as aiohttp runs them): the fields one binds reach
+    every line it logs, a line's own value wins, and nothing reaches a concurrent request or the
+    code outside."""
+    log = structlog.get_logger("guard.test")
+    both_bound = asyncio.Event()
+    bound = 0
+
+    async def request(task_id: str, call_id: str) -> None:
+        nonlocal bound
+        log.info("before_bound")
+        bind_request(task_id, call_id)
+        bound += 1
+        if bound == 2:
+            both_bound.set()
+        await both_bound.wait()  # the other request has bound its own meanwhile
+        log.info("call_decided", effect="allow")
+        log.info("lease_taken", call_id="call_shared")
+
+    await asyncio.gather(asyncio.create_task(request("task_a", "call_a")),
+                         asyncio.create_task(request("task_b", "call_b")))
+    log.info("outside")
+    await asyncio.sleep(0)  # lines logged on the loop are written at the end of its turn
+    lines = [json.loads(line) for line in stderr.getvalue().splitlines()]
+    seen = [(r["event"], r.get("task_id"), r.get("call_id")) for r in lines]
+    assert sorted(seen) == sorted([
+        ("before_bound", None, None), ("before_bound", None, None),
+        ("call_decided", "task_a", "call_a"), ("call_decided", "task_b", "call_b"),
+        ("lease_taken", "task_a", "call_shared"), ("lease_taken", "task_b", "call_shared"),
+        ("outside", None, None),
+    ])
 
 
 def test_values_json_cannot_encode_are_logged_as_their_repr(stderr: io.StringIO) -> None:
