@@ -57,9 +57,10 @@ $(OIDC)/node_modules/.installed: $(OIDC)/package.json $(OIDC)/package-lock.json
 
 # the whole suite: lint, then every test, spread over WORKERS pytest-xdist workers. Most of an
 # end-to-end test's time is spent waiting on the real processes it starts, so more workers than
-# the 2 cores CI has keep both busy. --dist loadgroup hands out single tests, except the modules
-# tests/conftest.py keeps on one worker; --no-loadscope-reorder keeps its longest-first order.
-WORKERS ?= 3
+# the 2 cores CI has keep both busy (4 finished sooner than 3). --dist loadgroup hands out single
+# tests, except the modules tests/conftest.py keeps on one worker; --no-loadscope-reorder keeps
+# its longest-first order.
+WORKERS ?= 4
 XDIST := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 test: lint $(OIDC)/node_modules/.installed
 	$(BIN)/pytest -q $(XDIST)
