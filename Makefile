@@ -55,9 +55,15 @@ $(OIDC)/node_modules/.installed: $(OIDC)/package.json $(OIDC)/package-lock.json
 	  npm ci --prefix $(OIDC) --no-audit --no-fund --silent && touch $@; \
 	else echo "npm not found: the tests that need oidc-provider will skip (CI=true fails them)"; fi
 
-# the whole suite: lint, then every test (the load, soak and crash tests take a few minutes more)
+# the whole suite: lint, then every test, spread over WORKERS pytest-xdist workers. Most of an
+# end-to-end test's time is spent waiting on the real processes it starts, so more workers than
+# the 2 cores CI has keep both busy (4 finished sooner than 3). --dist loadgroup hands out single
+# tests, except the modules tests/conftest.py keeps on one worker; --no-loadscope-reorder keeps
+# its longest-first order.
+WORKERS ?= 4
+XDIST := -n $(WORKERS) --dist loadgroup --no-loadscope-reorder
 test: lint $(OIDC)/node_modules/.installed
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q $(XDIST)
 
 # the fast tier, for every change: lint, then the unit tests, the in-process app tests (build_app on
 # real sockets) and the store contract on the memory store, without the tests marked slow. No guard

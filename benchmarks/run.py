@@ -257,8 +257,8 @@ def run_scenario(sc: Scenario, targets: list[Target], s: Settings) -> dict[str, 
     out = {t.name: Rounds() for t in targets}
     tokens = {t.name: tuple(t.tokens) for t in targets}
     tokens[BARE] = tokens[MEM]
-    for t in targets:
-        run_load(t.port, sc.request(t, tokens[t.name]), s.connections, 1.0, s.wrk)
+    for t in targets:  # warm-up: 1 s, or a measured phase if that is shorter (a smoke run)
+        run_load(t.port, sc.request(t, tokens[t.name]), s.connections, min(1.0, s.seconds), s.wrk)
     for _ in range(s.rounds):
         for t in targets:
             out[t.name].loaded.append(

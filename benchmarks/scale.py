@@ -188,7 +188,8 @@ def measure(cell: Cell, seconds: float, bench: Bench) -> tuple[Result, float, fl
 
 def run_cells(cells: list[Cell], bench: Bench) -> None:
     for cell in cells:
-        run_load(cell.setup.ports, request_for(cell), bench.args.connections, 1.0, bench.wrk)  # warm-up
+        # warm-up: 1 s, or a measured phase if that is shorter (a smoke run)
+        run_load(cell.setup.ports, request_for(cell), bench.args.connections, min(1.0, bench.args.duration), bench.wrk)
     for _ in range(bench.args.rounds):
         for cell in cells:
             cell.results.append(measure(cell, bench.args.duration, bench))

@@ -1,4 +1,5 @@
-"""The fixtures (only fixtures: the helpers behind them live in tests/support/)."""
+"""The fixtures (only fixtures: the helpers behind them live in tests/support/), and how the suite is
+spread over pytest-xdist's workers (`make test` runs `pytest -n … --dist loadgroup`)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from typing import Any
 
 import aiohttp
 import pytest
+from xdist.remote import Producer
+from xdist.scheduler import LoadScopeScheduling
 
 from tests.support.approvals import Receiver
 from tests.support.guard import Guard, write_guard
@@ -16,6 +19,58 @@ from tests.support.postgres import Postgres, postgres_missing_reason
 from tests.support.process import free_port, module_server, require
 from tests.support.redis import RedisServer, redis_missing_reason
 from tests.support.upstream import Upstream
+
+# Under `--dist loadgroup` every test is a unit of work of its own, handed to whichever worker is
+# free, except the tests of these modules, which run one after another on one worker: their module
+# fixture is started once (a process, an installed wheel) or they listen on fixed ports. (Our own
+# scheduler below: xdist's loadgroup reads `xdist_group` marks into node ids that pytest 9 no
+# longer uses.)
+ONE_WORKER = {
+    "tests/app/test_streams.py": "stream-tool",  # one MCP stream tool for the module
+    "tests/e2e/test_install.py": "installed-wheel",  # builds the wheel and installs it once
+    "tests/e2e/test_doc_commands.py": "documented-guard",  # one guard for every documented command
+    "tests/e2e/test_demo.py": "demo-ports",  # `make demo` listens on 8080, 9101-9105 and 9200
+}
+
+# The longest tests (half a minute to three minutes each, most of it waiting on real processes) are
+# handed out first, so that none of them is left to run alone at the end while the other workers
+# idle. Only the order changes (xdist is run with --no-loadscope-reorder to keep it).
+LONGEST_FIRST = (
+    "tests/e2e/test_retention_soak.py",
+    "tests/e2e/test_bench_smoke.py::test_quick_benchmark_prints_every_target",
+    "tests/e2e/test_bench_smoke.py::test_instruction_counts_of_every_target_and_a_baseline",
+    "tests/e2e/test_bench_smoke.py::test_scale_benchmark_runs_every_scenario_and_verifies_the_chains",
+    "tests/e2e/test_key_rotation.py",
+    "tests/e2e/test_install.py",
+    "tests/e2e/test_bench_smoke.py::test_scale_compares_checkouts_under_spread_load",
+    "tests/e2e/test_crash.py",
+    "tests/e2e/test_load_soak.py",
+    "tests/e2e/test_redis_topologies.py",
+    "tests/app/test_adversarial.py::test_slow_clients_are_cut_off",
+    "tests/e2e/test_bench_smoke.py",
+    "tests/app/test_streams.py",
+    "tests/e2e/test_demo.py",
+)
+
+
+class _Groups(LoadScopeScheduling):  # type: ignore[misc]  # xdist ships no type information
+    """xdist's scope scheduling with a scope per test, or per module for ONE_WORKER's modules."""
+
+    def _split_scope(self, nodeid: str) -> str:
+        return ONE_WORKER.get(nodeid.split("::", 1)[0], nodeid)
+
+
+@pytest.hookimpl(optionalhook=True)  # an xdist hook: pytest without xdist has no such hook
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Producer) -> _Groups | None:
+    return _Groups(config, log) if config.getvalue("dist") == "loadgroup" else None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        return next((i for i, prefix in enumerate(LONGEST_FIRST) if item.nodeid.startswith(prefix)),
+                    len(LONGEST_FIRST))
+
+    items.sort(key=rank)  # stable: the collection order otherwise
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
+from dataclasses import replace
 from typing import Annotated, Any
 
 from aiohttp import web
@@ -198,8 +199,8 @@ async def complete_task(request: web.Request) -> web.Response:
     state = await _load(deps, request.match_info["task_id"])
     if not _is_owner(who, state):
         raise Forbidden("only the task's agent may complete it", task_id=state.task.task_id)
-    await end_task(deps, state.task.task_id, "completed", who.sub, None)
-    return await _view(deps, state.task.task_id)
+    ended = await end_task(deps, state.task.task_id, "completed", who.sub, None)
+    return await _view(deps, state, ended)
 
 
 @routes.post("/v1/tasks/{task_id}/revoke")
@@ -208,11 +209,14 @@ async def revoke_task(request: web.Request) -> web.Response:
     who = await authorized(request, ADMIN)
     body = await read_model(request, RevokeRequest)
     state = await _load(deps, request.match_info["task_id"])
-    await end_task(deps, state.task.task_id, "revoked", who.sub, body.reason)
-    return await _view(deps, state.task.task_id)
+    ended = await end_task(deps, state.task.task_id, "revoked", who.sub, body.reason)
+    return await _view(deps, state, ended)
 
 
-async def _view(deps: Deps, task_id: str) -> web.Response:
-    state = await deps.store.get_task(task_id)
-    assert state is not None
+async def _view(deps: Deps, before: TaskState, ended: Task | None) -> web.Response:
+    """The task as it is after it was ended; when retention (`retention.ended_task_s`) has removed
+    it already, as it was ended (`ended`; None: it was not active, as loaded)."""
+    state = await deps.store.get_task(before.task.task_id)
+    if state is None:
+        state = before if ended is None else replace(before, task=ended)
     return json_response(task_view(state, []))

@@ -12,9 +12,10 @@ from tests.support.redis import redis_missing_reason
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(300)  # as long as the run may take (a loaded machine: the suite runs on several workers)
 def test_quick_benchmark_prints_every_target() -> None:
     out = subprocess.run(
-        [PY, "-m", "benchmarks.run", "--quick", "--rounds", "1", "--duration", "1", "--latency-duration", "1",
+        [PY, "-m", "benchmarks.run", "--quick", "--rounds", "1", "--duration", "0.5", "--latency-duration", "0.5",
          "--connections", "4", "--tasks", "2", "--rss-calls", "50,100"],
         cwd=ROOT, capture_output=True, text=True, timeout=300, check=False)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -66,9 +67,10 @@ def test_identity_benchmark_prints_every_scenario_and_both_ratios() -> None:
     assert "mTLS-bound ÷ bearer (TLS):" in out.stdout and "DPoP-bound ÷ bearer (HTTP):" in out.stdout
 
 
+@pytest.mark.timeout(600)
 def test_scale_benchmark_runs_every_scenario_and_verifies_the_chains() -> None:
     out = subprocess.run(
-        [PY, "-m", "benchmarks.scale", "busy", "instances", "workers", "--rounds", "1", "--duration", "1",
+        [PY, "-m", "benchmarks.scale", "busy", "instances", "workers", "--rounds", "1", "--duration", "0.5",
          "--connections", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
@@ -82,6 +84,7 @@ def test_scale_benchmark_runs_every_scenario_and_verifies_the_chains() -> None:
     assert out.stdout.count("chains verified") == (1 if redis_missing_reason() else 3), out.stdout
 
 
+@pytest.mark.timeout(600)
 def test_scale_compares_checkouts_under_spread_load() -> None:
     """`--spread-only` with `--baseline` twice: a row per checkout and request, each checkout's
     throughput over this one's on the same store (Redis)."""
@@ -90,7 +93,7 @@ def test_scale_compares_checkouts_under_spread_load() -> None:
     require(redis_missing_reason())
     out = subprocess.run(
         [PY, "-m", "benchmarks.scale", "busy", "--spread-only", "--baseline", str(ROOT), "--baseline", str(ROOT),
-         "--rounds", "1", "--duration", "1", "--connections", "8"],
+         "--rounds", "1", "--duration", "0.5", "--connections", "8"],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and "setup" not in line]
@@ -103,6 +106,7 @@ def test_scale_compares_checkouts_under_spread_load() -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
 def test_instruction_counts_of_every_target_and_a_baseline() -> None:
     """Under callgrind: instructions per call of the bare proxy, guard and another checkout's guard,
     each a positive count with its ratio to the bare proxy."""

@@ -121,7 +121,12 @@ async def test_an_svid_creates_a_task_bound_to_it_and_only_that_workload_may_use
                 assert r.status == 401 and body["code"] == "unauthenticated"
                 assert body["detail"] == "token bound to another workload"
     assert len(upstream.requests) == 1
-    refusals = [line for line in tg.guard.log().splitlines() if "token_binding_refused" in line]
+
+    async def two_refusals_logged() -> list[str] | None:  # the answer may come before the line is in the log
+        lines = [line for line in tg.guard.log().splitlines() if "token_binding_refused" in line]
+        return lines if len(lines) >= 2 else None
+
+    refusals = await until(two_refusals_logged, "both refusals in the guard's log")
     assert len(refusals) == 2 and all(task["task_id"] in line for line in refusals)
     assert "spiffe://acme/agent/other" in refusals[0] and task["task_token"] not in tg.guard.log()
     records = decided(tg.guard, task["task_id"])

@@ -6,6 +6,7 @@ Shared by the fixtures in tests/ and by benchmarks/.
 from __future__ import annotations
 
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -22,10 +23,42 @@ ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 PY = sys.executable
 
 
+# The ports free_port hands out. Below the kernel's ephemeral range (32768-60999 on Linux), so no
+# outgoing connection takes one as its source port between the check and the server binding it.
+# Each pytest-xdist worker draws from its own block (PYTEST_XDIST_WORKER is gw0, gw1…), in order
+# from a random start, so two workers of one run never hand out the same port, and a worker hands
+# a port out again only after going round its whole block. Even ports only: a server's companion
+# port (OpenBao's cluster port is its port + 1) is never handed out. A Redis Cluster node's bus
+# port (port + 10000) falls in 20000-29999, where nothing else is drawn.
+PORTS = range(10000, 20000)
+
+
+def _port_cycle() -> Iterator[int]:
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    index = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))
+    size = len(PORTS) // workers // 2 * 2
+    block = range(PORTS.start + index * size, PORTS.start + (index + 1) * size, 2)
+    start = random.randrange(len(block))
+    while True:
+        yield from block[start:]
+        yield from block[:start]
+        start = 0
+
+
+_ports = _port_cycle()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+    """A loopback port nothing is bound to now, from this worker's block (PORTS)."""
+    for _ in range(len(PORTS)):
+        port = next(_ports)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free port in this worker's block")
 
 
 def wait_port(port: int, timeout: float = 15.0, proc: subprocess.Popen[bytes] | None = None) -> None:
