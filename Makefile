@@ -67,10 +67,11 @@ test: lint $(OIDC)/node_modules/.installed
 
 # the fast tier, for every change: lint, then the unit tests, the in-process app tests (build_app on
 # real sockets) and the store contract on the memory store, without the tests marked slow. No guard
-# process, no Redis; the e2e tier (real processes and components) runs in `make test`.
+# process, no Redis; the e2e tier (real processes and components) runs in `make test`. On the same
+# workers as `make test`.
 FAST := tests/unit tests/app tests/contract
 test-fast: lint
-	$(BIN)/pytest -q -m "not slow and not redis" $(FAST)
+	$(BIN)/pytest -q $(XDIST) -m "not slow and not redis" $(FAST)
 
 # only the tests marked slow: load, soak and crash, and the in-process ones that wait out a timeout
 test-long: $(STAMP)
