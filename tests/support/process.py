@@ -48,16 +48,23 @@ def _port_cycle() -> Iterator[int]:
 _ports = _port_cycle()
 
 
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def free_port() -> int:
-    """A loopback port nothing is bound to now, from this worker's block (PORTS)."""
+    """A loopback port nothing is bound to now, from this worker's block (PORTS), whose companion
+    ports are free too: port + 1 (OpenBao's cluster port) and port + 10000 (a Redis Cluster
+    node's bus port; the machine's own services may hold one there, RabbitMQ's 25672 for one)."""
     for _ in range(len(PORTS)):
         port = next(_ports)
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-        return port
+        if _bindable(port) and _bindable(port + 1) and _bindable(port + 10000):
+            return port
     raise RuntimeError("no free port in this worker's block")
 
 
