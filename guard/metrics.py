@@ -23,16 +23,10 @@ What is counted where:
 from __future__ import annotations
 
 import contextvars
-import math
 import time
-from bisect import bisect_left
-from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Gauge
-from prometheus_client.core import HistogramMetricFamily
-from prometheus_client.samples import Sample
-from prometheus_client.utils import floatToGoString
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 __all__ = ["Metrics", "request_started"]
 
@@ -43,47 +37,6 @@ _MAX_LABEL_SETS = 1000  # (tool, action) pairs kept as labels; beyond, "_other" 
 request_started: contextvars.ContextVar[float | None] = contextvars.ContextVar("guard_request_started", default=None)
 
 
-class _ByTool:
-    """A histogram by tool, observed on the event loop only (every forwarded call): the bucket
-    found by bisection and two additions, where a prometheus_client Histogram walks its buckets
-    in Python and takes a lock for the bucket and one for the sum. The registry reads it when
-    /metrics is scraped, in the Histogram's own form (buckets, count, sum, created)."""
-
-    def __init__(self, name: str, documentation: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
-        self.name, self.documentation = name, documentation
-        self.bounds = [*buckets, math.inf]
-        self.les = [floatToGoString(b) for b in self.bounds]  # type: ignore[no-untyped-call]  # as Histogram writes `le`
-        self.rows: dict[str, list[float]] = {}  # tool -> the count of each bucket, then the sum
-        self.created: dict[str, float] = {}
-        registry.register(self)
-
-    def row(self, tool: str) -> list[float]:
-        """The tool's row, to `observe` into."""
-        row = self.rows.get(tool)
-        if row is None:
-            row = self.rows[tool] = [0.0] * (len(self.bounds) + 1)
-            self.created[tool] = time.time()
-        return row
-
-    def observe(self, row: list[float], value: float) -> None:
-        row[bisect_left(self.bounds, value)] += 1
-        row[-1] += value
-
-    def describe(self) -> Iterator[HistogramMetricFamily]:
-        yield HistogramMetricFamily(self.name, self.documentation, labels=["tool"])
-
-    def collect(self) -> Iterator[HistogramMetricFamily]:
-        family = HistogramMetricFamily(self.name, self.documentation, labels=["tool"])
-        for tool, row in list(self.rows.items()):
-            cumulative, buckets = 0.0, []
-            for le, count in zip(self.les, row, strict=False):
-                cumulative += count
-                buckets.append((le, cumulative))
-            family.add_metric([tool], buckets, row[-1])
-            family.samples.append(Sample(f"{self.name}_created", {"tool": tool}, self.created[tool]))
-        yield family
-
-
 class Metrics:
     """The guard's metric objects on their own registry."""
 
@@ -91,10 +44,10 @@ class Metrics:
         r = self.registry = CollectorRegistry(auto_describe=True)
         self.calls = Counter("guard_calls", "Tool calls decided, by tool, action and effect",
                              ["tool", "action", "effect"], registry=r)
-        self.upstream_latency = _ByTool("guard_upstream_latency_seconds", "Time until the tool's response headers",
-                                        _LATENCY_BUCKETS, r)
-        self.overhead = _ByTool("guard_overhead_seconds", "Time a forwarded call spent in the guard itself",
-                                _OVERHEAD_BUCKETS, r)
+        self.upstream_latency = Histogram("guard_upstream_latency_seconds", "Time until the tool's response headers",
+                                          ["tool"], buckets=_LATENCY_BUCKETS, registry=r)
+        self.overhead = Histogram("guard_overhead_seconds", "Time a forwarded call spent in the guard itself",
+                                  ["tool"], buckets=_OVERHEAD_BUCKETS, registry=r)
         self.pending_approvals = Gauge("guard_pending_approvals", "Approvals waiting for a decision", registry=r)
         self.webhook_failures = Counter("guard_webhook_delivery_failures", "Failed approval webhook deliveries",
                                         ["webhook"], registry=r)
@@ -107,7 +60,7 @@ class Metrics:
         self.policy_rules = Gauge("guard_policy_rules", "Rules in the policy set in force", registry=r)
         self._labels: set[tuple[str, str]] = set()
         self._decided: dict[tuple[Any, Any, Any], Any] = {}  # (tool, action, effect) as recorded -> its counter child
-        self._forwarded: dict[Any, tuple[list[float], list[float]]] = {}  # tool -> its latency and overhead rows
+        self._forwarded: dict[Any, tuple[Any, Any]] = {}  # tool -> its latency and overhead children
         self._errors: dict[str, Any] = {}  # code -> its counter child
 
     def count_error(self, code: str) -> None:
@@ -144,13 +97,13 @@ class Metrics:
             latency_ms = rec.get("latency_ms")
             if not isinstance(latency_ms, int | float):
                 return
-            rows = self._forwarded.get(rec.get("tool"))
-            if rows is None:
+            children = self._forwarded.get(rec.get("tool"))
+            if children is None:
                 tool = self._pair(rec.get("tool"), None)[0]
-                rows = (self.upstream_latency.row(tool), self.overhead.row(tool))
+                children = (self.upstream_latency.labels(tool), self.overhead.labels(tool))
                 if len(self._forwarded) < _MAX_LABEL_SETS:
-                    self._forwarded[rec.get("tool")] = rows
-            self.upstream_latency.observe(rows[0], latency_ms / 1000)
+                    self._forwarded[rec.get("tool")] = children
+            children[0].observe(latency_ms / 1000)
             started = request_started.get()
             if started is not None:
-                self.overhead.observe(rows[1], max(0.0, time.perf_counter() - started - latency_ms / 1000))
+                children[1].observe(max(0.0, time.perf_counter() - started - latency_ms / 1000))

@@ -12,8 +12,8 @@ def _samples(text: str, name: str) -> list[str]:
 
 
 def test_the_latency_histogram_reads_as_a_prometheus_client_histogram_of_the_same_values() -> None:
-    """The upstream latency is counted without prometheus_client's Histogram (a bisection instead
-    of its walk and locks); /metrics shows the same buckets, count and sum, and a created time."""
+    """A forwarded call's record feeds the upstream latency histogram by tool, in seconds:
+    /metrics shows what a Histogram observing the same values shows, and a created time."""
     latencies_ms = [0.2, 1.0, 2.5, 7.0, 30000.0, 45000.0, 1.0]  # on a bound, between two, past the last
     metrics = Metrics()
     registry = CollectorRegistry()
