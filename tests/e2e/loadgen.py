@@ -82,11 +82,15 @@ class Load:
 
     async def run(self, seconds: float) -> None:
         """Run every agent for `seconds`, then stop them."""
-        self.stop.clear()
-        agents = [asyncio.ensure_future(self.agent(t)) for t in self.tasks]
+        running = asyncio.ensure_future(self.run_until_stopped())
         await asyncio.sleep(seconds)
         self.stop.set()
-        await asyncio.gather(*agents)
+        await running
+
+    async def run_until_stopped(self) -> None:
+        """Run every agent until `stop` is set."""
+        self.stop.clear()
+        await asyncio.gather(*(self.agent(t) for t in self.tasks))
 
     def answered(self) -> list[Outcome]:
         return [o for o in self.outcomes if o.status]

@@ -87,14 +87,15 @@ async def test_kill_9_during_load(guard_factory: Any, upstream: Upstream, store_
     load = await Load.create(g, 20)
     active: Counter[str] = Counter()
     async with aiohttp.ClientSession() as http:
-        running = asyncio.ensure_future(load.run(6.0))
+        running = asyncio.ensure_future(load.run_until_stopped())
         await until(lambda: _more_than(upstream, 200), "load to build up")
         # the tool checks some of its credentials while the load runs
         for _, _, cred in forwarded_calls(upstream)[:50]:
             active[cred] += await introspect(http, g.url, cred)
-        g.kill()  # SIGKILL mid-load
+        g.kill()  # SIGKILL mid-load: the load runs on until the agents feel it
+        await until(lambda: _crash_felt(load), "the agents to feel the crash")
+        load.stop.set()
         await running
-        assert any(o.status == 0 for o in load.outcomes)  # the crash was felt by the agents
         g.start()
         await assert_every_forward_was_decided_first(g, upstream, store_url.startswith("redis"))
         # every credential the upstream got, introspected again after the restart
@@ -108,6 +109,10 @@ async def test_kill_9_during_load(guard_factory: Any, upstream: Upstream, store_
             assert len(upstream.requests) > before
             assert not [o for o in load.outcomes[-50:] if o.status >= 500]
             await assert_every_forward_was_decided_first(g, upstream, True)
+
+
+async def _crash_felt(load: Load) -> bool:
+    return any(o.status == 0 for o in load.outcomes)
 
 
 async def _more_than(upstream: Upstream, n: int) -> bool:
