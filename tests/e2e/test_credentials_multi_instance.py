@@ -14,7 +14,7 @@ from tests.e2e.test_credentials_lease import db_tool, lease_credentials, leases,
 from tests.e2e.test_credentials_oauth import ToolAS, guard_client, oauth_credential
 from tests.support.client import AGENT, bearer, create_task, until
 from tests.support.credentials import audit_of, everything_written, tool_policy
-from tests.support.guard import Guard
+from tests.support.guard import Guard, shared_keys
 from tests.support.openbao import OpenBao
 from tests.support.postgres import Postgres
 from tests.support.process import free_port
@@ -44,12 +44,7 @@ async def test_task_ended_at_one_instance_revokes_what_the_other_took(
     notes = tool_policy(notes_up.url, oauth_credential(as_port))
     policy["tools"].update(notes["tools"])
     policy["rules"].append({"id": "notes", "effect": "allow", "match": {"tool": "notes"}})
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {"store": {"url": redis_server.url},
-              "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-issuer-key.json"),
-              "audit": {"dir": str(shared / "audit")},
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared", audit=True),
               "secrets": {"vault": {"url": openbao.url, "auth": {
                   "method": "token", "token_file": str(openbao.write_token_file(tmp_path / "guard-token", token))}}}}
     a: Guard = guard_factory(policy, config=config, subdir="a", start=False)

@@ -15,7 +15,7 @@ import pytest
 from aiohttp import web
 
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
-from tests.support.guard import Guard
+from tests.support.guard import Guard, shared_keys
 from tests.support.upstream import Seen, Upstream
 
 
@@ -40,10 +40,7 @@ def chained_policy(upstream: Upstream) -> dict[str, Any]:
 async def test_a_rotation_switches_every_instance_and_old_tokens_keep_working(
         guard_factory: Any, upstream: Upstream, redis_server: Any, tmp_path: Path,
         http: aiohttp.ClientSession) -> None:
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {"store": {"url": redis_server.url}, "signing": {"key_file": str(shared / "signing-key.json")},
-              "dev_key_file": str(shared / "dev-key.json"), "audit": {"dir": str(shared / "audit")}}
+    config = {"store": {"url": redis_server.url}, **shared_keys(tmp_path / "shared", audit=True)}
     a: Guard = guard_factory(chained_policy(upstream), config=config, subdir="a")
     b: Guard = guard_factory(chained_policy(upstream), config=config, subdir="b")
     jwks = jwt.PyJWKClient(f"{a.url}/.well-known/jwks.json", cache_keys=True)  # a tool verifying offline

@@ -20,7 +20,7 @@ import pytest
 from guard.stores.redis.keys import CREDENTIAL_TASKS, credential_key, task_key
 from guard.stores.redis.store import RedisStore
 from tests.support.client import AGENT, bearer, create_task, echo_policy, until
-from tests.support.guard import Guard
+from tests.support.guard import Guard, shared_keys
 from tests.support.process import require
 from tests.support.redis import redis_missing_reason
 from tests.support.redis_topology import ClusterTopology, RedisNode, SentinelTopology
@@ -48,13 +48,7 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
 @pytest.fixture
 def pair(guard_factory: Any, upstream: Upstream, topology: Topology, tmp_path: Path) -> tuple[Guard, Guard]:
     """Instances A and B on the topology, one signing key (tokens work at both)."""
-    shared = tmp_path / "shared"
-    shared.mkdir(exist_ok=True)  # keys are created only in a folder that exists
-    config = {
-        "store": {"url": topology.url, "wait_replicas": 1},
-        "signing": {"key_file": str(shared / "signing-key.json")},
-        "dev_key_file": str(shared / "dev-issuer-key.json"),
-    }
+    config = {"store": {"url": topology.url, "wait_replicas": 1}, **shared_keys(tmp_path / "shared")}
     a: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="a")
     b: Guard = guard_factory(echo_policy(upstream.url), config=config, subdir="b")
     return a, b
