@@ -13,7 +13,7 @@ import socket
 import sys
 import time
 from collections.abc import MutableMapping
-from contextvars import ContextVar
+from contextvars import Context, ContextVar, copy_context
 from typing import Any
 
 import structlog
@@ -38,12 +38,22 @@ _request: ContextVar[dict[str, Any] | None] = ContextVar("guard_request_log_fiel
 
 def bind_request(task_id: str, call_id: str) -> None:
     """Bind a request's log fields once, when its caller is known: every line logged while the
-    request is handled (and by the tasks it starts) then carries `task_id` and `call_id`.
+    request is handled (and by the tasks it starts, but those started in an `unbound()` context)
+    then carries `task_id` and `call_id`.
     aiohttp handles each request in a task of its own, whose context is its own copy, so the
     fields never reach another request. (One context variable and `merge_request`, rather than
     structlog's `bind_contextvars` and `merge_contextvars`: that processor walks every context
     variable of the task on every line, about 1 % of an allowed call's instructions.)"""
     _request.set({"task_id": task_id, "call_id": call_id})
+
+
+def unbound() -> Context:
+    """A copy of this context without the request's log fields, for a task that a request starts
+    but that serves others and outlives it (the shared Redis connection's writer and reader, the
+    secrets manager's login and renewals): its lines name no task or call of one request."""
+    context = copy_context()
+    context.run(_request.set, None)
+    return context
 
 
 def merge_request(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -23,7 +23,7 @@ from guard.config import VaultCfg
 from guard.credentials.flight import shared
 from guard.errors import CredentialUnavailable
 from guard.identity.tokens import GuardKeys, jti
-from guard.log import network_cause, without_userinfo
+from guard.log import network_cause, unbound, without_userinfo
 from guard.policy.load import VAULT_REF
 
 __all__ = ["Vault", "VaultError"]
@@ -118,8 +118,8 @@ class Vault:
         if self._token_usable():
             assert self._token is not None
             return self._token
-        if self._login is None:
-            self._login = asyncio.ensure_future(self._log_in())
+        if self._login is None:  # guard's own login, for every call: its lines name none
+            self._login = asyncio.get_running_loop().create_task(self._log_in(), context=unbound())
             self._login.add_done_callback(self._login_done)
         try:
             return await asyncio.shield(self._login)
@@ -175,7 +175,7 @@ class Vault:
     def _schedule_renewal(self, token: str, ttl: float, renewable: bool) -> None:
         if self._renewer is not None:
             self._renewer.cancel()
-        self._renewer = asyncio.ensure_future(self._renew(token, ttl, renewable))
+        self._renewer = asyncio.get_running_loop().create_task(self._renew(token, ttl, renewable), context=unbound())
 
     async def _renew(self, token: str, ttl: float, renewable: bool) -> None:
         """Before the token expires: renew it, or log in again (the token method re-reads its file)."""

@@ -160,6 +160,9 @@ async def test_guard_logs_in_with_approle_and_renews(guard_factory: Any, upstrea
     await until(logged_in_again, "the guard to renew its token, then log in again past its max TTL")
     await asyncio.sleep(0.5)
     assert (await _call(http, g, task))[0] == 200  # cache_s 0: a fresh read with the fresh token
+    # guard's own login and renewals name no task or call, though a call made it log in first
+    vault_lines = [e for e in g.log_events() if e["event"] in ("vault_logged_in", "vault_token_renewed")]
+    assert len(vault_lines) >= 3 and not [e for e in vault_lines if "task_id" in e or "call_id" in e], vault_lines
     assert secret_id not in everything_written(g)
 
 

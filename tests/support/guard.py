@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -70,6 +71,10 @@ class Guard(Stoppable):
 
     def log(self) -> str:
         return self.proc.log() if self.proc else ""
+
+    def log_events(self) -> list[dict[str, Any]]:
+        """The JSON lines of its log (structlog's events), parsed."""
+        return [json.loads(line) for line in self.log().splitlines() if line.startswith("{")]
 
     def audit_dir(self) -> Path:
         return self.dir / "var" / "audit"

@@ -30,6 +30,8 @@ from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
+from guard.log import unbound
+
 __all__ = ["TRANSIENT", "Multiplexer", "address_of", "closed_by_server", "closed_while_idle"]
 
 log = structlog.get_logger("guard.store")
@@ -62,8 +64,8 @@ class Multiplexer:
         waiter = _Waiter(loop.create_future(), len(commands))
         self._waiting.append(waiter)
         self._unsent.append(packed)
-        if self._writer is None:
-            self._writer = loop.create_task(self._write())
+        if self._writer is None:  # it writes for every caller (and starts the reader): no caller's log fields
+            self._writer = loop.create_task(self._write(), context=unbound())
         return waiter.future
 
     async def _write(self) -> None:
