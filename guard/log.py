@@ -22,7 +22,7 @@ from aiohttp.http_exceptions import HttpProcessingError
 from guard.canonical import json_encoder
 
 __all__ = ["LineWriter", "ProtocolErrorFilter", "Repeats", "bind_request", "configure_logging", "merge_request",
-           "network_cause", "redact", "without_userinfo"]
+           "network_cause", "redact", "unbound", "without_userinfo"]
 
 _SECRET_KEYS = frozenset(
     {"token", "task_token", "authorization", "secret", "password", "credential", "txn_token",

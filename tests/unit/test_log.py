@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from guard.log import LineWriter, bind_request, configure_logging
+from guard.log import LineWriter, bind_request, configure_logging, unbound
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -88,6 +88,25 @@ async def test_a_requests_fields_are_bound_once_and_stay_with_its_own_lines(stde
         ("lease_taken", "task_a", "call_shared"), ("lease_taken", "task_b", "call_shared"),
         ("outside", None, None),
     ])
+
+
+async def test_a_task_started_unbound_logs_no_fields_of_the_request_that_started_it(stderr: io.StringIO) -> None:
+    """Work a request starts for every caller (a shared connection, guard's own login) runs in an
+    `unbound()` context: its lines name no task or call, while the request's own lines still do."""
+    log = structlog.get_logger("guard.test")
+
+    async def shared_work() -> None:
+        log.info("store_reconnected")
+
+    async def request() -> None:
+        bind_request("task_a", "call_a")
+        await asyncio.get_running_loop().create_task(shared_work(), context=unbound())
+        log.info("call_decided")
+
+    await asyncio.create_task(request())
+    await asyncio.sleep(0)  # lines logged on the loop are written at the end of its turn
+    seen = [(r["event"], r.get("task_id"), r.get("call_id")) for r in map(json.loads, stderr.getvalue().splitlines())]
+    assert seen == [("store_reconnected", None, None), ("call_decided", "task_a", "call_a")]
 
 
 def test_values_json_cannot_encode_are_logged_as_their_repr(stderr: io.StringIO) -> None:

@@ -74,7 +74,7 @@ def task_key(task_id: str, part: str) -> str:
 
 def task_keys(task_id: str, *parts: str) -> list[str]:
     """The keys of `parts` of a task, a new list (a caller may add to it)."""
-    prefix = f"guard:{{{task_id}}}:"
+    prefix = task_key(task_id, "")
     return [prefix + p for p in parts]
 
 
