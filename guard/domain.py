@@ -301,7 +301,7 @@ class AuditRecord:
         """The record as one JSON object (no newline)."""
         if self.line is not None:
             return self.line
-        return compact_json(self.fields).encode()
+        return compact_json(self.fields)
 
     @property
     def seq(self) -> int:

@@ -90,13 +90,15 @@ def _log_default(value: Any) -> Any:
 _log_json = json_encoder(sort_keys=False, default=_log_default)
 
 
-def _render_json(logger: Any, method: str, event: MutableMapping[str, Any]) -> str:
+def _render_json(logger: Any, method: str, event: MutableMapping[str, Any]) -> bytes | str:
     """One compact JSON object per line (what structlog's JSONRenderer writes, without the
     spaces, and with non-ASCII text as UTF-8), from an encoder built once; an exception's
-    traceback as structlog's format_exc_info writes it."""
+    traceback as structlog's format_exc_info writes it. Bytes for a LineWriter, text for a
+    stream a test captures."""
     if "exc_info" in event:
         event = structlog.processors.format_exc_info(logger, method, event)
-    return _log_json(event)
+    line = _log_json(event)
+    return line if type(logger) is LineWriter else line.decode()
 
 
 _plain: set[str] = set()  # field names seen before whose values are kept
@@ -188,8 +190,8 @@ class LineWriter:
         self._loop: asyncio.AbstractEventLoop | None = None  # the loop whose lines are gathered
         self._lines: list[bytes] = []
 
-    def msg(self, message: str) -> None:
-        line = f"{message}\n".encode()
+    def msg(self, message: bytes | str) -> None:
+        line = message + b"\n" if isinstance(message, bytes) else f"{message}\n".encode()
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:

@@ -258,7 +258,7 @@ class GuardKeys:
 
     def sign(self, typ: str, claims: dict[str, Any]) -> str:
         header = self.current.headers[typ]
-        payload = b64url(compact_json(claims).encode())
+        payload = b64url(compact_json(claims))
         signing_input = f"{header}.{payload}".encode("ascii")
         return f"{header}.{payload}.{b64url(self.current.sign(signing_input))}"
 

@@ -28,7 +28,7 @@ Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 def problem_response(err: GuardError) -> web.Response:
     return web.Response(
-        body=compact_json(err.problem()).encode(),
+        body=compact_json(err.problem()),
         status=getattr(err, "http_status", err.status),
         content_type="application/problem+json",
         headers=err.headers,

@@ -11,7 +11,7 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from guard.canonical import args_digest, call_digest, canonical_json
+from guard.canonical import args_digest, call_digest, canonical_json, compact_json
 from guard.hashchain import GENESIS, chain_record, verify_chain
 from guard.policy import CallContext, PolicySet, load_policies
 from tests.support.policies import TOOLS
@@ -128,6 +128,41 @@ def test_canonical_json_and_args_digest_ignore_key_order(value: Any, data: st.Da
     assert json.loads(canonical_json(value)) == value
     assert args_digest("t", "a", value) == args_digest("t", "a", other)
     assert b" " not in canonical_json(value).replace(b'" "', b"").split(b'"')[0]
+
+
+# every JSON value, floats and ints of every size included (orjson writes most of them, the
+# standard library's encoder the rest: the bytes must be the same either way)
+any_json_st = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=20)
+SMALL_FLOATS = [1e-7, -2.5e-5, 1e-05, 4.7009413259741616e-05, 9.999999e-06, 5e-324, 1e-10, 1e16, 1e22,
+                123456789012345.0, 0.0001, 0.00012, -0.0]
+
+
+def _standard(value: Any, sort_keys: bool) -> bytes:
+    return json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False).encode()
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=any_json_st)
+def test_the_json_encoders_write_what_the_standard_library_writes(value: Any) -> None:
+    """Digests and audit hashes keep their bytes whichever encoder writes them."""
+    assert canonical_json(value) == _standard(value, sort_keys=True)
+    assert compact_json(value) == _standard(value, sort_keys=False)
+
+
+def test_what_orjson_writes_differently_is_written_as_the_standard_library_does() -> None:
+    class Name(str):
+        pass
+
+    deep: Any = []
+    for _ in range(300):
+        deep = [deep]
+    for value in [*SMALL_FLOATS, {"f": SMALL_FLOATS}, "1e-5 is text", 2**64, -(2**70), {"n": [2**100]},
+                  {2: "a", 1: "b"}, Name("x"), {"k": Name("v")}, deep, (1, "é")]:
+        assert canonical_json(value) == _standard(value, sort_keys=True), value
+        assert compact_json(value) == _standard(value, sort_keys=False), value
 
 
 @SETTINGS
