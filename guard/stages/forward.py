@@ -166,6 +166,7 @@ async def forward(
     finally:
         if flow.watch is not None:
             flow.watch.close()
+        flow.arm = None  # arm holds flow: without this the call's objects wait for the cycle collector
 
 
 async def _end_cut(client: Client, auth: Authorized, flow: _Flow, cut: Cut) -> web.StreamResponse:
