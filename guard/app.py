@@ -206,6 +206,7 @@ def build_app(cfg: Config, policies: PolicySet | None = None, *, dry_run: bool =
         log.info("guard_started", listen=f"{cfg.listen.host}:{cfg.listen.port}", store=cfg.store.url.split("@")[-1],
                  policies=str(cfg.policies), tools=sorted(policies.tools))
         yield
+        await deps.upstreams.close()
 
     async def telemetry(app: web.Application) -> AsyncIterator[None]:
         yield

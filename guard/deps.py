@@ -27,6 +27,7 @@ from guard.stages.task import TaskCache
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnds
 from guard.telemetry import Tracing
+from guard.upstreams import Upstreams
 
 __all__ = ["DEPS", "Deps"]
 
@@ -52,6 +53,7 @@ class Deps:
     tls: ServerTLS | None = None  # listen.tls: the door's TLS and its clients' SVIDs (guard.identity.mtls)
     baselines: Baselines | None = None  # guard.signals.baseline, when `baseline` is configured
     tracing: Tracing | None = None  # guard.telemetry: None when telemetry is off
+    upstreams: Upstreams = field(default_factory=Upstreams)  # the connections forwarded calls go out on
 
     def tool_ssl(self, auth: Authorized) -> ssl.SSLContext | None:
         """The TLS the called tool asks for (`tls`, `spiffe_id`); unreadable files reach nothing."""

@@ -80,8 +80,8 @@ async def handle(call: ToolCall, deps: Deps, render: Render) -> web.StreamRespon
     else:
         auth = await authorize_passthrough(call, deps, render.passthrough)
         rewrite = await render.rewrite(deps, auth)
-    return await forward_and_finish(render, render.upstream(auth), deps.http, deps.audit, deps.store, deps.tool_ssl,
-                                    deps.task_ends, render.event, rewrite, render.farewell)
+    return await forward_and_finish(render, render.upstream(auth), deps.upstreams, deps.audit, deps.store,
+                                    deps.tool_ssl, deps.task_ends, render.event, rewrite, render.farewell)
 
 
 def _allowed_tools(policies: PolicySet, caller: Caller, state: TaskState) -> frozenset[str] | None:

@@ -7,7 +7,6 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import structlog
 from aiohttp import web
 
@@ -17,6 +16,7 @@ from guard.errors import GuardError, StoreUnavailable
 from guard.stages.forward import Client, Cut, Rewrite, forward
 from guard.stores.base import CallStore
 from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
+from guard.upstreams import Upstreams
 
 __all__ = ["finish_quietly", "forward_and_finish"]
 
@@ -26,7 +26,7 @@ log = structlog.get_logger("guard.tools")
 async def forward_and_finish(
     client: Client,
     auth: Authorized,
-    http: aiohttp.ClientSession,
+    tools: Upstreams,
     audit: AuditLog,
     store: CallStore,
     tls: Callable[[Authorized], ssl.SSLContext | None],
@@ -72,7 +72,7 @@ async def forward_and_finish(
         return task_ends.watch(task_id, agent)
 
     try:
-        return await forward(client, auth, http, on_headers, rewrite, tls(auth), cut=Cut(watch, on_cut, farewell))
+        return await forward(client, auth, tools, on_headers, rewrite, tls(auth), cut=Cut(watch, on_cut, farewell))
     except GuardError as err:
         if err.code in ("upstream_unavailable", "upstream_timeout") and not finished:
             await audit.append_and_finish(task_id, call_id, "call_failed", agent, status=err.status,

@@ -21,6 +21,7 @@ from guard.identity.mtls import ToolContexts
 from guard.log import network_cause, without_userinfo
 from guard.policy.model import ToolSpec
 from guard.tasks.ends import EndReason, TaskWatch
+from guard.upstreams import Answer, Upstreams
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Client", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
 
@@ -43,7 +44,6 @@ _NEVER_DOWNSTREAM = HOP_BY_HOP | {"content-length", "set-cookie", "guard-task-id
 # call is over upstream and may be finished together with its audit record.
 OnHeaders = Callable[[int, float, bool], Awaitable[None]]
 BUFFER_MAX = 65536  # answers up to this size (with a Content-Length) are read whole before auditing
-_TIMEOUTS: dict[float, aiohttp.ClientTimeout] = {}
 
 
 class BodyRewriter(Protocol):
@@ -97,7 +97,7 @@ class _Flow:
     __slots__ = ("arm", "resp", "sse", "upstream", "watch")
 
     def __init__(self) -> None:
-        self.upstream: aiohttp.ClientResponse | None = None
+        self.upstream: Answer | None = None
         self.resp: web.StreamResponse | None = None
         self.sse = False
         self.arm: Callable[[], None] | None = None  # called once the answer streams: from then on it may be cut
@@ -129,7 +129,7 @@ def upstream_headers(incoming: CIMultiDictProxy[str], minted: Mapping[str, str])
 async def forward(
     client: Client,
     auth: Authorized,
-    http: aiohttp.ClientSession,
+    tools: Upstreams,
     on_headers: OnHeaders,
     rewrite: Rewrite | None = None,
     ssl_context: ssl.SSLContext | None = None,
@@ -141,7 +141,7 @@ async def forward(
     transform the answer; `cut` ends it when its task ends."""
     flow = _Flow()
     if cut is None:
-        return await _forward(client, auth, http, on_headers, rewrite, flow, ssl_context)
+        return await _forward(client, auth, tools, on_headers, rewrite, flow, ssl_context)
     task = asyncio.current_task()
     assert task is not None
     fired = False
@@ -157,7 +157,7 @@ async def forward(
 
     flow.arm = arm
     try:
-        return await _forward(client, auth, http, on_headers, rewrite, flow, ssl_context)
+        return await _forward(client, auth, tools, on_headers, rewrite, flow, ssl_context)
     except asyncio.CancelledError:
         if not fired:
             raise
@@ -195,7 +195,7 @@ async def _end_cut(client: Client, auth: Authorized, flow: _Flow, cut: Cut) -> w
 async def _forward(
     client: Client,
     auth: Authorized,
-    http: aiohttp.ClientSession,
+    tools: Upstreams,
     on_headers: OnHeaders,
     rewrite: Rewrite | None,
     flow: _Flow,
@@ -208,22 +208,13 @@ async def _forward(
         headers.popall("Accept-Encoding", None)
     started = time.perf_counter()
     try:
-        upstream = await http.request(
-            call.method,
-            url,
-            headers=headers,
-            data=call.body if call.body else None,
-            allow_redirects=False,
-            timeout=_timeout(auth.timeout_s),
-            auto_decompress=False,
-            ssl=ssl_context if ssl_context is not None else True,
-        )
+        upstream = await tools.request(call.method, url, headers.items(), call.body, auth.timeout_s, ssl_context)
     except TimeoutError as e:
         _unreachable(auth, e)
         raise UpstreamTimeout("the tool did not answer in time", **_ids(auth)) from e
-    except aiohttp.ClientConnectorCertificateError as e:  # another identity: nothing was sent
-        raise UpstreamUnavailable(f"the tool's certificate was refused: {e.certificate_error}", **_ids(auth)) from e
-    except aiohttp.ClientError as e:
+    except ssl.SSLCertVerificationError as e:  # another identity: nothing was sent
+        raise UpstreamUnavailable(f"the tool's certificate was refused: {e}", **_ids(auth)) from e
+    except (OSError, aiohttp.ClientError) as e:
         _unreachable(auth, e)
         raise UpstreamUnavailable("the tool could not be reached", **_ids(auth)) from e
     flow.upstream = upstream
@@ -287,13 +278,6 @@ async def _rewritten(rewrite: Rewrite, headers: CIMultiDictProxy[str], whole: by
     if settle is not None:
         await settle()
     return out
-
-
-def _timeout(read_s: float) -> aiohttp.ClientTimeout:
-    timeout = _TIMEOUTS.get(read_s)
-    if timeout is None:
-        timeout = _TIMEOUTS[read_s] = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=read_s)
-    return timeout
 
 
 def _unreachable(auth: Authorized, e: BaseException) -> None:
