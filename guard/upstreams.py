@@ -75,6 +75,7 @@ class Upstreams:
         self._idle: dict[_Key, deque[tuple[ResponseHandler, float]]] = {}
         self._default_tls: ssl.SSLContext | None = None
         self._closed = False
+        self._sweep: asyncio.TimerHandle | None = None  # closes what stayed idle too long
 
     async def request(self, method: str, url: URL, headers: Iterable[tuple[str, str]], body: bytes,
                       read_timeout_s: float, tls: ssl.SSLContext | None) -> Answer:
@@ -135,10 +136,28 @@ class Upstreams:
         idle = self._idle.setdefault(key, deque())
         if len(idle) >= IDLE_MAX:
             idle.popleft()[0].close()
-        idle.append((proto, asyncio.get_running_loop().time()))
+        loop = asyncio.get_running_loop()
+        idle.append((proto, loop.time()))
+        if self._sweep is None:
+            self._sweep = loop.call_later(IDLE_S, self._close_stale)
+
+    def _close_stale(self) -> None:
+        """Close the connections idle for IDLE_S or more; look again while any stay."""
+        self._sweep = None
+        loop = asyncio.get_running_loop()
+        oldest = loop.time() - IDLE_S
+        for key, idle in list(self._idle.items()):
+            while idle and idle[0][1] <= oldest:
+                idle.popleft()[0].close()
+            if not idle:
+                del self._idle[key]
+        if self._idle and not self._closed:
+            self._sweep = loop.call_later(IDLE_S, self._close_stale)
 
     async def close(self) -> None:
         self._closed = True
+        if self._sweep is not None:
+            self._sweep.cancel()
         for idle in self._idle.values():
             for proto, _ in idle:
                 proto.close()

@@ -23,6 +23,7 @@ class Tool:
     answer: Callable[[bytes], bytes | None]
     requests: list[bytes] = field(default_factory=list)
     connections: int = 0
+    closed: int = 0  # connections the other side closed
     writers: list[asyncio.StreamWriter] = field(default_factory=list)
     port: int = 0
 
@@ -41,7 +42,9 @@ class Tool:
                     break
                 writer.write(out)
                 await writer.drain()
-        except (asyncio.IncompleteReadError, ConnectionError):
+        except asyncio.IncompleteReadError:
+            self.closed += 1
+        except ConnectionError:
             pass
         writer.close()
 
@@ -187,4 +190,17 @@ async def test_a_silent_tool_times_out(start_tool: StartTool) -> None:
     with pytest.raises(TimeoutError):
         answer = await pool.request("GET", tool.url, [], b"", 0.2, None)
         answer.release()
+    await pool.close()
+
+
+async def test_a_connection_idle_too_long_is_closed(start_tool: StartTool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("guard.upstreams.IDLE_S", 0.2)
+    tool = await start_tool()
+    pool = Upstreams()
+    assert await call(pool, tool) == (200, b"{}")
+    assert tool.closed == 0
+    await asyncio.sleep(0.6)
+    assert tool.closed == 1
+    assert await call(pool, tool) == (200, b"{}")
+    assert tool.connections == 2
     await pool.close()
