@@ -47,13 +47,14 @@ _JSON_TYPES = (str, int, float, dict, list, tuple)
 
 
 def json_encoder(sort_keys: bool, default: Callable[[Any], Any] = _no_default) -> Callable[[Any], bytes]:
-    """A compact (`,` and `:`), UTF-8 (not ASCII-escaped) JSON encoder: the bytes
+    """A compact (`,` and `:`), UTF-8 (not ASCII-escaped) JSON encoder: what
     `json.dumps(value, sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False,
-    default=default).encode()` gives, for every JSON value.
+    default=default).encode()` gives, but for the form of small floats (orjson `1e-7`, json
+    `1e-07`: the same number). `canonical_json` gives json's bytes exactly.
 
-    orjson writes them, in about a tenth of the instructions of the standard library's C encoder
+    orjson writes it, in about a tenth of the instructions of the standard library's C encoder
     (an allowed call encodes six values: its arguments, two audit records, two token payloads,
-    a log line). What orjson would write differently goes to the standard library's encoder
+    a log line). What orjson cannot write as json does goes to the standard library's encoder
     (above). Not JSON, and written differently: NaN and the infinities (orjson: null) and the
     types orjson knows besides JSON's (UUID, Enum); the guard builds neither."""
     std = json.JSONEncoder(sort_keys=sort_keys, separators=(",", ":"), ensure_ascii=False, default=default).encode
@@ -66,18 +67,22 @@ def json_encoder(sort_keys: bool, default: Callable[[Any], Any] = _no_default) -
 
     def encode(value: Any) -> bytes:
         try:
-            out = orjson.dumps(value, other, option)
+            return orjson.dumps(value, other, option)
         except TypeError:  # orjson.JSONEncodeError
             return std(value).encode()
-        if _small_float(out):
-            return std(value).encode()
-        return out
 
     return encode
 
 
 compact_json = json_encoder(sort_keys=False)
-canonical_json = json_encoder(sort_keys=True)
+_sorted = json_encoder(sort_keys=True)
+_sorted_std = json.JSONEncoder(sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode
+
+
+def canonical_json(value: Any) -> bytes:
+    """Canonical JSON (digests, audit hashes): json's bytes exactly, small floats included."""
+    out = _sorted(value)
+    return _sorted_std(value).encode() if _small_float(out) else out
 
 
 _URLSAFE = bytes.maketrans(b"+/", b"-_")
@@ -126,7 +131,20 @@ _strict = json.JSONDecoder(object_pairs_hook=_no_duplicates, parse_constant=_no_
 def strict_loads(data: bytes | str) -> Any:
     """JSON as the guard decides on it, refusing what parsers disagree about: duplicate keys
     (which one wins differs between the guard and a tool) and NaN/Infinity. (What `json.loads`
-    does with these options, with the decoder built once instead of on every call.)"""
+    does with these options, with the decoder built once instead of on every call.)
+
+    Bytes that orjson parses and writes back identically are their value's compact form, which
+    holds no duplicate key (a dict has none) and nothing parsers read differently: their value
+    is returned at once (a quarter of the standard library's instructions; compact JSON is what
+    most agent frameworks send). Any other input takes the standard library's strict parse."""
+    if isinstance(data, bytes):
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            pass
+        else:
+            if orjson.dumps(value) == data:  # the input is exactly its value's compact form (below)
+                return value
     if isinstance(data, str):
         if data.startswith("\ufeff"):
             raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", data, 0)
