@@ -40,7 +40,7 @@ def _small_float(out: bytes) -> bool:
         if at > 0 and out[at - 1] in _DIGITS and exponent[:1].isdigit() and not exponent[1:].isdigit():
             return True
         at = out.find(b"e-", at + 2)
-    return b".0000" in out
+    return out.find(b".0000") >= 0  # (not `in`: bytes.__contains__ tries its argument as an int first, and raises)
 
 
 _JSON_TYPES = (str, int, float, dict, list, tuple)
