@@ -6,7 +6,6 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import aiohttp
-import structlog
 from aiohttp import web
 
 from guard.approvals.service import Approvals
@@ -24,6 +23,7 @@ from guard.identity.issuers import Identity
 from guard.identity.keyring import RetainWindow, load_keys, watch_keys
 from guard.identity.mtls import SERVER_TLS, ToolContexts, watch
 from guard.identity.tokens import GuardKeys
+from guard.log import get_logger
 from guard.metrics import Metrics
 from guard.policy import PolicySet
 from guard.policy.reload import PolicyHolder, PolicyReloader
@@ -43,7 +43,7 @@ from guard.telemetry import Tracing, open_tracing
 
 __all__ = ["build_app"]
 
-log = structlog.get_logger("guard.app")
+log = get_logger("guard.app")
 
 
 # what each cleanup context opens, for the ones after it (and the last, which builds Deps)

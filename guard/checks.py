@@ -5,18 +5,17 @@ failure is a ConfigError naming the file and key."""
 
 from __future__ import annotations
 
-import structlog
-
 from guard.config import Config
 from guard.content.detectors import KIND_OF
 from guard.credentials.hygiene import require_exceptions
 from guard.errors import ConfigError
 from guard.identity.mtls import ServerTLS, pem_file_problem
+from guard.log import get_logger
 from guard.policy import PolicySet, load_policies
 
 __all__ = ["check_credentials", "check_redact", "check_trust_bundles", "load_checked_policies", "server_tls"]
 
-log = structlog.get_logger("guard.app")
+log = get_logger("guard.app")
 
 
 def check_credentials(cfg: Config, policies: PolicySet) -> None:

@@ -21,8 +21,8 @@ from aiohttp.http_exceptions import HttpProcessingError
 
 from guard.canonical import json_encoder
 
-__all__ = ["LineWriter", "ProtocolErrorFilter", "Repeats", "bind_request", "configure_logging", "merge_request",
-           "network_cause", "redact", "unbound", "without_userinfo"]
+__all__ = ["LineWriter", "Logger", "ProtocolErrorFilter", "Repeats", "bind_request", "configure_logging", "get_logger",
+           "merge_request", "network_cause", "redact", "unbound", "without_userinfo"]
 
 _SECRET_KEYS = frozenset(
     {"token", "task_token", "authorization", "secret", "password", "credential", "txn_token",
@@ -34,6 +34,32 @@ _second: tuple[int, str] = (-1, "")  # the last whole second stamped, and its IS
 
 
 _request: ContextVar[dict[str, Any] | None] = ContextVar("guard_request_log_fields", default=None)
+
+
+class Logger:
+    """A module's logger: `structlog.get_logger(name)`, its logging methods kept once found.
+
+    structlog's lazy proxy finds the method on every line through `__getattr__`, after the
+    ordinary lookup has failed and raised: 6,400 instructions a line, a filtered debug line
+    included. When structlog caches loggers on first use (as `configure_logging` has it), the
+    proxy answers with the same method every time after the first, so each method is kept here
+    once found; otherwise (a test that captures logs) it is looked up on every line, as before."""
+
+    def __init__(self, name: str) -> None:
+        self._proxy = structlog.get_logger(name)
+
+    def __getattr__(self, method: str) -> Any:
+        if method.startswith("_"):  # (before __init__ ran, say: never the proxy's own)
+            raise AttributeError(method)
+        found = getattr(self._proxy, method)
+        if structlog.get_config()["cache_logger_on_first_use"]:
+            setattr(self, method, found)
+        return found
+
+
+def get_logger(name: str) -> Any:
+    """The logger of the module `name` (see Logger)."""
+    return Logger(name)
 
 
 def bind_request(task_id: str, call_id: str) -> None:

@@ -17,7 +17,6 @@ from dataclasses import replace
 from fnmatch import fnmatchcase
 from typing import Any, Protocol
 
-import structlog
 from aiohttp import web
 
 from guard.audit.log import AuditLog
@@ -25,7 +24,7 @@ from guard.content.service import ArgsView
 from guard.deps import Deps
 from guard.domain import Action, Authorized, Caller, CallLimits, TaskState, ToolCall
 from guard.errors import ContentBlocked, CredentialUnavailable, Denied, ExfiltrationBlocked, GuardError
-from guard.log import bind_request
+from guard.log import bind_request, get_logger
 from guard.policy import CallContext, Decision, PolicySet, ToolSpec
 from guard.stages.admit import admit, admit_and_record
 from guard.stages.approve import settle_approval
@@ -44,7 +43,7 @@ __all__ = [
     "tool_visibility",
 ]
 
-log = structlog.get_logger("guard.pipeline")
+log = get_logger("guard.pipeline")
 
 
 class Render(Client, Protocol):

@@ -13,18 +13,17 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from guard.approvals.webhooks import Webhooks, WebhookStore
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Approval, TaskState
+from guard.log import get_logger
 from guard.stores.notify import open_notifier
 from guard.tasks.ends import TaskEnds, TaskWatch
 
 __all__ = ["Approvals", "effective_status"]
 
-log = structlog.get_logger("guard.approvals")
+log = get_logger("guard.approvals")
 RECHECK_S = 5.0  # fallback re-read of a held approval when no notification arrived
 CONNECTED_POLL_S = 0.5  # how often a hold looks whether its client is still there
 

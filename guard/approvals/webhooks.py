@@ -14,7 +14,6 @@ from dataclasses import replace
 from typing import Any, Literal, Protocol
 
 import aiohttp
-import structlog
 from tenacity import AsyncRetrying, RetryCallState, retry_if_exception_type, retry_if_result, wait_random_exponential
 
 from guard.approvals.signature import SIGNATURE_HEADER, sign
@@ -23,11 +22,12 @@ from guard.config import Config
 from guard.domain import Approval, Delivery, TaskState
 from guard.errors import AuditUnavailable, StoreUnavailable
 from guard.identity.tokens import new_id
+from guard.log import get_logger
 from guard.stores.base import ApprovalStore, DeliveryStore
 
 __all__ = ["WebhookStore", "Webhooks", "approval_payload"]
 
-log = structlog.get_logger("guard.webhooks")
+log = get_logger("guard.webhooks")
 
 LEASE_S = 30.0  # an instance holds the deliveries it works on this long, renewed every LEASE_S / 3
 ATTEMPT_TIMEOUT_S = 10.0

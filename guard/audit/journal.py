@@ -22,13 +22,13 @@ import secrets
 from collections.abc import Callable
 from pathlib import Path
 
-import structlog
+from guard.log import get_logger
 
 __all__ = ["JOURNAL_DIR", "Journal", "Sync", "datasync", "journal_dir", "replay_orphans", "sync_dir", "write_all"]
 
 JOURNAL_DIR = "journal"
 Sync = Callable[[int], None]  # makes one descriptor's data durable (injectable, to count syncs)
-log = structlog.get_logger("guard.audit")
+log = get_logger("guard.audit")
 
 
 def datasync(fd: int) -> None:

@@ -17,16 +17,15 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 
-import structlog
-
 from guard.audit.journal import JOURNAL_DIR, Journal, Sync, datasync, journal_dir, replay_orphans, write_all
 from guard.audit.trails import trail_path
 from guard.domain import AuditRecord
 from guard.errors import AuditUnavailable
+from guard.log import get_logger
 
 __all__ = ["AuditFiles"]
 
-log = structlog.get_logger("guard.audit")
+log = get_logger("guard.audit")
 
 
 class AuditFiles:

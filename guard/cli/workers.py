@@ -10,13 +10,12 @@ import subprocess
 import sys
 import time
 
-import structlog
-
 from guard.config import Config
+from guard.log import get_logger
 
 __all__ = ["check_workers", "supervise"]
 
-log = structlog.get_logger("guard.workers")
+log = get_logger("guard.workers")
 
 
 def check_workers(cfg: Config, workers: int) -> str | None:

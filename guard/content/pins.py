@@ -10,11 +10,10 @@ import hmac
 from collections.abc import Callable
 from typing import Any
 
-import structlog
-
 from guard.audit.log import AuditLog
 from guard.canonical import canonical_json, sha256_hex
 from guard.domain import Authorized
+from guard.log import get_logger
 from guard.policy import ToolSpec
 from guard.stages.forward import BodyRewriter
 from guard.stores.base import ContentStore
@@ -22,7 +21,7 @@ from guard.stores.base import ContentStore
 __all__ = ["DEFINITION_FIELDS", "PinCheck", "PinnedList", "changed_key", "definition", "definition_digest",
            "definitions_key", "pin_check", "seen_key"]
 
-log = structlog.get_logger("guard.pins")
+log = get_logger("guard.pins")
 DEFINITION_FIELDS = ("name", "description", "inputSchema", "outputSchema", "annotations")
 
 

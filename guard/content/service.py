@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qsl
 
-import structlog
 from multidict import CIMultiDictProxy
 
 from guard.audit.log import AuditLog
@@ -26,13 +25,14 @@ from guard.content.flow import MAX_TOKENS, WHOLE_MIN, arg_digests, strings, toke
 from guard.content.pins import changed_key
 from guard.domain import Action, Authorized, ToolCall
 from guard.errors import ContentBlocked, ToolChanged
+from guard.log import get_logger
 from guard.mcp.rpc import REFUSED
 from guard.policy import CallContext, PolicySet, ToolSpec
 from guard.stores.base import ContentStore
 
 __all__ = ["ArgsView", "ContentGuard", "ResultInspector"]
 
-log = structlog.get_logger("guard.content")
+log = get_logger("guard.content")
 CHANGED_TTL_S = 1.0  # how long an instance reuses its read of a tool's changed definitions
 _EVENT_END = re.compile(rb"\r\n\r\n|\n\n|\r\r")
 

@@ -12,18 +12,17 @@ import contextlib
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
-
 from guard.credentials.base import CredentialRequest, Holding, Issued
 from guard.credentials.flight import shared
 from guard.credentials.holdings import Holdings
 from guard.credentials.vault import Vault, VaultError
 from guard.errors import CredentialUnavailable
+from guard.log import get_logger
 from guard.policy.model import LeaseSpec
 
 __all__ = ["LeaseProvider", "lease_hint"]
 
-log = structlog.get_logger("guard.credentials.lease")
+log = get_logger("guard.credentials.lease")
 
 
 def lease_hint(lease_id: str) -> str:

@@ -25,7 +25,6 @@ from typing import Any
 from urllib.parse import quote_plus
 
 import aiohttp
-import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.credentials.base import CredentialRequest, Holding, Issued
@@ -34,11 +33,12 @@ from guard.credentials.holdings import Holdings
 from guard.credentials.sources import SecretSource
 from guard.errors import CredentialUnavailable
 from guard.identity.tokens import GuardKeys, jti
+from guard.log import get_logger
 from guard.policy.model import OAuthSpec
 
 __all__ = ["OAuthProvider", "token_id"]
 
-log = structlog.get_logger("guard.credentials.oauth2")
+log = get_logger("guard.credentials.oauth2")
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 EXCHANGE_GRANT = "urn:ietf:params:oauth:grant-type:token-exchange"
 JWT_TOKEN_TYPE = "urn:ietf:params:oauth:token-type:jwt"  # noqa: S105 (a type name)

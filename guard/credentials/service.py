@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 from cryptography.exceptions import InvalidTag
 from tenacity import AsyncRetrying, stop_after_attempt, wait_exponential
 
@@ -40,13 +39,14 @@ from guard.credentials.vault import Vault
 from guard.domain import TaskState
 from guard.errors import CredentialUnavailable, StoreUnavailable
 from guard.identity.tokens import GuardKeys
+from guard.log import get_logger
 from guard.metrics import Metrics
 from guard.policy.model import ToolSpec
 from guard.stores.base import Store
 
 __all__ = ["SWEEP_S", "Credentials"]
 
-log = structlog.get_logger("guard.credentials")
+log = get_logger("guard.credentials")
 SWEEP_S = 0.5  # how often tasks holding credentials are checked for expiry
 SWEEP_BATCH = 64  # tasks read from the store at once by a sweep
 Expire = Callable[[TaskState, float], Awaitable[TaskState]]

@@ -17,18 +17,17 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 
 from guard.config import VaultCfg
 from guard.credentials.flight import shared
 from guard.errors import CredentialUnavailable
 from guard.identity.tokens import GuardKeys, jti
-from guard.log import network_cause, unbound, without_userinfo
+from guard.log import get_logger, network_cause, unbound, without_userinfo
 from guard.policy.load import VAULT_REF
 
 __all__ = ["Vault", "VaultError"]
 
-log = structlog.get_logger("guard.credentials.vault")
+log = get_logger("guard.credentials.vault")
 LOGIN_JWT_TTL_S = 60
 RENEW_AT = 2 / 3  # of the token's TTL
 

@@ -13,17 +13,16 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Literal
 
-import structlog
-
 from guard.config import X509IssuerCfg
 from guard.domain import Presented
 from guard.errors import InvalidDpopProof, Unauthenticated
 from guard.filewatch import FileWatch
+from guard.log import get_logger
 from guard.spiffe import spiffe_matches
 
 __all__ = ["Binding", "X509Issuers", "binding_of", "bound_to"]
 
-log = structlog.get_logger("guard.identity")
+log = get_logger("guard.identity")
 
 Binding = Literal["bearer", "mtls", "dpop"]
 ANOTHER_WORKLOAD = "token bound to another workload"

@@ -9,7 +9,6 @@ from typing import Any
 
 import aiohttp
 import jwt
-import structlog
 
 from guard.config import Config, IssuerCfg
 from guard.errors import Unauthenticated
@@ -25,10 +24,11 @@ from guard.identity.tokens import (
     read_key_json,
     unverified_header,
 )
+from guard.log import get_logger
 
 __all__ = ["Identity", "dev_token"]
 
-log = structlog.get_logger("guard.identity")
+log = get_logger("guard.identity")
 
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
 

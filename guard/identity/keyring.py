@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import structlog
-
 from guard.config import Config
 from guard.filewatch import FileWatch
 from guard.identity.tokens import (
@@ -48,11 +46,12 @@ from guard.identity.tokens import (
     may_create_in,
     read_key_json,
 )
+from guard.log import get_logger
 
 __all__ = ["KeyRing", "RetainWindow", "Rotated", "load_keys", "read_ring", "retain_s", "rotate",
            "watch_keys"]
 
-log = structlog.get_logger("guard.keyring")
+log = get_logger("guard.keyring")
 WATCH_S = 1.0
 
 

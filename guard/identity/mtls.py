@@ -26,13 +26,13 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import structlog
 from aiohttp import web
 from cryptography import x509
 from cryptography.x509.oid import ExtensionOID
 
 from guard.errors import Unauthenticated
 from guard.filewatch import FileWatch
+from guard.log import get_logger
 from guard.spiffe import valid_spiffe_id
 
 __all__ = [
@@ -40,7 +40,7 @@ __all__ = [
     "watch",
 ]
 
-log = structlog.get_logger("guard.mtls")
+log = get_logger("guard.mtls")
 
 _NO_CHECK_TIME = 0x200000  # X509_V_FLAG_NO_CHECK_TIME: validity is checked in peer_svid, with a reason
 WATCH_S = 1.0  # how often the files are looked at

@@ -25,18 +25,18 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
-import structlog
 from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 from guard.config import Config
 from guard.identity.tokens import new_id
+from guard.log import get_logger
 from guard.oauth.errors import OAuthError
 from guard.stores import RegistrationLimits, Store
 
 __all__ = ["Client", "ClientRegistry", "is_metadata_url", "redirect_pattern"]
 
-log = structlog.get_logger("guard.oauth")
+log = get_logger("guard.oauth")
 CACHE_S = 300.0
 _MAX_URIS = 10  # of a Client ID Metadata Document
 NOT_FETCHED = "the client ID metadata document could not be fetched or is not valid"

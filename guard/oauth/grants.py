@@ -28,13 +28,12 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
 
-import structlog
-
 from guard.audit.log import AuditLog
 from guard.config import Config
 from guard.domain import Task
 from guard.errors import Unauthenticated
 from guard.identity.tokens import TASK_TYP, GuardKeys, jti, new_id
+from guard.log import get_logger
 from guard.oauth.clients import ClientRegistry
 from guard.oauth.errors import OAuthError
 from guard.oauth.metadata import as_issuer, tool_of_resource
@@ -43,7 +42,7 @@ from guard.stores import Store
 
 __all__ = ["AuthorizationServer", "Consent", "EndTask", "PendingRequest", "RedirectError", "digest"]
 
-log = structlog.get_logger("guard.oauth")
+log = get_logger("guard.oauth")
 EndTask = Callable[[str, str, str, str | None], Awaitable[object]]  # (task_id, status, actor, reason)
 _VERIFIER = re.compile(r"^[A-Za-z0-9._~-]{43,128}$")
 _CHALLENGE = re.compile(r"^[A-Za-z0-9_-]{43}$")

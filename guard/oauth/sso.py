@@ -18,15 +18,15 @@ from urllib.parse import urlencode
 
 import aiohttp
 import jwt
-import structlog
 
 from guard.config import Config, SecretSource, SsoCfg
 from guard.errors import ConfigError, Unauthenticated
+from guard.log import get_logger
 from guard.stores import Store
 
 __all__ = ["Sso", "person_key", "read_secret"]
 
-log = structlog.get_logger("guard.sso")
+log = get_logger("guard.sso")
 LOGIN_TTL_S = 600
 _FAMILY = {"RSA": ("RS", "PS"), "EC": ("ES",), "OKP": ("EdDSA",)}
 

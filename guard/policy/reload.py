@@ -15,16 +15,16 @@ import signal
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
-import structlog
 from aiohttp import web
 
 from guard.errors import ConfigError
+from guard.log import get_logger
 from guard.metrics import Metrics
 from guard.policy import PolicySet
 
 __all__ = ["PolicyHolder", "PolicyReloader"]
 
-log = structlog.get_logger("guard.reload")
+log = get_logger("guard.reload")
 Snapshot = dict[str, tuple[int, int]]
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -13,6 +12,7 @@ from guard.deps import Deps
 from guard.domain import AgentStats
 from guard.errors import BadRequest
 from guard.identity.auth import ADMIN, AUDITOR
+from guard.log import get_logger
 from guard.policy import AgentEntry, PolicySet
 from guard.routes.common import DEPS, authorized, json_response, read_model
 from guard.tasks.suspend import suspend_agent as suspend
@@ -20,7 +20,7 @@ from guard.tasks.suspend import suspend_agent as suspend
 __all__ = ["inventory", "routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.agents")
+log = get_logger("guard.agents")
 
 
 class SuspendRequest(BaseModel):

@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -17,13 +16,14 @@ from guard.deps import Deps
 from guard.domain import Approval
 from guard.errors import ApprovalClosed, BadRequest, DuplicateDecision, Forbidden, NotFound, Unauthenticated
 from guard.identity.auth import ADMIN, APPROVER, require_role
+from guard.log import get_logger
 from guard.routes.call import task_principal
 from guard.routes.common import DEPS, authorized, json_response, read_body
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.approvals")
+log = get_logger("guard.approvals")
 MAX_DECISION_BYTES = 16384
 
 

@@ -7,17 +7,17 @@ import time
 from typing import Any
 from urllib.parse import parse_qs
 
-import structlog
 from aiohttp import web
 
 from guard.errors import GuardError, Unauthenticated
 from guard.identity.tokens import CRED_TYP
+from guard.log import get_logger
 from guard.routes.common import DEPS, json_response, read_body
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.credentials")
+log = get_logger("guard.credentials")
 INACTIVE = {"active": False}
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
 from aiohttp import web
 from multidict import CIMultiDictProxy
 
@@ -20,6 +19,7 @@ from guard.deps import DEPS, Deps
 from guard.domain import Authorized, ToolCall
 from guard.errors import GuardError, TaskInactive, Unauthenticated, UnknownTool
 from guard.identity.tokens import TASK_TYP
+from guard.log import get_logger
 from guard.mcp.rpc import (
     REFUSED,
     RpcError,
@@ -38,7 +38,7 @@ from guard.telemetry import Tracing
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.mcp")
+log = get_logger("guard.mcp")
 _NOT_JSON_RPC = (Unauthenticated, UnknownTool)  # answered as plain HTTP problems (401/404)
 
 

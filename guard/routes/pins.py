@@ -6,19 +6,19 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import structlog
 from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from guard.content.pins import changed_key, definitions_key, seen_key
 from guard.errors import BadRequest, UnknownTool
 from guard.identity.auth import ADMIN, AUDITOR
+from guard.log import get_logger
 from guard.routes.common import DEPS, authorized, json_response, read_model
 
 __all__ = ["routes"]
 
 routes = web.RouteTableDef()
-log = structlog.get_logger("guard.pins")
+log = get_logger("guard.pins")
 
 
 class PinRequest(BaseModel):

@@ -8,12 +8,12 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 
-import structlog
 from aiohttp import web
 
 from guard.canonical import compact_json
 from guard.deps import DEPS
 from guard.errors import GuardError, HTTPProblem, MethodNotAllowed, NotFound, StoreUnavailable
+from guard.log import get_logger
 from guard.mcp.rpc import INTERNAL_ERROR, REFUSED, RpcMessage, error_body
 from guard.metrics import request_started
 from guard.oauth.clients import RegistrationLimited
@@ -22,7 +22,7 @@ from guard.routes.common import json_response
 
 __all__ = ["oauth_error", "problem_middleware", "problem_response", "rpc_refusal", "rpc_response"]
 
-log = structlog.get_logger("guard.app")
+log = get_logger("guard.app")
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 

@@ -17,17 +17,17 @@ from __future__ import annotations
 
 import time
 
-import structlog
 from prometheus_client import Counter
 
 from guard.audit.log import AuditLog
 from guard.domain import Action, Caller
+from guard.log import get_logger
 from guard.metrics import Metrics
 from guard.stores.base import Store
 
 __all__ = ["RATE_FACTOR", "Baselines"]
 
-log = structlog.get_logger("guard.baseline")
+log = get_logger("guard.baseline")
 RATE_FACTOR = 3
 
 

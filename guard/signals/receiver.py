@@ -35,12 +35,12 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import structlog
 from prometheus_client import Counter, Gauge
 
 from guard.audit.log import AuditLog
 from guard.config import SecretSource, SignalsCfg, TransmitterCfg
 from guard.domain import TaskState
+from guard.log import get_logger
 from guard.metrics import Metrics
 from guard.policy import PolicySet
 from guard.signals.sets import ReceivedSet, SetError, SetVerifier
@@ -59,7 +59,7 @@ from guard.tasks.suspend import suspend_agent
 
 __all__ = ["SIGNALS_TRAIL", "Outcome", "Signals", "StreamState", "agent_trail"]
 
-log = structlog.get_logger("guard.signals")
+log = get_logger("guard.signals")
 
 CAEP = "https://schemas.openid.net/secevent/caep/event-type/"
 RISC = "https://schemas.openid.net/secevent/risc/event-type/"

@@ -26,19 +26,19 @@ from typing import Any
 
 import aiohttp
 import jwt
-import structlog
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.audit.log import AuditLog
 from guard.config import Config, ReceiverCfg
 from guard.domain import Task
 from guard.identity.tokens import GuardKeys
+from guard.log import get_logger
 from guard.signals.receiver import CAEP, agent_trail
 from guard.signals.sets import SET_TYP
 
 __all__ = ["SESSION_REVOKED", "Transmitter", "ssf_configuration", "subject_of"]
 
-log = structlog.get_logger("guard.signals")
+log = get_logger("guard.signals")
 SESSION_REVOKED = CAEP + "session-revoked"
 QUEUE_MAX = 10_000
 _URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")

@@ -5,14 +5,13 @@ from __future__ import annotations
 
 from typing import Any
 
-import structlog
-
 from guard.domain import Caller, ToolCall
 from guard.errors import Unauthenticated
 from guard.identity.binding import Binding, bound_to
 from guard.identity.tokens import TASK_TYP, TXN_TYP, GuardKeys
+from guard.log import get_logger
 
-log = structlog.get_logger("guard.authenticate")
+log = get_logger("guard.authenticate")
 
 __all__ = ["authenticate"]
 

@@ -7,12 +7,12 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-import structlog
 from aiohttp import web
 
 from guard.audit.log import AuditLog
 from guard.domain import Authorized
 from guard.errors import GuardError, StoreUnavailable
+from guard.log import get_logger
 from guard.stages.forward import Client, Cut, Rewrite, forward
 from guard.stores.base import CallStore
 from guard.tasks.ends import EndReason, TaskEnds, TaskWatch
@@ -20,7 +20,7 @@ from guard.upstreams import Upstreams
 
 __all__ = ["finish_quietly", "forward_and_finish"]
 
-log = structlog.get_logger("guard.tools")
+log = get_logger("guard.tools")
 
 
 async def forward_and_finish(

@@ -10,7 +10,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Protocol
 
 import aiohttp
-import structlog
 from aiohttp import web
 from multidict import CIMultiDict, CIMultiDictProxy
 from yarl import URL
@@ -18,14 +17,14 @@ from yarl import URL
 from guard.domain import Authorized, frozen
 from guard.errors import GuardError, TaskInactive, UpstreamTimeout, UpstreamUnavailable
 from guard.identity.mtls import ToolContexts
-from guard.log import network_cause, without_userinfo
+from guard.log import get_logger, network_cause, without_userinfo
 from guard.policy.model import ToolSpec
 from guard.tasks.ends import EndReason, TaskWatch
 from guard.upstreams import Answer, Upstreams
 
 __all__ = ["HOP_BY_HOP", "BodyRewriter", "Client", "Cut", "Rewrite", "forward", "tool_ssl", "upstream_headers"]
 
-log = structlog.get_logger("guard.forward")
+log = get_logger("guard.forward")
 HOP_BY_HOP = frozenset(
     {"connection", "keep-alive", "proxy-authenticate", "proxy-authorization", "te", "trailer",
      "trailers", "transfer-encoding", "upgrade", "proxy-connection"}

@@ -13,14 +13,13 @@ import contextlib
 from collections.abc import Callable
 from typing import Any, Protocol
 
-import structlog
-
+from guard.log import get_logger
 from guard.stores.redis.keys import APPROVALS_CHANNEL
 
 __all__ = ["CHANNEL", "LocalNotifier", "Notifier", "RedisNotifier", "open_notifier"]
 
 CHANNEL = APPROVALS_CHANNEL
-log = structlog.get_logger("guard.notify")
+log = get_logger("guard.notify")
 OnDecided = Callable[[str], None]
 
 

@@ -53,18 +53,17 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Literal
 
-import structlog
-
 from guard.audit.log import AuditLog
 from guard.domain import Task, TaskState
 from guard.errors import GuardError
+from guard.log import get_logger
 from guard.stores.base import Store
 from guard.stores.notify import Notifier, open_notifier
 from guard.stores.redis.keys import TASK_ENDS_CHANNEL
 
 __all__ = ["CHANNEL", "CHECK_S", "EndReason", "TaskEnded", "TaskEnds", "TaskWatch", "end_reason"]
 
-log = structlog.get_logger("guard.lifecycle")
+log = get_logger("guard.lifecycle")
 CHANNEL = TASK_ENDS_CHANNEL
 CHECK_S = 0.4  # the fallback read of watched tasks: an end is found within 2 * CHECK_S
 REMEMBERED_S = 10.0  # how long an end is remembered, so that it is delivered once (later: found again by a check)

@@ -20,16 +20,15 @@ import os
 import time
 from pathlib import Path
 
-import structlog
-
 from guard.audit.trails import list_trails, trail_path
 from guard.errors import GuardError
+from guard.log import get_logger
 from guard.stores.base import Store
 from guard.tasks.ends import TaskEnds
 
 __all__ = ["Sweeper", "sweep_interval"]
 
-log = structlog.get_logger("guard.retention")
+log = get_logger("guard.retention")
 AUDIT_SWEEP_S = 60.0
 
 

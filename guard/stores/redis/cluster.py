@@ -32,7 +32,6 @@ from collections.abc import Awaitable
 from typing import Any, Protocol
 
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.cluster import ClusterNode, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelManagedConnection
@@ -41,6 +40,7 @@ from redis.exceptions import ClusterDownError, RedisError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
+from guard.log import get_logger
 from guard.stores.redis.mux import Multiplexer, address_of, closed_by_server
 from guard.stores.redis.url import Topology, parse_topology
 
@@ -50,7 +50,7 @@ __all__ = [
     "cluster_client", "parse_topology", "pubsub_client", "sentinel_client",
 ]
 
-log = structlog.get_logger("guard.store")
+log = get_logger("guard.store")
 Command = tuple[Any, ...]
 
 

@@ -14,14 +14,13 @@ from typing import Any, TypeVar
 
 import hiredis
 import redis.asyncio as aioredis
-import structlog
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import NoScriptError, ReadOnlyError, RedisError, ResponseError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
 from guard.errors import StoreUnavailable
-from guard.log import Repeats, network_cause, without_userinfo
+from guard.log import Repeats, get_logger, network_cause, without_userinfo
 from guard.stores.redis import scripts as lua
 from guard.stores.redis.cluster import (
     ClusterSender,
@@ -36,7 +35,7 @@ from guard.stores.redis.mux import TRANSIENT, Multiplexer
 
 __all__ = ["TRANSIENT", "HiredisPacking", "RedisConnection"]
 
-log = structlog.get_logger("guard.store")
+log = get_logger("guard.store")
 T = TypeVar("T")
 
 

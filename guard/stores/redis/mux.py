@@ -23,18 +23,17 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
-import structlog
 from redis._parsers.hiredis import NOT_ENOUGH_DATA
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, wait_exponential
 
-from guard.log import unbound
+from guard.log import get_logger, unbound
 
 __all__ = ["TRANSIENT", "Multiplexer", "address_of", "closed_by_server", "closed_while_idle"]
 
-log = structlog.get_logger("guard.store")
+log = get_logger("guard.store")
 Command = tuple[Any, ...]
 TRANSIENT = (RedisConnectionError, RedisTimeoutError, OSError)  # what a fresh connection may not meet
 

@@ -25,8 +25,6 @@ import time
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-import structlog
-
 from guard.domain import (
     AGENT_COUNTERS,
     Activity,
@@ -42,6 +40,7 @@ from guard.domain import (
     Task,
     TaskState,
 )
+from guard.log import get_logger
 from guard.stores.base import (
     BASELINE_MAX_ACTIONS,
     DecideOutcome,
@@ -73,7 +72,7 @@ from guard.stores.redis.keys import (
 
 __all__ = ["RedisStore"]
 
-log = structlog.get_logger("guard.store")
+log = get_logger("guard.store")
 
 AUDIT_ATTEMPTS = 32
 
