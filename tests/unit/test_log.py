@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 import pytest
 import structlog
 
-from guard.log import LineWriter, bind_request, configure_logging, unbound
+from guard.log import LineWriter, bind_request, configure_logging, get_logger, unbound
 
 ISO_UTC = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{6}Z$")
 
@@ -148,3 +148,20 @@ def test_off_the_loop_a_line_is_written_at_once() -> None:
     finally:
         os.close(r)
         os.close(w)
+
+
+def test_a_modules_logger_writes_as_structlogs_and_keeps_its_methods_when_loggers_are_cached(
+        stderr: io.StringIO) -> None:
+    """guard.log.get_logger: the same lines as structlog.get_logger; with loggers cached on first
+    use (configure_logging) a method is found once, without caching on every line."""
+    log = get_logger("guard.test")
+    log.info("call_decided", effect="allow")
+    log.debug("filtered_out")
+    assert "info" in vars(log) and "debug" in vars(log)
+    log.info("call_decided", effect="deny")
+    assert [json.loads(line)["effect"] for line in stderr.getvalue().splitlines()] == ["allow", "deny"]
+    structlog.configure(cache_logger_on_first_use=False)
+    fresh = get_logger("guard.test")
+    with structlog.testing.capture_logs() as events:
+        fresh.info("captured")
+    assert events == [{"event": "captured", "log_level": "info"}] and "info" not in vars(fresh)
