@@ -173,8 +173,8 @@ def _head(method: str, url: URL, headers: Iterable[tuple[str, str]], length: int
             lines.append(f"{name}: {value}")
     if length is not None:
         lines.append(f"Content-Length: {length}")
-    text = "\r\n".join(lines)
-    breaks = len(lines) - 1  # the line breaks put there by the join, and no others
-    if text.count("\r") != breaks or text.count("\n") != breaks or "\x00" in text:
+    joined = "".join(lines)  # looked through before any line break is put in (one memchr a character)
+    if "\r" in joined or "\n" in joined or "\x00" in joined:
         raise ValueError("a header holds CR, LF or NUL")
-    return (text + "\r\n\r\n").encode("utf-8", "surrogateescape")  # the bytes the agent sent, as aiohttp decoded them
+    lines.append("\r\n")
+    return "\r\n".join(lines).encode("utf-8", "surrogateescape")  # the bytes the agent sent, as aiohttp decoded them
