@@ -14,6 +14,9 @@ own `ResponseHandler`: the same C parser, payload stream, limits and read timeou
   fails (tool calls are not idempotent).
 - Header names and values that hold CR, LF or NUL are refused before anything is written: no
   value can end the request head early.
+- The tool gets `Host` from the URL, and only the headers it is given: no user agent or other
+  default of a client library, and no `Authorization` made from a `user:password@` in the
+  URL (a tool's credential comes from its credential mode).
 """
 
 from __future__ import annotations
