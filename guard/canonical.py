@@ -143,7 +143,7 @@ def strict_loads(data: bytes | str) -> Any:
         except orjson.JSONDecodeError:
             pass
         else:
-            if orjson.dumps(value) == data:  # the input is exactly its value's compact form (below)
+            if orjson.dumps(value) == data:  # the input is exactly its value's compact form (see above)
                 return value
     if isinstance(data, str):
         if data.startswith("\ufeff"):
