@@ -9,7 +9,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import venv
@@ -20,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.process import ROOT, free_port, require, wait_port
+from tests.support.process import ROOT, bindable, free_port, require, wait_port
 
 pytestmark = pytest.mark.slow  # a wheel build and a venv from the lock: about 1.5 minutes
 
@@ -77,18 +76,9 @@ def _three_free_ports() -> int:
     """A port N with N+1 and N+2 free too (the example tools and the approver)."""
     for _ in range(50):
         first = free_port()
-        if first < 65530 and all(_free(first + i) for i in (1, 2)):
+        if first < 65530 and all(bindable(first + i) for i in (1, 2)):
             return first
     raise AssertionError("no three consecutive free ports")
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as s:
-        try:
-            s.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-        return True
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["PY", "ROOT", "Proc", "Stoppable", "free_port", "require", "spawn", "wait_port"]
+__all__ = ["PY", "ROOT", "Proc", "Stoppable", "bindable", "free_port", "require", "spawn", "wait_port"]
 
 ROOT = Path(__file__).resolve().parent.parent.parent  # the repository
 PY = sys.executable
@@ -48,7 +48,8 @@ def _port_cycle() -> Iterator[int]:
 _ports = _port_cycle()
 
 
-def _bindable(port: int) -> bool:
+def bindable(port: int) -> bool:
+    """Whether a socket can bind 127.0.0.1:`port` now."""
     with socket.socket() as s:
         try:
             s.bind(("127.0.0.1", port))
@@ -63,7 +64,7 @@ def free_port() -> int:
     node's bus port; the machine's own services may hold one there, RabbitMQ's 25672 for one)."""
     for _ in range(len(PORTS)):
         port = next(_ports)
-        if _bindable(port) and _bindable(port + 1) and _bindable(port + 10000):
+        if bindable(port) and bindable(port + 1) and bindable(port + 10000):
             return port
     raise RuntimeError("no free port in this worker's block")
 
