@@ -45,9 +45,9 @@ request_started: contextvars.ContextVar[float | None] = contextvars.ContextVar("
 class LoopHistogram:
     """A histogram with one label, observed only on the event loop's thread, exposed through
     prometheus_client's collector interface: the `_bucket`, `_count`, `_sum` and `_created`
-    series its `Histogram` writes. Two are observed for every forwarded call; the library's `observe` takes
-    two locks and walks the buckets in Python (9,100 instructions), this one bisects (one
-    lookup, an addition)."""
+    series its `Histogram` writes. Two are observed for every forwarded call; the library's
+    `observe` takes two locks and walks the buckets in Python (9,100 instructions), this one
+    bisects (one lookup, an addition)."""
 
     def __init__(self, name: str, documentation: str, label: str, buckets: tuple[float, ...],
                  registry: CollectorRegistry) -> None:
